@@ -1,0 +1,451 @@
+//! HTTP Digest authentication for SIP (RFC 2617, RFC 7616, RFC 3261 §22).
+//!
+//! Server side: [`NonceSource`] issues stateless nonces, [`challenges`] builds the
+//! `WWW-Authenticate`/`Proxy-Authenticate` values, [`credentials_from`] reads the answer
+//! and [`verify`] checks it. Client side: [`answer_challenge`] (for trunk registrations).
+//!
+//! Only `qop=auth` (and the RFC 2069 no-qop form) is supported: `auth-int` needs the body
+//! hashed and no SIP endpoint we serve uses it; `-sess` algorithms likewise.
+//!
+//! The nonces carry their own issue time and an HMAC, so no table of outstanding nonces is
+//! kept. The price is that a captured Authorization can be replayed until the nonce
+//! expires; keep `lifetime` short (a few minutes) and rely on TLS where that matters.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use md5::Md5;
+use sha2::{Digest as _, Sha256};
+
+use crate::message::Request;
+use crate::Name;
+
+/// A digest hash algorithm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// MD5, the only one most SIP phones and SIP.js know.
+    Md5,
+    /// SHA-256 (RFC 7616, RFC 8760).
+    Sha256,
+}
+
+impl Algorithm {
+    /// The token used in the `algorithm=` parameter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Algorithm::Md5 => "MD5",
+            Algorithm::Sha256 => "SHA-256",
+        }
+    }
+
+    /// Parses an `algorithm=` token (case-insensitive); `-sess` variants are not supported.
+    pub fn from_token(token: &str) -> Option<Algorithm> {
+        if token.eq_ignore_ascii_case("MD5") {
+            Some(Algorithm::Md5)
+        } else if token.eq_ignore_ascii_case("SHA-256") {
+            Some(Algorithm::Sha256)
+        } else {
+            None
+        }
+    }
+
+    /// Lower-case hex digest of `data`.
+    fn hex(self, data: &str) -> String {
+        match self {
+            Algorithm::Md5 => hex::encode(Md5::digest(data.as_bytes())),
+            Algorithm::Sha256 => hex::encode(Sha256::digest(data.as_bytes())),
+        }
+    }
+}
+
+/// What went wrong answering a challenge.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DigestError {
+    /// The challenge is not `Digest` or lacks realm/nonce.
+    #[error("malformed digest challenge")]
+    MalformedChallenge,
+    /// The challenge asks for an algorithm we do not implement.
+    #[error("unsupported digest algorithm {0}")]
+    UnsupportedAlgorithm(String),
+    /// The challenge offers only qop values we do not implement (e.g. auth-int).
+    #[error("unsupported qop {0}")]
+    UnsupportedQop(String),
+}
+
+// ==== nonces ====
+
+/// Result of checking a nonce.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonceStatus {
+    /// Issued by us and still fresh.
+    Valid,
+    /// Issued by us but expired: challenge again with `stale=true` so the client retries
+    /// without asking the user for the password.
+    Stale,
+    /// Not one of ours (forged, tampered, or from another secret).
+    Invalid,
+}
+
+/// Stateless nonces: 16 hex digits of issue time followed by 64 hex digits of
+/// HMAC-SHA256(secret, time), valid for `lifetime`.
+#[derive(Clone)]
+pub struct NonceSource {
+    secret: [u8; 32],
+    lifetime: Duration,
+}
+
+impl std::fmt::Debug for NonceSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NonceSource")
+            .field("lifetime", &self.lifetime)
+            .finish_non_exhaustive()
+    }
+}
+
+/// HMAC-SHA256 (RFC 2104), written out to avoid a dependency for a dozen lines.
+pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
+    let mut block = [0u8; 64];
+    if key.len() > 64 {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else if let Some(dst) = block.get_mut(..key.len()) {
+        dst.copy_from_slice(key);
+    }
+    let mut inner = Sha256::new();
+    inner.update(block.map(|b| b ^ 0x36));
+    inner.update(msg);
+    let mut outer = Sha256::new();
+    outer.update(block.map(|b| b ^ 0x5c));
+    outer.update(inner.finalize());
+    outer.finalize().into()
+}
+
+/// Compares without an early exit, so timing does not reveal how many bytes matched.
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+impl NonceSource {
+    /// A source signing with `secret` (keep it across restarts to honour issued nonces).
+    pub fn new(secret: [u8; 32], lifetime: Duration) -> Self {
+        NonceSource { secret, lifetime }
+    }
+
+    fn mac(&self, stamp: u64) -> String {
+        hex::encode(hmac_sha256(&self.secret, &stamp.to_be_bytes()))
+    }
+
+    /// A nonce issued at `now_unix_secs`.
+    pub fn issue(&self, now_unix_secs: u64) -> String {
+        format!("{now_unix_secs:016x}{}", self.mac(now_unix_secs))
+    }
+
+    /// Checks a nonce from a client's credentials.
+    pub fn check(&self, nonce: &str, now_unix_secs: u64) -> NonceStatus {
+        if nonce.len() != 80 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return NonceStatus::Invalid;
+        }
+        let (Some(stamp_hex), Some(mac)) = (nonce.get(..16), nonce.get(16..)) else {
+            return NonceStatus::Invalid;
+        };
+        let Ok(stamp) = u64::from_str_radix(stamp_hex, 16) else {
+            return NonceStatus::Invalid;
+        };
+        let expected = self.mac(stamp);
+        if !constant_time_eq(expected.as_bytes(), mac.to_ascii_lowercase().as_bytes()) {
+            return NonceStatus::Invalid;
+        }
+        if now_unix_secs.saturating_sub(stamp) > self.lifetime.as_secs() {
+            NonceStatus::Stale
+        } else {
+            NonceStatus::Valid
+        }
+    }
+}
+
+// ==== header values ====
+
+fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            '\r' | '\n' => out.push(' '),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Header values to put in a 401 (`WWW-Authenticate`) or 407 (`Proxy-Authenticate`): one
+/// per algorithm, SHA-256 first (RFC 8760 §2.4: preferred first), then MD5, each with
+/// `qop="auth"`, and `stale=true` when the client's nonce had merely expired.
+pub fn challenges(realm: &str, nonce: &str, stale: bool) -> Vec<String> {
+    [Algorithm::Sha256, Algorithm::Md5]
+        .into_iter()
+        .map(|alg| {
+            let mut v = format!(
+                "Digest realm={}, nonce={}, algorithm={}, qop=\"auth\"",
+                quote(realm),
+                quote(nonce),
+                alg.as_str()
+            );
+            if stale {
+                v.push_str(", stale=true");
+            }
+            v
+        })
+        .collect()
+}
+
+/// Parses `Digest k=v, k="v", …` into lower-cased names and unquoted values. Returns
+/// `None` for another scheme or malformed input.
+fn parse_digest_params(value: &str) -> Option<Vec<(String, String)>> {
+    let value = value.trim_start();
+    let scheme_end = value
+        .find(|c: char| c.is_whitespace())
+        .unwrap_or(value.len());
+    let (scheme, mut rest) = value.split_at(scheme_end);
+    if !scheme.eq_ignore_ascii_case("Digest") {
+        return None;
+    }
+    let mut params = Vec::new();
+    loop {
+        rest = rest.trim_start_matches(|c: char| c.is_whitespace() || c == ',');
+        if rest.is_empty() {
+            return Some(params);
+        }
+        let eq = rest.find('=')?;
+        let (name, after) = rest.split_at(eq);
+        let name = name.trim();
+        if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c == ',' || c == '"') {
+            return None;
+        }
+        let after = after.get(1..)?.trim_start();
+        let (val, remaining) = if let Some(quoted) = after.strip_prefix('"') {
+            let mut out = String::new();
+            let mut chars = quoted.char_indices();
+            let mut end = None;
+            while let Some((i, c)) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some((_, escaped)) = chars.next() {
+                            out.push(escaped);
+                        }
+                    }
+                    '"' => {
+                        end = Some(i + 1);
+                        break;
+                    }
+                    c => out.push(c),
+                }
+            }
+            (out, quoted.get(end?..)?)
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            let (v, r) = after.split_at(end);
+            (v.trim().to_owned(), r)
+        };
+        let remaining = remaining.trim_start();
+        if !(remaining.is_empty() || remaining.starts_with(',')) {
+            return None;
+        }
+        params.push((name.to_ascii_lowercase(), val));
+        rest = remaining;
+    }
+}
+
+fn param<'p>(params: &'p [(String, String)], name: &str) -> Option<&'p str> {
+    params
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// Digest credentials from an `Authorization` or `Proxy-Authorization` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name (the SIP auth user).
+    pub username: String,
+    /// The realm the client answered.
+    pub realm: String,
+    /// The nonce the client answered; check it with [`NonceSource::check`].
+    pub nonce: String,
+    /// The digest-uri the response covers.
+    pub uri: String,
+    /// The response hash, hex.
+    pub response: String,
+    /// The hash algorithm (MD5 when absent).
+    pub algorithm: Algorithm,
+    /// `auth`, or `None` for RFC 2069 clients.
+    pub qop: Option<String>,
+    /// The nonce count, 8 hex digits, with qop.
+    pub nc: Option<String>,
+    /// The client nonce, with qop.
+    pub cnonce: Option<String>,
+    /// Echoed opaque value.
+    pub opaque: Option<String>,
+}
+
+impl Credentials {
+    fn from_value(value: &str) -> Option<Credentials> {
+        let params = parse_digest_params(value)?;
+        let algorithm = match param(&params, "algorithm") {
+            None => Algorithm::Md5,
+            Some(a) => Algorithm::from_token(a)?,
+        };
+        let owned = |name: &str| param(&params, name).map(str::to_owned);
+        Some(Credentials {
+            username: owned("username")?,
+            realm: owned("realm")?,
+            nonce: owned("nonce")?,
+            uri: owned("uri")?,
+            response: owned("response")?,
+            algorithm,
+            qop: owned("qop"),
+            nc: owned("nc"),
+            cnonce: owned("cnonce"),
+            opaque: owned("opaque"),
+        })
+    }
+}
+
+/// Reads `Authorization` (or `Proxy-Authorization` when `proxy`) from a request: the first
+/// value that is well-formed Digest with a supported algorithm. `None` when absent or
+/// unparseable.
+pub fn credentials_from(req: &Request, proxy: bool) -> Option<Credentials> {
+    let name = if proxy {
+        Name::PROXY_AUTHORIZATION
+    } else {
+        Name::AUTHORIZATION
+    };
+    req.headers
+        .get_raw(&name)
+        .find_map(|v| Credentials::from_value(v.as_str()))
+}
+
+/// HA1 = H(username:realm:password), the value a store may keep instead of the password.
+pub fn ha1(algorithm: Algorithm, username: &str, realm: &str, password: &str) -> String {
+    algorithm.hex(&format!("{username}:{realm}:{password}"))
+}
+
+fn expected_response(
+    algorithm: Algorithm,
+    ha1: &str,
+    nonce: &str,
+    method: &str,
+    uri: &str,
+    qop: Option<(&str, &str, &str)>,
+) -> String {
+    let ha2 = algorithm.hex(&format!("{method}:{uri}"));
+    match qop {
+        Some((qop, nc, cnonce)) => {
+            algorithm.hex(&format!("{ha1}:{nonce}:{nc}:{cnonce}:{qop}:{ha2}"))
+        }
+        None => algorithm.hex(&format!("{ha1}:{nonce}:{ha2}")),
+    }
+}
+
+/// Whether `creds` carry the right response for `password` and `method`, compared in
+/// constant time. Does not check the nonce (use [`NonceSource::check`]), the realm or the
+/// digest-uri: those are the caller's policy.
+pub fn verify(creds: &Credentials, method: &str, password: &str) -> bool {
+    let ha1 = ha1(creds.algorithm, &creds.username, &creds.realm, password);
+    verify_ha1(creds, method, &ha1)
+}
+
+/// Like [`verify`] with a stored HA1 (hex) instead of the password.
+pub fn verify_ha1(creds: &Credentials, method: &str, ha1: &str) -> bool {
+    let qop = match creds.qop.as_deref() {
+        None => None,
+        Some(q) if q.eq_ignore_ascii_case("auth") => {
+            match (creds.nc.as_deref(), creds.cnonce.as_deref()) {
+                (Some(nc), Some(cnonce)) => Some(("auth", nc, cnonce)),
+                _ => return false,
+            }
+        }
+        Some(_) => return false,
+    };
+    let expected = expected_response(
+        creds.algorithm,
+        &ha1.to_ascii_lowercase(),
+        &creds.nonce,
+        method,
+        &creds.uri,
+        qop,
+    );
+    constant_time_eq(
+        expected.as_bytes(),
+        creds.response.to_ascii_lowercase().as_bytes(),
+    )
+}
+
+/// Client side: builds the `Authorization` (or `Proxy-Authorization`) value answering a
+/// `WWW-Authenticate`/`Proxy-Authenticate` value. Uses `qop=auth` when offered, the RFC
+/// 2069 form when no qop is offered.
+pub fn answer_challenge(
+    challenge: &str,
+    method: &str,
+    uri: &str,
+    username: &str,
+    password: &str,
+    nc: u32,
+    cnonce: &str,
+) -> Result<String, DigestError> {
+    let params = parse_digest_params(challenge).ok_or(DigestError::MalformedChallenge)?;
+    let realm = param(&params, "realm").ok_or(DigestError::MalformedChallenge)?;
+    let nonce = param(&params, "nonce").ok_or(DigestError::MalformedChallenge)?;
+    let algorithm = match param(&params, "algorithm") {
+        None => Algorithm::Md5,
+        Some(a) => {
+            Algorithm::from_token(a).ok_or_else(|| DigestError::UnsupportedAlgorithm(a.into()))?
+        }
+    };
+    let qop = match param(&params, "qop") {
+        None => None,
+        Some(offered) => {
+            if offered
+                .split(',')
+                .any(|q| q.trim().eq_ignore_ascii_case("auth"))
+            {
+                Some("auth")
+            } else {
+                return Err(DigestError::UnsupportedQop(offered.into()));
+            }
+        }
+    };
+    let nc = format!("{nc:08x}");
+    let ha1 = ha1(algorithm, username, realm, password);
+    let response = expected_response(
+        algorithm,
+        &ha1,
+        nonce,
+        method,
+        uri,
+        qop.map(|q| (q, nc.as_str(), cnonce)),
+    );
+    let mut out = format!(
+        "Digest username={}, realm={}, nonce={}, uri={}, response={}, algorithm={}",
+        quote(username),
+        quote(realm),
+        quote(nonce),
+        quote(uri),
+        quote(&response),
+        algorithm.as_str()
+    );
+    if let Some(qop) = qop {
+        let _ = write!(out, ", qop={qop}, nc={nc}, cnonce={}", quote(cnonce));
+    }
+    if let Some(opaque) = param(&params, "opaque") {
+        let _ = write!(out, ", opaque={}", quote(opaque));
+    }
+    Ok(out)
+}

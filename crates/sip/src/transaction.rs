@@ -1,0 +1,849 @@
+//! The transaction layer of RFC 3261 §17: the four state machines and their timers A–K.
+//!
+//! A [`TransactionLayer`] sits between the transport (the IO shell) and the transaction
+//! user (dialogs, registrar, call logic). It absorbs retransmissions in both directions,
+//! retransmits over UDP, ACKs non-2xx finals to our INVITEs, and times transactions out,
+//! so the TU sees each request once and each response once.
+//!
+//! States, per transaction kind:
+//! - INVITE client: Calling → Proceeding → Completed (non-2xx, Timer D) | ended (2xx,
+//!   delivered; retransmitted 2xx then come out as [`TransactionEvent::StrayResponse`]
+//!   so the TU can re-ACK them).
+//! - non-INVITE client: Trying → Proceeding → Completed (Timer K).
+//! - INVITE server: Proceeding → Completed (non-2xx, Timers G/H) → Confirmed (Timer I) |
+//!   Accepted (2xx, Timer L of RFC 6026: INVITE retransmissions are absorbed, ACKs reach
+//!   the TU as [`TransactionEvent::Ack`], further 2xx from the TU are passed through).
+//! - non-INVITE server: Trying → Proceeding → Completed (Timer J).
+//!
+//! Two safety nets beyond RFC 3261 keep the layer bounded when a peer or the TU goes
+//! silent: an INVITE client transaction in Proceeding ends with
+//! [`TransactionEvent::ClientTimeout`] after [`PROCEEDING_TIMEOUT`] without any response
+//! (like a proxy's Timer C), and a non-INVITE server transaction whose TU never answers is
+//! dropped after 64·T1, when the client has given up anyway (its Timer F).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use bytesstr::BytesStr;
+use ezk_sip_types::print::AppendCtx;
+use ezk_sip_types::{Method, Name, StatusCode};
+
+use crate::message::{hop_request, response_for, Message, Request, Response};
+use crate::transport::{Peer, Transmit};
+
+/// How long an INVITE client transaction waits in Proceeding for any further response.
+pub const PROCEEDING_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How long the INVITE server transaction waits for the TU's first response before it
+/// sends 100 Trying itself (RFC 3261 §17.2.1).
+pub const TRYING_DELAY: Duration = Duration::from_millis(200);
+
+/// The RFC 3261 timer base values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimerConfig {
+    /// RTT estimate: first retransmit interval; 64·T1 is the transaction timeout.
+    pub t1: Duration,
+    /// Cap of the retransmit interval for non-INVITE requests and INVITE responses.
+    pub t2: Duration,
+    /// How long a message may stay in the network (Timers I and K).
+    pub t4: Duration,
+}
+
+impl Default for TimerConfig {
+    fn default() -> Self {
+        TimerConfig {
+            t1: Duration::from_millis(500),
+            t2: Duration::from_secs(4),
+            t4: Duration::from_secs(5),
+        }
+    }
+}
+
+impl TimerConfig {
+    fn t1x64(&self) -> Duration {
+        self.t1.saturating_mul(64)
+    }
+}
+
+/// Names a client transaction (a request we sent).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ClientTxId(u64);
+
+/// Names a server transaction (a request we received).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ServerTxId(u64);
+
+/// Misuse of the transaction layer by the TU.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransactionError {
+    /// The server transaction ended (timed out, or completed and cleaned up).
+    #[error("no such server transaction")]
+    NoSuchTransaction,
+    /// The transaction already sent its final response.
+    #[error("a final response was already sent on this transaction")]
+    FinalAlreadySent,
+    /// Only status codes 100–699 can be sent.
+    #[error("status code {0} cannot be sent")]
+    InvalidStatusCode(u16),
+}
+
+/// What the transaction layer tells the TU.
+#[derive(Clone, Debug)]
+pub enum TransactionEvent {
+    /// A new request for the TU (a new server transaction; never ACK).
+    Request {
+        /// The server transaction to respond on.
+        tx: ServerTxId,
+        /// The request, top Via stamped with `received`/`rport`.
+        request: Request,
+        /// Where it came from.
+        from: Peer,
+    },
+    /// An ACK that matched no INVITE server transaction in Completed state (the ACK for a
+    /// 2xx): the TU/dialog takes it.
+    Ack {
+        /// The ACK.
+        request: Request,
+        /// Where it came from.
+        from: Peer,
+    },
+    /// A response on a client transaction (every provisional; the final once). Non-2xx
+    /// finals to INVITE are already ACKed by the layer (§17.1.1.3).
+    Response {
+        /// The client transaction.
+        tx: ClientTxId,
+        /// The response.
+        response: Response,
+    },
+    /// A response that matched no client transaction (e.g. a 2xx retransmission).
+    StrayResponse {
+        /// The response.
+        response: Response,
+        /// Where it came from.
+        from: Peer,
+    },
+    /// Timer B/F fired (or a transport error): the TU treats it as 408.
+    ClientTimeout {
+        /// The client transaction.
+        tx: ClientTxId,
+    },
+    /// Timer H fired: no ACK came for a final response to INVITE.
+    ServerTimeout {
+        /// The server transaction.
+        tx: ServerTxId,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClientKey {
+    branch: String,
+    method: Method,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ServerKey {
+    branch: String,
+    sent_by: String,
+    method: Method,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ClientState {
+    /// Calling (INVITE) or Trying (non-INVITE).
+    Initial,
+    Proceeding,
+    Completed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ServerState {
+    /// Non-INVITE only: no response yet.
+    Trying,
+    Proceeding,
+    Completed,
+    Confirmed,
+    /// INVITE only, RFC 6026: a 2xx was sent.
+    Accepted,
+}
+
+/// What happens when a transaction's deadline passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    /// Timers B, F, H (and the safety nets that report): tell the TU.
+    Timeout,
+    /// Timers D, K, I, J, L: the transaction just ends.
+    Cleanup,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Retransmit {
+    at: Instant,
+    interval: Duration,
+}
+
+struct ClientTx {
+    key: Option<ClientKey>,
+    request: Request,
+    data: Bytes,
+    to: Peer,
+    invite: bool,
+    state: ClientState,
+    retransmit: Option<Retransmit>,
+    deadline: Option<(Instant, Expiry)>,
+    ack: Option<Bytes>,
+}
+
+struct ServerTx {
+    key: Option<ServerKey>,
+    request: Request,
+    from: Peer,
+    invite: bool,
+    state: ServerState,
+    last_response: Option<Bytes>,
+    retransmit: Option<Retransmit>,
+    deadline: Option<(Instant, Expiry)>,
+    trying_at: Option<Instant>,
+}
+
+/// The RFC 3261 §17 transaction layer. See the crate documentation for the run loop.
+pub struct TransactionLayer {
+    config: TimerConfig,
+    next_id: u64,
+    clients: HashMap<ClientTxId, ClientTx>,
+    client_index: HashMap<ClientKey, ClientTxId>,
+    servers: HashMap<ServerTxId, ServerTx>,
+    server_index: HashMap<ServerKey, ServerTxId>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<TransactionEvent>,
+}
+
+fn server_key(req: &Request) -> Option<ServerKey> {
+    let via = req.top_via()?;
+    let branch = via.params.get_val("branch")?.as_str().to_owned();
+    let sent_by = via
+        .sent_by
+        .default_print_ctx()
+        .to_string()
+        .to_ascii_lowercase();
+    let method = if req.method == Method::ACK {
+        Method::INVITE
+    } else {
+        req.method.clone()
+    };
+    Some(ServerKey {
+        branch,
+        sent_by,
+        method,
+    })
+}
+
+/// Stamps the top Via with `received` (RFC 3261 §18.2.1) and fills a bare `rport`
+/// (RFC 3581), editing the text so every other parameter stays byte-for-byte as sent.
+fn stamp_via(req: &mut Request, from: &Peer) {
+    let Some(via) = req.top_via() else {
+        return;
+    };
+    let source = from.addr.ip().to_canonical();
+    let wants_rport = via.params.get("rport").is_some_and(|p| p.value.is_none());
+    let needs_received =
+        wants_rport || via.sent_by.ip().map(|ip| ip.to_canonical()) != Some(source);
+    if !needs_received && !wants_rport {
+        return;
+    }
+    let Some(mut values) = req.headers.remove(&Name::VIA) else {
+        return;
+    };
+    let Some(first) = values.first().map(|v| v.as_str().to_owned()) else {
+        return;
+    };
+    // The first Via ends at the first comma outside quotes; later Vias are kept verbatim.
+    let mut in_quotes = false;
+    let split = first
+        .char_indices()
+        .find(|&(_, c)| {
+            if c == '"' {
+                in_quotes = !in_quotes;
+            }
+            c == ',' && !in_quotes
+        })
+        .map(|(i, _)| i)
+        .unwrap_or(first.len());
+    let (top, rest) = first.split_at(split);
+    let mut out = String::with_capacity(top.len() + 48);
+    for (i, segment) in top.split(';').enumerate() {
+        let name = segment.split('=').next().unwrap_or_default().trim();
+        if i > 0 && name.eq_ignore_ascii_case("received") {
+            continue;
+        }
+        if i > 0 {
+            out.push(';');
+        }
+        if i > 0 && name.eq_ignore_ascii_case("rport") && wants_rport {
+            out.push_str(&format!("rport={}", from.addr.port()));
+        } else {
+            out.push_str(segment.trim_end());
+        }
+    }
+    if needs_received {
+        out.push_str(&format!(";received={source}"));
+    }
+    out.push_str(rest);
+    if let Some(slot) = values.first_mut() {
+        *slot = BytesStr::from(out);
+    }
+    let mut values = values.into_iter();
+    if let Some(first) = values.next() {
+        req.headers.insert_front(Name::VIA, first);
+    }
+    for v in values {
+        req.headers.insert(Name::VIA, v);
+    }
+}
+
+fn is_final(code: StatusCode) -> bool {
+    code.into_u16() >= 200
+}
+
+fn is_2xx(code: StatusCode) -> bool {
+    (200..300).contains(&code.into_u16())
+}
+
+impl TransactionLayer {
+    /// An empty layer.
+    pub fn new(config: TimerConfig) -> Self {
+        TransactionLayer {
+            config,
+            next_id: 0,
+            clients: HashMap::new(),
+            client_index: HashMap::new(),
+            servers: HashMap::new(),
+            server_index: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn transmit(&mut self, peer: Peer, data: Bytes) {
+        self.transmits.push_back(Transmit { peer, data });
+    }
+
+    /// Input: a parsed message from the network.
+    ///
+    /// For requests the top Via gets `received=` (when the source IP differs from the
+    /// sent-by host, or `rport` was asked for) and a bare `rport` gets the source port
+    /// (RFC 3581); responses are sent to `from` (same connection for streams) in any case.
+    /// Retransmitted requests are absorbed (the last response is re-sent). Requests match
+    /// per §17.2.3 (branch + sent-by + method; ACK matches the INVITE, CANCEL does not).
+    pub fn handle_message(&mut self, now: Instant, msg: Message, from: Peer) {
+        match msg {
+            Message::Request(mut req) => {
+                stamp_via(&mut req, &from);
+                self.handle_request(now, req, from);
+            }
+            Message::Response(resp) => self.handle_response(now, resp, from),
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, req: Request, from: Peer) {
+        let key = server_key(&req);
+        let existing = key.as_ref().and_then(|k| self.server_index.get(k)).copied();
+
+        if req.method == Method::ACK {
+            let Some(id) = existing else {
+                self.events
+                    .push_back(TransactionEvent::Ack { request: req, from });
+                return;
+            };
+            let Some(tx) = self.servers.get_mut(&id) else {
+                return;
+            };
+            match tx.state {
+                ServerState::Completed => {
+                    tx.state = ServerState::Confirmed;
+                    tx.retransmit = None;
+                    if from.transport.is_reliable() || tx.from.transport.is_reliable() {
+                        self.remove_server(id);
+                    } else {
+                        tx.deadline = Some((now + self.config.t4, Expiry::Cleanup));
+                    }
+                }
+                // An ACK reusing the INVITE branch for a 2xx (RFC 2543 style) is still
+                // the dialog's business.
+                ServerState::Accepted => self
+                    .events
+                    .push_back(TransactionEvent::Ack { request: req, from }),
+                _ => {}
+            }
+            return;
+        }
+
+        if let Some(id) = existing {
+            let mut resend = None;
+            let mut trying = false;
+            if let Some(tx) = self.servers.get_mut(&id) {
+                match tx.state {
+                    ServerState::Proceeding | ServerState::Completed => {
+                        resend = tx.last_response.clone();
+                        if resend.is_none() && tx.invite {
+                            // The client is retransmitting and has heard nothing yet: tell
+                            // it we are working on it now rather than at the 200 ms mark.
+                            trying = true;
+                            tx.trying_at = None;
+                        }
+                    }
+                    ServerState::Trying | ServerState::Confirmed | ServerState::Accepted => {}
+                }
+                let peer = tx.from;
+                if trying {
+                    let resp = response_for(&tx.request, StatusCode::TRYING, None);
+                    let data = resp.to_bytes();
+                    tx.last_response = Some(data.clone());
+                    resend = Some(data);
+                }
+                if let Some(data) = resend {
+                    self.transmit(peer, data);
+                }
+            }
+            return;
+        }
+
+        let id = ServerTxId(self.next_id());
+        let invite = req.method == Method::INVITE;
+        let tx = ServerTx {
+            key: key.clone(),
+            request: req.clone(),
+            from,
+            invite,
+            state: if invite {
+                ServerState::Proceeding
+            } else {
+                ServerState::Trying
+            },
+            last_response: None,
+            retransmit: None,
+            deadline: if invite {
+                None
+            } else {
+                Some((now + self.config.t1x64(), Expiry::Cleanup))
+            },
+            trying_at: invite.then(|| now + TRYING_DELAY),
+        };
+        self.servers.insert(id, tx);
+        if let Some(key) = key {
+            self.server_index.insert(key, id);
+        }
+        self.events.push_back(TransactionEvent::Request {
+            tx: id,
+            request: req,
+            from,
+        });
+    }
+
+    fn handle_response(&mut self, now: Instant, resp: Response, from: Peer) {
+        let key = match (resp.top_via_branch(), resp.cseq()) {
+            (Some(branch), Some((_, method))) => Some(ClientKey { branch, method }),
+            _ => None,
+        };
+        let id = key.and_then(|k| self.client_index.get(&k)).copied();
+        let Some(id) = id else {
+            self.events.push_back(TransactionEvent::StrayResponse {
+                response: resp,
+                from,
+            });
+            return;
+        };
+        let Some(tx) = self.clients.get_mut(&id) else {
+            self.events.push_back(TransactionEvent::StrayResponse {
+                response: resp,
+                from,
+            });
+            return;
+        };
+        let code = resp.code;
+        let reliable = tx.to.transport.is_reliable();
+        let t1x64 = self.config.t1x64();
+
+        if tx.invite {
+            match (tx.state, is_final(code), is_2xx(code)) {
+                (ClientState::Initial | ClientState::Proceeding, false, _) => {
+                    tx.state = ClientState::Proceeding;
+                    tx.retransmit = None;
+                    tx.deadline = Some((now + PROCEEDING_TIMEOUT, Expiry::Timeout));
+                    self.events.push_back(TransactionEvent::Response {
+                        tx: id,
+                        response: resp,
+                    });
+                }
+                (ClientState::Initial | ClientState::Proceeding, true, true) => {
+                    self.events.push_back(TransactionEvent::Response {
+                        tx: id,
+                        response: resp,
+                    });
+                    self.remove_client(id);
+                }
+                (ClientState::Initial | ClientState::Proceeding, true, false) => {
+                    let to = resp.headers.get_raw(&Name::TO).next();
+                    let ack = hop_request(&tx.request, Method::ACK, to).to_bytes();
+                    let peer = tx.to;
+                    tx.state = ClientState::Completed;
+                    tx.retransmit = None;
+                    tx.ack = Some(ack.clone());
+                    tx.deadline = Some((now + t1x64, Expiry::Cleanup));
+                    self.transmit(peer, ack);
+                    self.events.push_back(TransactionEvent::Response {
+                        tx: id,
+                        response: resp,
+                    });
+                    if reliable {
+                        self.remove_client(id);
+                    }
+                }
+                (ClientState::Completed, true, false) => {
+                    let peer = tx.to;
+                    if let Some(ack) = tx.ack.clone() {
+                        self.transmit(peer, ack);
+                    }
+                }
+                // A 2xx after a non-2xx final (another fork): the dialog layer decides.
+                (ClientState::Completed, true, true) => {
+                    self.events.push_back(TransactionEvent::StrayResponse {
+                        response: resp,
+                        from,
+                    })
+                }
+                (ClientState::Completed, false, _) => {}
+            }
+        } else {
+            match (tx.state, is_final(code)) {
+                (ClientState::Initial | ClientState::Proceeding, false) => {
+                    tx.state = ClientState::Proceeding;
+                    self.events.push_back(TransactionEvent::Response {
+                        tx: id,
+                        response: resp,
+                    });
+                }
+                (ClientState::Initial | ClientState::Proceeding, true) => {
+                    tx.state = ClientState::Completed;
+                    tx.retransmit = None;
+                    tx.deadline = Some((now + self.config.t4, Expiry::Cleanup));
+                    self.events.push_back(TransactionEvent::Response {
+                        tx: id,
+                        response: resp,
+                    });
+                    if reliable {
+                        self.remove_client(id);
+                    }
+                }
+                (ClientState::Completed, _) => {}
+            }
+        }
+    }
+
+    /// Starts a client transaction. `req` already carries our top Via with a fresh branch
+    /// (the TU builds it); the layer keys the transaction by that branch and the method.
+    ///
+    /// ACK has no client transaction (RFC 3261 §17.1.1.3): it is sent once and the
+    /// returned id never produces events. A request without a branch is sent but can
+    /// match no response, so it ends with [`TransactionEvent::ClientTimeout`].
+    pub fn send_request(&mut self, now: Instant, req: Request, to: Peer) -> ClientTxId {
+        let id = ClientTxId(self.next_id());
+        let data = req.to_bytes();
+        self.transmit(to, data.clone());
+        if req.method == Method::ACK {
+            return id;
+        }
+        let key = req.top_via_branch().map(|branch| ClientKey {
+            branch,
+            method: req.method.clone(),
+        });
+        let retransmit = (!to.transport.is_reliable()).then(|| Retransmit {
+            at: now + self.config.t1,
+            interval: self.config.t1,
+        });
+        let tx = ClientTx {
+            key: key.clone(),
+            invite: req.method == Method::INVITE,
+            request: req,
+            data,
+            to,
+            state: ClientState::Initial,
+            retransmit,
+            deadline: Some((now + self.config.t1x64(), Expiry::Timeout)),
+            ack: None,
+        };
+        self.clients.insert(id, tx);
+        if let Some(key) = key {
+            self.client_index.insert(key, id);
+        }
+        id
+    }
+
+    /// Sends a response on a server transaction (provisional or final).
+    ///
+    /// After a 2xx to INVITE, further 2xx (the TU's retransmissions, RFC 6026) are passed
+    /// through until Timer L ends the transaction.
+    pub fn send_response(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        resp: Response,
+    ) -> Result<(), TransactionError> {
+        let code = resp.code.into_u16();
+        if !(100..=699).contains(&code) {
+            return Err(TransactionError::InvalidStatusCode(code));
+        }
+        let config = self.config;
+        let t = self
+            .servers
+            .get_mut(&tx)
+            .ok_or(TransactionError::NoSuchTransaction)?;
+        let reliable = t.from.transport.is_reliable();
+        let data = resp.to_bytes();
+        let peer = t.from;
+        let mut remove = false;
+
+        match (t.invite, t.state) {
+            (true, ServerState::Proceeding) => {
+                t.trying_at = None;
+                if code < 200 {
+                    t.last_response = Some(data.clone());
+                } else if code < 300 {
+                    t.state = ServerState::Accepted;
+                    t.last_response = None;
+                    t.deadline = Some((now + config.t1x64(), Expiry::Cleanup));
+                } else {
+                    t.state = ServerState::Completed;
+                    t.last_response = Some(data.clone());
+                    t.retransmit = (!reliable).then(|| Retransmit {
+                        at: now + config.t1,
+                        interval: config.t1,
+                    });
+                    t.deadline = Some((now + config.t1x64(), Expiry::Timeout));
+                }
+            }
+            (true, ServerState::Accepted) if (200..300).contains(&code) => {}
+            (false, ServerState::Trying | ServerState::Proceeding) => {
+                t.last_response = Some(data.clone());
+                if code < 200 {
+                    t.state = ServerState::Proceeding;
+                } else {
+                    t.state = ServerState::Completed;
+                    t.deadline = Some((now + config.t1x64(), Expiry::Cleanup));
+                    remove = reliable;
+                }
+            }
+            _ => return Err(TransactionError::FinalAlreadySent),
+        }
+        self.transmit(peer, data);
+        if remove {
+            self.remove_server(tx);
+        }
+        Ok(())
+    }
+
+    /// Sends outside any transaction (the ACK for a 2xx, a 2xx retransmitted by the TU).
+    pub fn send_stateless(&mut self, msg: Message, to: Peer) {
+        self.transmit(to, msg.to_bytes());
+    }
+
+    /// The INVITE server transaction a CANCEL refers to (same branch and sent-by, §9.2).
+    pub fn invite_tx_for_cancel(&self, cancel: &Request) -> Option<ServerTxId> {
+        let mut key = server_key(cancel)?;
+        key.method = Method::INVITE;
+        self.server_index.get(&key).copied()
+    }
+
+    /// The request of a server transaction (e.g. to build responses later).
+    pub fn server_request(&self, tx: ServerTxId) -> Option<&Request> {
+        self.servers.get(&tx).map(|t| &t.request)
+    }
+
+    /// The request of a client transaction (e.g. to build its CANCEL).
+    pub fn client_request(&self, tx: ClientTxId) -> Option<&Request> {
+        self.clients.get(&tx).map(|t| &t.request)
+    }
+
+    /// The shell could not deliver to `peer` (ICMP error, connection refused or closed):
+    /// every client transaction towards it ends with [`TransactionEvent::ClientTimeout`]
+    /// (RFC 3261 §17.1.4). For stream peers the connection id must match.
+    pub fn handle_transport_error(&mut self, peer: Peer) {
+        let mut failed: Vec<ClientTxId> = self
+            .clients
+            .iter()
+            .filter(|(_, tx)| {
+                tx.to.transport == peer.transport
+                    && tx.to.addr == peer.addr
+                    && (peer.conn.is_none() || tx.to.conn == peer.conn)
+                    && tx.state != ClientState::Completed
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        failed.sort_by_key(|id| id.0);
+        for id in failed {
+            self.events
+                .push_back(TransactionEvent::ClientTimeout { tx: id });
+            self.remove_client(id);
+        }
+    }
+
+    /// Fires every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let config = self.config;
+
+        let mut due: Vec<ClientTxId> = self
+            .clients
+            .iter()
+            .filter(|(_, tx)| next_client_timer(tx).is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        due.sort_by_key(|id| id.0);
+        for id in due {
+            let Some(tx) = self.clients.get_mut(&id) else {
+                continue;
+            };
+            if let Some((at, expiry)) = tx.deadline {
+                if at <= now {
+                    if expiry == Expiry::Timeout {
+                        self.events
+                            .push_back(TransactionEvent::ClientTimeout { tx: id });
+                    }
+                    self.remove_client(id);
+                    continue;
+                }
+            }
+            if let Some(r) = tx.retransmit {
+                if r.at <= now {
+                    let interval = if tx.invite {
+                        r.interval.saturating_mul(2)
+                    } else if tx.state == ClientState::Proceeding {
+                        config.t2
+                    } else {
+                        r.interval.saturating_mul(2).min(config.t2)
+                    };
+                    tx.retransmit = Some(Retransmit {
+                        at: now + interval,
+                        interval,
+                    });
+                    let (peer, data) = (tx.to, tx.data.clone());
+                    self.transmit(peer, data);
+                }
+            }
+        }
+
+        let mut due: Vec<ServerTxId> = self
+            .servers
+            .iter()
+            .filter(|(_, tx)| next_server_timer(tx).is_some_and(|t| t <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        due.sort_by_key(|id| id.0);
+        for id in due {
+            let Some(tx) = self.servers.get_mut(&id) else {
+                continue;
+            };
+            if let Some((at, expiry)) = tx.deadline {
+                if at <= now {
+                    if expiry == Expiry::Timeout {
+                        self.events
+                            .push_back(TransactionEvent::ServerTimeout { tx: id });
+                    }
+                    self.remove_server(id);
+                    continue;
+                }
+            }
+            if tx.trying_at.is_some_and(|t| t <= now) {
+                tx.trying_at = None;
+                let data = response_for(&tx.request, StatusCode::TRYING, None).to_bytes();
+                tx.last_response = Some(data.clone());
+                let peer = tx.from;
+                self.transmit(peer, data);
+                continue;
+            }
+            if let Some(r) = tx.retransmit {
+                if r.at <= now {
+                    let interval = r.interval.saturating_mul(2).min(config.t2);
+                    tx.retransmit = Some(Retransmit {
+                        at: now + interval,
+                        interval,
+                    });
+                    if let Some(data) = tx.last_response.clone() {
+                        let peer = tx.from;
+                        self.transmit(peer, data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next message to send.
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next event for the TU.
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<TransactionEvent> {
+        self.events.pop_front()
+    }
+
+    /// The earliest timer; call [`handle_timeout`](Self::handle_timeout) then.
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let clients = self.clients.values().filter_map(next_client_timer);
+        let servers = self.servers.values().filter_map(next_server_timer);
+        clients.chain(servers).min()
+    }
+
+    /// Live transactions (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.clients.len() + self.servers.len()
+    }
+
+    /// Whether no transaction is live.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove_client(&mut self, id: ClientTxId) {
+        if let Some(tx) = self.clients.remove(&id) {
+            if let Some(key) = tx.key {
+                if self.client_index.get(&key) == Some(&id) {
+                    self.client_index.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn remove_server(&mut self, id: ServerTxId) {
+        if let Some(tx) = self.servers.remove(&id) {
+            if let Some(key) = tx.key {
+                if self.server_index.get(&key) == Some(&id) {
+                    self.server_index.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+fn next_client_timer(tx: &ClientTx) -> Option<Instant> {
+    let deadline = tx.deadline.map(|(t, _)| t);
+    let retransmit = tx.retransmit.map(|r| r.at);
+    [deadline, retransmit].into_iter().flatten().min()
+}
+
+fn next_server_timer(tx: &ServerTx) -> Option<Instant> {
+    let deadline = tx.deadline.map(|(t, _)| t);
+    let retransmit = tx.retransmit.map(|r| r.at);
+    [deadline, retransmit, tx.trying_at]
+        .into_iter()
+        .flatten()
+        .min()
+}
