@@ -449,3 +449,244 @@ pub fn answer_challenge(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn creds(value: &str) -> Credentials {
+        Credentials::from_value(value).expect("parseable")
+    }
+
+    #[test]
+    fn rfc2617_mufasa() {
+        let c = creds(
+            r#"Digest username="Mufasa",
+                 realm="testrealm@host.com",
+                 nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093",
+                 uri="/dir/index.html",
+                 qop=auth,
+                 nc=00000001,
+                 cnonce="0a4f113b",
+                 response="6629fae49393a05397450978507c4ef1",
+                 opaque="5ccc069c403ebaf9f0171e9517f40e41""#,
+        );
+        assert_eq!(c.algorithm, Algorithm::Md5);
+        assert_eq!(
+            c.opaque.as_deref(),
+            Some("5ccc069c403ebaf9f0171e9517f40e41")
+        );
+        assert!(verify(&c, "GET", "Circle Of Life"));
+        assert!(!verify(&c, "GET", "Circle of Life"));
+        assert!(!verify(&c, "POST", "Circle Of Life"));
+        let ha1 = ha1(
+            Algorithm::Md5,
+            "Mufasa",
+            "testrealm@host.com",
+            "Circle Of Life",
+        );
+        assert!(verify_ha1(&c, "GET", &ha1.to_ascii_uppercase()));
+
+        let challenge = r#"Digest realm="testrealm@host.com", qop="auth,auth-int", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
+        let answer = answer_challenge(
+            challenge,
+            "GET",
+            "/dir/index.html",
+            "Mufasa",
+            "Circle Of Life",
+            1,
+            "0a4f113b",
+        )
+        .unwrap();
+        assert!(
+            answer.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
+            "{answer}"
+        );
+        assert!(answer.contains(r#"opaque="5ccc069c403ebaf9f0171e9517f40e41""#));
+        assert!(verify(&creds(&answer), "GET", "Circle Of Life"));
+    }
+
+    const RFC7616_CHALLENGE: &str = r#"Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=ALG, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#;
+
+    #[test]
+    fn rfc7616_md5_and_sha256() {
+        for (alg, algorithm, expected) in [
+            ("MD5", Algorithm::Md5, "8ca523f5e9506fed4657c9700eebdbec"),
+            (
+                "SHA-256",
+                Algorithm::Sha256,
+                "753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1",
+            ),
+        ] {
+            let answer = answer_challenge(
+                &RFC7616_CHALLENGE.replace("ALG", alg),
+                "GET",
+                "/dir/index.html",
+                "Mufasa",
+                "Circle of Life",
+                1,
+                "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
+            )
+            .unwrap();
+            assert!(
+                answer.contains(&format!("response=\"{expected}\"")),
+                "{answer}"
+            );
+            let c = creds(&answer);
+            assert_eq!(c.algorithm, algorithm);
+            assert_eq!(c.nc.as_deref(), Some("00000001"));
+            assert!(verify(&c, "GET", "Circle of Life"));
+            assert!(!verify(&c, "GET", "wrong"));
+        }
+    }
+
+    #[test]
+    fn rfc2069_without_qop() {
+        let answer = answer_challenge(
+            r#"Digest realm="r", nonce="n""#,
+            "REGISTER",
+            "sip:pbx",
+            "u",
+            "p",
+            1,
+            "c",
+        )
+        .unwrap();
+        assert!(!answer.contains("qop"));
+        assert!(verify(&creds(&answer), "REGISTER", "p"));
+        // qop=auth without nc/cnonce is not accepted.
+        let mut c = creds(&answer);
+        c.qop = Some("auth".into());
+        assert!(!verify(&c, "REGISTER", "p"));
+    }
+
+    #[test]
+    fn challenge_errors() {
+        let answer = |c: &str| answer_challenge(c, "INVITE", "sip:x", "u", "p", 1, "c");
+        assert_eq!(
+            answer("Basic realm=\"x\""),
+            Err(DigestError::MalformedChallenge)
+        );
+        assert_eq!(
+            answer("Digest nonce=\"n\""),
+            Err(DigestError::MalformedChallenge)
+        );
+        assert_eq!(
+            answer("Digest realm=\"r\", nonce=\"n\", algorithm=MD5-sess"),
+            Err(DigestError::UnsupportedAlgorithm("MD5-sess".into()))
+        );
+        assert_eq!(
+            answer("Digest realm=\"r\", nonce=\"n\", qop=\"auth-int\""),
+            Err(DigestError::UnsupportedQop("auth-int".into()))
+        );
+        assert!(answer("Digest realm=\"unterminated").is_err());
+    }
+
+    #[test]
+    fn nonces() {
+        let source = NonceSource::new([7; 32], Duration::from_secs(300));
+        let nonce = source.issue(1_700_000_000);
+        assert!(!nonce.contains(':') && !nonce.contains('"'));
+        assert_eq!(source.check(&nonce, 1_700_000_000), NonceStatus::Valid);
+        assert_eq!(source.check(&nonce, 1_700_000_300), NonceStatus::Valid);
+        assert_eq!(source.check(&nonce, 1_700_000_301), NonceStatus::Stale);
+
+        // Tampering with the time or the MAC, or another secret: Invalid.
+        let mut tampered = nonce.clone().into_bytes();
+        tampered[15] = if tampered[15] == b'1' { b'2' } else { b'1' };
+        let tampered = String::from_utf8(tampered).unwrap();
+        assert_eq!(source.check(&tampered, 1_700_000_000), NonceStatus::Invalid);
+        let mut mac_flip = nonce.clone();
+        mac_flip.pop();
+        mac_flip.push(if nonce.ends_with('0') { '1' } else { '0' });
+        assert_eq!(source.check(&mac_flip, 1_700_000_000), NonceStatus::Invalid);
+        let other = NonceSource::new([8; 32], Duration::from_secs(300));
+        assert_eq!(other.check(&nonce, 1_700_000_000), NonceStatus::Invalid);
+        for junk in ["", "zz", "é", &"0".repeat(80), &nonce[..79]] {
+            assert_eq!(
+                source.check(junk, 1_700_000_000),
+                NonceStatus::Invalid,
+                "{junk}"
+            );
+        }
+    }
+
+    #[test]
+    fn hmac_rfc4231_case_2() {
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(
+            hex::encode(mac),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        // Keys longer than the block are hashed first (RFC 4231 case 6).
+        let mac = hmac_sha256(
+            &[0xaa; 131],
+            b"Test Using Larger Than Block-Size Key - Hash Key First",
+        );
+        assert_eq!(
+            hex::encode(mac),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
+
+    #[test]
+    fn server_round_trip_through_a_request() {
+        let source = NonceSource::new([1; 32], Duration::from_secs(60));
+        let nonce = source.issue(1000);
+        let challenges = challenges("pbx.example.com", &nonce, true);
+        assert_eq!(challenges.len(), 2);
+        assert!(challenges[0].contains("algorithm=SHA-256"));
+        assert!(challenges[1].contains("algorithm=MD5"));
+        assert!(challenges
+            .iter()
+            .all(|c| c.contains("qop=\"auth\"") && c.contains("stale=true")));
+        assert!(!super::challenges("r", "n", false)[0].contains("stale"));
+
+        // A SIP.js-style client answers the MD5 challenge in a REGISTER.
+        let auth = answer_challenge(
+            &challenges[1],
+            "REGISTER",
+            "sip:pbx.example.com",
+            "101",
+            "secret",
+            1,
+            "abcdef",
+        )
+        .unwrap();
+        let text = format!(
+            "REGISTER sip:pbx.example.com SIP/2.0\r\nVia: SIP/2.0/WSS x.invalid;branch=z9hG4bKr\r\n\
+             From: <sip:101@pbx.example.com>;tag=t\r\nTo: <sip:101@pbx.example.com>\r\n\
+             Call-ID: reg1\r\nCSeq: 2 REGISTER\r\nAuthorization: {auth}\r\nContent-Length: 0\r\n\r\n"
+        );
+        let Ok(Message::Request(req)) = Message::parse(text.as_bytes()) else {
+            panic!()
+        };
+        assert!(credentials_from(&req, true).is_none());
+        let c = credentials_from(&req, false).expect("credentials");
+        assert_eq!(c.username, "101");
+        assert_eq!(c.realm, "pbx.example.com");
+        assert_eq!(source.check(&c.nonce, 1010), NonceStatus::Valid);
+        assert!(verify(&c, "REGISTER", "secret"));
+        assert!(!verify(&c, "REGISTER", "Secret"));
+    }
+
+    #[test]
+    fn malformed_credentials() {
+        for bad in [
+            "",
+            "Digest",
+            "Basic dXNlcjpwYXNz",
+            r#"Digest username="a", realm="r", nonce="n", uri="u""#,
+            r#"Digest username="a, realm="r", nonce="n", uri="u", response="x""#,
+            r#"Digest username="a" realm="r""#,
+            r#"Digest username="a", realm="r", nonce="n", uri="u", response="x", algorithm=SHA-512"#,
+            "Digest =,=,=",
+        ] {
+            assert!(Credentials::from_value(bad).is_none(), "{bad}");
+        }
+        let c = creds(r#"digest USERNAME="a\"b", realm=r, nonce=n, uri="sip:x", response=00"#);
+        assert_eq!(c.username, "a\"b");
+        assert_eq!(c.realm, "r");
+    }
+}
