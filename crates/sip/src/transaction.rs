@@ -847,3 +847,730 @@ fn next_server_timer(tx: &ServerTx) -> Option<Instant> {
         .flatten()
         .min()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::response_for;
+    use crate::transport::{ConnId, Transport};
+    use std::net::SocketAddr;
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    fn peer(transport: Transport) -> Peer {
+        Peer {
+            transport,
+            addr: "192.0.2.10:5060".parse::<SocketAddr>().unwrap(),
+            conn: transport.is_reliable().then_some(ConnId(7)),
+        }
+    }
+
+    fn request(method: &str, branch: &str, transport: Transport) -> Request {
+        let text = format!(
+            "{method} sip:bob@192.0.2.20 SIP/2.0\r\n\
+             Via: SIP/2.0/{} 192.0.2.10:5060;branch={branch};rport\r\n\
+             Max-Forwards: 70\r\n\
+             From: <sip:alice@example.com>;tag=from1\r\n\
+             To: <sip:bob@example.com>\r\n\
+             Call-ID: call-1@192.0.2.10\r\n\
+             CSeq: 1 {method}\r\n\
+             Content-Length: 0\r\n\r\n",
+            transport.via_name()
+        );
+        match Message::parse(text.as_bytes()) {
+            Ok(Message::Request(r)) => r,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn reply(req: &Request, code: u16) -> Message {
+        let tag = (code > 100).then_some("totag9");
+        Message::Response(response_for(req, StatusCode::from(code), tag))
+    }
+
+    /// What happened while the clock ran: transmits and events, stamped with their time.
+    type Log = (Vec<(Duration, Bytes)>, Vec<(Duration, TransactionEvent)>);
+
+    /// A layer on a virtual clock.
+    struct Harness {
+        layer: TransactionLayer,
+        base: Instant,
+        now: Instant,
+    }
+
+    impl Harness {
+        fn new() -> Self {
+            let base = Instant::now();
+            Harness {
+                layer: TransactionLayer::new(TimerConfig::default()),
+                base,
+                now: base,
+            }
+        }
+
+        fn at(&self, offset: Duration) -> Instant {
+            self.base + offset
+        }
+
+        fn elapsed(&self) -> Duration {
+            self.now - self.base
+        }
+
+        fn transmits(&mut self) -> Vec<Bytes> {
+            std::iter::from_fn(|| self.layer.poll_transmit())
+                .map(|t| t.data)
+                .collect()
+        }
+
+        fn events(&mut self) -> Vec<TransactionEvent> {
+            std::iter::from_fn(|| self.layer.poll_event()).collect()
+        }
+
+        /// Jumps from timer to timer until `until`, recording when each transmit and event
+        /// happened. Bounded, so a livelock fails the test instead of hanging it.
+        fn run_until(&mut self, until: Duration) -> Log {
+            let mut sent = Vec::new();
+            let mut events = Vec::new();
+            for _ in 0..10_000 {
+                match self.layer.poll_timeout() {
+                    Some(t) if t <= self.at(until) => {
+                        assert!(t >= self.now, "timer in the past");
+                        self.now = t;
+                        self.layer.handle_timeout(t);
+                        let e = self.elapsed();
+                        sent.extend(self.transmits().into_iter().map(|d| (e, d)));
+                        events.extend(self.events().into_iter().map(|ev| (e, ev)));
+                    }
+                    _ => {
+                        self.now = self.at(until);
+                        return (sent, events);
+                    }
+                }
+            }
+            panic!("livelock");
+        }
+
+        fn advance(&mut self, to: Duration) -> Log {
+            self.run_until(to)
+        }
+
+        fn receive(&mut self, msg: Message, from: Peer) {
+            let now = self.now;
+            self.layer.handle_message(now, msg, from);
+        }
+    }
+
+    fn times(sent: &[(Duration, Bytes)]) -> Vec<u64> {
+        sent.iter().map(|(d, _)| d.as_millis() as u64).collect()
+    }
+
+    fn parse(data: &Bytes) -> Message {
+        Message::parse(data).expect("we send valid messages")
+    }
+
+    #[test]
+    fn non_invite_client_udp_timer_e_and_f() {
+        let mut h = Harness::new();
+        let req = request("OPTIONS", "z9hG4bKopt1", Transport::Udp);
+        let tx = h.layer.send_request(h.now, req, peer(Transport::Udp));
+        assert_eq!(h.transmits().len(), 1);
+        let (sent, events) = h.run_until(Duration::from_secs(40));
+        assert_eq!(
+            times(&sent),
+            vec![500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        );
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, Duration::from_secs(32));
+        assert!(matches!(events[0].1, TransactionEvent::ClientTimeout { tx: t } if t == tx));
+        assert_eq!(h.layer.len(), 0);
+        assert_eq!(h.layer.poll_timeout(), None);
+    }
+
+    #[test]
+    fn non_invite_client_tcp_never_retransmits() {
+        let mut h = Harness::new();
+        let req = request("OPTIONS", "z9hG4bKopt2", Transport::Tcp);
+        h.layer.send_request(h.now, req, peer(Transport::Tcp));
+        assert_eq!(h.transmits().len(), 1);
+        let (sent, events) = h.run_until(Duration::from_secs(40));
+        assert!(sent.is_empty());
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, Duration::from_secs(32));
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn non_invite_client_final_then_timer_k() {
+        let mut h = Harness::new();
+        let req = request("REGISTER", "z9hG4bKreg", Transport::Udp);
+        let tx = h
+            .layer
+            .send_request(h.now, req.clone(), peer(Transport::Udp));
+        let _ = h.transmits();
+        h.advance(MS(600)); // one retransmit at 500 ms
+        assert_eq!(h.transmits().len(), 0);
+        h.receive(reply(&req, 100), peer(Transport::Udp));
+        // Proceeding: Timer E now fires at T2 intervals.
+        let (sent, _) = h.advance(MS(10_000));
+        assert_eq!(times(&sent), vec![1500, 5500, 9500]);
+        h.receive(reply(&req, 401), peer(Transport::Udp));
+        let events = h.events();
+        assert_eq!(events.len(), 1, "{events:?}");
+        assert!(
+            matches!(&events[0], TransactionEvent::Response { tx: t, response } if *t == tx && response.code.into_u16() == 401)
+        );
+        // Retransmitted final: absorbed.
+        h.receive(reply(&req, 401), peer(Transport::Udp));
+        assert!(h.events().is_empty());
+        assert!(h.transmits().is_empty());
+        assert_eq!(h.layer.len(), 1);
+        let (sent, events) = h.advance(MS(20_000));
+        assert!(sent.is_empty() && events.is_empty());
+        assert_eq!(h.layer.len(), 0, "Timer K (T4) ended it");
+        // A late retransmission is now stray.
+        h.receive(reply(&req, 401), peer(Transport::Udp));
+        assert!(matches!(
+            h.events()[..],
+            [TransactionEvent::StrayResponse { .. }]
+        ));
+    }
+
+    #[test]
+    fn non_invite_client_over_tcp_ends_on_final() {
+        let mut h = Harness::new();
+        let req = request("OPTIONS", "z9hG4bKopt3", Transport::Tcp);
+        h.layer
+            .send_request(h.now, req.clone(), peer(Transport::Tcp));
+        h.receive(reply(&req, 200), peer(Transport::Tcp));
+        assert_eq!(h.events().len(), 1);
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn invite_client_timer_a_and_b() {
+        let mut h = Harness::new();
+        let req = request("INVITE", "z9hG4bKinv1", Transport::Udp);
+        let tx = h.layer.send_request(h.now, req, peer(Transport::Udp));
+        assert_eq!(h.transmits().len(), 1);
+        let (sent, events) = h.run_until(Duration::from_secs(40));
+        assert_eq!(times(&sent), vec![500, 1500, 3500, 7500, 15500, 31500]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, Duration::from_secs(32));
+        assert!(matches!(events[0].1, TransactionEvent::ClientTimeout { tx: t } if t == tx));
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn invite_client_provisional_stops_retransmits_and_non_2xx_is_acked() {
+        let mut h = Harness::new();
+        let req = request("INVITE", "z9hG4bKinv2", Transport::Udp);
+        let tx = h
+            .layer
+            .send_request(h.now, req.clone(), peer(Transport::Udp));
+        let _ = h.transmits();
+        h.advance(MS(700));
+        assert_eq!(h.transmits().len(), 0);
+        h.receive(reply(&req, 180), peer(Transport::Udp));
+        assert!(matches!(&h.events()[..], [TransactionEvent::Response { tx: t, .. }] if *t == tx));
+        let (sent, events) = h.advance(Duration::from_secs(60));
+        assert!(sent.is_empty(), "1xx stops Timer A");
+        assert!(events.is_empty(), "Timer B does not run in Proceeding");
+
+        h.receive(reply(&req, 486), peer(Transport::Udp));
+        let sent = h.transmits();
+        assert_eq!(sent.len(), 1);
+        let Message::Request(ack) = parse(&sent[0]) else {
+            panic!("not an ACK")
+        };
+        assert_eq!(ack.method, Method::ACK);
+        assert_eq!(ack.top_via_branch().as_deref(), Some("z9hG4bKinv2"));
+        assert_eq!(ack.to_tag().as_deref(), Some("totag9"));
+        assert_eq!(ack.from_tag().as_deref(), Some("from1"));
+        assert_eq!(ack.cseq(), Some((1, Method::ACK)));
+        assert_eq!(ack.call_id(), req.call_id());
+        assert_eq!(
+            ack.uri.default_print_ctx().to_string(),
+            req.uri.default_print_ctx().to_string()
+        );
+        let events = h.events();
+        assert!(
+            matches!(&events[..], [TransactionEvent::Response { response, .. }] if response.code.into_u16() == 486)
+        );
+
+        // Retransmitted final during Timer D: re-ACKed, not delivered again.
+        h.advance(Duration::from_secs(70));
+        h.receive(reply(&req, 486), peer(Transport::Udp));
+        assert_eq!(h.transmits(), sent);
+        assert!(h.events().is_empty());
+        let before = h.elapsed();
+        let (_, events) = h.advance(Duration::from_secs(200));
+        assert!(events.is_empty());
+        assert_eq!(h.layer.len(), 0);
+        // Timer D ran 32 s from the final (received at 60 s).
+        assert!(before < Duration::from_secs(92));
+    }
+
+    #[test]
+    fn invite_client_timer_d_is_32s_on_udp_and_zero_on_tcp() {
+        let mut h = Harness::new();
+        let req = request("INVITE", "z9hG4bKinv3", Transport::Udp);
+        h.layer
+            .send_request(h.now, req.clone(), peer(Transport::Udp));
+        h.receive(reply(&req, 503), peer(Transport::Udp));
+        assert_eq!(h.layer.len(), 1);
+        h.advance(MS(31_999));
+        assert_eq!(h.layer.len(), 1);
+        h.advance(MS(32_000));
+        assert_eq!(h.layer.len(), 0);
+
+        let mut h = Harness::new();
+        let req = request("INVITE", "z9hG4bKinv4", Transport::Tcp);
+        h.layer
+            .send_request(h.now, req.clone(), peer(Transport::Tcp));
+        h.receive(reply(&req, 503), peer(Transport::Tcp));
+        assert_eq!(h.transmits().len(), 2, "INVITE and ACK");
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn invite_client_2xx_ends_and_retransmissions_are_stray() {
+        let mut h = Harness::new();
+        let req = request("INVITE", "z9hG4bKinv5", Transport::Udp);
+        let tx = h
+            .layer
+            .send_request(h.now, req.clone(), peer(Transport::Udp));
+        let _ = h.transmits();
+        h.receive(reply(&req, 200), peer(Transport::Udp));
+        assert!(matches!(&h.events()[..], [TransactionEvent::Response { tx: t, .. }] if *t == tx));
+        assert!(h.transmits().is_empty(), "the TU ACKs a 2xx, not the layer");
+        assert_eq!(h.layer.len(), 0);
+        h.receive(reply(&req, 200), peer(Transport::Udp));
+        assert!(
+            matches!(&h.events()[..], [TransactionEvent::StrayResponse { response, .. }] if response.code == StatusCode::OK)
+        );
+    }
+
+    fn server_invite(h: &mut Harness, branch: &str, transport: Transport) -> (ServerTxId, Request) {
+        let req = request("INVITE", branch, transport);
+        h.receive(Message::Request(req), peer(transport));
+        match &h.events()[..] {
+            [TransactionEvent::Request { tx, request, .. }] => (*tx, request.clone()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn invite_server_sends_100_after_200ms_and_repeats_last_provisional() {
+        let mut h = Harness::new();
+        let (tx, req) = server_invite(&mut h, "z9hG4bKs1", Transport::Udp);
+        assert!(h.transmits().is_empty());
+        let (sent, _) = h.advance(MS(1000));
+        assert_eq!(times(&sent), vec![200]);
+        let Message::Response(trying) = parse(&sent[0].1) else {
+            panic!()
+        };
+        assert_eq!(trying.code, StatusCode::TRYING);
+
+        let ringing = response_for(&req, StatusCode::RINGING, Some("t1"));
+        h.layer.send_response(h.now, tx, ringing).unwrap();
+        let sent_180 = h.transmits();
+        assert_eq!(sent_180.len(), 1);
+        // A retransmitted INVITE gets the last provisional again and no new event.
+        h.receive(
+            Message::Request(request("INVITE", "z9hG4bKs1", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        assert_eq!(h.transmits(), sent_180);
+        assert!(h.events().is_empty());
+    }
+
+    #[test]
+    fn invite_server_tu_answering_quickly_suppresses_the_100() {
+        let mut h = Harness::new();
+        let (tx, req) = server_invite(&mut h, "z9hG4bKs2", Transport::Udp);
+        h.advance(MS(50));
+        h.layer
+            .send_response(
+                h.now,
+                tx,
+                response_for(&req, StatusCode::RINGING, Some("t")),
+            )
+            .unwrap();
+        assert_eq!(h.transmits().len(), 1);
+        let (sent, _) = h.advance(MS(5000));
+        assert!(sent.is_empty());
+    }
+
+    #[test]
+    fn invite_server_timer_g_until_ack_then_timer_i() {
+        let mut h = Harness::new();
+        let (tx, req) = server_invite(&mut h, "z9hG4bKs3", Transport::Udp);
+        h.layer
+            .send_response(
+                h.now,
+                tx,
+                response_for(&req, StatusCode::from(486), Some("t")),
+            )
+            .unwrap();
+        assert_eq!(h.transmits().len(), 1);
+        let (sent, _) = h.advance(MS(12_000));
+        assert_eq!(times(&sent), vec![500, 1500, 3500, 7500, 11500]);
+        assert!(matches!(
+            h.layer
+                .send_response(h.now, tx, response_for(&req, StatusCode::OK, None)),
+            Err(TransactionError::FinalAlreadySent)
+        ));
+        // Retransmitted INVITE in Completed: final re-sent.
+        h.receive(
+            Message::Request(request("INVITE", "z9hG4bKs3", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        assert_eq!(h.transmits().len(), 1);
+        // ACK: absorbed, retransmissions stop, Timer I (T4) ends the transaction.
+        h.receive(
+            Message::Request(request("ACK", "z9hG4bKs3", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        assert!(
+            h.events().is_empty(),
+            "the ACK for a non-2xx is not the TU's"
+        );
+        h.receive(
+            Message::Request(request("ACK", "z9hG4bKs3", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        h.receive(
+            Message::Request(request("INVITE", "z9hG4bKs3", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        assert!(
+            h.events().is_empty() && h.transmits().is_empty(),
+            "Confirmed absorbs"
+        );
+        let (sent, events) = h.advance(MS(16_999));
+        assert!(sent.is_empty() && events.is_empty());
+        assert_eq!(h.layer.len(), 1);
+        h.advance(MS(17_000));
+        assert_eq!(h.layer.len(), 0);
+        assert!(matches!(
+            h.layer
+                .send_response(h.now, tx, response_for(&req, StatusCode::OK, None)),
+            Err(TransactionError::NoSuchTransaction)
+        ));
+    }
+
+    #[test]
+    fn invite_server_timer_h_without_ack() {
+        let mut h = Harness::new();
+        let (tx, req) = server_invite(&mut h, "z9hG4bKs4", Transport::Udp);
+        h.layer
+            .send_response(
+                h.now,
+                tx,
+                response_for(&req, StatusCode::from(480), Some("t")),
+            )
+            .unwrap();
+        assert_eq!(h.transmits().len(), 1);
+        let (sent, events) = h.advance(Duration::from_secs(40));
+        assert_eq!(
+            times(&sent),
+            vec![500, 1500, 3500, 7500, 11500, 15500, 19500, 23500, 27500, 31500]
+        );
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].0, Duration::from_secs(32));
+        assert!(matches!(events[0].1, TransactionEvent::ServerTimeout { tx: t } if t == tx));
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn invite_server_over_tcp_no_timer_g_and_ack_ends_it() {
+        let mut h = Harness::new();
+        let (tx, req) = server_invite(&mut h, "z9hG4bKs5", Transport::Tcp);
+        h.layer
+            .send_response(
+                h.now,
+                tx,
+                response_for(&req, StatusCode::from(486), Some("t")),
+            )
+            .unwrap();
+        let _ = h.transmits();
+        let (sent, _) = h.advance(MS(10_000));
+        // Only the automatic 100 Trying was never due (the TU answered at once).
+        assert!(sent.is_empty());
+        h.receive(
+            Message::Request(request("ACK", "z9hG4bKs5", Transport::Tcp)),
+            peer(Transport::Tcp),
+        );
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn invite_server_2xx_accepted_state() {
+        let mut h = Harness::new();
+        let (tx, req) = server_invite(&mut h, "z9hG4bKs6", Transport::Udp);
+        let ok = response_for(&req, StatusCode::OK, Some("t"));
+        h.layer.send_response(h.now, tx, ok.clone()).unwrap();
+        assert_eq!(h.transmits().len(), 1);
+        // The TU retransmits its 2xx through the transaction.
+        h.layer.send_response(h.now, tx, ok).unwrap();
+        assert_eq!(h.transmits().len(), 1);
+        let (sent, _) = h.advance(MS(5000));
+        assert!(sent.is_empty(), "the layer does not retransmit 2xx");
+        // INVITE retransmissions are absorbed.
+        h.receive(
+            Message::Request(request("INVITE", "z9hG4bKs6", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        assert!(h.events().is_empty() && h.transmits().is_empty());
+        // The ACK (new branch, as RFC 3261 wants) goes to the TU.
+        h.receive(
+            Message::Request(request("ACK", "z9hG4bKack", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        assert!(
+            matches!(&h.events()[..], [TransactionEvent::Ack { request, .. }] if request.method == Method::ACK)
+        );
+        h.advance(Duration::from_secs(40));
+        assert_eq!(h.layer.len(), 0, "Timer L");
+    }
+
+    #[test]
+    fn non_invite_server_timer_j_absorbs_retransmissions() {
+        let mut h = Harness::new();
+        let req = request("OPTIONS", "z9hG4bKs7", Transport::Udp);
+        h.receive(Message::Request(req.clone()), peer(Transport::Udp));
+        let events = h.events();
+        let [TransactionEvent::Request { tx, request, from }] = &events[..] else {
+            panic!()
+        };
+        assert_eq!(*from, peer(Transport::Udp));
+        assert!(h.layer.server_request(*tx).is_some());
+        // Retransmission before the TU answers: absorbed silently.
+        h.receive(Message::Request(req.clone()), peer(Transport::Udp));
+        assert!(h.events().is_empty() && h.transmits().is_empty());
+        assert!(
+            h.advance(MS(300)).0.is_empty(),
+            "no automatic 100 for non-INVITE"
+        );
+        h.layer
+            .send_response(h.now, *tx, response_for(request, StatusCode::OK, Some("t")))
+            .unwrap();
+        let sent = h.transmits();
+        assert_eq!(sent.len(), 1);
+        for _ in 0..3 {
+            h.receive(Message::Request(req.clone()), peer(Transport::Udp));
+            assert_eq!(h.transmits(), sent);
+            assert!(h.events().is_empty());
+        }
+        h.advance(MS(300 + 31_999));
+        assert_eq!(h.layer.len(), 1);
+        h.advance(MS(300 + 32_000));
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn non_invite_server_over_tcp_ends_on_final() {
+        let mut h = Harness::new();
+        let req = request("BYE", "z9hG4bKs8", Transport::Tcp);
+        h.receive(Message::Request(req.clone()), peer(Transport::Tcp));
+        let [TransactionEvent::Request { tx, .. }] = h.events()[..] else {
+            panic!()
+        };
+        h.layer
+            .send_response(h.now, tx, response_for(&req, StatusCode::OK, None))
+            .unwrap();
+        let sent = std::iter::from_fn(|| h.layer.poll_transmit()).collect::<Vec<_>>();
+        assert_eq!(sent.len(), 1);
+        assert_eq!(
+            sent[0].peer.conn,
+            Some(ConnId(7)),
+            "back over the same connection"
+        );
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn non_invite_server_silent_tu_is_dropped_after_64_t1() {
+        let mut h = Harness::new();
+        h.receive(
+            Message::Request(request("INFO", "z9hG4bKs9", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        let _ = h.events();
+        h.advance(Duration::from_secs(33));
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn cancel_is_its_own_transaction_and_finds_the_invite() {
+        let mut h = Harness::new();
+        let (invite_tx, _) = server_invite(&mut h, "z9hG4bKs10", Transport::Udp);
+        let cancel = request("CANCEL", "z9hG4bKs10", Transport::Udp);
+        h.receive(Message::Request(cancel), peer(Transport::Udp));
+        let events = h.events();
+        let [TransactionEvent::Request { tx, request, .. }] = &events[..] else {
+            panic!("{events:?}")
+        };
+        assert_ne!(*tx, invite_tx);
+        assert_eq!(h.layer.invite_tx_for_cancel(request), Some(invite_tx));
+        assert_eq!(h.layer.len(), 2);
+        // Another sent-by does not match (§17.2.3).
+        let text = String::from_utf8(request.to_bytes().to_vec())
+            .unwrap()
+            .replace("192.0.2.10:5060", "192.0.2.99:5060");
+        let Ok(Message::Request(other)) = Message::parse(text.as_bytes()) else {
+            panic!()
+        };
+        assert_eq!(h.layer.invite_tx_for_cancel(&other), None);
+    }
+
+    #[test]
+    fn via_gets_received_and_rport() {
+        let mut h = Harness::new();
+        let req = request("OPTIONS", "z9hG4bKv1", Transport::Udp);
+        let from = Peer {
+            transport: Transport::Udp,
+            addr: "203.0.113.5:40000".parse().unwrap(),
+            conn: None,
+        };
+        h.receive(Message::Request(req), from);
+        let [TransactionEvent::Request { request, .. }] = &h.events()[..] else {
+            panic!()
+        };
+        assert_eq!(
+            request.header_str(&Name::VIA).as_deref(),
+            Some("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKv1;rport=40000;received=203.0.113.5")
+        );
+        // Responses built from it carry the stamped Via and go to the source.
+        let resp = response_for(request, StatusCode::OK, None);
+        assert!(resp.header_str(&Name::VIA).unwrap().contains("rport=40000"));
+
+        // Same address, no rport asked: the Via is left alone.
+        let text = String::from_utf8(request_text_without_rport().into_bytes()).unwrap();
+        let Ok(Message::Request(plain)) = Message::parse(text.as_bytes()) else {
+            panic!()
+        };
+        h.receive(Message::Request(plain), peer(Transport::Udp));
+        let [TransactionEvent::Request { request, .. }] = &h.events()[..] else {
+            panic!()
+        };
+        assert_eq!(
+            request.header_str(&Name::VIA).as_deref(),
+            Some("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKv2")
+        );
+    }
+
+    fn request_text_without_rport() -> String {
+        String::from_utf8(
+            request("OPTIONS", "z9hG4bKv2", Transport::Udp)
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
+        .replace(";rport", "")
+    }
+
+    #[test]
+    fn transport_error_fails_client_transactions() {
+        let mut h = Harness::new();
+        let req = request("INVITE", "z9hG4bKte", Transport::Tcp);
+        let tx = h.layer.send_request(h.now, req, peer(Transport::Tcp));
+        h.layer.handle_transport_error(peer(Transport::Tcp));
+        assert!(matches!(&h.events()[..], [TransactionEvent::ClientTimeout { tx: t }] if *t == tx));
+        assert_eq!(h.layer.len(), 0);
+    }
+
+    #[test]
+    fn ack_without_transaction_and_stateless_sends() {
+        let mut h = Harness::new();
+        let ack = request("ACK", "z9hG4bKa", Transport::Udp);
+        h.layer
+            .send_request(h.now, ack.clone(), peer(Transport::Udp));
+        h.layer
+            .send_stateless(Message::Request(ack), peer(Transport::Udp));
+        assert_eq!(h.transmits().len(), 2);
+        assert_eq!(h.layer.len(), 0);
+        assert_eq!(h.layer.poll_timeout(), None);
+    }
+
+    /// Two layers over a lossy UDP link: an INVITE that meets a busy callee completes
+    /// (INVITE, 486, ACK) despite dropped packets, and both layers drain to empty.
+    #[test]
+    fn lossy_link_invite_busy() {
+        for seed in 1..=40 {
+            lossy_run(seed);
+        }
+    }
+
+    fn lossy_run(seed: u32) {
+        let base = Instant::now();
+        let mut client = TransactionLayer::new(TimerConfig::default());
+        let mut server = TransactionLayer::new(TimerConfig::default());
+        let uac = peer(Transport::Udp);
+        let req = request("INVITE", "z9hG4bKlossy", Transport::Udp);
+        client.send_request(base, req, uac);
+        let mut rng: u32 = seed;
+        let mut drop = move || {
+            rng = rng.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (rng >> 16) % 3 < 1 // a third of all packets is lost
+        };
+        let mut now = base;
+        let mut client_final = 0;
+        let mut client_timeouts = 0;
+        let mut server_requests = 0;
+        for _ in 0..10_000 {
+            let mut quiet = false;
+            while !quiet {
+                quiet = true;
+                while let Some(t) = client.poll_transmit() {
+                    quiet = false;
+                    if !drop() {
+                        server.handle_message(now, parse(&t.data), uac);
+                    }
+                }
+                while let Some(t) = server.poll_transmit() {
+                    quiet = false;
+                    if !drop() {
+                        client.handle_message(now, parse(&t.data), uac);
+                    }
+                }
+                while let Some(ev) = server.poll_event() {
+                    if let TransactionEvent::Request { tx, request, .. } = ev {
+                        server_requests += 1;
+                        let busy = response_for(&request, StatusCode::from(486), Some("busy"));
+                        server.send_response(now, tx, busy).unwrap();
+                    }
+                }
+                while let Some(ev) = client.poll_event() {
+                    match ev {
+                        TransactionEvent::Response { response, .. }
+                            if response.code.into_u16() >= 200 =>
+                        {
+                            client_final += 1
+                        }
+                        TransactionEvent::ClientTimeout { .. } => client_timeouts += 1,
+                        _ => {}
+                    }
+                }
+            }
+            let next = [client.poll_timeout(), server.poll_timeout()]
+                .into_iter()
+                .flatten()
+                .min();
+            let Some(next) = next else { break };
+            now = next;
+            client.handle_timeout(now);
+            server.handle_timeout(now);
+        }
+        assert!(
+            server_requests <= 1,
+            "seed {seed}: retransmitted INVITEs are absorbed"
+        );
+        assert_eq!(
+            client_final + client_timeouts,
+            1,
+            "seed {seed}: the TU hears exactly one outcome"
+        );
+        assert!(client.is_empty() && server.is_empty());
+    }
+}
