@@ -1,0 +1,1467 @@
+//! The signalling engine: registrar, OPTIONS and calls between users, as one sans-IO machine.
+//!
+//! Run loop (driven by the IO shell, see `confero-server`):
+//! 1. feed input: [`Engine::handle_datagram`] for a UDP datagram or a framed stream message,
+//!    [`Engine::handle_timeout`] when the instant from [`Engine::poll_timeout`] has come,
+//!    [`Engine::set_config`] when a new production revision is applied;
+//! 2. drain [`Engine::poll_transmit`] until `None` and send each datagram;
+//! 3. drain [`Engine::poll_event`] (binding changes to persist, live-state changes);
+//! 4. sleep until [`Engine::poll_timeout`].
+//!
+//! The engine is a back-to-back user agent: every call has a caller leg (we are its UAS)
+//! and one or more callee legs (we are their UAC, one per registered device while ringing,
+//! the winner once answered). Nothing is forwarded as-is between legs; each leg has its own
+//! Call-ID, tags and CSeq space, so a misbehaving phone cannot confuse the other side.
+//!
+//! Invariants: every map entry that points at a call (`dialogs`, `client_txs`) is removed
+//! when the call is dropped, and a call is dropped only when none of its transactions can
+//! still produce a response we must act on.
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use confero_sip::digest::{self, NonceSource, NonceStatus};
+use confero_sip::message::{self, response_for, Message, Request, Response};
+use confero_sip::transaction::{
+    ClientTxId, ServerTxId, TimerConfig, TransactionEvent, TransactionLayer,
+};
+use confero_sip::transport::{Peer, Transmit, Transport};
+use confero_sip::{Method, Name, SipUri, StatusCode};
+
+use crate::config::{Snapshot, User};
+use crate::headers::{self, uri_user};
+use crate::registrar::{
+    Binding, BindingChange, ContactRequest, RegisterError, RegisterUpdate, Registrar,
+    DEFAULT_EXPIRES, MIN_EXPIRES,
+};
+
+/// Methods we answer; also sent in `Allow`.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY";
+const USER_AGENT: &str = concat!("Confero/", env!("CARGO_PKG_VERSION"));
+/// Failed authentications per source address and window before we stop challenging.
+const AUTH_FAILURES_ALLOWED: u32 = 20;
+const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Static settings of the engine (from the command line).
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    /// Address put in our Via and Contact headers (and later SDP).
+    pub advertised: SocketAddr,
+    /// SIP domains served; empty means any.
+    pub domains: Vec<String>,
+    /// Digest realm.
+    pub realm: String,
+    /// Secret for stateless nonces; random per process unless given.
+    pub nonce_secret: [u8; 32],
+    pub nonce_lifetime: Duration,
+    /// How long a call rings before the caller gets 480.
+    pub ring_timeout: Duration,
+    pub timers: TimerConfig,
+}
+
+impl EngineSettings {
+    /// Defaults suitable for tests and small sites.
+    pub fn new(advertised: SocketAddr, nonce_secret: [u8; 32]) -> Self {
+        Self {
+            advertised,
+            domains: Vec::new(),
+            realm: "confero".to_owned(),
+            nonce_secret,
+            nonce_lifetime: Duration::from_secs(300),
+            ring_timeout: Duration::from_secs(60),
+            timers: TimerConfig::default(),
+        }
+    }
+}
+
+/// Something the shell should know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A registration binding changed: persist it.
+    Binding(BindingChange),
+    /// The set or state of calls changed (live views refresh).
+    CallsChanged,
+}
+
+/// A call as shown in `GET /api/v1/calls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    pub id: u64,
+    pub caller: String,
+    pub callee: String,
+    pub state: &'static str,
+    pub started_unix: u64,
+    pub answered_unix: Option<u64>,
+}
+
+type CallId = u64;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Side {
+    /// Toward the caller: we are UAS of its dialog.
+    Caller,
+    /// Toward the answering callee: we are UAC of its dialog.
+    Callee,
+}
+
+impl Side {
+    fn other(self) -> Side {
+        match self {
+            Side::Caller => Side::Callee,
+            Side::Callee => Side::Caller,
+        }
+    }
+}
+
+/// One dialog of a call, from our point of view.
+#[derive(Debug, Clone)]
+struct Leg {
+    call_id: String,
+    local_tag: String,
+    remote_tag: String,
+    /// Name-addr (without tag) of our end and of theirs, as written in From/To.
+    local_uri: String,
+    remote_uri: String,
+    /// Where in-dialog requests are addressed (the peer's Contact).
+    remote_target: String,
+    /// Route headers for requests on this dialog, in order.
+    route_set: Vec<String>,
+    local_cseq: u32,
+    /// The flow requests for this leg travel over.
+    peer: Peer,
+    /// Our ACK to the peer's last 2xx, re-sent when that 2xx is retransmitted.
+    last_ack: Option<Request>,
+    /// A 2xx we sent on this leg and keep retransmitting until the ACK (RFC 3261 §13.3.1.4).
+    unacked_2xx: Option<Unacked>,
+}
+
+#[derive(Debug, Clone)]
+struct Unacked {
+    response: Response,
+    next: Instant,
+    interval: Duration,
+    give_up: Instant,
+    /// The 2xx that answered the call itself (its loss ends the call).
+    initial: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ForkState {
+    Calling,
+    Proceeding,
+    Done,
+}
+
+#[derive(Debug)]
+struct Fork {
+    invite: Request,
+    peer: Peer,
+    state: ForkState,
+    /// We decided to cancel before any provisional response: RFC 3261 §9.1 wants us to wait
+    /// for one before sending CANCEL.
+    cancel_wanted: bool,
+    final_code: Option<u16>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallState {
+    Ringing,
+    Answered,
+    Ended,
+}
+
+/// A request from one side that we forwarded to the other and whose answer we relay.
+#[derive(Debug, Clone)]
+struct Forwarded {
+    from_side: Side,
+    server_tx: ServerTxId,
+    request: Request,
+}
+
+#[derive(Debug)]
+struct Call {
+    id: CallId,
+    caller: String,
+    callee: String,
+    state: CallState,
+    started_unix: u64,
+    answered_unix: Option<u64>,
+    /// The caller's INVITE and its server transaction, until the final response is sent.
+    invite: Request,
+    invite_tx: Option<ServerTxId>,
+    caller_leg: Leg,
+    callee_leg: Option<Leg>,
+    forks: Vec<Fork>,
+    ring_deadline: Instant,
+    /// Client transactions of this call still expected to answer.
+    open_client_txs: usize,
+    forwarded_invite_pending: bool,
+}
+
+impl Call {
+    fn leg_mut(&mut self, side: Side) -> Option<&mut Leg> {
+        match side {
+            Side::Caller => Some(&mut self.caller_leg),
+            Side::Callee => self.callee_leg.as_mut(),
+        }
+    }
+
+    fn leg(&self, side: Side) -> Option<&Leg> {
+        match side {
+            Side::Caller => Some(&self.caller_leg),
+            Side::Callee => self.callee_leg.as_ref(),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let ring = (self.state == CallState::Ringing).then_some(self.ring_deadline);
+        [
+            ring,
+            self.caller_leg
+                .unacked_2xx
+                .as_ref()
+                .map(|u| u.next.min(u.give_up)),
+            self.callee_leg
+                .as_ref()
+                .and_then(|l| l.unacked_2xx.as_ref())
+                .map(|u| u.next.min(u.give_up)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.state == CallState::Ended
+            && self.open_client_txs == 0
+            && self.forks.iter().all(|f| f.state == ForkState::Done)
+    }
+}
+
+/// Why we started a client transaction: tells how to treat its response.
+#[derive(Debug, Clone)]
+enum ClientPurpose {
+    Fork(usize),
+    Forwarded(Box<Forwarded>),
+    /// BYE or CANCEL we sent; the answer changes nothing.
+    Fire,
+}
+
+/// The signalling engine. See the module docs for the run loop.
+pub struct Engine {
+    settings: EngineSettings,
+    start: Instant,
+    start_unix: u64,
+    config: Arc<Snapshot>,
+    tx: TransactionLayer,
+    nonces: NonceSource,
+    registrar: Registrar,
+    calls: HashMap<CallId, Call>,
+    next_call_id: CallId,
+    /// (Call-ID, our tag) → call and side.
+    dialogs: HashMap<(String, String), (CallId, Side)>,
+    client_txs: HashMap<ClientTxId, (CallId, ClientPurpose)>,
+    timers: BinaryHeap<std::cmp::Reverse<(Instant, CallId)>>,
+    auth_failures: HashMap<IpAddr, (Instant, u32)>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<EngineEvent>,
+}
+
+impl Engine {
+    /// `now`/`now_unix` name the same moment; later Unix times are derived from instants.
+    pub fn new(
+        settings: EngineSettings,
+        config: Arc<Snapshot>,
+        now: Instant,
+        now_unix: u64,
+    ) -> Self {
+        let nonces = NonceSource::new(settings.nonce_secret, settings.nonce_lifetime);
+        Self {
+            tx: TransactionLayer::new(settings.timers),
+            settings,
+            start: now,
+            start_unix: now_unix,
+            config,
+            nonces,
+            registrar: Registrar::new(),
+            calls: HashMap::new(),
+            next_call_id: 1,
+            dialogs: HashMap::new(),
+            client_txs: HashMap::new(),
+            timers: BinaryHeap::new(),
+            auth_failures: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    fn unix(&self, now: Instant) -> u64 {
+        self.start_unix + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// Publishes a new production revision. Calls in progress keep going; registrations of
+    /// users that no longer exist are dropped.
+    pub fn set_config(&mut self, now: Instant, config: Arc<Snapshot>) {
+        self.config = config;
+        let cfg = self.config.clone();
+        for change in self
+            .registrar
+            .expire(now, |aor| cfg.config.user_by_sip_username(aor).is_some())
+        {
+            self.events.push_back(EngineEvent::Binding(change));
+        }
+    }
+
+    /// Puts back a binding loaded from storage (after a restart).
+    pub fn restore_binding(&mut self, binding: Binding) {
+        self.registrar.restore(binding);
+    }
+
+    pub fn registrar(&self) -> &Registrar {
+        &self.registrar
+    }
+
+    pub fn calls(&self) -> Vec<CallInfo> {
+        let mut v: Vec<_> = self
+            .calls
+            .values()
+            .filter(|c| c.state != CallState::Ended)
+            .map(|c| CallInfo {
+                id: c.id,
+                caller: c.caller.clone(),
+                callee: c.callee.clone(),
+                state: match c.state {
+                    CallState::Ringing => "ringing",
+                    CallState::Answered => "answered",
+                    CallState::Ended => "ended",
+                },
+                started_unix: c.started_unix,
+                answered_unix: c.answered_unix,
+            })
+            .collect();
+        v.sort_by_key(|c| c.id);
+        v
+    }
+
+    /// Live transactions (for metrics and leak tests).
+    pub fn transaction_count(&self) -> usize {
+        self.tx.len()
+    }
+
+    /// Calls held in memory, ended ones included until their last transaction settles.
+    pub fn call_count(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// A connection closed: WebSocket bindings on it are gone (the phone cannot be reached
+    /// any other way); TCP phones are called back by opening a new connection.
+    pub fn connection_closed(&mut self, conn: confero_sip::transport::ConnId) {
+        for change in self.registrar.connection_closed(conn, |b| {
+            matches!(b.peer.transport, Transport::Ws | Transport::Wss)
+        }) {
+            self.events.push_back(EngineEvent::Binding(change));
+        }
+    }
+
+    /// Input: one datagram or one framed stream message from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, data: &[u8], from: Peer) {
+        match Message::parse(data) {
+            Ok(msg) => {
+                self.tx.handle_message(now, msg, from);
+                self.drain_tx_events(now);
+            }
+            Err(err) => {
+                if let Some(resp) = err.bad_request_response() {
+                    self.tx.send_stateless(Message::Response(resp), from);
+                    self.drain_tx_transmits();
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.tx.handle_timeout(now);
+        self.drain_tx_events(now);
+        let cfg = self.config.clone();
+        for change in self
+            .registrar
+            .expire(now, |aor| cfg.config.user_by_sip_username(aor).is_some())
+        {
+            self.events.push_back(EngineEvent::Binding(change));
+        }
+        while let Some(std::cmp::Reverse((at, id))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            self.call_timers(now, id);
+        }
+        self.auth_failures
+            .retain(|_, (start, _)| now.saturating_duration_since(*start) < AUTH_FAILURE_WINDOW);
+        self.drain_tx_events(now);
+    }
+
+    #[must_use]
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.drain_tx_transmits();
+        self.transmits.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<EngineEvent> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [
+            self.tx.poll_timeout(),
+            self.registrar.next_expiry(),
+            self.timers.peek().map(|r| r.0 .0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    fn drain_tx_transmits(&mut self) {
+        while let Some(t) = self.tx.poll_transmit() {
+            self.transmits.push_back(t);
+        }
+    }
+
+    fn drain_tx_events(&mut self, now: Instant) {
+        while let Some(ev) = self.tx.poll_event() {
+            self.on_tx_event(now, ev);
+        }
+        self.drain_tx_transmits();
+    }
+
+    fn on_tx_event(&mut self, now: Instant, ev: TransactionEvent) {
+        match ev {
+            TransactionEvent::Request { tx, request, from } => {
+                self.on_request(now, tx, request, from)
+            }
+            TransactionEvent::Ack { request, from: _ } => self.on_ack(now, &request),
+            TransactionEvent::Response { tx, response } => self.on_response(now, tx, response),
+            TransactionEvent::StrayResponse { response, from: _ } => {
+                self.on_stray_response(&response)
+            }
+            TransactionEvent::ClientTimeout { tx } => {
+                let timeout = Response {
+                    code: StatusCode::from(408),
+                    reason: Some("Request Timeout".into()),
+                    headers: confero_sip::Headers::new(),
+                    body: Bytes::new(),
+                };
+                self.on_response(now, tx, timeout);
+            }
+            TransactionEvent::ServerTimeout { .. } => {}
+            #[allow(unreachable_patterns)]
+            _ => {}
+        }
+    }
+
+    // ----- requests ------------------------------------------------------------------------
+
+    fn respond(&mut self, now: Instant, tx: ServerTxId, req: &Request, code: u16, reason: &str) {
+        let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
+        resp.reason = Some(reason.to_owned());
+        self.send_response(now, tx, resp);
+    }
+
+    fn send_response(&mut self, now: Instant, tx: ServerTxId, mut resp: Response) {
+        resp.headers.insert(Name::SERVER, USER_AGENT);
+        // The transaction may already be gone (e.g. CANCEL raced the answer): nothing to do.
+        let _ = self.tx.send_response(now, tx, resp);
+    }
+
+    fn on_request(&mut self, now: Instant, tx: ServerTxId, req: Request, from: Peer) {
+        if headers::max_forwards(&req) == 0 && req.method != Method::REGISTER {
+            return self.respond(now, tx, &req, 483, "Too Many Hops");
+        }
+        let in_dialog = req.to_tag().is_some();
+        match req.method {
+            Method::REGISTER => self.on_register(now, tx, &req, from),
+            Method::CANCEL => self.on_cancel(now, tx, &req),
+            Method::INVITE if !in_dialog => self.on_new_invite(now, tx, req, from),
+            Method::OPTIONS if !in_dialog => self.answer_options(now, tx, &req),
+            _ if in_dialog => self.on_in_dialog(now, tx, req),
+            _ => {
+                let mut resp =
+                    response_for(&req, StatusCode::from(405), Some(&message::random_tag()));
+                resp.reason = Some("Method Not Allowed".into());
+                resp.headers.insert(Name::ALLOW, ALLOW);
+                self.send_response(now, tx, resp);
+            }
+        }
+    }
+
+    fn answer_options(&mut self, now: Instant, tx: ServerTxId, req: &Request) {
+        let tag = req.to_tag().unwrap_or_else(message::random_tag);
+        let mut resp = response_for(req, StatusCode::from(200), Some(&tag));
+        resp.headers.insert(Name::ALLOW, ALLOW);
+        resp.headers.insert(Name::ACCEPT, "application/sdp");
+        self.send_response(now, tx, resp);
+    }
+
+    /// Whether `host` is one of ours (or any host, when no domain is configured).
+    fn serves_domain(&self, host: &str) -> bool {
+        self.settings.domains.is_empty()
+            || self
+                .settings
+                .domains
+                .iter()
+                .any(|d| d.eq_ignore_ascii_case(host))
+            || host == self.settings.advertised.ip().to_string()
+    }
+
+    /// The domain we write in From/To of calls we place.
+    fn domain(&self) -> String {
+        self.settings
+            .domains
+            .first()
+            .cloned()
+            .unwrap_or_else(|| self.settings.advertised.ip().to_string())
+    }
+
+    /// Digest authentication of `req`. Answers 401/407 (or 403 when a source keeps failing)
+    /// itself and returns `None` when the request may not go on. Unknown users and wrong
+    /// passwords get exactly the same answer.
+    fn authenticate(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Request,
+        from: Peer,
+        proxy: bool,
+    ) -> Option<User> {
+        let ip = from.addr.ip();
+        if let Some((_, n)) = self.auth_failures.get(&ip) {
+            if *n >= AUTH_FAILURES_ALLOWED {
+                self.respond(now, tx, req, 403, "Too Many Failed Attempts");
+                return None;
+            }
+        }
+        let unix = self.unix(now);
+        let mut stale = false;
+        if let Some(creds) = digest::credentials_from(req, proxy) {
+            match self.nonces.check(&creds.nonce, unix) {
+                NonceStatus::Valid if creds.realm == self.settings.realm => {
+                    let user = self
+                        .config
+                        .config
+                        .user_by_sip_username(&creds.username)
+                        .cloned();
+                    // Compute a digest even for unknown users so both paths cost the same.
+                    let password = user
+                        .as_ref()
+                        .map_or("\u{0}unknown", |u| u.sip_password.as_str());
+                    let ok = digest::verify(&creds, &req.method.to_string(), password);
+                    if let (true, Some(user)) = (ok, user) {
+                        return Some(user);
+                    }
+                    let entry = self.auth_failures.entry(ip).or_insert((now, 0));
+                    entry.1 += 1;
+                }
+                NonceStatus::Stale => stale = true,
+                _ => {}
+            }
+        }
+        let nonce = self.nonces.issue(unix);
+        let (code, reason, header) = if proxy {
+            (
+                407,
+                "Proxy Authentication Required",
+                Name::PROXY_AUTHENTICATE,
+            )
+        } else {
+            (401, "Unauthorized", Name::WWW_AUTHENTICATE)
+        };
+        let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
+        resp.reason = Some(reason.to_owned());
+        for challenge in digest::challenges(&self.settings.realm, &nonce, stale) {
+            resp.headers.insert(header.clone(), challenge);
+        }
+        self.send_response(now, tx, resp);
+        None
+    }
+
+    fn on_register(&mut self, now: Instant, tx: ServerTxId, req: &Request, from: Peer) {
+        let Some(to) = headers::from_to(&req.headers, Name::TO) else {
+            return self.respond(now, tx, req, 400, "Bad To Header");
+        };
+        if !self.serves_domain(&headers::uri_host(&to.uri.uri)) {
+            return self.respond(now, tx, req, 404, "Domain Not Served");
+        }
+        let Some(user) = self.authenticate(now, tx, req, from, false) else {
+            return;
+        };
+        let to_user = uri_user(&to.uri.uri).unwrap_or_default();
+        if to_user != user.sip_username && to_user != user.extension {
+            return self.respond(now, tx, req, 403, "Credentials Do Not Match The AOR");
+        }
+        let header_expires = headers::expires_header(&req.headers);
+        let contacts = if headers::is_wildcard_contact(&req.headers) {
+            if header_expires != Some(0)
+                || headers::all_values(&req.headers, &Name::CONTACT).len() != 1
+            {
+                return self.respond(now, tx, req, 400, "Wildcard Contact Needs Expires 0");
+            }
+            None
+        } else {
+            let Some(list) = headers::contacts(&req.headers) else {
+                return self.respond(now, tx, req, 400, "Bad Contact Header");
+            };
+            Some(
+                list.iter()
+                    .map(|c| ContactRequest {
+                        contact: headers::contact_uri_text(c),
+                        expires: headers::contact_expires(c)
+                            .or(header_expires)
+                            .unwrap_or(DEFAULT_EXPIRES),
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let (call_id, cseq) = match (req.call_id(), req.cseq()) {
+            (Some(c), Some((n, _))) => (c, n),
+            _ => return self.respond(now, tx, req, 400, "Bad Request"),
+        };
+        let user_agent = headers::first(&req.headers, &Name::USER_AGENT);
+        let update = RegisterUpdate {
+            aor: &user.sip_username,
+            call_id: &call_id,
+            cseq,
+            peer: from,
+            user_agent: user_agent.as_deref(),
+            contacts,
+        };
+        let unix = self.unix(now);
+        match self.registrar.apply(now, unix, update) {
+            Ok(changes) => {
+                for c in changes {
+                    self.events.push_back(EngineEvent::Binding(c));
+                }
+            }
+            Err(RegisterError::IntervalTooBrief) => {
+                let mut resp =
+                    response_for(req, StatusCode::from(423), Some(&message::random_tag()));
+                resp.reason = Some("Interval Too Brief".into());
+                resp.headers
+                    .insert(Name::MIN_EXPIRES, MIN_EXPIRES.to_string());
+                return self.send_response(now, tx, resp);
+            }
+            #[allow(unreachable_patterns)]
+            Err(_) => return self.respond(now, tx, req, 500, "Server Internal Error"),
+        }
+        let mut resp = response_for(req, StatusCode::from(200), Some(&message::random_tag()));
+        for b in self.registrar.contacts_of(&user.sip_username) {
+            resp.headers.insert(
+                Name::CONTACT,
+                format!("<{}>;expires={}", b.contact, b.remaining(now)),
+            );
+        }
+        self.send_response(now, tx, resp);
+    }
+
+    // ----- calls ---------------------------------------------------------------------------
+
+    fn on_new_invite(&mut self, now: Instant, tx: ServerTxId, req: Request, from: Peer) {
+        let mut trying = response_for(&req, StatusCode::from(100), None);
+        trying.reason = Some("Trying".into());
+        self.send_response(now, tx, trying);
+        if !self.serves_domain(&headers::uri_host(&req.uri)) {
+            return self.respond(now, tx, &req, 404, "Domain Not Served");
+        }
+        let Some(caller) = self.authenticate(now, tx, &req, from, true) else {
+            return;
+        };
+        let (Some(from_hdr), Some(to_hdr), Some(call_id)) = (
+            headers::from_to(&req.headers, Name::FROM),
+            headers::from_to(&req.headers, Name::TO),
+            req.call_id(),
+        ) else {
+            return self.respond(now, tx, &req, 400, "Bad Request");
+        };
+        let Some(from_tag) = from_hdr.tag.as_ref().map(|t| t.to_string()) else {
+            return self.respond(now, tx, &req, 400, "Missing From Tag");
+        };
+        let remote_target =
+            headers::contacts(&req.headers).and_then(|c| c.first().map(headers::contact_uri_text));
+        let Some(remote_target) = remote_target else {
+            return self.respond(now, tx, &req, 400, "Missing Contact");
+        };
+        let dialled = uri_user(&req.uri).unwrap_or_default();
+        let cfg = self.config.clone();
+        let callee = cfg
+            .config
+            .user_by_extension(&dialled)
+            .or_else(|| cfg.config.user_by_sip_username(&dialled));
+        let Some(callee) = callee else {
+            if cfg.config.conference_by_extension(&dialled).is_some() {
+                return self.respond(now, tx, &req, 480, "Conference Rooms Not Yet Available");
+            }
+            return self.respond(now, tx, &req, 404, "Not Found");
+        };
+        let targets: Vec<Binding> = self
+            .registrar
+            .contacts_of(&callee.sip_username)
+            .cloned()
+            .collect();
+        if targets.is_empty() {
+            return self.respond(now, tx, &req, 480, "Temporarily Unavailable");
+        }
+        let id = self.next_call_id;
+        self.next_call_id += 1;
+        let local_tag = message::random_tag();
+        let caller_leg = Leg {
+            call_id: call_id.clone(),
+            local_tag: local_tag.clone(),
+            remote_tag: from_tag,
+            local_uri: headers::name_addr_text(&to_hdr),
+            remote_uri: headers::name_addr_text(&from_hdr),
+            remote_target,
+            route_set: headers::all_values(&req.headers, &Name::RECORD_ROUTE),
+            local_cseq: 1,
+            peer: from,
+            last_ack: None,
+            unacked_2xx: None,
+        };
+        let max_forwards = headers::max_forwards(&req).saturating_sub(1).min(70);
+        let domain = self.domain();
+        let mut call = Call {
+            id,
+            caller: caller.extension.clone(),
+            callee: callee.extension.clone(),
+            state: CallState::Ringing,
+            started_unix: self.unix(now),
+            answered_unix: None,
+            invite: req,
+            invite_tx: Some(tx),
+            caller_leg,
+            callee_leg: None,
+            forks: Vec::new(),
+            ring_deadline: now + self.settings.ring_timeout,
+            open_client_txs: 0,
+            forwarded_invite_pending: false,
+        };
+        for binding in targets {
+            let Ok(uri) = binding.contact.parse::<SipUri>() else {
+                continue;
+            };
+            let mut invite = Request::new(Method::INVITE, uri);
+            let h = &mut invite.headers;
+            h.insert(Name::VIA, our_via(&self.settings, binding.peer.transport));
+            h.insert(Name::MAX_FORWARDS, max_forwards.to_string());
+            h.insert(
+                Name::FROM,
+                format!(
+                    "{} <sip:{}@{}>;tag={}",
+                    quoted(&caller.name),
+                    caller.extension,
+                    domain,
+                    message::random_tag()
+                ),
+            );
+            h.insert(
+                Name::TO,
+                format!(
+                    "{} <sip:{}@{}>",
+                    quoted(&callee.name),
+                    callee.extension,
+                    domain
+                ),
+            );
+            h.insert(Name::CALL_ID, message::new_call_id(&domain));
+            h.insert(Name::CSEQ, "1 INVITE");
+            h.insert(
+                Name::CONTACT,
+                our_contact(&self.settings, binding.peer.transport),
+            );
+            h.insert(Name::ALLOW, ALLOW);
+            h.insert(Name::USER_AGENT, USER_AGENT);
+            copy_body(&call.invite, &mut invite);
+            let peer = binding_peer(&binding);
+            let fork_tx = self.tx.send_request(now, invite.clone(), peer);
+            self.client_txs
+                .insert(fork_tx, (id, ClientPurpose::Fork(call.forks.len())));
+            call.open_client_txs += 1;
+            call.forks.push(Fork {
+                invite,
+                peer,
+                state: ForkState::Calling,
+                cancel_wanted: false,
+                final_code: None,
+            });
+        }
+        if call.forks.is_empty() {
+            return self.respond(now, tx, &call.invite, 480, "Temporarily Unavailable");
+        }
+        self.dialogs.insert(
+            (call.caller_leg.call_id.clone(), local_tag),
+            (id, Side::Caller),
+        );
+        self.timers
+            .push(std::cmp::Reverse((call.ring_deadline, id)));
+        self.calls.insert(id, call);
+        self.events.push_back(EngineEvent::CallsChanged);
+    }
+
+    fn on_cancel(&mut self, now: Instant, tx: ServerTxId, cancel: &Request) {
+        let Some(invite_tx) = self.tx.invite_tx_for_cancel(cancel) else {
+            return self.respond(now, tx, cancel, 481, "Call/Transaction Does Not Exist");
+        };
+        let call_id = self
+            .calls
+            .values()
+            .find(|c| c.invite_tx == Some(invite_tx))
+            .map(|c| c.id);
+        let tag = call_id
+            .and_then(|id| self.calls.get(&id))
+            .map(|c| c.caller_leg.local_tag.clone());
+        let ok = response_for(cancel, StatusCode::from(200), tag.as_deref());
+        self.send_response(now, tx, ok);
+        let Some(id) = call_id else {
+            // The INVITE has not reached a call yet (e.g. it was being challenged): end it.
+            if let Some(invite) = self.tx.server_request(invite_tx).cloned() {
+                self.respond(now, invite_tx, &invite, 487, "Request Terminated");
+            }
+            return;
+        };
+        self.fail_call(now, id, 487, "Request Terminated");
+    }
+
+    /// Ends a call that has not been answered: final response to the caller, CANCEL to
+    /// every fork still ringing.
+    fn fail_call(&mut self, now: Instant, id: CallId, code: u16, reason: &str) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.state != CallState::Ringing {
+            return;
+        }
+        call.state = CallState::Ended;
+        if let Some(tx) = call.invite_tx.take() {
+            let mut resp = response_for(
+                &call.invite,
+                StatusCode::from(code),
+                Some(&call.caller_leg.local_tag),
+            );
+            resp.reason = Some(reason.to_owned());
+            let _ = self.tx.send_response(now, tx, resp);
+        }
+        self.cancel_forks(now, id, None);
+        self.events.push_back(EngineEvent::CallsChanged);
+        self.gc(id);
+    }
+
+    /// CANCELs every fork still ringing, except `keep`.
+    fn cancel_forks(&mut self, now: Instant, id: CallId, keep: Option<usize>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let mut cancels = Vec::new();
+        for (i, fork) in call.forks.iter_mut().enumerate() {
+            if Some(i) == keep || fork.state == ForkState::Done {
+                continue;
+            }
+            match fork.state {
+                ForkState::Proceeding => cancels.push((build_cancel(&fork.invite), fork.peer)),
+                ForkState::Calling => fork.cancel_wanted = true,
+                ForkState::Done => {}
+            }
+        }
+        for (cancel, peer) in cancels {
+            let tx = self.tx.send_request(now, cancel, peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.open_client_txs += 1;
+            }
+        }
+    }
+
+    fn on_response(&mut self, now: Instant, tx: ClientTxId, resp: Response) {
+        let code = resp.code.into_u16();
+        let Some((id, purpose)) = self.client_txs.get(&tx).cloned() else {
+            return;
+        };
+        if code >= 200 {
+            self.client_txs.remove(&tx);
+            if let Some(call) = self.calls.get_mut(&id) {
+                call.open_client_txs = call.open_client_txs.saturating_sub(1);
+            }
+        }
+        match purpose {
+            ClientPurpose::Fork(i) => self.on_fork_response(now, id, i, resp),
+            ClientPurpose::Forwarded(fwd) => self.on_forwarded_response(now, id, *fwd, resp),
+            ClientPurpose::Fire => {}
+        }
+        self.gc(id);
+    }
+
+    fn on_fork_response(&mut self, now: Instant, id: CallId, i: usize, resp: Response) {
+        let code = resp.code.into_u16();
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(fork) = call.forks.get_mut(i) else {
+            return;
+        };
+        if (101..200).contains(&code) || (code == 100 && fork.cancel_wanted) {
+            fork.state = ForkState::Proceeding;
+            if fork.cancel_wanted {
+                fork.cancel_wanted = false;
+                let cancel = build_cancel(&fork.invite);
+                let peer = fork.peer;
+                let tx = self.tx.send_request(now, cancel, peer);
+                self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+                call.open_client_txs += 1;
+                return;
+            }
+            if code == 100 {
+                return;
+            }
+            if call.state == CallState::Ringing {
+                if let Some(invite_tx) = call.invite_tx {
+                    let mut ringing =
+                        response_for(&call.invite, resp.code, Some(&call.caller_leg.local_tag));
+                    ringing.reason = resp.reason.clone();
+                    if code == 183 && !resp.body.is_empty() {
+                        copy_response_body(&resp, &mut ringing);
+                        ringing.headers.insert(
+                            Name::CONTACT,
+                            our_contact(&self.settings, call.caller_leg.peer.transport),
+                        );
+                    }
+                    let _ = self.tx.send_response(now, invite_tx, ringing);
+                }
+            }
+            return;
+        }
+        if code < 200 {
+            return;
+        }
+        fork.state = ForkState::Done;
+        fork.final_code = Some(code);
+        if code >= 300 {
+            if call.state == CallState::Ringing
+                && call.forks.iter().all(|f| f.state == ForkState::Done)
+            {
+                let (code, reason) = pick_failure(call.forks.iter().filter_map(|f| f.final_code));
+                self.fail_call(now, id, code, reason);
+            }
+            return;
+        }
+        // 2xx: build the callee leg, ACK it, and either connect the caller or hang up.
+        let invite = fork.invite.clone();
+        let peer = fork.peer;
+        let Some(leg) = callee_leg_from_2xx(&invite, &resp, peer) else {
+            return;
+        };
+        let ack = build_ack(&leg, &invite, our_via(&self.settings, peer.transport));
+        let mut leg = leg;
+        leg.last_ack = Some(ack.clone());
+        self.tx.send_stateless(Message::Request(ack), peer);
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.state != CallState::Ringing || call.callee_leg.is_some() {
+            // Lost the race (another device answered, or the caller gave up): hang up on it.
+            self.send_bye_on(now, id, leg);
+            return;
+        }
+        let Some(invite_tx) = call.invite_tx.take() else {
+            self.send_bye_on(now, id, leg);
+            return;
+        };
+        call.state = CallState::Answered;
+        call.answered_unix =
+            Some(self.start_unix + now.saturating_duration_since(self.start).as_secs());
+        let mut ok = response_for(
+            &call.invite,
+            StatusCode::from(200),
+            Some(&call.caller_leg.local_tag),
+        );
+        copy_response_body(&resp, &mut ok);
+        ok.headers.insert(
+            Name::CONTACT,
+            our_contact(&self.settings, call.caller_leg.peer.transport),
+        );
+        ok.headers.insert(Name::ALLOW, ALLOW);
+        ok.headers.insert(Name::SERVER, USER_AGENT);
+        for rr in headers::all_values(&call.invite.headers, &Name::RECORD_ROUTE) {
+            ok.headers.insert(Name::RECORD_ROUTE, rr);
+        }
+        let _ = self.tx.send_response(now, invite_tx, ok.clone());
+        call.caller_leg.unacked_2xx = Some(unacked(&self.settings, now, ok, true));
+        self.dialogs.insert(
+            (leg.call_id.clone(), leg.local_tag.clone()),
+            (id, Side::Callee),
+        );
+        call.callee_leg = Some(leg);
+        if let Some(at) = call.next_deadline() {
+            self.timers.push(std::cmp::Reverse((at, id)));
+        }
+        self.cancel_forks(now, id, Some(i));
+        self.events.push_back(EngineEvent::CallsChanged);
+    }
+
+    /// Sends BYE on a leg that belongs to no live conversation any more.
+    fn send_bye_on(&mut self, now: Instant, id: CallId, mut leg: Leg) {
+        let bye = self.in_dialog_request(&mut leg, Method::BYE);
+        let tx = self.tx.send_request(now, bye, leg.peer);
+        self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+        if let Some(call) = self.calls.get_mut(&id) {
+            call.open_client_txs += 1;
+        }
+    }
+
+    /// Builds a request inside a leg's dialog (RFC 3261 §12.2.1.1).
+    fn in_dialog_request(&self, leg: &mut Leg, method: Method) -> Request {
+        leg.local_cseq += 1;
+        let uri = leg
+            .remote_target
+            .parse::<SipUri>()
+            .unwrap_or_else(|_| SipUri::new(leg.peer.addr.into()));
+        let mut req = Request::new(method.clone(), uri);
+        let h = &mut req.headers;
+        h.insert(Name::VIA, our_via(&self.settings, leg.peer.transport));
+        h.insert(Name::MAX_FORWARDS, "70");
+        for route in &leg.route_set {
+            h.insert(Name::ROUTE, route.clone());
+        }
+        h.insert(
+            Name::FROM,
+            format!("{};tag={}", leg.local_uri, leg.local_tag),
+        );
+        h.insert(
+            Name::TO,
+            format!("{};tag={}", leg.remote_uri, leg.remote_tag),
+        );
+        h.insert(Name::CALL_ID, leg.call_id.clone());
+        h.insert(Name::CSEQ, format!("{} {}", leg.local_cseq, method));
+        if method == Method::INVITE {
+            h.insert(
+                Name::CONTACT,
+                our_contact(&self.settings, leg.peer.transport),
+            );
+        }
+        h.insert(Name::USER_AGENT, USER_AGENT);
+        req
+    }
+
+    fn on_ack(&mut self, _now: Instant, ack: &Request) {
+        let (Some(call_id), Some(tag)) = (ack.call_id(), ack.to_tag()) else {
+            return;
+        };
+        let Some(&(id, side)) = self.dialogs.get(&(call_id, tag)) else {
+            return;
+        };
+        if let Some(leg) = self.calls.get_mut(&id).and_then(|c| c.leg_mut(side)) {
+            leg.unacked_2xx = None;
+        }
+    }
+
+    fn on_stray_response(&mut self, resp: &Response) {
+        // A retransmitted 2xx to one of our INVITEs: our ACK got lost, send it again.
+        if resp.code.into_u16() / 100 != 2 {
+            return;
+        }
+        let (Some(call_id), Some(tag)) = (resp.call_id(), resp.from_tag()) else {
+            return;
+        };
+        let Some(&(id, side)) = self.dialogs.get(&(call_id, tag)) else {
+            return;
+        };
+        if let Some(leg) = self.calls.get(&id).and_then(|c| c.leg(side)) {
+            if let Some(ack) = &leg.last_ack {
+                self.transmits.push_back(Transmit {
+                    peer: leg.peer,
+                    data: ack.to_bytes(),
+                });
+            }
+        }
+    }
+
+    fn on_in_dialog(&mut self, now: Instant, tx: ServerTxId, req: Request) {
+        let (Some(call_id), Some(tag)) = (req.call_id(), req.to_tag()) else {
+            return self.respond(now, tx, &req, 400, "Bad Request");
+        };
+        let Some(&(id, side)) = self.dialogs.get(&(call_id, tag.clone())) else {
+            return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
+        };
+        let Some(call) = self.calls.get_mut(&id) else {
+            return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
+        };
+        if call.state != CallState::Answered {
+            return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
+        }
+        if req.method == Method::OPTIONS {
+            return self.answer_options(now, tx, &req);
+        }
+        if req.method == Method::BYE {
+            let ok = response_for(&req, StatusCode::from(200), Some(&tag));
+            self.send_response(now, tx, ok);
+            return self.hang_up(now, id, Some(side));
+        }
+        if req.method == Method::REFER {
+            return self.respond(now, tx, &req, 501, "Not Implemented");
+        }
+        if req.method == Method::INVITE {
+            if call.forwarded_invite_pending {
+                return self.respond(now, tx, &req, 491, "Request Pending");
+            }
+            call.forwarded_invite_pending = true;
+            // The peer's new Contact becomes this leg's target (§12.2.2).
+            if let Some(target) = headers::contacts(&req.headers)
+                .and_then(|c| c.first().map(headers::contact_uri_text))
+            {
+                if let Some(leg) = call.leg_mut(side) {
+                    leg.remote_target = target;
+                }
+            }
+        }
+        let Some(mut other) = call.leg(side.other()).cloned() else {
+            return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
+        };
+        let mut fwd = self.in_dialog_request(&mut other, req.method.clone());
+        copy_body(&req, &mut fwd);
+        let peer = other.peer;
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if let Some(leg) = call.leg_mut(side.other()) {
+            leg.local_cseq = other.local_cseq;
+        }
+        call.open_client_txs += 1;
+        let client_tx = self.tx.send_request(now, fwd, peer);
+        self.client_txs.insert(
+            client_tx,
+            (
+                id,
+                ClientPurpose::Forwarded(Box::new(Forwarded {
+                    from_side: side,
+                    server_tx: tx,
+                    request: req,
+                })),
+            ),
+        );
+    }
+
+    fn on_forwarded_response(&mut self, now: Instant, id: CallId, fwd: Forwarded, resp: Response) {
+        let code = resp.code.into_u16();
+        let is_invite = fwd.request.method == Method::INVITE;
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if code == 100 {
+            return;
+        }
+        if code >= 200 && is_invite {
+            call.forwarded_invite_pending = false;
+        }
+        let to_side = fwd.from_side.other();
+        if is_invite && code / 100 == 2 {
+            // ACK the side that answered, right away: the SDP answer is in its 2xx.
+            if let Some(leg) = call.leg_mut(to_side) {
+                if let Some(target) = headers::contacts(&resp.headers)
+                    .and_then(|c| c.first().map(headers::contact_uri_text))
+                {
+                    leg.remote_target = target;
+                }
+            }
+            if let Some(leg) = call.leg(to_side).cloned() {
+                let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(leg.local_cseq);
+                let ack =
+                    build_in_dialog_ack(&leg, cseq, our_via(&self.settings, leg.peer.transport));
+                self.tx
+                    .send_stateless(Message::Request(ack.clone()), leg.peer);
+                if let Some(l) = self.calls.get_mut(&id).and_then(|c| c.leg_mut(to_side)) {
+                    l.last_ack = Some(ack);
+                }
+            }
+        }
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        let Some(from_leg) = call.leg(fwd.from_side) else {
+            return;
+        };
+        let mut relay = response_for(&fwd.request, resp.code, Some(&from_leg.local_tag));
+        relay.reason = resp.reason.clone();
+        copy_response_body(&resp, &mut relay);
+        if is_invite && code < 300 {
+            relay.headers.insert(
+                Name::CONTACT,
+                our_contact(&self.settings, from_leg.peer.transport),
+            );
+        }
+        relay.headers.insert(Name::SERVER, USER_AGENT);
+        let _ = self.tx.send_response(now, fwd.server_tx, relay.clone());
+        if is_invite && code / 100 == 2 {
+            let unacked = unacked(&self.settings, now, relay, false);
+            if let Some(call) = self.calls.get_mut(&id) {
+                if let Some(leg) = call.leg_mut(fwd.from_side) {
+                    leg.unacked_2xx = Some(unacked);
+                }
+                if let Some(at) = call.next_deadline() {
+                    self.timers.push(std::cmp::Reverse((at, id)));
+                }
+            }
+        }
+    }
+
+    /// Ends an answered call: BYE to every side except `except` (the side that hung up).
+    fn hang_up(&mut self, now: Instant, id: CallId, except: Option<Side>) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.state == CallState::Ended {
+            return;
+        }
+        call.state = CallState::Ended;
+        call.caller_leg.unacked_2xx = None;
+        let mut byes = Vec::new();
+        for side in [Side::Caller, Side::Callee] {
+            if Some(side) == except {
+                continue;
+            }
+            if let Some(leg) = call.leg(side).cloned() {
+                byes.push(leg);
+            }
+        }
+        for leg in byes {
+            self.send_bye_on(now, id, leg);
+        }
+        self.events.push_back(EngineEvent::CallsChanged);
+        self.gc(id);
+    }
+
+    /// Timers of one call: ring timeout, 2xx retransmission and its give-up.
+    fn call_timers(&mut self, now: Instant, id: CallId) {
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
+        if call.state == CallState::Ringing && now >= call.ring_deadline {
+            self.fail_call(now, id, 480, "No Answer");
+            return;
+        }
+        let t2 = self.settings.timers.t2;
+        let mut give_up = false;
+        for side in [Side::Caller, Side::Callee] {
+            let Some(leg) = call.leg_mut(side) else {
+                continue;
+            };
+            let peer = leg.peer;
+            let Some(u) = leg.unacked_2xx.as_mut() else {
+                continue;
+            };
+            if now >= u.give_up {
+                give_up |= u.initial;
+                leg.unacked_2xx = None;
+                continue;
+            }
+            if now >= u.next {
+                if !peer.transport.is_reliable() {
+                    self.transmits.push_back(Transmit {
+                        peer,
+                        data: u.response.to_bytes(),
+                    });
+                }
+                u.interval = (u.interval * 2).min(t2);
+                u.next = now + u.interval;
+            }
+        }
+        if give_up {
+            // No ACK ever came for the answer: the caller is gone (§13.3.1.4).
+            return self.hang_up(now, id, None);
+        }
+        if let Some(at) = call.next_deadline() {
+            self.timers.push(std::cmp::Reverse((at, id)));
+        }
+    }
+
+    /// Drops a call once nothing of it can still need us.
+    fn gc(&mut self, id: CallId) {
+        if !self.calls.get(&id).is_some_and(Call::is_finished) {
+            return;
+        }
+        if let Some(call) = self.calls.remove(&id) {
+            self.dialogs.remove(&(
+                call.caller_leg.call_id.clone(),
+                call.caller_leg.local_tag.clone(),
+            ));
+            if let Some(leg) = &call.callee_leg {
+                self.dialogs
+                    .remove(&(leg.call_id.clone(), leg.local_tag.clone()));
+            }
+            self.client_txs.retain(|_, (cid, _)| *cid != id);
+        }
+    }
+}
+
+/// Chooses what the caller hears when no device answered (RFC 3261 §16.7 in spirit:
+/// busy beats "unavailable").
+fn pick_failure(codes: impl Iterator<Item = u16>) -> (u16, &'static str) {
+    let codes: Vec<u16> = codes.collect();
+    if codes.iter().any(|&c| c == 486 || c == 600) {
+        (486, "Busy Here")
+    } else if codes.contains(&603) {
+        (603, "Decline")
+    } else {
+        (480, "Temporarily Unavailable")
+    }
+}
+
+fn quoted(name: &str) -> String {
+    let clean: String = name
+        .chars()
+        .filter(|c| *c != '"' && *c != '\\' && !c.is_control())
+        .collect();
+    format!("\"{clean}\"")
+}
+
+fn copy_body(from: &Request, to: &mut Request) {
+    if from.body.is_empty() {
+        return;
+    }
+    if let Some(ct) = headers::first(&from.headers, &Name::CONTENT_TYPE) {
+        to.headers.insert(Name::CONTENT_TYPE, ct);
+    }
+    to.body = from.body.clone();
+}
+
+fn copy_response_body(from: &Response, to: &mut Response) {
+    if from.body.is_empty() {
+        return;
+    }
+    if let Some(ct) = headers::first(&from.headers, &Name::CONTENT_TYPE) {
+        to.headers.insert(Name::CONTENT_TYPE, ct);
+    }
+    to.body = from.body.clone();
+}
+
+/// CANCEL for one of our INVITEs (RFC 3261 §9.1): same Request-URI, Call-ID, From, To,
+/// CSeq number and top Via.
+fn build_cancel(invite: &Request) -> Request {
+    let mut cancel = Request::new(Method::CANCEL, invite.uri.clone());
+    for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::ROUTE] {
+        if let Some(v) = headers::first(&invite.headers, &name) {
+            cancel.headers.insert(name, v);
+        }
+    }
+    cancel.headers.insert(Name::MAX_FORWARDS, "70");
+    let n = invite.cseq().map(|(n, _)| n).unwrap_or(1);
+    cancel.headers.insert(Name::CSEQ, format!("{n} CANCEL"));
+    cancel
+}
+
+/// The callee leg as established by a 2xx to one of our INVITEs (§12.1.2).
+fn callee_leg_from_2xx(invite: &Request, resp: &Response, peer: Peer) -> Option<Leg> {
+    let from = headers::from_to(&invite.headers, Name::FROM)?;
+    let to = headers::from_to(&resp.headers, Name::TO)?;
+    let remote_target = headers::contacts(&resp.headers)
+        .and_then(|c| c.first().map(headers::contact_uri_text))
+        .unwrap_or_else(|| headers::uri_text(&invite.uri));
+    let mut route_set = headers::all_values(&resp.headers, &Name::RECORD_ROUTE);
+    route_set.reverse();
+    Some(Leg {
+        call_id: invite.call_id()?,
+        local_tag: from.tag.as_ref()?.to_string(),
+        remote_tag: to.tag.as_ref()?.to_string(),
+        local_uri: headers::name_addr_text(&from),
+        remote_uri: headers::name_addr_text(&to),
+        remote_target,
+        route_set,
+        local_cseq: invite.cseq().map(|(n, _)| n).unwrap_or(1),
+        peer,
+        last_ack: None,
+        unacked_2xx: None,
+    })
+}
+
+/// ACK for a 2xx to the initial INVITE (§13.2.2.4): a new transaction-less request.
+fn build_ack(leg: &Leg, invite: &Request, via: String) -> Request {
+    let cseq = invite.cseq().map(|(n, _)| n).unwrap_or(1);
+    build_in_dialog_ack(leg, cseq, via)
+}
+
+fn build_in_dialog_ack(leg: &Leg, cseq: u32, via: String) -> Request {
+    let uri = leg
+        .remote_target
+        .parse::<SipUri>()
+        .unwrap_or_else(|_| SipUri::new(leg.peer.addr.into()));
+    let mut ack = Request::new(Method::ACK, uri);
+    let h = &mut ack.headers;
+    h.insert(Name::VIA, via);
+    h.insert(Name::MAX_FORWARDS, "70");
+    for route in &leg.route_set {
+        h.insert(Name::ROUTE, route.clone());
+    }
+    h.insert(
+        Name::FROM,
+        format!("{};tag={}", leg.local_uri, leg.local_tag),
+    );
+    h.insert(
+        Name::TO,
+        format!("{};tag={}", leg.remote_uri, leg.remote_tag),
+    );
+    h.insert(Name::CALL_ID, leg.call_id.clone());
+    h.insert(Name::CSEQ, format!("{cseq} ACK"));
+    ack
+}
+
+fn our_via(settings: &EngineSettings, transport: Transport) -> String {
+    format!(
+        "SIP/2.0/{} {};branch={};rport",
+        transport.via_name(),
+        settings.advertised,
+        message::new_branch()
+    )
+}
+
+fn our_contact(settings: &EngineSettings, transport: Transport) -> String {
+    match transport {
+        Transport::Udp => format!("<sip:{}>", settings.advertised),
+        t => format!(
+            "<sip:{};transport={}>",
+            settings.advertised,
+            t.via_name().to_ascii_lowercase()
+        ),
+    }
+}
+
+fn unacked(settings: &EngineSettings, now: Instant, response: Response, initial: bool) -> Unacked {
+    let t1 = settings.timers.t1;
+    Unacked {
+        response,
+        next: now + t1,
+        interval: t1,
+        give_up: now + t1 * 64,
+        initial,
+    }
+}
+
+/// Where to send requests for a registered device. Over UDP: the address the REGISTER came
+/// from (works through NAT). Over TCP: the same connection while it lives; the IO shell
+/// falls back to the Contact's address when it has closed (RFC 3261 §18.1.1), so that is
+/// the address we name.
+fn binding_peer(b: &Binding) -> Peer {
+    if b.peer.transport != Transport::Tcp {
+        return b.peer;
+    }
+    let Ok(uri) = b.contact.parse::<SipUri>() else {
+        return b.peer;
+    };
+    match uri.host_port.ip() {
+        Some(ip) => Peer {
+            addr: SocketAddr::new(ip, uri.host_port.port.unwrap_or(5060)),
+            ..b.peer
+        },
+        None => b.peer,
+    }
+}

@@ -1,0 +1,460 @@
+//! Whole-call tests of the signalling engine on a virtual clock: no sockets, no threads.
+//! Phones are scripted here as text; the engine's output is parsed back with the same
+//! parser the server uses.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confero_pbx::config::{Config, Snapshot, User};
+use confero_pbx::engine::{Engine, EngineEvent, EngineSettings};
+use confero_sip::digest;
+use confero_sip::message::{Message, Response};
+use confero_sip::transport::{Peer, Transport};
+use confero_sip::Name;
+
+const PBX: &str = "127.0.0.1:5060";
+
+fn user(id: i64, name: &str, ext: &str) -> User {
+    User {
+        id,
+        name: name.into(),
+        extension: ext.into(),
+        sip_username: name.to_lowercase(),
+        sip_password: format!("{}-pw", name.to_lowercase()),
+    }
+}
+
+struct Harness {
+    engine: Engine,
+    now: Instant,
+}
+
+fn peer(port: u16) -> Peer {
+    Peer {
+        transport: Transport::Udp,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        conn: None,
+    }
+}
+
+impl Harness {
+    fn new() -> Self {
+        let now = Instant::now();
+        let config = Config {
+            users: vec![user(1, "Alice", "101"), user(2, "Bob", "102")],
+            ..Default::default()
+        };
+        let snapshot = Arc::new(Snapshot {
+            revision: 1,
+            config,
+        });
+        let mut settings = EngineSettings::new(PBX.parse().unwrap(), [7u8; 32]);
+        settings.ring_timeout = Duration::from_secs(30);
+        Harness {
+            engine: Engine::new(settings, snapshot, now, 1_700_000_000),
+            now,
+        }
+    }
+
+    fn send(&mut self, from: u16, text: &str) {
+        let text = text.replace('\n', "\r\n");
+        self.engine
+            .handle_datagram(self.now, text.as_bytes(), peer(from));
+    }
+
+    /// Everything the engine sent, as (destination port, message).
+    fn out(&mut self) -> Vec<(u16, Message)> {
+        let mut v = Vec::new();
+        while let Some(t) = self.engine.poll_transmit() {
+            let msg = Message::parse(&t.data).expect("engine output parses");
+            v.push((t.peer.addr.port(), msg));
+        }
+        v
+    }
+
+    /// Advances the virtual clock by `d`, firing every timer on the way.
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(at) = self.engine.poll_timeout() {
+            if at > end {
+                break;
+            }
+            self.now = self.now.max(at);
+            self.engine.handle_timeout(self.now);
+        }
+        self.now = end;
+        self.engine.handle_timeout(self.now);
+    }
+
+    fn events(&mut self) -> Vec<EngineEvent> {
+        std::iter::from_fn(|| self.engine.poll_event()).collect()
+    }
+}
+
+fn status(m: &Message) -> Option<u16> {
+    match m {
+        Message::Response(r) => Some(r.code.into_u16()),
+        Message::Request(_) => None,
+    }
+}
+
+fn response(m: &Message) -> &Response {
+    match m {
+        Message::Response(r) => r,
+        Message::Request(r) => panic!("expected a response, got {} request", r.method),
+    }
+}
+
+fn header(m: &Message, name: Name) -> Option<String> {
+    let h = match m {
+        Message::Response(r) => &r.headers,
+        Message::Request(r) => &r.headers,
+    };
+    h.get_raw(&name).next().map(|v| v.to_string())
+}
+
+fn register_text(user: &str, port: u16, cseq: u32, branch: &str, auth: Option<&str>) -> String {
+    let auth = auth
+        .map(|a| format!("Authorization: {a}\n"))
+        .unwrap_or_default();
+    format!(
+        "REGISTER sip:127.0.0.1 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport
+From: <sip:{user}@127.0.0.1>;tag=reg{port}
+To: <sip:{user}@127.0.0.1>
+Call-ID: reg-{user}-{port}
+CSeq: {cseq} REGISTER
+Contact: <sip:{user}@127.0.0.1:{port}>
+Expires: 600
+{auth}Content-Length: 0
+
+"
+    )
+}
+
+/// Runs the 401 dance for `user` from `port`; returns the 200 OK.
+fn register(h: &mut Harness, user: &str, port: u16) -> Message {
+    h.send(
+        port,
+        &register_text(user, port, 1, &format!("z9hG4bKr1{port}"), None),
+    );
+    let out = h.out();
+    assert_eq!(status(&out[0].1), Some(401));
+    let challenges: Vec<String> = response(&out[0].1)
+        .headers
+        .get_raw(&Name::WWW_AUTHENTICATE)
+        .map(|v| v.to_string())
+        .collect();
+    let md5 = challenges
+        .iter()
+        .find(|c| c.contains("MD5"))
+        .expect("an MD5 challenge for SIP.js");
+    let answer = digest::answer_challenge(
+        md5,
+        "REGISTER",
+        "sip:127.0.0.1",
+        user,
+        &format!("{user}-pw"),
+        1,
+        "cnonce1",
+    )
+    .unwrap();
+    h.send(
+        port,
+        &register_text(user, port, 2, &format!("z9hG4bKr2{port}"), Some(&answer)),
+    );
+    let out = h.out();
+    assert_eq!(out.len(), 1);
+    out.into_iter().next().unwrap().1
+}
+
+#[test]
+fn register_echoes_contacts_with_expires_and_reports_the_binding() {
+    let mut h = Harness::new();
+    let ok = register(&mut h, "bob", 6000);
+    assert_eq!(status(&ok), Some(200));
+    let contact = header(&ok, Name::CONTACT).unwrap();
+    assert!(
+        contact.contains("sip:bob@127.0.0.1:6000") && contact.contains("expires=600"),
+        "{contact}"
+    );
+    let events = h.events();
+    assert!(
+        matches!(events.as_slice(), [EngineEvent::Binding(_)]),
+        "{events:?}"
+    );
+    // A second device of the same user: both are echoed.
+    let ok = register(&mut h, "bob", 6001);
+    let contacts: Vec<String> = response(&ok)
+        .headers
+        .get_raw(&Name::CONTACT)
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(contacts.len(), 2, "{contacts:?}");
+    // Expiry removes them when the interval lapses.
+    h.advance(Duration::from_secs(601));
+    assert!(h.engine.registrar().is_empty());
+}
+
+#[test]
+fn wrong_password_gets_a_fresh_challenge_not_a_binding() {
+    let mut h = Harness::new();
+    h.send(6000, &register_text("bob", 6000, 1, "z9hG4bKw1", None));
+    let out = h.out();
+    let challenge = response(&out[0].1)
+        .headers
+        .get_raw(&Name::WWW_AUTHENTICATE)
+        .map(|v| v.to_string())
+        .find(|c| c.contains("MD5"))
+        .unwrap();
+    let answer = digest::answer_challenge(
+        &challenge,
+        "REGISTER",
+        "sip:127.0.0.1",
+        "bob",
+        "wrong",
+        1,
+        "c",
+    )
+    .unwrap();
+    h.send(
+        6000,
+        &register_text("bob", 6000, 2, "z9hG4bKw2", Some(&answer)),
+    );
+    let out = h.out();
+    assert_eq!(status(&out[0].1), Some(401));
+    assert!(h.engine.registrar().is_empty());
+}
+
+fn invite_text(port: u16, dial: &str, cseq: u32, branch: &str, auth: Option<&str>) -> String {
+    let auth = auth
+        .map(|a| format!("Proxy-Authorization: {a}\n"))
+        .unwrap_or_default();
+    let sdp = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    format!(
+        "INVITE sip:{dial}@127.0.0.1 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport
+From: <sip:alice@127.0.0.1>;tag=caller
+To: <sip:{dial}@127.0.0.1>
+Call-ID: call-1
+CSeq: {cseq} INVITE
+Contact: <sip:alice@127.0.0.1:{port}>
+Max-Forwards: 70
+{auth}Content-Type: application/sdp
+Content-Length: {}
+
+{sdp}",
+        sdp.len()
+    )
+    .replace("\r\n", "\n")
+}
+
+/// Alice (port 5000) dials `dial` and authenticates; returns what the engine sent after
+/// the authenticated INVITE.
+fn dial(h: &mut Harness, dial: &str) -> Vec<(u16, Message)> {
+    h.send(5000, &invite_text(5000, dial, 1, "z9hG4bKi1", None));
+    let out = h.out();
+    let challenge = out
+        .iter()
+        .find(|(_, m)| status(m) == Some(407))
+        .map(|(_, m)| {
+            response(m)
+                .headers
+                .get_raw(&Name::PROXY_AUTHENTICATE)
+                .map(|v| v.to_string())
+                .find(|c| c.contains("MD5"))
+                .unwrap()
+        })
+        .expect("407");
+    h.send(5000, "ACK sip:x@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKi1\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:x@127.0.0.1>;tag=x\nCall-ID: call-1\nCSeq: 1 ACK\nContent-Length: 0\n\n");
+    let answer = digest::answer_challenge(
+        &challenge,
+        "INVITE",
+        &format!("sip:{dial}@127.0.0.1"),
+        "alice",
+        "alice-pw",
+        1,
+        "c",
+    )
+    .unwrap();
+    h.send(
+        5000,
+        &invite_text(5000, dial, 2, "z9hG4bKi2", Some(&answer)),
+    );
+    h.out()
+}
+
+fn requests_to(
+    out: &[(u16, Message)],
+    port: u16,
+    method: &str,
+) -> Vec<confero_sip::message::Request> {
+    out.iter()
+        .filter(|(p, _)| *p == port)
+        .filter_map(|(_, m)| match m {
+            Message::Request(r) if r.method.to_string() == method => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn answer_text(invite: &confero_sip::message::Request, code: u16, tag: &str, port: u16) -> String {
+    let raw = |n: Name| invite.headers.get_raw(&n).next().unwrap().to_string();
+    format!(
+        "SIP/2.0 {code} X
+Via: {}
+From: {}
+To: {};tag={tag}
+Call-ID: {}
+CSeq: {}
+Contact: <sip:bob@127.0.0.1:{port}>
+Content-Length: 0
+
+",
+        raw(Name::VIA),
+        raw(Name::FROM),
+        raw(Name::TO),
+        raw(Name::CALL_ID),
+        raw(Name::CSEQ)
+    )
+}
+
+#[test]
+fn fork_first_answer_wins_other_device_is_cancelled_then_bye_crosses() {
+    let mut h = Harness::new();
+    register(&mut h, "bob", 6000);
+    register(&mut h, "bob", 6001);
+    let out = dial(&mut h, "102");
+    let desk = requests_to(&out, 6000, "INVITE");
+    let soft = requests_to(&out, 6001, "INVITE");
+    assert_eq!((desk.len(), soft.len()), (1, 1), "both devices ring");
+    // Both ring; the soft phone answers.
+    h.send(6000, &answer_text(&desk[0], 180, "desk", 6000));
+    h.send(6001, &answer_text(&soft[0], 180, "soft", 6001));
+    let out = h.out();
+    assert!(
+        out.iter()
+            .any(|(p, m)| *p == 5000 && status(m) == Some(180)),
+        "caller hears ringing"
+    );
+    h.send(6001, &answer_text(&soft[0], 200, "soft", 6001));
+    let out = h.out();
+    assert_eq!(requests_to(&out, 6001, "ACK").len(), 1, "callee ACKed");
+    assert_eq!(
+        requests_to(&out, 6000, "CANCEL").len(),
+        1,
+        "the other device is cancelled"
+    );
+    let ok = out
+        .iter()
+        .find(|(p, m)| *p == 5000 && status(m) == Some(200))
+        .expect("caller gets 200");
+    let caller_tag = response(&ok.1).to_tag().unwrap();
+    assert_eq!(h.engine.calls()[0].state, "answered");
+    // Caller ACKs; no more 200 retransmissions afterwards.
+    h.send(5000, &format!("ACK sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKack\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:102@127.0.0.1>;tag={caller_tag}\nCall-ID: call-1\nCSeq: 2 ACK\nContent-Length: 0\n\n"));
+    h.advance(Duration::from_secs(2));
+    let out = h.out();
+    assert!(
+        !out.iter()
+            .any(|(p, m)| *p == 5000 && status(m) == Some(200)),
+        "no retransmitted 200 after ACK: {out:?}",
+        out = out.iter().map(|(p, m)| (p, status(m))).collect::<Vec<_>>()
+    );
+    // Caller hangs up: 200 to the caller, BYE to the soft phone.
+    h.send(5000, &format!("BYE sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKbye\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:102@127.0.0.1>;tag={caller_tag}\nCall-ID: call-1\nCSeq: 3 BYE\nContent-Length: 0\n\n"));
+    let out = h.out();
+    assert!(out
+        .iter()
+        .any(|(p, m)| *p == 5000 && status(m) == Some(200)));
+    let bye = requests_to(&out, 6001, "BYE");
+    assert_eq!(bye.len(), 1);
+    assert!(h.engine.calls().is_empty(), "the call is over");
+    // Everything settles: no call or transaction is left behind.
+    h.send(
+        6001,
+        &answer_text(&bye[0], 200, "soft", 6001).replace(";tag=soft;tag=soft", ";tag=soft"),
+    );
+    h.send(
+        6000,
+        &answer_text(
+            &requests_to(&out, 6000, "CANCEL")
+                .first()
+                .cloned()
+                .unwrap_or_else(|| desk[0].clone()),
+            487,
+            "desk",
+            6000,
+        ),
+    );
+    h.advance(Duration::from_secs(40));
+    assert_eq!(h.engine.call_count(), 0, "calls leaked");
+    assert_eq!(h.engine.transaction_count(), 0, "transactions leaked");
+}
+
+#[test]
+fn unanswered_call_times_out_with_480_and_cancels() {
+    let mut h = Harness::new();
+    register(&mut h, "bob", 6000);
+    let out = dial(&mut h, "102");
+    let invite = requests_to(&out, 6000, "INVITE").remove(0);
+    h.send(6000, &answer_text(&invite, 180, "desk", 6000));
+    h.out();
+    h.advance(Duration::from_secs(31));
+    let out = h.out();
+    assert!(
+        out.iter()
+            .any(|(p, m)| *p == 5000 && status(m) == Some(480)),
+        "caller gets 480"
+    );
+    // One CANCEL transaction (possibly retransmitted over UDP meanwhile).
+    let cancels = requests_to(&out, 6000, "CANCEL");
+    assert!(!cancels.is_empty());
+    assert!(
+        cancels
+            .iter()
+            .all(|c| c.top_via_branch() == invite.top_via_branch()),
+        "CANCEL reuses the INVITE's branch"
+    );
+}
+
+#[test]
+fn unknown_extension_is_404_and_nobody_registered_is_480() {
+    let mut h = Harness::new();
+    let out = dial(&mut h, "999");
+    assert!(out.iter().any(|(_, m)| status(m) == Some(404)));
+    let mut h = Harness::new();
+    let out = dial(&mut h, "102");
+    assert!(out.iter().any(|(_, m)| status(m) == Some(480)));
+}
+
+#[test]
+fn answer_without_ack_is_retransmitted_then_the_call_is_torn_down() {
+    let mut h = Harness::new();
+    register(&mut h, "bob", 6000);
+    let out = dial(&mut h, "102");
+    let invite = requests_to(&out, 6000, "INVITE").remove(0);
+    h.send(6000, &answer_text(&invite, 200, "desk", 6000));
+    h.out();
+    let mut retransmits = Vec::new();
+    let start = h.now;
+    for _ in 0..400 {
+        h.advance(Duration::from_millis(100));
+        for (p, m) in h.out() {
+            if p == 5000 && status(&m) == Some(200) {
+                retransmits.push(h.now - start);
+            }
+        }
+    }
+    // T1 doubling capped at T2: 0.5, 1.5, 3.5, 7.5, 11.5, … seconds after the answer.
+    assert!(retransmits.len() >= 7, "{retransmits:?}");
+    let gaps: Vec<u64> = retransmits
+        .windows(2)
+        .map(|w| (w[1] - w[0]).as_millis() as u64)
+        .collect();
+    assert_eq!(&gaps[..3], &[1000, 2000, 4000], "{retransmits:?}");
+    assert!(gaps[3..].iter().all(|g| *g == 4000), "{gaps:?}");
+    // After 64*T1 without ACK the call ends with a BYE to the callee.
+    assert!(h.engine.calls().is_empty());
+}
