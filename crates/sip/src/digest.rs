@@ -391,6 +391,10 @@ pub fn verify_ha1(creds: &Credentials, method: &str, ha1: &str) -> bool {
 /// Client side: builds the `Authorization` (or `Proxy-Authorization`) value answering a
 /// `WWW-Authenticate`/`Proxy-Authenticate` value. Uses `qop=auth` when offered, the RFC
 /// 2069 form when no qop is offered.
+///
+/// # Errors
+/// [`DigestError`] when the challenge is not Digest, lacks realm or nonce, or asks for an
+/// algorithm or qop this module does not implement.
 pub fn answer_challenge(
     challenge: &str,
     method: &str,

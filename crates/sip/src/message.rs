@@ -439,6 +439,10 @@ impl Message {
     /// buffer), and the size limits [`MAX_MESSAGE_LEN`], [`MAX_HEADERS`],
     /// [`MAX_HEADER_LINE`]. Content-Length is removed from the parsed headers because
     /// `to_bytes` always writes the right one.
+    ///
+    /// # Errors
+    /// [`ParseError`] for any violation; see [`ParseError::bad_request_response`] for the
+    /// answer to send when the input was a request.
     pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
         if buf.len() > MAX_MESSAGE_LEN {
             return Err(ParseError {
@@ -735,11 +739,10 @@ pub fn cancel_for(invite: &Request) -> Request {
 pub(crate) fn hop_request(orig: &Request, method: Method, to: Option<&BytesStr>) -> Request {
     let mut req = Request::new(method.clone(), orig.uri.clone());
     if let Some(via) = orig.headers.get_raw(&Name::VIA).next() {
-        // A Via line may list several Vias; only the first (ours) belongs here.
-        let top = top_via(&orig.headers)
-            .map(|v| BytesStr::from(v.default_print_ctx().to_string()))
-            .unwrap_or_else(|| via.clone());
-        req.headers.insert(Name::VIA, top);
+        // A Via line may list several Vias; only the first (ours) belongs here, verbatim.
+        let (top, _) = split_first_via(via.as_str());
+        req.headers
+            .insert(Name::VIA, BytesStr::from(top.trim().to_owned()));
     }
     if let Some(mf) = orig.headers.get_raw(&Name::MAX_FORWARDS).next() {
         req.headers.insert(Name::MAX_FORWARDS, mf.clone());
@@ -760,6 +763,23 @@ pub(crate) fn hop_request(orig: &Request, method: Method, to: Option<&BytesStr>)
     req.headers
         .insert(Name::CSEQ, BytesStr::from(format!("{number} {method}")));
     req
+}
+
+/// Splits a Via header value at the comma that ends its first Via (commas inside quoted
+/// parameter values do not count): `(first, rest)`, `rest` starting at that comma.
+pub(crate) fn split_first_via(value: &str) -> (&str, &str) {
+    let mut in_quotes = false;
+    let split = value
+        .char_indices()
+        .find(|&(_, c)| {
+            if c == '"' {
+                in_quotes = !in_quotes;
+            }
+            c == ',' && !in_quotes
+        })
+        .map(|(i, _)| i)
+        .unwrap_or(value.len());
+    value.split_at(split)
 }
 
 /// A fresh From/To tag: 64 random bits, enough that two dialogs never collide.

@@ -29,7 +29,7 @@ use bytesstr::BytesStr;
 use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::{Method, Name, StatusCode};
 
-use crate::message::{hop_request, response_for, Message, Request, Response};
+use crate::message::{hop_request, response_for, split_first_via, Message, Request, Response};
 use crate::transport::{Peer, Transmit};
 
 /// How long an INVITE client transaction waits in Proceeding for any further response.
@@ -258,19 +258,8 @@ fn stamp_via(req: &mut Request, from: &Peer) {
     let Some(first) = values.first().map(|v| v.as_str().to_owned()) else {
         return;
     };
-    // The first Via ends at the first comma outside quotes; later Vias are kept verbatim.
-    let mut in_quotes = false;
-    let split = first
-        .char_indices()
-        .find(|&(_, c)| {
-            if c == '"' {
-                in_quotes = !in_quotes;
-            }
-            c == ',' && !in_quotes
-        })
-        .map(|(i, _)| i)
-        .unwrap_or(first.len());
-    let (top, rest) = first.split_at(split);
+    // Later Vias on the same line are kept verbatim.
+    let (top, rest) = split_first_via(&first);
     let mut out = String::with_capacity(top.len() + 48);
     for (i, segment) in top.split(';').enumerate() {
         let name = segment.split('=').next().unwrap_or_default().trim();
@@ -589,6 +578,11 @@ impl TransactionLayer {
     ///
     /// After a 2xx to INVITE, further 2xx (the TU's retransmissions, RFC 6026) are passed
     /// through until Timer L ends the transaction.
+    ///
+    /// # Errors
+    /// [`TransactionError::NoSuchTransaction`] when the transaction already ended,
+    /// [`TransactionError::FinalAlreadySent`] for a response after the final (other than
+    /// further 2xx to INVITE), [`TransactionError::InvalidStatusCode`] outside 100–699.
     pub fn send_response(
         &mut self,
         now: Instant,
@@ -1458,6 +1452,41 @@ mod tests {
             request.header_str(&Name::VIA).as_deref(),
             Some("SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKv2")
         );
+    }
+
+    #[test]
+    fn via_stamping_keeps_later_vias_on_the_same_line() {
+        let mut h = Harness::new();
+        let text = String::from_utf8(request("OPTIONS", "z9hG4bKv3", Transport::Udp).to_bytes().to_vec())
+            .unwrap()
+            .replace(
+                ";rport\r\n",
+                ";rport;received=1.1.1.1 , SIP/2.0/UDP p.example.com;branch=z9hG4bKp;x=\"a,b\"\r\nVia: SIP/2.0/UDP q;branch=z9hG4bKq\r\n",
+            );
+        let Ok(Message::Request(req)) = Message::parse(text.as_bytes()) else {
+            panic!("{text}")
+        };
+        h.receive(Message::Request(req), peer(Transport::Udp));
+        let [TransactionEvent::Request { request, tx, .. }] = &h.events()[..] else {
+            panic!()
+        };
+        let vias: Vec<_> = request
+            .headers
+            .get_raw(&Name::VIA)
+            .map(|v| v.as_str().to_owned())
+            .collect();
+        assert_eq!(
+            vias,
+            vec![
+                "SIP/2.0/UDP 192.0.2.10:5060;branch=z9hG4bKv3;rport=5060;received=192.0.2.10, SIP/2.0/UDP p.example.com;branch=z9hG4bKp;x=\"a,b\"".to_owned(),
+                "SIP/2.0/UDP q;branch=z9hG4bKq".to_owned(),
+            ]
+        );
+        assert!(matches!(
+            h.layer
+                .send_response(h.now, *tx, Response::new(StatusCode::from(42))),
+            Err(TransactionError::InvalidStatusCode(42))
+        ));
     }
 
     fn request_text_without_rport() -> String {
