@@ -186,10 +186,12 @@ fn quote(s: &str) -> String {
 }
 
 /// Header values to put in a 401 (`WWW-Authenticate`) or 407 (`Proxy-Authenticate`): one
-/// per algorithm, SHA-256 first (RFC 8760 §2.4: preferred first), then MD5, each with
-/// `qop="auth"`, and `stale=true` when the client's nonce had merely expired.
+/// per algorithm, each with `qop="auth"`, and `stale=true` when the client's nonce had
+/// merely expired. MD5 comes first although RFC 8760 §2.4 would list the preferred SHA-256
+/// first: SIP.js (Odoo's softphone), SIPp and many desk phones read only the first
+/// challenge and know nothing but MD5; clients that know SHA-256 still find it.
 pub fn challenges(realm: &str, nonce: &str, stale: bool) -> Vec<String> {
-    [Algorithm::Sha256, Algorithm::Md5]
+    [Algorithm::Md5, Algorithm::Sha256]
         .into_iter()
         .map(|alg| {
             let mut v = format!(
@@ -640,8 +642,8 @@ mod tests {
         let nonce = source.issue(1000);
         let challenges = challenges("pbx.example.com", &nonce, true);
         assert_eq!(challenges.len(), 2);
-        assert!(challenges[0].contains("algorithm=SHA-256"));
-        assert!(challenges[1].contains("algorithm=MD5"));
+        assert!(challenges[0].contains("algorithm=MD5"), "first: SIP.js reads only it");
+        assert!(challenges[1].contains("algorithm=SHA-256"));
         assert!(challenges
             .iter()
             .all(|c| c.contains("qop=\"auth\"") && c.contains("stale=true")));
@@ -649,7 +651,7 @@ mod tests {
 
         // A SIP.js-style client answers the MD5 challenge in a REGISTER.
         let auth = answer_challenge(
-            &challenges[1],
+            &challenges[0],
             "REGISTER",
             "sip:pbx.example.com",
             "101",
