@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian 12 machine with the Rust toolchain and gcc.
+# Installs the third-party test peers when missing (SIPp as Debian's sip-tester,
+# PostgreSQL for the store tests), starts a throw-away PostgreSQL on a free loopback
+# port, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '== %s\n' "$*"; }
+
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+pg_bin=""
+for d in $(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)") /usr/lib/postgresql/*/bin; do
+  if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then pg_bin=$d; break; fi
+done
+[ -n "$pg_bin" ] || missing+=(postgresql)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing test peers: ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  if $sudo true 2>/dev/null; then
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    log "cannot install ${missing[*]} (not root, no sudo): the tests needing them will say so"
+  fi
+  for d in /usr/lib/postgresql/*/bin; do
+    if [ -z "$pg_bin" ] && [ -x "$d/initdb" ]; then pg_bin=$d; fi
+  done
+fi
+
+pg_dir=""
+cleanup() {
+  if [ -n "$pg_dir" ] && [ -d "$pg_dir" ]; then
+    run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
+    rm -rf "$pg_dir"
+  fi
+}
+trap cleanup EXIT
+
+# PostgreSQL refuses to run as root: use its own account when we are root.
+run_pg() {
+  if [ "$(id -u)" = 0 ]; then
+    runuser -u "$pg_user" -- "$@"
+  else
+    "$@"
+  fi
+}
+
+if [ -n "$pg_bin" ] && [ -z "${CONFERO_TEST_POSTGRES_URL:-}" ]; then
+  pg_user=postgres
+  if [ "$(id -u)" = 0 ] && ! id "$pg_user" >/dev/null 2>&1; then pg_user=nobody; fi
+  pg_dir=$(mktemp -d /tmp/confero-pg.XXXXXX)
+  chmod 755 "$pg_dir"
+  [ "$(id -u)" = 0 ] && chown "$pg_user" "$pg_dir"
+  pg_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+  if run_pg "$pg_bin/initdb" -D "$pg_dir/data" -U postgres -A trust >"$pg_dir/initdb.log" 2>&1 &&
+     run_pg "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w \
+       -o "-c listen_addresses=127.0.0.1 -p $pg_port -k $pg_dir -c fsync=off" start >/dev/null; then
+    export CONFERO_TEST_POSTGRES_URL="postgres://postgres@127.0.0.1:$pg_port/postgres"
+    log "PostgreSQL for the store tests on 127.0.0.1:$pg_port"
+  else
+    log "PostgreSQL could not start (see $pg_dir); its tests will be skipped with a reason"
+    cat "$pg_dir/initdb.log" "$pg_dir/server.log" 2>/dev/null | tail -5 || true
+  fi
+fi
+
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --workspace --all-targets --no-fail-fast --test-threads 4 "$@"
+  cargo test --workspace --doc --quiet
+else
+  cargo test --workspace --all-targets --no-fail-fast "$@"
+fi
