@@ -75,7 +75,12 @@ pub struct IncomingNumber {
 }
 
 /// Where a call to an incoming number goes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// JSON: `{"type": "conference", "conference_id": 7}`. `Deserialize` is written
+/// by hand (through a plain struct) because serde's internally tagged enums
+/// buffer their content and lose the path to a bad value; the API needs to say
+/// `destination.conference_id`, not just `destination`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Destination {
     /// The number is known but nobody decided yet; the caller hears a busy/unavailable answer.
@@ -89,6 +94,70 @@ pub enum Destination {
     Conference {
         conference_id: i64,
     },
+}
+
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+
+        #[derive(Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        enum Kind {
+            NotConfigured,
+            HangUp,
+            Extension,
+            Conference,
+        }
+
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Raw {
+            #[serde(rename = "type")]
+            kind: Kind,
+            #[serde(default)]
+            extension: Option<String>,
+            #[serde(default)]
+            conference_id: Option<i64>,
+        }
+
+        let raw = Raw::deserialize(d)?;
+        let unexpected = |field: &'static str, allowed: &'static [&'static str]| {
+            D::Error::unknown_field(field, allowed)
+        };
+        match raw.kind {
+            Kind::NotConfigured | Kind::HangUp => {
+                if raw.extension.is_some() {
+                    return Err(unexpected("extension", &["type"]));
+                }
+                if raw.conference_id.is_some() {
+                    return Err(unexpected("conference_id", &["type"]));
+                }
+                Ok(if matches!(raw.kind, Kind::HangUp) {
+                    Destination::HangUp
+                } else {
+                    Destination::NotConfigured
+                })
+            }
+            Kind::Extension => {
+                if raw.conference_id.is_some() {
+                    return Err(unexpected("conference_id", &["type", "extension"]));
+                }
+                let extension = raw
+                    .extension
+                    .ok_or_else(|| D::Error::missing_field("extension"))?;
+                Ok(Destination::Extension { extension })
+            }
+            Kind::Conference => {
+                if raw.extension.is_some() {
+                    return Err(unexpected("extension", &["type", "conference_id"]));
+                }
+                let conference_id = raw
+                    .conference_id
+                    .ok_or_else(|| D::Error::missing_field("conference_id"))?;
+                Ok(Destination::Conference { conference_id })
+            }
+        }
+    }
 }
 
 /// The SIP transport used to reach a trunk.
@@ -1192,6 +1261,28 @@ mod tests {
             serde_json::to_string(&TrunkTransport::Tls).unwrap(),
             r#""tls""#
         );
+        assert!(serde_json::from_str::<Destination>(r#"{"type":"conference"}"#).is_err());
+        assert!(
+            serde_json::from_str::<Destination>(r#"{"type":"hang_up","extension":"1"}"#).is_err()
+        );
+        assert!(serde_json::from_str::<Destination>(
+            r#"{"type":"extension","extension":"1","x":1}"#
+        )
+        .is_err());
+        assert!(serde_json::from_str::<Destination>(r#"{"type":"elsewhere"}"#).is_err());
+        let all = [
+            Destination::NotConfigured,
+            Destination::HangUp,
+            Destination::Extension {
+                extension: "101".into(),
+            },
+            Destination::Conference { conference_id: 3 },
+        ];
+        for d in all {
+            let back: Destination =
+                serde_json::from_str(&serde_json::to_string(&d).unwrap()).unwrap();
+            assert_eq!(back, d);
+        }
         // Older revisions without the newer fields still load.
         let c: Conference =
             serde_json::from_str(r#"{"id":1,"name":"A","extension":"800"}"#).unwrap();

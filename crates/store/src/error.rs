@@ -35,6 +35,19 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// The database could not serve the request in time (pool exhausted, lock
+    /// wait too long): worth retrying, and answered as "busy" rather than as a failure.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Database(sqlx::Error::PoolTimedOut) => true,
+            StoreError::Database(sqlx::Error::Database(e)) => {
+                // SQLite: SQLITE_BUSY (5) / SQLITE_LOCKED (6); PostgreSQL: lock_not_available.
+                matches!(e.code().as_deref(), Some("5" | "6" | "55P03"))
+            }
+            _ => false,
+        }
+    }
+
     pub(crate) fn corrupt(what: impl std::fmt::Display) -> Self {
         StoreError::Corrupt(what.to_string())
     }

@@ -160,6 +160,10 @@ fn default_sip_port() -> u16 {
 pub struct NewTrunk {
     #[serde(default)]
     pub id: Option<i64>,
+    /// Ignored: the API shows it (the password itself is write-only) and a
+    /// client may send back what it read.
+    #[serde(default)]
+    pub has_password: Option<bool>,
     pub name: String,
     pub host: String,
     #[serde(default = "default_sip_port")]
@@ -180,6 +184,7 @@ impl Default for NewTrunk {
     fn default() -> Self {
         NewTrunk {
             id: None,
+            has_password: None,
             name: String::new(),
             host: String::new(),
             port: default_sip_port(),
@@ -197,6 +202,10 @@ impl Default for NewTrunk {
 pub struct TrunkPatch {
     #[serde(default)]
     pub id: Option<i64>,
+    /// Ignored: the API shows it (the password itself is write-only) and a
+    /// client may send back what it read.
+    #[serde(default)]
+    pub has_password: Option<bool>,
     #[serde(default)]
     pub name: Option<String>,
     #[serde(default)]
@@ -221,6 +230,7 @@ impl From<NewTrunk> for TrunkPatch {
     fn from(n: NewTrunk) -> Self {
         TrunkPatch {
             id: n.id,
+            has_password: None,
             name: Some(n.name),
             host: Some(n.host),
             port: Some(n.port),
