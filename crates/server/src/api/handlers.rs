@@ -1,0 +1,407 @@
+//! Handlers for configuration entities, changes, live state and tokens.
+//!
+//! Conventions: POST creates (201 with the entity), PUT replaces with a full
+//! description, PATCH changes only the fields present, DELETE answers 204.
+//! An `id` in a body is optional and must match the URL.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use confero_pbx::config::{Conference, IncomingNumber, Trunk, TrunkTransport, User};
+use confero_store::{
+    ConferencePatch, IncomingNumberPatch, NewConference, NewIncomingNumber, NewTrunk, NewUser,
+    TrunkPatch, UserPatch,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use super::{ApiError, ApiJson, ApiState, Caller};
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Path ids are parsed here rather than by `Path<i64>` so that a bad id gets
+/// the API's JSON error instead of axum's plain-text one.
+fn parse_id(raw: &str) -> ApiResult<i64> {
+    raw.parse::<i64>().map_err(|_| {
+        ApiError::bad_request(format!("id must be an integer, not {raw:?}"), Some("id"))
+    })
+}
+
+fn check_body_id(body_id: Option<i64>, id: i64) -> ApiResult<()> {
+    match body_id {
+        Some(b) if b != id => Err(ApiError::bad_request(
+            format!("id {b} in the body does not match id {id} in the URL"),
+            Some("id"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn created<T: Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+// ---- users -------------------------------------------------------------------
+
+/// A user as the API shows it: the SIP password is write-only, present only in
+/// the answer to a create or a password reset.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UserView {
+    pub id: i64,
+    pub name: String,
+    pub extension: String,
+    pub sip_username: String,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub sip_password: Option<String>,
+}
+
+impl UserView {
+    fn without_password(u: User) -> Self {
+        UserView {
+            id: u.id,
+            name: u.name,
+            extension: u.extension,
+            sip_username: u.sip_username,
+            sip_password: None,
+        }
+    }
+
+    fn with_password(u: User) -> Self {
+        UserView {
+            sip_password: Some(u.sip_password.clone()),
+            ..UserView::without_password(u)
+        }
+    }
+}
+
+pub(super) async fn list_users(State(s): State<ApiState>) -> ApiResult<Json<Vec<UserView>>> {
+    let users = s.store.list_users().await?;
+    Ok(Json(
+        users.into_iter().map(UserView::without_password).collect(),
+    ))
+}
+
+pub(super) async fn get_user(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserView>> {
+    let user = s.store.get_user(parse_id(&id)?).await?;
+    Ok(Json(UserView::without_password(user)))
+}
+
+pub(super) async fn create_user(
+    State(s): State<ApiState>,
+    ApiJson(new): ApiJson<NewUser>,
+) -> ApiResult<Response> {
+    let user = s.store.create_user(new).await?;
+    Ok(created(UserView::with_password(user)))
+}
+
+pub(super) async fn put_user(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NewUser>,
+) -> ApiResult<Json<UserView>> {
+    let id = parse_id(&id)?;
+    check_body_id(body.id, id)?;
+    let user = s.store.update_user(id, UserPatch::from(body)).await?;
+    Ok(Json(UserView::without_password(user)))
+}
+
+pub(super) async fn patch_user(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<UserPatch>,
+) -> ApiResult<Json<UserView>> {
+    let id = parse_id(&id)?;
+    check_body_id(body.id, id)?;
+    let user = s.store.update_user(id, body).await?;
+    Ok(Json(UserView::without_password(user)))
+}
+
+pub(super) async fn delete_user(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.store.delete_user(parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub(super) async fn reset_user_password(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<UserView>> {
+    let user = s.store.reset_user_password(parse_id(&id)?).await?;
+    Ok(Json(UserView::with_password(user)))
+}
+
+// ---- conferences -------------------------------------------------------------
+
+pub(super) async fn list_conferences(
+    State(s): State<ApiState>,
+) -> ApiResult<Json<Vec<Conference>>> {
+    Ok(Json(s.store.list_conferences().await?))
+}
+
+pub(super) async fn get_conference(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Conference>> {
+    Ok(Json(s.store.get_conference(parse_id(&id)?).await?))
+}
+
+pub(super) async fn create_conference(
+    State(s): State<ApiState>,
+    ApiJson(new): ApiJson<NewConference>,
+) -> ApiResult<Response> {
+    Ok(created(s.store.create_conference(new).await?))
+}
+
+pub(super) async fn put_conference(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NewConference>,
+) -> ApiResult<Json<Conference>> {
+    let id = parse_id(&id)?;
+    check_body_id(body.id, id)?;
+    Ok(Json(
+        s.store
+            .update_conference(id, ConferencePatch::from(body))
+            .await?,
+    ))
+}
+
+pub(super) async fn patch_conference(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<ConferencePatch>,
+) -> ApiResult<Json<Conference>> {
+    let id = parse_id(&id)?;
+    check_body_id(body.id, id)?;
+    Ok(Json(s.store.update_conference(id, body).await?))
+}
+
+pub(super) async fn delete_conference(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.store.delete_conference(parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- incoming numbers --------------------------------------------------------
+
+pub(super) async fn list_incoming_numbers(
+    State(s): State<ApiState>,
+) -> ApiResult<Json<Vec<IncomingNumber>>> {
+    Ok(Json(s.store.list_incoming_numbers().await?))
+}
+
+pub(super) async fn get_incoming_number(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<IncomingNumber>> {
+    Ok(Json(s.store.get_incoming_number(parse_id(&id)?).await?))
+}
+
+pub(super) async fn create_incoming_number(
+    State(s): State<ApiState>,
+    ApiJson(new): ApiJson<NewIncomingNumber>,
+) -> ApiResult<Response> {
+    Ok(created(s.store.create_incoming_number(new).await?))
+}
+
+pub(super) async fn put_incoming_number(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NewIncomingNumber>,
+) -> ApiResult<Json<IncomingNumber>> {
+    let id = parse_id(&id)?;
+    check_body_id(body.id, id)?;
+    Ok(Json(
+        s.store
+            .update_incoming_number(id, IncomingNumberPatch::from(body))
+            .await?,
+    ))
+}
+
+pub(super) async fn patch_incoming_number(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<IncomingNumberPatch>,
+) -> ApiResult<Json<IncomingNumber>> {
+    let id = parse_id(&id)?;
+    check_body_id(body.id, id)?;
+    Ok(Json(s.store.update_incoming_number(id, body).await?))
+}
+
+pub(super) async fn delete_incoming_number(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.store.delete_incoming_number(parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- trunks ------------------------------------------------------------------
+
+/// A trunk as the API shows it: the provider password is write-only;
+/// `has_password` tells whether one is set.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TrunkView {
+    pub id: i64,
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub transport: TrunkTransport,
+    pub username: Option<String>,
+    pub has_password: bool,
+    pub register: bool,
+    pub caller_id: Option<String>,
+}
+
+impl From<Trunk> for TrunkView {
+    fn from(t: Trunk) -> Self {
+        TrunkView {
+            id: t.id,
+            name: t.name,
+            host: t.host,
+            port: t.port,
+            transport: t.transport,
+            username: t.username,
+            has_password: t.password.is_some(),
+            register: t.register,
+            caller_id: t.caller_id,
+        }
+    }
+}
+
+pub(super) async fn list_trunks(State(s): State<ApiState>) -> ApiResult<Json<Vec<TrunkView>>> {
+    let trunks = s.store.list_trunks().await?;
+    Ok(Json(trunks.into_iter().map(TrunkView::from).collect()))
+}
+
+pub(super) async fn get_trunk(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<TrunkView>> {
+    Ok(Json(s.store.get_trunk(parse_id(&id)?).await?.into()))
+}
+
+pub(super) async fn create_trunk(
+    State(s): State<ApiState>,
+    ApiJson(new): ApiJson<NewTrunk>,
+) -> ApiResult<Response> {
+    Ok(created(TrunkView::from(s.store.create_trunk(new).await?)))
+}
+
+pub(super) async fn put_trunk(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<NewTrunk>,
+) -> ApiResult<Json<TrunkView>> {
+    let id = parse_id(&id)?;
+    check_body_id(body.id, id)?;
+    Ok(Json(
+        s.store
+            .update_trunk(id, TrunkPatch::from(body))
+            .await?
+            .into(),
+    ))
+}
+
+pub(super) async fn patch_trunk(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+    ApiJson(body): ApiJson<TrunkPatch>,
+) -> ApiResult<Json<TrunkView>> {
+    let id = parse_id(&id)?;
+    check_body_id(body.id, id)?;
+    Ok(Json(s.store.update_trunk(id, body).await?.into()))
+}
+
+pub(super) async fn delete_trunk(
+    State(s): State<ApiState>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    s.store.delete_trunk(parse_id(&id)?).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- changes -----------------------------------------------------------------
+
+pub(super) async fn list_changes(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+    let changes = s.store.pending_changes().await?;
+    let revision = s.store.production().await?.map_or(0, |p| p.revision);
+    Ok(Json(json!({
+        "pending": changes.len(),
+        "revision": revision,
+        "changes": changes,
+    })))
+}
+
+/// Publishes the draft, then hands the new revision to the engine.
+pub(super) async fn apply_changes(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+    let snapshot = s.store.apply().await?;
+    let revision = snapshot.revision;
+    // Two applies can finish out of order; never let the engine go back to an
+    // older revision, and do not wake it when nothing changed.
+    s.production.send_if_modified(|current| {
+        if snapshot.revision > current.revision {
+            *current = Arc::new(snapshot);
+            true
+        } else {
+            false
+        }
+    });
+    Ok(Json(json!({ "revision": revision })))
+}
+
+pub(super) async fn discard_changes(State(s): State<ApiState>) -> ApiResult<StatusCode> {
+    s.store.discard().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---- live state --------------------------------------------------------------
+
+pub(super) async fn registrations(State(s): State<ApiState>) -> Json<Vec<serde_json::Value>> {
+    Json(s.live.registrations())
+}
+
+pub(super) async fn calls(State(s): State<ApiState>) -> Json<Vec<serde_json::Value>> {
+    Json(s.live.calls())
+}
+
+// ---- tokens ------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct NewToken {
+    name: String,
+}
+
+/// Only a person logged in with a console account may mint tokens: a leaked
+/// token must not be able to create more of itself.
+pub(super) async fn create_token(
+    State(s): State<ApiState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(body): ApiJson<NewToken>,
+) -> ApiResult<Response> {
+    if !matches!(caller, Caller::Console { .. }) {
+        return Err(ApiError::Forbidden(
+            "tokens are created with a console account (HTTP Basic)".into(),
+        ));
+    }
+    let name = body.name.trim();
+    if name.is_empty() || name.chars().count() > 100 {
+        return Err(ApiError::bad_request(
+            "name must be 1 to 100 characters",
+            Some("name"),
+        ));
+    }
+    let (id, token) = s.store.create_token(name).await?;
+    Ok(created(json!({ "id": id, "token": token, "name": name })))
+}
