@@ -63,8 +63,9 @@ impl Store {
             .map(str::to_owned)
             .unwrap_or_else(|| Alphanumeric.sample_string(&mut OsRng, 20));
         let to_hash = password.clone();
-        // Hash before taking the write lock: hashing is slow, and wasted work
-        // when an account exists costs only the first start.
+        // Cheap check first (every start after the first ends here); then hash
+        // outside the write lock, since argon2 is slow; then re-check under the
+        // lock so two nodes starting together create one admin.
         let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM console_accounts")
             .fetch_one(self.pool())
             .await?
