@@ -10,6 +10,7 @@ log() { printf '== %s\n' "$*"; }
 
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 pg_bin=""
 for d in $(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)") /usr/lib/postgresql/*/bin; do
   if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then pg_bin=$d; break; fi

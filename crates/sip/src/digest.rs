@@ -642,7 +642,10 @@ mod tests {
         let nonce = source.issue(1000);
         let challenges = challenges("pbx.example.com", &nonce, true);
         assert_eq!(challenges.len(), 2);
-        assert!(challenges[0].contains("algorithm=MD5"), "first: SIP.js reads only it");
+        assert!(
+            challenges[0].contains("algorithm=MD5"),
+            "first: SIP.js reads only it"
+        );
         assert!(challenges[1].contains("algorithm=SHA-256"));
         assert!(challenges
             .iter()

@@ -1,0 +1,734 @@
+//! Load benchmark: REGISTER with digest authentication through the whole `confero` binary.
+//!
+//! Run with `cargo bench -p confero-server --bench register_load`. It starts the release
+//! binary on free loopback ports with a fresh data dir, creates users through the REST API,
+//! then drives the real flow from several UDP sockets: REGISTER → 401 (MD5 challenge) →
+//! REGISTER with `Authorization` → 200, and then re-REGISTERs reusing the nonce (new
+//! branch, CSeq and nc) with a bounded window of outstanding requests. The rate counts only
+//! authenticated REGISTER → 200 exchanges; challenge round trips are reported apart.
+//!
+//! Knobs (environment variables, all optional):
+//! `BENCH_USERS` (500), `BENCH_SOCKETS` (4), `BENCH_WINDOW` (200 outstanding requests in
+//! all), `BENCH_MAX_REGISTERS` (100000), `BENCH_SECONDS` (20), `BENCH_TIMEOUT_MS` (2000).
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use confero_sip::digest::answer_challenge;
+
+const ADMIN_PASSWORD: &str = "bench";
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Knobs {
+    users: usize,
+    sockets: usize,
+    window: usize,
+    max_registers: u64,
+    seconds: u64,
+    timeout: Duration,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let users = env_or("BENCH_USERS", 500usize).clamp(1, 89_999);
+        let sockets = env_or("BENCH_SOCKETS", 4usize).clamp(1, users);
+        Knobs {
+            users,
+            sockets,
+            window: env_or("BENCH_WINDOW", 200usize).max(sockets),
+            max_registers: env_or("BENCH_MAX_REGISTERS", 100_000u64),
+            seconds: env_or("BENCH_SECONDS", 20u64),
+            timeout: Duration::from_millis(env_or("BENCH_TIMEOUT_MS", 2000u64)),
+        }
+    }
+}
+
+// ==== the server process ====
+
+/// The running binary; killed on drop.
+struct Server {
+    child: Child,
+    sip: SocketAddr,
+    http: SocketAddr,
+    stderr_tail: Arc<Mutex<VecDeque<String>>>,
+    _data_dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start() -> Server {
+        let data_dir = tempfile::tempdir().expect("tempdir");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_confero"))
+            .arg("--data-dir")
+            .arg(data_dir.path())
+            .args(["--sip-listen", "127.0.0.1:0"])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .args(["--public-address", "127.0.0.1"])
+            .env("CONFERO_ADMIN_PASSWORD", ADMIN_PASSWORD)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start confero");
+        // Keep both pipes drained so the server never blocks on a full pipe.
+        let stderr_tail = Arc::new(Mutex::new(VecDeque::new()));
+        let tail = stderr_tail.clone();
+        let stderr = child.stderr.take().expect("stderr");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+                if t.len() == 50 {
+                    t.pop_front();
+                }
+                t.push_back(line);
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let ready = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(rest) = line.strip_prefix("confero ready: ") {
+                        break rest.to_owned();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let tail = stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+                    panic!(
+                        "confero printed no ready line within 30 s; stderr:\n{}",
+                        tail.iter().cloned().collect::<Vec<_>>().join("\n")
+                    );
+                }
+            }
+        };
+        let field = |name: &str| -> SocketAddr {
+            let key = format!("{name}=");
+            let start = ready.find(&key).expect("field in ready line") + key.len();
+            let end = ready[start..].find(' ').map_or(ready.len(), |e| start + e);
+            ready[start..end].parse().expect("address in ready line")
+        };
+        Server {
+            sip: field("sip"),
+            http: field("http"),
+            child,
+            stderr_tail,
+            _data_dir: data_dir,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn stderr_tail(&self) -> String {
+        let t = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        t.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request (`Connection: close`); returns (status, body).
+fn http(addr: SocketAddr, method: &str, path: &str, auth: &str, body: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).expect("connect to the HTTP API");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("read timeout");
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    if !auth.is_empty() {
+        req.push_str(&format!("Authorization: {auth}\r\n"));
+    }
+    if method != "GET" {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes()).expect("send HTTP request");
+    let mut raw = Vec::new();
+    let _ = s.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad HTTP response: {text:?}"));
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut s: &str) -> String {
+    let mut out = String::new();
+    while let Some((len, rest)) = s.split_once("\r\n") {
+        let n = usize::from_str_radix(len.trim(), 16).unwrap_or(0);
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        s = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+fn username(i: usize) -> String {
+    format!("u{i:04}")
+}
+
+fn password(i: usize) -> String {
+    format!("bench-secret-{i}")
+}
+
+/// Creates the users in the draft and applies it. Basic auth costs an argon2 verification
+/// per request, so one token is made with Basic and the users are created with it.
+fn provision(server: &Server, users: usize) {
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
+    );
+    let (status, body) = http(
+        server.http,
+        "POST",
+        "/api/v1/tokens",
+        &basic,
+        r#"{"name":"register-bench"}"#,
+    );
+    assert_eq!(status, 201, "create token: {body}");
+    let token: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
+    let bearer = format!("Bearer {}", token["token"].as_str().expect("token field"));
+    for i in 0..users {
+        let user = serde_json::json!({
+            "name": format!("Bench user {i}"),
+            "extension": (10_000 + i).to_string(),
+            "sip_username": username(i),
+            "sip_password": password(i),
+        });
+        let (status, body) = http(
+            server.http,
+            "POST",
+            "/api/v1/users",
+            &bearer,
+            &user.to_string(),
+        );
+        assert_eq!(status, 201, "create user {i}: {body}");
+    }
+    let (status, body) = http(server.http, "POST", "/api/v1/changes/apply", &bearer, "{}");
+    assert_eq!(status, 200, "apply: {body}");
+}
+
+/// `confero_sip_transactions` from /metrics, if the endpoint answers.
+fn server_transactions(http_addr: SocketAddr) -> Option<u64> {
+    let (status, body) = http(http_addr, "GET", "/metrics", "", "");
+    if status != 200 {
+        return None;
+    }
+    body.lines()
+        .find_map(|l| l.strip_prefix("confero_sip_transactions "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+// ==== /proc ====
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(11) + get(12)
+}
+
+fn clock_ticks_per_second() -> u64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .filter(|&t| t > 0)
+        .unwrap_or(100)
+}
+
+/// A `/proc/<pid>/status` field in kB (`VmRSS`, `VmHWM`).
+fn status_kb(pid: &str, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            (k.trim() == "model name").then(|| v.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+// ==== the SIP clients ====
+
+/// One user's registration state, owned by one client thread.
+struct Ua {
+    index: usize,
+    username: String,
+    password: String,
+    call_id: String,
+    cseq: u32,
+    nc: u32,
+    challenge: Option<String>,
+    /// CSeq of the request in flight, when it was sent and whether it carried credentials.
+    in_flight: Option<(u32, Instant, bool)>,
+}
+
+#[derive(Default)]
+struct Tally {
+    /// Authenticated REGISTER → 200 before the stop, and their latencies in µs.
+    ok: u64,
+    latencies_us: Vec<u32>,
+    /// Unauthenticated REGISTER → 401 round trips.
+    challenges: u64,
+    /// Authenticated REGISTERs answered 401 again (e.g. the nonce went stale).
+    rechallenged: u64,
+    /// No answer within the timeout.
+    timeouts: u64,
+    /// Any other final answer.
+    other: u64,
+    other_codes: Vec<u16>,
+    /// Datagrams we could not match to a request in flight (late or duplicate answers).
+    unmatched: u64,
+}
+
+struct Shared {
+    stop: AtomicBool,
+    ok: AtomicU64,
+}
+
+/// The value of the first header named `name` (or its compact form), case-insensitive.
+fn header<'a>(msg: &'a str, name: &str, compact: &str) -> Option<&'a str> {
+    msg.split("\r\n").skip(1).find_map(|line| {
+        let (n, v) = line.split_once(':')?;
+        let n = n.trim();
+        (n.eq_ignore_ascii_case(name) || (!compact.is_empty() && n.eq_ignore_ascii_case(compact)))
+            .then(|| v.trim())
+    })
+}
+
+/// The `WWW-Authenticate` value offering MD5.
+fn md5_challenge(msg: &str) -> Option<String> {
+    msg.split("\r\n")
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .filter_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case("WWW-Authenticate")
+                .then(|| v.trim())
+        })
+        .find(|v| {
+            v.split(',').any(|p| {
+                let p = p.trim().to_ascii_lowercase();
+                p == "algorithm=md5" || p == "algorithm=\"md5\""
+            })
+        })
+        .map(str::to_owned)
+}
+
+fn client(
+    socket: UdpSocket,
+    server: SocketAddr,
+    mut uas: Vec<Ua>,
+    sockets: usize,
+    window: usize,
+    timeout: Duration,
+    shared: &Shared,
+) -> Tally {
+    let local = socket.local_addr().expect("local addr");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(5)))
+        .expect("read timeout");
+    let request_uri = format!("sip:{}:{}", server.ip(), server.port());
+    let mut tally = Tally::default();
+    let mut idle: VecDeque<usize> = (0..uas.len()).collect();
+    // (slot, cseq, sent) in send order: with one timeout for all, the front is the oldest.
+    let mut sent_order: VecDeque<(usize, u32, Instant)> = VecDeque::new();
+    let mut outstanding = 0usize;
+    let mut buf = vec![0u8; 65_535];
+    let mut req = String::with_capacity(1024);
+    loop {
+        let stopping = shared.stop.load(Ordering::Relaxed);
+        if stopping {
+            break;
+        }
+        // Fill the window.
+        while outstanding < window {
+            let Some(slot) = idle.pop_front() else { break };
+            let ua = &mut uas[slot];
+            ua.cseq += 1;
+            let authorization = match &ua.challenge {
+                Some(ch) => {
+                    ua.nc += 1;
+                    let cnonce = format!("{:08x}{:08x}", ua.index, ua.cseq);
+                    match answer_challenge(
+                        ch,
+                        "REGISTER",
+                        &request_uri,
+                        &ua.username,
+                        &ua.password,
+                        ua.nc,
+                        &cnonce,
+                    ) {
+                        Ok(a) => Some(a),
+                        Err(e) => panic!("cannot answer the server's challenge {ch:?}: {e}"),
+                    }
+                }
+                None => None,
+            };
+            req.clear();
+            use std::fmt::Write as _;
+            let _ = write!(
+                req,
+                "REGISTER {request_uri} SIP/2.0\r\n\
+                 Via: SIP/2.0/UDP {local};branch=z9hG4bK-rb-{idx}-{cseq};rport\r\n\
+                 Max-Forwards: 70\r\n\
+                 From: <sip:{user}@{host}>;tag=rb{idx}\r\n\
+                 To: <sip:{user}@{host}>\r\n\
+                 Call-ID: {call_id}\r\n\
+                 CSeq: {cseq} REGISTER\r\n\
+                 Contact: <sip:{user}@{local}>\r\n\
+                 Expires: 3600\r\n\
+                 User-Agent: confero-register-bench\r\n",
+                idx = ua.index,
+                cseq = ua.cseq,
+                user = ua.username,
+                host = server.ip(),
+                call_id = ua.call_id,
+            );
+            if let Some(a) = &authorization {
+                let _ = write!(req, "Authorization: {a}\r\n");
+            }
+            req.push_str("Content-Length: 0\r\n\r\n");
+            let now = Instant::now();
+            if socket.send_to(req.as_bytes(), server).is_err() {
+                tally.other += 1;
+                idle.push_back(slot);
+                continue;
+            }
+            ua.in_flight = Some((ua.cseq, now, authorization.is_some()));
+            sent_order.push_back((slot, ua.cseq, now));
+            outstanding += 1;
+        }
+        // Read answers until the socket is quiet for a moment.
+        match socket.recv_from(&mut buf) {
+            Ok((n, _)) => {
+                let now = Instant::now();
+                let Ok(msg) = std::str::from_utf8(&buf[..n]) else {
+                    tally.unmatched += 1;
+                    continue;
+                };
+                let code: u16 = msg
+                    .strip_prefix("SIP/2.0 ")
+                    .and_then(|r| r.get(..3))
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                let slot = header(msg, "Call-ID", "i")
+                    .and_then(|c| c.strip_prefix("rb-"))
+                    .and_then(|c| c.split('@').next())
+                    .and_then(|i| i.parse::<usize>().ok())
+                    // Users are dealt round-robin, so user i is slot i / sockets here.
+                    .and_then(|global| {
+                        let slot = global / sockets;
+                        uas.get(slot)
+                            .is_some_and(|u| u.index == global)
+                            .then_some(slot)
+                    });
+                let cseq: Option<u32> = header(msg, "CSeq", "")
+                    .and_then(|c| c.split_whitespace().next())
+                    .and_then(|c| c.parse().ok());
+                let (Some(slot), Some(cseq)) = (slot, cseq) else {
+                    tally.unmatched += 1;
+                    continue;
+                };
+                let ua = &mut uas[slot];
+                let Some((want, sent, authed)) = ua.in_flight else {
+                    tally.unmatched += 1;
+                    continue;
+                };
+                if want != cseq || code < 200 {
+                    if code >= 200 {
+                        tally.unmatched += 1;
+                    }
+                    continue;
+                }
+                ua.in_flight = None;
+                outstanding -= 1;
+                match code {
+                    200 if authed => {
+                        if !shared.stop.load(Ordering::Relaxed) {
+                            tally.ok += 1;
+                            shared.ok.fetch_add(1, Ordering::Relaxed);
+                            let us = now.duration_since(sent).as_micros();
+                            tally
+                                .latencies_us
+                                .push(u32::try_from(us).unwrap_or(u32::MAX));
+                        }
+                    }
+                    401 => {
+                        if authed {
+                            tally.rechallenged += 1;
+                        } else {
+                            tally.challenges += 1;
+                        }
+                        match md5_challenge(msg) {
+                            Some(ch) => ua.challenge = Some(ch),
+                            None => panic!("401 without an MD5 challenge:\n{msg}"),
+                        }
+                    }
+                    c => {
+                        tally.other += 1;
+                        if tally.other_codes.len() < 10 {
+                            tally.other_codes.push(c);
+                        }
+                    }
+                }
+                idle.push_back(slot);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => {
+                // ICMP port unreachable and the like: the server is gone or refusing.
+                tally.other += 1;
+            }
+        }
+        // Expire requests that got no answer in time.
+        let now = Instant::now();
+        while let Some(&(slot, cseq, sent)) = sent_order.front() {
+            let ua = &mut uas[slot];
+            let live = matches!(ua.in_flight, Some((c, _, _)) if c == cseq);
+            if !live {
+                sent_order.pop_front();
+                continue;
+            }
+            if now.duration_since(sent) < timeout {
+                break;
+            }
+            sent_order.pop_front();
+            ua.in_flight = None;
+            outstanding -= 1;
+            tally.timeouts += 1;
+            idle.push_back(slot);
+        }
+    }
+    tally
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    f64::from(sorted[rank.min(sorted.len() - 1)]) / 1000.0
+}
+
+fn main() {
+    let knobs = Knobs::from_env();
+    let ticks_per_s = clock_ticks_per_second();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("register_load: {knobs:?}");
+    println!(
+        "machine: {cores} CPUs ({}), kernel clock {ticks_per_s} ticks/s",
+        cpu_model()
+    );
+
+    let server = Server::start();
+    let pid = server.pid().to_string();
+    let t = Instant::now();
+    provision(&server, knobs.users);
+    println!(
+        "server pid {pid}: sip={} http={}; {} users created and applied in {:.1} s; idle RSS {} KiB",
+        server.sip,
+        server.http,
+        knobs.users,
+        t.elapsed().as_secs_f64(),
+        status_kb(&pid, "VmRSS")
+    );
+    // Give the engine task a moment to pick up the new production revision.
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Users are dealt round-robin to the sockets.
+    let mut per_socket: Vec<Vec<Ua>> = (0..knobs.sockets).map(|_| Vec::new()).collect();
+    for i in 0..knobs.users {
+        per_socket[i % knobs.sockets].push(Ua {
+            index: i,
+            username: username(i),
+            password: password(i),
+            call_id: format!("rb-{i}@127.0.0.1"),
+            cseq: 0,
+            nc: 0,
+            challenge: None,
+            in_flight: None,
+        });
+    }
+    let shared = Arc::new(Shared {
+        stop: AtomicBool::new(false),
+        ok: AtomicU64::new(0),
+    });
+    let window_per_socket = (knobs.window / knobs.sockets).max(1);
+    let self_ticks_before = cpu_ticks("self");
+    let ticks_before = cpu_ticks(&pid);
+    let start = Instant::now();
+    let mut threads = Vec::new();
+    for uas in per_socket {
+        let socket = UdpSocket::bind("127.0.0.1:0").expect("bind a client socket");
+        let shared = shared.clone();
+        let sip = server.sip;
+        let timeout = knobs.timeout;
+        let sockets = knobs.sockets;
+        threads.push(std::thread::spawn(move || {
+            client(
+                socket,
+                sip,
+                uas,
+                sockets,
+                window_per_socket,
+                timeout,
+                &shared,
+            )
+        }));
+    }
+
+    // Watch the run: stop at the count or the time limit, whichever first.
+    let limit = Duration::from_secs(knobs.seconds);
+    let mut last_report = (start, 0u64);
+    let (elapsed, ok_at_stop, server_ticks) = loop {
+        std::thread::sleep(Duration::from_millis(20));
+        let ok = shared.ok.load(Ordering::Relaxed);
+        let now = Instant::now();
+        if ok >= knobs.max_registers || now.duration_since(start) >= limit {
+            let ticks = cpu_ticks(&pid) - ticks_before;
+            shared.stop.store(true, Ordering::Relaxed);
+            break (now.duration_since(start), ok, ticks);
+        }
+        if now.duration_since(last_report.0) >= Duration::from_secs(2) {
+            let rate =
+                (ok - last_report.1) as f64 / now.duration_since(last_report.0).as_secs_f64();
+            let txs =
+                server_transactions(server.http).map_or_else(|| "?".to_owned(), |n| n.to_string());
+            println!(
+                "  t={:5.1}s  {ok:7} registered  {rate:8.0}/s over the last interval  server transactions {txs}",
+                now.duration_since(start).as_secs_f64()
+            );
+            last_report = (now, ok);
+        }
+    };
+    let client_ticks = cpu_ticks("self") - self_ticks_before;
+
+    let mut total = Tally::default();
+    for t in threads {
+        let t = t.join().expect("client thread");
+        total.ok += t.ok;
+        total.latencies_us.extend(t.latencies_us);
+        total.challenges += t.challenges;
+        total.rechallenged += t.rechallenged;
+        total.timeouts += t.timeouts;
+        total.other += t.other;
+        total.other_codes.extend(t.other_codes);
+        total.unmatched += t.unmatched;
+    }
+    total.latencies_us.sort_unstable();
+    let rss = status_kb(&pid, "VmRSS");
+    let hwm = status_kb(&pid, "VmHWM");
+    let alive = server_transactions(server.http).is_some();
+    let tail = server.stderr_tail();
+    server.stop();
+
+    let secs = elapsed.as_secs_f64();
+    let server_cpu_s = server_ticks as f64 / ticks_per_s as f64;
+    let client_cpu_s = client_ticks as f64 / ticks_per_s as f64;
+    let failures = total.timeouts + total.other;
+    println!();
+    println!(
+        "REGISTER with digest auth: {} users, {} sockets, window {}, {:.2} s",
+        knobs.users, knobs.sockets, knobs.window, secs
+    );
+    println!(
+        "  registrations/s     {:.0}   ({ok_at_stop} authenticated REGISTER -> 200)",
+        ok_at_stop as f64 / secs
+    );
+    println!(
+        "  challenges          {} REGISTER -> 401 round trips, {} re-challenged",
+        total.challenges, total.rechallenged
+    );
+    println!(
+        "  failures            {failures}   ({} timeouts > {} ms, {} other answers {:?}), {} unmatched datagrams",
+        total.timeouts,
+        knobs.timeout.as_millis(),
+        total.other,
+        total.other_codes,
+        total.unmatched
+    );
+    println!(
+        "  latency             p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        percentile(&total.latencies_us, 50.0),
+        percentile(&total.latencies_us, 99.0),
+        percentile(&total.latencies_us, 100.0)
+    );
+    println!(
+        "  server CPU          {server_cpu_s:.2} s = {:.0}% of one core, {:.1} us per REGISTER",
+        100.0 * server_cpu_s / secs,
+        1e6 * server_cpu_s / ok_at_stop.max(1) as f64
+    );
+    println!("  client CPU          {client_cpu_s:.2} s (this process, sharing the {cores} CPUs)");
+    println!("  server RSS          {rss} KiB at the end, peak {hwm} KiB");
+    if !alive || failures > 0 {
+        println!("  server stderr (last lines):\n{tail}");
+    }
+}

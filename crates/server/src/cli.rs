@@ -1,0 +1,273 @@
+//! Command line, environment and `confero.toml`, merged into one [`Settings`].
+//!
+//! Precedence is flag, then `CONFERO_<NAME>` environment variable (both handled by clap),
+//! then the TOML file given with `--config`, then the embedded default. Every option is an
+//! `Option` in [`ServeArgs`] so that "not given" can fall through to the file.
+
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+/// Confero: a PBX whose heart is conference rooms.
+#[derive(Debug, Parser)]
+#[command(name = "confero", version, about)]
+pub(crate) struct Cli {
+    #[command(subcommand)]
+    pub(crate) command: Option<Command>,
+    #[command(flatten)]
+    pub(crate) serve: ServeArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the PBX (the default when no command is given).
+    Serve(ServeArgs),
+}
+
+/// Options of `confero serve`; each is also an env var and a `confero.toml` key.
+#[derive(Debug, Clone, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub(crate) struct ServeArgs {
+    /// TOML file with any of these options as keys (e.g. `sip-listen = "0.0.0.0:5060"`).
+    #[arg(long, env = "CONFERO_CONFIG")]
+    #[serde(skip)]
+    pub(crate) config: Option<PathBuf>,
+    /// Directory for the SQLite database and generated files [default: ./confero-data].
+    #[arg(long, env = "CONFERO_DATA_DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// `postgres://…` URL to use instead of the embedded SQLite database.
+    #[arg(long, env = "CONFERO_DATABASE_URL")]
+    pub(crate) database_url: Option<String>,
+    /// SIP over UDP and TCP [default: 0.0.0.0:5060].
+    #[arg(long, env = "CONFERO_SIP_LISTEN")]
+    pub(crate) sip_listen: Option<SocketAddr>,
+    /// Console, REST API and SIP over WebSocket at /ws [default: 0.0.0.0:8080].
+    #[arg(long, env = "CONFERO_HTTP_LISTEN")]
+    pub(crate) http_listen: Option<SocketAddr>,
+    /// The same over TLS; needs --tls-cert and --tls-key.
+    #[arg(long, env = "CONFERO_HTTPS_LISTEN")]
+    pub(crate) https_listen: Option<SocketAddr>,
+    /// PEM certificate chain for --https-listen.
+    #[arg(long, env = "CONFERO_TLS_CERT")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// PEM private key for --https-listen.
+    #[arg(long, env = "CONFERO_TLS_KEY")]
+    pub(crate) tls_key: Option<PathBuf>,
+    /// UDP port range for RTP, as `LOW-HIGH` [default: 10000-20000].
+    #[arg(long, env = "CONFERO_RTP_PORTS")]
+    pub(crate) rtp_ports: Option<String>,
+    /// Address put in SDP, Via and Contact [default: the address of the default route].
+    #[arg(long, env = "CONFERO_PUBLIC_ADDRESS")]
+    pub(crate) public_address: Option<IpAddr>,
+    /// SIP domain(s) served, comma separated [default: any].
+    #[arg(long, env = "CONFERO_DOMAIN", value_delimiter = ',')]
+    pub(crate) domain: Option<Vec<String>>,
+}
+
+/// Why the settings could not be put together.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub(crate) enum SettingsError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadConfig {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    ParseConfig {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("rtp-ports: {0}")]
+    RtpPorts(String),
+    #[error("https-listen needs both tls-cert and tls-key")]
+    TlsIncomplete,
+}
+
+/// Resolved settings the server runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Settings {
+    pub(crate) data_dir: PathBuf,
+    pub(crate) database_url: Option<String>,
+    pub(crate) sip_listen: SocketAddr,
+    pub(crate) http_listen: SocketAddr,
+    pub(crate) https: Option<HttpsSettings>,
+    pub(crate) rtp_ports: RangeInclusive<u16>,
+    pub(crate) public_address: Option<IpAddr>,
+    pub(crate) domains: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct HttpsSettings {
+    pub(crate) listen: SocketAddr,
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+}
+
+impl ServeArgs {
+    /// Fills every option not given on the command line or in the environment from `file`.
+    fn or_file(self, file: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            config: self.config,
+            data_dir: self.data_dir.or(file.data_dir),
+            database_url: self.database_url.or(file.database_url),
+            sip_listen: self.sip_listen.or(file.sip_listen),
+            http_listen: self.http_listen.or(file.http_listen),
+            https_listen: self.https_listen.or(file.https_listen),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            rtp_ports: self.rtp_ports.or(file.rtp_ports),
+            public_address: self.public_address.or(file.public_address),
+            domain: self.domain.or(file.domain),
+        }
+    }
+
+    /// Merges the config file (if any) and applies the defaults of DESIGN.md.
+    pub(crate) fn resolve(self) -> Result<Settings, SettingsError> {
+        let args = match self.config.clone() {
+            Some(path) => {
+                let file = read_config_file(&path)?;
+                self.or_file(file)
+            }
+            None => self,
+        };
+        let https = match (args.https_listen, args.tls_cert, args.tls_key) {
+            (None, _, _) => None,
+            (Some(listen), Some(cert), Some(key)) => Some(HttpsSettings { listen, cert, key }),
+            (Some(_), _, _) => return Err(SettingsError::TlsIncomplete),
+        };
+        Ok(Settings {
+            data_dir: args
+                .data_dir
+                .unwrap_or_else(|| PathBuf::from("./confero-data")),
+            database_url: args.database_url,
+            sip_listen: args
+                .sip_listen
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 5060))),
+            http_listen: args
+                .http_listen
+                .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            https,
+            rtp_ports: parse_port_range(args.rtp_ports.as_deref().unwrap_or("10000-20000"))?,
+            public_address: args.public_address,
+            domains: args
+                .domain
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| d.trim().to_ascii_lowercase())
+                .filter(|d| !d.is_empty())
+                .collect(),
+        })
+    }
+}
+
+fn read_config_file(path: &Path) -> Result<ServeArgs, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|source| SettingsError::ReadConfig {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|source| SettingsError::ParseConfig {
+        path: path.to_owned(),
+        source: Box::new(source),
+    })
+}
+
+/// Parses `LOW-HIGH`; RTP wants an even start and room for at least one RTP/RTCP pair.
+fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, SettingsError> {
+    let err = || SettingsError::RtpPorts(format!("expected LOW-HIGH, got {text:?}"));
+    let (low, high) = text.split_once('-').ok_or_else(err)?;
+    let low: u16 = low.trim().parse().map_err(|_| err())?;
+    let high: u16 = high.trim().parse().map_err(|_| err())?;
+    if low == 0 || high <= low {
+        return Err(SettingsError::RtpPorts(format!(
+            "{text:?}: LOW must be at least 1 and below HIGH"
+        )));
+    }
+    Ok(low..=high)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_design() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.data_dir, PathBuf::from("./confero-data"));
+        assert_eq!(s.sip_listen, "0.0.0.0:5060".parse().unwrap());
+        assert_eq!(s.http_listen, "0.0.0.0:8080".parse().unwrap());
+        assert_eq!(s.rtp_ports, 10000..=20000);
+        assert!(s.https.is_none() && s.domains.is_empty() && s.database_url.is_none());
+    }
+
+    #[test]
+    fn file_fills_what_flags_leave_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("confero.toml");
+        std::fs::write(
+            &path,
+            "sip-listen = \"127.0.0.1:5070\"\nhttp-listen = \"127.0.0.1:9000\"\nrtp-ports = \"20000-20100\"\ndomain = [\"pbx.example.com\"]\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            http_listen: Some("127.0.0.1:9100".parse().unwrap()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.sip_listen, "127.0.0.1:5070".parse().unwrap());
+        assert_eq!(
+            s.http_listen,
+            "127.0.0.1:9100".parse().unwrap(),
+            "flag wins"
+        );
+        assert_eq!(s.rtp_ports, 20000..=20100);
+        assert_eq!(s.domains, vec!["pbx.example.com".to_string()]);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_ranges_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("confero.toml");
+        std::fs::write(&path, "sip-lisen = \"127.0.0.1:5070\"\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        };
+        assert!(matches!(
+            args.resolve(),
+            Err(SettingsError::ParseConfig { .. })
+        ));
+        for bad in ["", "5-", "20000-10000", "0-10", "a-b"] {
+            assert!(parse_port_range(bad).is_err(), "{bad}");
+        }
+        let https_only = ServeArgs {
+            https_listen: Some("127.0.0.1:8443".parse().unwrap()),
+            ..Default::default()
+        };
+        assert!(matches!(
+            https_only.resolve(),
+            Err(SettingsError::TlsIncomplete)
+        ));
+    }
+
+    #[test]
+    fn env_and_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "confero",
+            "serve",
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--domain",
+            "a.example,b.example",
+        ])
+        .unwrap();
+        let Some(Command::Serve(args)) = cli.command else {
+            panic!("serve expected")
+        };
+        assert_eq!(args.domain.unwrap().len(), 2);
+    }
+}

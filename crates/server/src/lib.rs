@@ -1,0 +1,242 @@
+//! Confero's IO shell and the `confero` binary.
+//!
+//! Owns everything the sans-IO crates must not: sockets, the clock, tasks, the database
+//! connection and the HTTP server. Start-up order: settings → store (migrations, admin
+//! account) → production revision → sockets → engine task → HTTP; shutdown on SIGINT or
+//! SIGTERM stops accepting, lets in-flight HTTP requests finish and stops the engine.
+
+pub mod api;
+mod cli;
+mod live;
+mod sip_shell;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+use confero_pbx::config::Snapshot;
+use confero_pbx::engine::{Engine, EngineSettings};
+use confero_store::Store;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+
+use crate::cli::{Cli, Command, Settings};
+use crate::live::LiveState;
+use crate::sip_shell::{restore_binding, unix_now, SipShell};
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Serve(args)) => args,
+        None => cli.serve,
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let settings = match args.resolve() {
+        Ok(s) => s,
+        Err(err) => {
+            eprintln!("confero: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("confero: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(settings)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("confero: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Binds UDP and TCP on the same port (port 0 picks one free for both).
+async fn bind_sip(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..20 {
+        let udp = UdpSocket::bind(addr)
+            .await
+            .with_context(|| format!("cannot bind SIP UDP on {addr}"))?;
+        let bound = udp.local_addr()?;
+        match TcpListener::bind(bound).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(err) if addr.port() == 0 => last_err = Some(err),
+            Err(err) => return Err(err).with_context(|| format!("cannot bind SIP TCP on {bound}")),
+        }
+    }
+    Err(last_err.map_or_else(|| anyhow::anyhow!("no free SIP port"), anyhow::Error::from))
+}
+
+/// The address phones should reach us at when none is configured: the listening address
+/// if it is specific, else the source address the kernel would pick for the default route
+/// (found with a UDP `connect`, which sends nothing).
+fn advertised_ip(settings: &Settings, bound: SocketAddr) -> IpAddr {
+    if let Some(ip) = settings.public_address {
+        return ip;
+    }
+    if !bound.ip().is_unspecified() {
+        return bound.ip();
+    }
+    StdUdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| {
+            s.connect((Ipv4Addr::new(192, 0, 2, 1), 9))?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    let store = match &settings.database_url {
+        Some(url) => Store::connect(url).await,
+        None => Store::open_data_dir(&settings.data_dir).await,
+    }
+    .context("cannot open the configuration store")?;
+    let admin_password = std::env::var("CONFERO_ADMIN_PASSWORD")
+        .ok()
+        .filter(|p| !p.is_empty());
+    if let Some(generated) = store.ensure_admin(admin_password.as_deref()).await? {
+        tracing::warn!("created console account `admin` with password: {generated}");
+    }
+    let snapshot = store.production().await?.unwrap_or_else(Snapshot::default);
+
+    let (udp, tcp) = bind_sip(settings.sip_listen).await?;
+    let sip_bound = udp.local_addr()?;
+    let http = TcpListener::bind(settings.http_listen)
+        .await
+        .with_context(|| format!("cannot bind HTTP on {}", settings.http_listen))?;
+    let http_bound = http.local_addr()?;
+    let advertised = SocketAddr::new(advertised_ip(&settings, sip_bound), sip_bound.port());
+
+    let mut secret = [0u8; 32];
+    rand::Rng::fill(&mut rand::thread_rng(), &mut secret);
+    let mut engine_settings = EngineSettings::new(advertised, secret);
+    engine_settings.domains = settings.domains.clone();
+    if let Some(d) = settings.domains.first() {
+        engine_settings.realm = d.clone();
+    }
+    let now = Instant::now();
+    let now_unix = unix_now();
+    let mut engine = Engine::new(engine_settings, Arc::new(snapshot.clone()), now, now_unix);
+    let mut restored = 0;
+    for b in store.load_bindings().await? {
+        if let Some(binding) = restore_binding(b, now, now_unix) {
+            engine.restore_binding(binding);
+            restored += 1;
+        }
+    }
+
+    let (production_tx, production_rx) = watch::channel(Arc::new(snapshot));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let live = Arc::new(LiveState::default());
+    let shell = SipShell {
+        udp: Arc::new(udp),
+        tcp,
+        engine,
+        store: store.clone(),
+        production: production_rx,
+        live: live.clone(),
+        shutdown: shutdown_rx,
+    };
+    let engine_task = tokio::spawn(shell.run());
+
+    let router = api::router(api::ApiState {
+        store,
+        live,
+        production: production_tx,
+    });
+    let https = match &settings.https {
+        Some(https) => Some(start_https(https, router.clone()).await?),
+        None => None,
+    };
+    let https_text = https
+        .as_ref()
+        .map(|(addr, _)| format!(" https={addr}"))
+        .unwrap_or_default();
+    // One line tests and operators can rely on, with the ports actually bound.
+    println!(
+        "confero ready: sip={sip_bound} (udp+tcp, advertised {advertised}) http={http_bound}{https_text} restored_registrations={restored}"
+    );
+    tracing::info!(%sip_bound, %http_bound, %advertised, rtp_ports = ?settings.rtp_ports, "listening");
+    axum::serve(http, router)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    if let Some((_, handle)) = https {
+        handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
+    }
+    let _ = shutdown_tx.send(true);
+    let _ = engine_task.await;
+    Ok(())
+}
+
+/// Serves the same router over TLS with the operator's PEM certificate and key.
+async fn start_https(
+    https: &cli::HttpsSettings,
+    router: axum::Router,
+) -> anyhow::Result<(SocketAddr, axum_server::Handle)> {
+    // ring is the provider compiled in; installing fails only if one is already set.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(&https.cert, &https.key)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load TLS certificate {} and key {}",
+                https.cert.display(),
+                https.key.display()
+            )
+        })?;
+    let listener = std::net::TcpListener::bind(https.listen)
+        .with_context(|| format!("cannot bind HTTPS on {}", https.listen))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let handle = axum_server::Handle::new();
+    let server = axum_server::from_tcp_rustls(listener, tls)
+        .handle(handle.clone())
+        .serve(router.into_make_service());
+    tokio::spawn(async move {
+        if let Err(err) = server.await {
+            tracing::error!(%err, "HTTPS server failed");
+        }
+    });
+    Ok((bound, handle))
+}

@@ -1,0 +1,342 @@
+//! The IO shell around [`confero_pbx::engine::Engine`]: UDP and TCP sockets, the clock,
+//! and persistence of registrations.
+//!
+//! One tokio task owns the engine and is the only place that calls into it, so the engine
+//! needs no locks. Stream connections each have a reader task (framing by Content-Length,
+//! feeding complete messages to the engine task) and a writer task (fed by a channel).
+//! Messages for a stream peer whose connection is gone open a new outbound connection
+//! (a TCP phone that re-connected, or a binding restored after restart).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use confero_pbx::config::Snapshot;
+use confero_pbx::engine::{Engine, EngineEvent};
+use confero_pbx::registrar::{Binding, BindingChange};
+use confero_sip::transport::{ConnId, Frame, Peer, StreamFramer, Transport};
+use confero_store::{Store, StoredBinding};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, watch};
+
+use crate::live::LiveState;
+
+/// Largest UDP datagram we read; SIP over UDP must fit in far less (RFC 3261 §18.1.1).
+const MAX_DATAGRAM: usize = 65_535;
+/// Simultaneous stream connections; beyond this new ones are refused.
+const MAX_CONNECTIONS: usize = 10_000;
+/// A stream peer that sends nothing for this long is disconnected (phones send CRLF
+/// keep-alives or re-REGISTER well within it).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Input from connection tasks to the engine task.
+#[derive(Debug)]
+pub(crate) enum Input {
+    Message { data: Bytes, from: Peer },
+    Closed(ConnId),
+}
+
+/// Outbound halves of live stream connections.
+#[derive(Default)]
+struct Connections {
+    writers: HashMap<ConnId, mpsc::Sender<Bytes>>,
+    by_addr: HashMap<(Transport, SocketAddr), ConnId>,
+}
+
+#[derive(Clone)]
+pub(crate) struct ConnTable {
+    inner: Arc<Mutex<Connections>>,
+    next_id: Arc<AtomicU64>,
+    input: mpsc::Sender<Input>,
+}
+
+impl ConnTable {
+    fn new(input: mpsc::Sender<Input>) -> Self {
+        Self {
+            inner: Arc::default(),
+            next_id: Arc::new(AtomicU64::new(1)),
+            input,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
+        // A panic while holding this lock would be a bug in a few lines of map code; keep
+        // serving with whatever the map holds rather than cascade.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the reader and writer tasks of a connected stream.
+    fn attach(&self, stream: TcpStream, addr: SocketAddr, transport: Transport) -> Option<ConnId> {
+        let id = ConnId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        {
+            let mut c = self.lock();
+            if c.writers.len() >= MAX_CONNECTIONS {
+                return None;
+            }
+            c.writers.insert(id, tx.clone());
+            c.by_addr.insert((transport, addr), id);
+        }
+        let (read_half, write_half) = stream.into_split();
+        tokio::spawn(write_loop(write_half, rx));
+        let table = self.clone();
+        tokio::spawn(async move {
+            let peer = Peer {
+                transport,
+                addr,
+                conn: Some(id),
+            };
+            read_loop(read_half, peer, &table.input, tx).await;
+            {
+                let mut c = table.lock();
+                c.writers.remove(&id);
+                if c.by_addr.get(&(transport, addr)) == Some(&id) {
+                    c.by_addr.remove(&(transport, addr));
+                }
+            }
+            let _ = table.input.send(Input::Closed(id)).await;
+        });
+        Some(id)
+    }
+
+    /// Sends on the peer's connection, or on any live connection to its address, or on a
+    /// new outbound one.
+    fn send_stream(&self, peer: Peer, data: Bytes) {
+        let writer = {
+            let c = self.lock();
+            peer.conn
+                .and_then(|id| c.writers.get(&id))
+                .or_else(|| {
+                    c.by_addr
+                        .get(&(peer.transport, peer.addr))
+                        .and_then(|id| c.writers.get(id))
+                })
+                .cloned()
+        };
+        if let Some(w) = writer {
+            if w.try_send(data).is_err() {
+                tracing::warn!(peer = %peer.addr, "stream send queue full or closed; message dropped");
+            }
+            return;
+        }
+        if peer.transport != Transport::Tcp {
+            // WebSocket and TLS peers can only be reached over the connection they opened.
+            tracing::debug!(peer = %peer.addr, "no connection to {:?} peer; message dropped", peer.transport);
+            return;
+        }
+        let table = self.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer.addr)).await
+            {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    if let Some(id) = table.attach(stream, peer.addr, Transport::Tcp) {
+                        let w = table.lock().writers.get(&id).cloned();
+                        if let Some(w) = w {
+                            let _ = w.send(data).await;
+                        }
+                    }
+                }
+                _ => {
+                    tracing::info!(peer = %peer.addr, "cannot connect to TCP peer; message dropped")
+                }
+            }
+        });
+    }
+}
+
+async fn write_loop(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+    while let Some(data) = rx.recv().await {
+        if w.write_all(&data).await.is_err() {
+            break;
+        }
+    }
+}
+
+async fn read_loop(
+    mut r: tokio::net::tcp::OwnedReadHalf,
+    peer: Peer,
+    input: &mpsc::Sender<Input>,
+    pong: mpsc::Sender<Bytes>,
+) {
+    let mut framer = StreamFramer::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match tokio::time::timeout(IDLE_TIMEOUT, r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => n,
+        };
+        framer.push(&buf[..n]);
+        while let Some(frame) = framer.next_frame() {
+            match frame {
+                Ok(Frame::Message(data)) => {
+                    if input
+                        .send(Input::Message { data, from: peer })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                Ok(Frame::KeepAlive) => {
+                    let _ = pong.try_send(Bytes::from_static(b"\r\n"));
+                }
+                Err(err) => {
+                    tracing::info!(peer = %peer.addr, %err, "closing stream with unreadable framing");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Everything the engine task needs.
+pub(crate) struct SipShell {
+    pub(crate) udp: Arc<UdpSocket>,
+    pub(crate) tcp: TcpListener,
+    pub(crate) engine: Engine,
+    pub(crate) store: Store,
+    pub(crate) production: watch::Receiver<Arc<Snapshot>>,
+    pub(crate) live: Arc<LiveState>,
+    pub(crate) shutdown: watch::Receiver<bool>,
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Turns a stored binding back into a live one, if it has not lapsed meanwhile.
+pub(crate) fn restore_binding(b: StoredBinding, now: Instant, now_unix: u64) -> Option<Binding> {
+    let left = u64::try_from(b.expires_at_unix)
+        .ok()?
+        .checked_sub(now_unix)?;
+    if left == 0 {
+        return None;
+    }
+    let transport = Transport::from_via_name(&b.transport)?;
+    if matches!(transport, Transport::Ws | Transport::Wss) {
+        return None;
+    }
+    let addr: SocketAddr = b.source.parse().ok()?;
+    Some(Binding {
+        aor: b.aor,
+        contact: b.contact_uri,
+        expires_at: now + Duration::from_secs(left),
+        expires_unix: now_unix + left,
+        call_id: b.call_id,
+        cseq: b.cseq,
+        peer: Peer {
+            transport,
+            addr,
+            conn: None,
+        },
+        user_agent: b.user_agent,
+    })
+}
+
+fn stored(b: &Binding) -> StoredBinding {
+    StoredBinding {
+        aor: b.aor.clone(),
+        contact_uri: b.contact.clone(),
+        expires_at_unix: i64::try_from(b.expires_unix).unwrap_or(i64::MAX),
+        call_id: b.call_id.clone(),
+        cseq: b.cseq,
+        transport: b.peer.transport.via_name().to_owned(),
+        source: b.peer.addr.to_string(),
+        user_agent: b.user_agent.clone(),
+    }
+}
+
+impl SipShell {
+    /// Runs until shutdown is signalled.
+    pub(crate) async fn run(mut self) {
+        let (input_tx, mut input_rx) = mpsc::channel::<Input>(4096);
+        let conns = ConnTable::new(input_tx);
+        let (persist_tx, persist_rx) = mpsc::unbounded_channel::<BindingChange>();
+        tokio::spawn(persist_loop(self.store.clone(), persist_rx));
+        self.publish_live();
+        let mut buf = vec![0u8; MAX_DATAGRAM];
+        loop {
+            let deadline = self
+                .engine
+                .poll_timeout()
+                .map(tokio::time::Instant::from_std)
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                r = self.udp.recv_from(&mut buf) => match r {
+                    Ok((n, addr)) => {
+                        let peer = Peer { transport: Transport::Udp, addr, conn: None };
+                        self.engine.handle_datagram(Instant::now(), &buf[..n], peer);
+                    }
+                    Err(err) => tracing::debug!(%err, "udp receive error"),
+                },
+                r = self.tcp.accept() => if let Ok((stream, addr)) = r {
+                    let _ = stream.set_nodelay(true);
+                    if conns.attach(stream, addr, Transport::Tcp).is_none() {
+                        tracing::warn!(%addr, "too many connections; refused");
+                    }
+                },
+                Some(input) = input_rx.recv() => match input {
+                    Input::Message { data, from } => self.engine.handle_datagram(Instant::now(), &data, from),
+                    Input::Closed(id) => self.engine.connection_closed(id),
+                },
+                _ = tokio::time::sleep_until(deadline) => self.engine.handle_timeout(Instant::now()),
+                r = self.production.changed() => {
+                    if r.is_err() { break; }
+                    let snap = self.production.borrow_and_update().clone();
+                    tracing::info!(revision = snap.revision, "engine picked up a new production revision");
+                    self.engine.set_config(Instant::now(), snap);
+                },
+                _ = self.shutdown.changed() => break,
+            }
+            self.flush(&conns, &persist_tx).await;
+        }
+    }
+
+    async fn flush(&mut self, conns: &ConnTable, persist: &mpsc::UnboundedSender<BindingChange>) {
+        while let Some(t) = self.engine.poll_transmit() {
+            match t.peer.transport {
+                Transport::Udp => {
+                    if let Err(err) = self.udp.send_to(&t.data, t.peer.addr).await {
+                        tracing::debug!(%err, peer = %t.peer.addr, "udp send failed");
+                    }
+                }
+                _ => conns.send_stream(t.peer, t.data),
+            }
+        }
+        let mut changed = false;
+        while let Some(ev) = self.engine.poll_event() {
+            changed = true;
+            if let EngineEvent::Binding(change) = ev {
+                let _ = persist.send(change);
+            }
+        }
+        if changed {
+            self.publish_live();
+        }
+    }
+
+    fn publish_live(&self) {
+        self.live.update(&self.engine, unix_now());
+    }
+}
+
+/// Writes binding changes to the store in order, off the engine task.
+async fn persist_loop(store: Store, mut rx: mpsc::UnboundedReceiver<BindingChange>) {
+    while let Some(change) = rx.recv().await {
+        let result = match &change {
+            BindingChange::Upserted(b) => store.save_binding(&stored(b)).await,
+            BindingChange::Removed { aor, contact } => store.delete_binding(aor, contact).await,
+        };
+        if let Err(err) = result {
+            tracing::warn!(%err, "could not persist a registration change");
+        }
+    }
+}

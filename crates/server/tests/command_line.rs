@@ -1,0 +1,119 @@
+//! The binary's command line: flags, environment, `confero.toml`, HTTPS and shutdown.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+#[test]
+fn config_file_and_environment_are_honoured() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = dir.path().join("confero.toml");
+    // The file sets HTTP and the public address; the environment sets SIP.
+    std::fs::write(
+        &toml,
+        "http-listen = \"127.0.0.1:0\"\npublic-address = \"127.0.0.1\"\nrtp-ports = \"30000-30100\"\n",
+    )
+    .unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let pbx = Pbx::start_with(
+        data,
+        &["--config", toml.to_str().unwrap()],
+        &[("CONFERO_SIP_LISTEN", "127.0.0.1:0")],
+    );
+    assert!(pbx.sip.ip().is_loopback() && pbx.http.ip().is_loopback());
+    assert_eq!(http(pbx.http, "GET", "/healthz", None, None).0, 200);
+    // SIGTERM stops it cleanly (exit status 0, checked inside stop()).
+    pbx.stop();
+}
+
+#[test]
+fn bad_settings_are_refused_with_a_clear_message() {
+    for (args, needle) in [
+        (vec!["--rtp-ports", "9-3"], "rtp-ports"),
+        (vec!["--https-listen", "127.0.0.1:0"], "tls-cert"),
+        (vec!["--sip-listen", "not-an-address"], "sip-listen"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_confero"))
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} must fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn https_serves_the_same_api_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("cert.pem");
+    let key = dir.path().join("key.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if !matches!(made, Ok(s) if s.success()) {
+        assert!(std::env::var_os("CI").is_none(), "openssl is needed in CI");
+        eprintln!("SKIPPED: openssl not installed");
+        return;
+    }
+    let pbx = Pbx::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--https-listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let https = pbx.https.expect("https address in the ready line");
+    let mut client = Command::new("openssl")
+        .args([
+            "s_client",
+            "-quiet",
+            "-connect",
+            &https.to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    client
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let out = client.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
