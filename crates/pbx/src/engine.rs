@@ -304,12 +304,12 @@ impl Engine {
 
     /// Publishes a new production revision. Calls in progress keep going; registrations of
     /// users that no longer exist are dropped.
-    pub fn set_config(&mut self, now: Instant, config: Arc<Snapshot>) {
+    pub fn set_config(&mut self, _now: Instant, config: Arc<Snapshot>) {
         self.config = config;
         let cfg = self.config.clone();
         for change in self
             .registrar
-            .expire(now, |aor| cfg.config.user_by_sip_username(aor).is_some())
+            .retain_users(|aor| cfg.config.user_by_sip_username(aor).is_some())
         {
             self.events.push_back(EngineEvent::Binding(change));
         }
@@ -385,11 +385,7 @@ impl Engine {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.drain_tx_events(now);
-        let cfg = self.config.clone();
-        for change in self
-            .registrar
-            .expire(now, |aor| cfg.config.user_by_sip_username(aor).is_some())
-        {
+        for change in self.registrar.expire(now) {
             self.events.push_back(EngineEvent::Binding(change));
         }
         while let Some(std::cmp::Reverse((at, id))) = self.timers.peek().copied() {

@@ -5,7 +5,7 @@
 //! Time is passed in as both an [`Instant`] (for expiry timers) and Unix seconds (for what
 //! is stored and shown), so restarts and tests see the same arithmetic.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use confero_sip::transport::Peer;
@@ -55,6 +55,9 @@ pub enum BindingChange {
 #[derive(Debug, Default)]
 pub struct Registrar {
     bindings: BTreeMap<(String, String), Binding>,
+    /// The same bindings ordered by expiry, so the next expiry and the lapsed ones are
+    /// found without a scan (the engine asks on every packet).
+    by_expiry: BTreeSet<(Instant, String, String)>,
 }
 
 /// One contact of a REGISTER request, as the engine read it.
@@ -92,6 +95,21 @@ impl Registrar {
         Self::default()
     }
 
+    fn insert(&mut self, binding: Binding) {
+        let key = (binding.aor.clone(), binding.contact.clone());
+        self.remove(&key);
+        self.by_expiry
+            .insert((binding.expires_at, key.0.clone(), key.1.clone()));
+        self.bindings.insert(key, binding);
+    }
+
+    fn remove(&mut self, key: &(String, String)) -> Option<Binding> {
+        let b = self.bindings.remove(key)?;
+        self.by_expiry
+            .remove(&(b.expires_at, b.aor.clone(), b.contact.clone()));
+        Some(b)
+    }
+
     /// Applies one REGISTER (RFC 3261 §10.3 steps 6–8). Returns the changes made.
     /// A REGISTER with the same Call-ID and a CSeq not above the stored one is a stale or
     /// reordered request: it changes nothing for that contact.
@@ -110,7 +128,7 @@ impl Registrar {
                 .map(|(k, _)| k.clone())
                 .collect();
             for key in keys {
-                self.bindings.remove(&key);
+                self.remove(&key);
                 changes.push(BindingChange::Removed {
                     aor: key.0,
                     contact: key.1,
@@ -132,7 +150,7 @@ impl Registrar {
                 }
             }
             if c.expires == 0 {
-                if self.bindings.remove(&key).is_some() {
+                if self.remove(&key).is_some() {
                     changes.push(BindingChange::Removed {
                         aor: key.0,
                         contact: key.1,
@@ -151,7 +169,7 @@ impl Registrar {
                 peer: update.peer,
                 user_agent: update.user_agent.map(str::to_owned),
             };
-            self.bindings.insert(key, binding.clone());
+            self.insert(binding.clone());
             changes.push(BindingChange::Upserted(binding));
         }
         Ok(changes)
@@ -159,8 +177,7 @@ impl Registrar {
 
     /// Puts back a binding loaded from storage after a restart.
     pub fn restore(&mut self, binding: Binding) {
-        self.bindings
-            .insert((binding.aor.clone(), binding.contact.clone()), binding);
+        self.insert(binding);
     }
 
     /// Live bindings of one user, in a stable order.
@@ -185,19 +202,39 @@ impl Registrar {
 
     /// Earliest expiry, for the engine's timer.
     pub fn next_expiry(&self) -> Option<Instant> {
-        self.bindings.values().map(|b| b.expires_at).min()
+        self.by_expiry.first().map(|(at, _, _)| *at)
     }
 
-    /// Drops lapsed bindings and bindings of users that no longer exist.
-    pub fn expire(&mut self, now: Instant, known_aor: impl Fn(&str) -> bool) -> Vec<BindingChange> {
+    /// Drops lapsed bindings.
+    pub fn expire(&mut self, now: Instant) -> Vec<BindingChange> {
+        let mut changes = Vec::new();
+        while let Some((at, aor, contact)) = self.by_expiry.first().cloned() {
+            if at > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            let key = (aor, contact);
+            if self.bindings.get(&key).is_some_and(|b| b.expires_at == at) {
+                self.bindings.remove(&key);
+                changes.push(BindingChange::Removed {
+                    aor: key.0,
+                    contact: key.1,
+                });
+            }
+        }
+        changes
+    }
+
+    /// Drops bindings of users that no longer exist (after a new revision is applied).
+    pub fn retain_users(&mut self, known_aor: impl Fn(&str) -> bool) -> Vec<BindingChange> {
         let gone: Vec<_> = self
             .bindings
-            .iter()
-            .filter(|(_, b)| b.expires_at <= now || !known_aor(&b.aor))
-            .map(|(k, _)| k.clone())
+            .keys()
+            .filter(|(aor, _)| !known_aor(aor))
+            .cloned()
             .collect();
         gone.into_iter()
-            .filter_map(|key| self.bindings.remove(&key))
+            .filter_map(|key| self.remove(&key))
             .map(|b| BindingChange::Removed {
                 aor: b.aor,
                 contact: b.contact,
@@ -219,7 +256,7 @@ impl Registrar {
             .map(|(k, _)| k.clone())
             .collect();
         gone.into_iter()
-            .filter_map(|key| self.bindings.remove(&key))
+            .filter_map(|key| self.remove(&key))
             .map(|b| BindingChange::Removed {
                 aor: b.aor,
                 contact: b.contact,
@@ -324,10 +361,20 @@ mod tests {
         r.apply(now, 0, update("a", 1, Some(vec![contact("sip:a@1", 60)])))
             .unwrap();
         assert_eq!(r.next_expiry(), Some(now + Duration::from_secs(60)));
-        assert!(r.expire(now + Duration::from_secs(59), |_| true).is_empty());
-        assert_eq!(r.expire(now + Duration::from_secs(60), |_| true).len(), 1);
+        assert!(r.expire(now + Duration::from_secs(59)).is_empty());
+        assert_eq!(r.expire(now + Duration::from_secs(60)).len(), 1);
         r.apply(now, 0, update("a", 2, Some(vec![contact("sip:a@1", 60)])))
             .unwrap();
-        assert_eq!(r.expire(now, |aor| aor != "alice").len(), 1);
+        // A refresh moves the expiry: the old instant no longer removes it.
+        r.apply(
+            now + Duration::from_secs(30),
+            0,
+            update("a", 3, Some(vec![contact("sip:a@1", 60)])),
+        )
+        .unwrap();
+        assert!(r.expire(now + Duration::from_secs(60)).is_empty());
+        assert_eq!(r.next_expiry(), Some(now + Duration::from_secs(90)));
+        assert_eq!(r.retain_users(|aor| aor != "alice").len(), 1);
+        assert!(r.is_empty() && r.next_expiry().is_none());
     }
 }

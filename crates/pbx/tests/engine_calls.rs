@@ -458,3 +458,165 @@ fn answer_without_ack_is_retransmitted_then_the_call_is_torn_down() {
     // After 64*T1 without ACK the call ends with a BYE to the callee.
     assert!(h.engine.calls().is_empty());
 }
+
+/// Sets up alice → bob answered on bob's device at 6000; returns bob's INVITE (as received
+/// by the device) and the To-tag the PBX gave the caller.
+fn answered_call(h: &mut Harness) -> (confero_sip::message::Request, String) {
+    register(h, "bob", 6000);
+    let out = dial(h, "102");
+    let invite = requests_to(&out, 6000, "INVITE").remove(0);
+    h.send(6000, &answer_text(&invite, 200, "desk", 6000));
+    let out = h.out();
+    let ok = out
+        .iter()
+        .find(|(p, m)| *p == 5000 && status(m) == Some(200))
+        .expect("caller gets 200");
+    let tag = response(&ok.1).to_tag().unwrap();
+    h.send(5000, &format!("ACK sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKack\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:102@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: 2 ACK\nContent-Length: 0\n\n"));
+    h.out();
+    (invite, tag)
+}
+
+#[test]
+fn re_invite_from_the_callee_is_relayed_to_the_caller_with_its_sdp() {
+    let mut h = Harness::new();
+    let (invite, _) = answered_call(&mut h);
+    // Bob puts the call on hold: a re-INVITE in his dialog with the PBX.
+    let from = invite
+        .headers
+        .get_raw(&Name::FROM)
+        .next()
+        .unwrap()
+        .to_string();
+    let to = invite
+        .headers
+        .get_raw(&Name::TO)
+        .next()
+        .unwrap()
+        .to_string();
+    let call_id = invite.call_id().unwrap();
+    let sdp = "v=0\r\no=b 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4002 RTP/AVP 0\r\na=sendonly\r\n";
+    let reinvite = format!(
+        "INVITE sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKhold\nFrom: {to};tag=desk\nTo: {from}\nCall-ID: {call_id}\nCSeq: 7 INVITE\nContact: <sip:bob@127.0.0.1:6000>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+        sdp.len()
+    );
+    h.send(6000, &reinvite.replace("\r\n", "\n"));
+    let out = h.out();
+    let relayed = requests_to(&out, 5000, "INVITE");
+    assert_eq!(relayed.len(), 1, "re-INVITE reaches the caller");
+    assert!(String::from_utf8_lossy(&relayed[0].body).contains("a=sendonly"));
+    assert_eq!(
+        relayed[0].call_id().as_deref(),
+        Some("call-1"),
+        "in the caller's own dialog"
+    );
+    // A second re-INVITE while one is pending: 491.
+    h.send(
+        6000,
+        &reinvite
+            .replace("z9hG4bKhold", "z9hG4bKhold2")
+            .replace("CSeq: 7", "CSeq: 8")
+            .replace("\r\n", "\n"),
+    );
+    assert!(h
+        .out()
+        .iter()
+        .any(|(p, m)| *p == 6000 && status(m) == Some(491)));
+    // Alice answers; the PBX ACKs her and relays the 200 to Bob.
+    let mut answer = answer_text(&relayed[0], 200, "ignored", 5000);
+    answer = answer.replace(";tag=ignored", "");
+    h.send(5000, &answer);
+    let out = h.out();
+    assert_eq!(
+        requests_to(&out, 5000, "ACK").len(),
+        1,
+        "caller's 2xx is ACKed"
+    );
+    assert!(
+        out.iter()
+            .any(|(p, m)| *p == 6000 && status(m) == Some(200)),
+        "callee gets the 200"
+    );
+}
+
+#[test]
+fn unregister_and_wildcard_remove_bindings() {
+    let mut h = Harness::new();
+    register(&mut h, "bob", 6000);
+    register(&mut h, "bob", 6001);
+    assert_eq!(h.engine.registrar().len(), 2);
+    h.events();
+    // Challenge again and send Contact: * with Expires: 0.
+    let text = register_text("bob", 6000, 3, "z9hG4bKstar1", None);
+    h.send(6000, &text);
+    let out = h.out();
+    let challenge = response(&out[0].1)
+        .headers
+        .get_raw(&Name::WWW_AUTHENTICATE)
+        .map(|v| v.to_string())
+        .find(|c| c.contains("MD5"))
+        .unwrap();
+    let auth = digest::answer_challenge(
+        &challenge,
+        "REGISTER",
+        "sip:127.0.0.1",
+        "bob",
+        "bob-pw",
+        1,
+        "c",
+    )
+    .unwrap();
+    let star = register_text("bob", 6000, 4, "z9hG4bKstar2", Some(&auth))
+        .replace("Contact: <sip:bob@127.0.0.1:6000>", "Contact: *")
+        .replace("Expires: 600", "Expires: 0");
+    h.send(6000, &star);
+    let out = h.out();
+    assert_eq!(status(&out[0].1), Some(200));
+    assert!(
+        header(&out[0].1, Name::CONTACT).is_none(),
+        "no bindings left to list"
+    );
+    assert!(h.engine.registrar().is_empty());
+    assert_eq!(
+        h.events().len(),
+        2,
+        "both removals reported for persistence"
+    );
+}
+
+#[test]
+fn expired_nonce_is_answered_with_stale_true() {
+    let mut h = Harness::new();
+    h.send(6000, &register_text("bob", 6000, 1, "z9hG4bKs1", None));
+    let out = h.out();
+    let challenge = response(&out[0].1)
+        .headers
+        .get_raw(&Name::WWW_AUTHENTICATE)
+        .map(|v| v.to_string())
+        .find(|c| c.contains("MD5"))
+        .unwrap();
+    let auth = digest::answer_challenge(
+        &challenge,
+        "REGISTER",
+        "sip:127.0.0.1",
+        "bob",
+        "bob-pw",
+        1,
+        "c",
+    )
+    .unwrap();
+    h.advance(Duration::from_secs(400)); // nonce lifetime is 300 s
+    h.send(
+        6000,
+        &register_text("bob", 6000, 2, "z9hG4bKs2", Some(&auth)),
+    );
+    let out = h.out();
+    assert_eq!(status(&out[0].1), Some(401));
+    let again: Vec<String> = response(&out[0].1)
+        .headers
+        .get_raw(&Name::WWW_AUTHENTICATE)
+        .map(|v| v.to_string())
+        .collect();
+    assert!(again.iter().all(|c| c.contains("stale=true")), "{again:?}");
+    assert!(h.engine.registrar().is_empty());
+}

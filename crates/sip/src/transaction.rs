@@ -21,7 +21,8 @@
 //! (like a proxy's Timer C), and a non-INVITE server transaction whose TU never answers is
 //! dropped after 64·T1, when the client has given up anyway (its Timer F).
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -215,8 +216,20 @@ pub struct TransactionLayer {
     client_index: HashMap<ClientKey, ClientTxId>,
     servers: HashMap<ServerTxId, ServerTx>,
     server_index: HashMap<ServerKey, ServerTxId>,
+    /// Pending timer instants, earliest first. Entries go stale when a transaction's timer
+    /// moves or it ends; [`TransactionLayer::handle_timeout`] re-checks each popped one, so
+    /// a stale entry costs one spurious look, while finding the next timer stays
+    /// O(log n) instead of a scan of every live transaction on every packet.
+    timers: BinaryHeap<Reverse<(Instant, TimerRef)>>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<TransactionEvent>,
+}
+
+/// Which transaction a heap entry is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerRef {
+    Client(u64),
+    Server(u64),
 }
 
 fn server_key(req: &Request) -> Option<ServerKey> {
@@ -309,6 +322,7 @@ impl TransactionLayer {
             client_index: HashMap::new(),
             servers: HashMap::new(),
             server_index: HashMap::new(),
+            timers: BinaryHeap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -336,7 +350,25 @@ impl TransactionLayer {
                 stamp_via(&mut req, &from);
                 self.handle_request(now, req, from);
             }
-            Message::Response(resp) => self.handle_response(now, resp, from),
+            Message::Response(resp) => {
+                let id = client_key(&resp).and_then(|k| self.client_index.get(&k).copied());
+                self.handle_response(now, resp, from);
+                if let Some(id) = id {
+                    self.schedule_client(id);
+                }
+            }
+        }
+    }
+
+    fn schedule_client(&mut self, id: ClientTxId) {
+        if let Some(at) = self.clients.get(&id).and_then(next_client_timer) {
+            self.timers.push(Reverse((at, TimerRef::Client(id.0))));
+        }
+    }
+
+    fn schedule_server(&mut self, id: ServerTxId) {
+        if let Some(at) = self.servers.get(&id).and_then(next_server_timer) {
+            self.timers.push(Reverse((at, TimerRef::Server(id.0))));
         }
     }
 
@@ -370,6 +402,7 @@ impl TransactionLayer {
                     .push_back(TransactionEvent::Ack { request: req, from }),
                 _ => {}
             }
+            self.schedule_server(id);
             return;
         }
 
@@ -428,6 +461,7 @@ impl TransactionLayer {
         if let Some(key) = key {
             self.server_index.insert(key, id);
         }
+        self.schedule_server(id);
         self.events.push_back(TransactionEvent::Request {
             tx: id,
             request: req,
@@ -436,10 +470,7 @@ impl TransactionLayer {
     }
 
     fn handle_response(&mut self, now: Instant, resp: Response, from: Peer) {
-        let key = match (resp.top_via_branch(), resp.cseq()) {
-            (Some(branch), Some((_, method))) => Some(ClientKey { branch, method }),
-            _ => None,
-        };
+        let key = client_key(&resp);
         let id = key.and_then(|k| self.client_index.get(&k)).copied();
         let Some(id) = id else {
             self.events.push_back(TransactionEvent::StrayResponse {
@@ -571,6 +602,7 @@ impl TransactionLayer {
         if let Some(key) = key {
             self.client_index.insert(key, id);
         }
+        self.schedule_client(id);
         id
     }
 
@@ -584,6 +616,17 @@ impl TransactionLayer {
     /// [`TransactionError::FinalAlreadySent`] for a response after the final (other than
     /// further 2xx to INVITE), [`TransactionError::InvalidStatusCode`] outside 100–699.
     pub fn send_response(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        resp: Response,
+    ) -> Result<(), TransactionError> {
+        let result = self.send_response_unscheduled(now, tx, resp);
+        self.schedule_server(tx);
+        result
+    }
+
+    fn send_response_unscheduled(
         &mut self,
         now: Instant,
         tx: ServerTxId,
@@ -691,14 +734,24 @@ impl TransactionLayer {
     pub fn handle_timeout(&mut self, now: Instant) {
         let config = self.config;
 
-        let mut due: Vec<ClientTxId> = self
-            .clients
-            .iter()
-            .filter(|(_, tx)| next_client_timer(tx).is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        due.sort_by_key(|id| id.0);
-        for id in due {
+        let mut due_clients = Vec::new();
+        let mut due_servers = Vec::new();
+        while let Some(Reverse((at, which))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match which {
+                TimerRef::Client(id) => due_clients.push(ClientTxId(id)),
+                TimerRef::Server(id) => due_servers.push(ServerTxId(id)),
+            }
+        }
+        due_clients.sort_by_key(|id| id.0);
+        due_clients.dedup();
+        due_servers.sort_by_key(|id| id.0);
+        due_servers.dedup();
+
+        for &id in &due_clients {
             let Some(tx) = self.clients.get_mut(&id) else {
                 continue;
             };
@@ -731,14 +784,7 @@ impl TransactionLayer {
             }
         }
 
-        let mut due: Vec<ServerTxId> = self
-            .servers
-            .iter()
-            .filter(|(_, tx)| next_server_timer(tx).is_some_and(|t| t <= now))
-            .map(|(id, _)| *id)
-            .collect();
-        due.sort_by_key(|id| id.0);
-        for id in due {
+        for &id in &due_servers {
             let Some(tx) = self.servers.get_mut(&id) else {
                 continue;
             };
@@ -774,6 +820,12 @@ impl TransactionLayer {
                 }
             }
         }
+        for id in due_clients {
+            self.schedule_client(id);
+        }
+        for id in due_servers {
+            self.schedule_server(id);
+        }
     }
 
     /// The next message to send.
@@ -791,9 +843,8 @@ impl TransactionLayer {
     /// The earliest timer; call [`handle_timeout`](Self::handle_timeout) then.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let clients = self.clients.values().filter_map(next_client_timer);
-        let servers = self.servers.values().filter_map(next_server_timer);
-        clients.chain(servers).min()
+        // May name a stale (earlier) instant: waking early is harmless.
+        self.timers.peek().map(|Reverse((at, _))| *at)
     }
 
     /// Live transactions (for tests and metrics).
@@ -824,6 +875,13 @@ impl TransactionLayer {
                 }
             }
         }
+    }
+}
+
+fn client_key(resp: &Response) -> Option<ClientKey> {
+    match (resp.top_via_branch(), resp.cseq()) {
+        (Some(branch), Some((_, method))) => Some(ClientKey { branch, method }),
+        _ => None,
     }
 }
 
