@@ -328,15 +328,32 @@ impl SipShell {
     }
 }
 
-/// Writes binding changes to the store in order, off the engine task.
+/// Writes binding changes to the store off the engine task, batching whatever queued up
+/// meanwhile into one transaction; within a batch only the last change per binding counts.
 async fn persist_loop(store: Store, mut rx: mpsc::UnboundedReceiver<BindingChange>) {
-    while let Some(change) = rx.recv().await {
-        let result = match &change {
-            BindingChange::Upserted(b) => store.save_binding(&stored(b)).await,
-            BindingChange::Removed { aor, contact } => store.delete_binding(aor, contact).await,
-        };
-        if let Err(err) = result {
-            tracing::warn!(%err, "could not persist a registration change");
+    while let Some(first) = rx.recv().await {
+        let mut latest: HashMap<(String, String), BindingChange> = HashMap::new();
+        let mut next = Some(first);
+        while let Some(change) = next.take() {
+            let key = match &change {
+                BindingChange::Upserted(b) => (b.aor.clone(), b.contact.clone()),
+                BindingChange::Removed { aor, contact } => (aor.clone(), contact.clone()),
+            };
+            latest.insert(key, change);
+            if latest.len() < 5000 {
+                next = rx.try_recv().ok();
+            }
+        }
+        let mut upserts = Vec::new();
+        let mut deletes = Vec::new();
+        for (key, change) in latest {
+            match change {
+                BindingChange::Upserted(b) => upserts.push(stored(&b)),
+                BindingChange::Removed { .. } => deletes.push(key),
+            }
+        }
+        if let Err(err) = store.save_bindings_batch(&upserts, &deletes).await {
+            tracing::warn!(%err, "could not persist {} registration changes", upserts.len() + deletes.len());
         }
     }
 }

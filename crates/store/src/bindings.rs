@@ -23,6 +23,17 @@ pub struct StoredBinding {
     pub user_agent: Option<String>,
 }
 
+const UPSERT_BINDING: &str = "INSERT INTO registrar_bindings
+         (aor, contact_uri, expires_at, call_id, cseq, transport, source, user_agent)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+     ON CONFLICT (aor, contact_uri) DO UPDATE SET
+         expires_at = excluded.expires_at,
+         call_id = excluded.call_id,
+         cseq = excluded.cseq,
+         transport = excluded.transport,
+         source = excluded.source,
+         user_agent = excluded.user_agent";
+
 fn binding_from_row(r: &AnyRow) -> Result<StoredBinding, StoreError> {
     let cseq: i64 = r.try_get("cseq")?;
     Ok(StoredBinding {
@@ -41,28 +52,49 @@ fn binding_from_row(r: &AnyRow) -> Result<StoredBinding, StoreError> {
 impl Store {
     /// Inserts or replaces the binding for `(aor, contact_uri)`.
     pub async fn save_binding(&self, b: &StoredBinding) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO registrar_bindings
-                 (aor, contact_uri, expires_at, call_id, cseq, transport, source, user_agent)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-             ON CONFLICT (aor, contact_uri) DO UPDATE SET
-                 expires_at = excluded.expires_at,
-                 call_id = excluded.call_id,
-                 cseq = excluded.cseq,
-                 transport = excluded.transport,
-                 source = excluded.source,
-                 user_agent = excluded.user_agent",
-        )
-        .bind(&b.aor)
-        .bind(&b.contact_uri)
-        .bind(b.expires_at_unix)
-        .bind(&b.call_id)
-        .bind(i64::from(b.cseq))
-        .bind(&b.transport)
-        .bind(&b.source)
-        .bind(b.user_agent.clone())
-        .execute(self.pool())
-        .await?;
+        sqlx::query(UPSERT_BINDING)
+            .bind(&b.aor)
+            .bind(&b.contact_uri)
+            .bind(b.expires_at_unix)
+            .bind(&b.call_id)
+            .bind(i64::from(b.cseq))
+            .bind(&b.transport)
+            .bind(&b.source)
+            .bind(b.user_agent.clone())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Writes many binding changes in one transaction: the registrar produces one change
+    /// per REGISTER, and one commit each would cap registrations at the disk's sync rate.
+    pub async fn save_bindings_batch(
+        &self,
+        upserts: &[StoredBinding],
+        deletes: &[(String, String)],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool().begin().await?;
+        for b in upserts {
+            sqlx::query(UPSERT_BINDING)
+                .bind(&b.aor)
+                .bind(&b.contact_uri)
+                .bind(b.expires_at_unix)
+                .bind(&b.call_id)
+                .bind(i64::from(b.cseq))
+                .bind(&b.transport)
+                .bind(&b.source)
+                .bind(b.user_agent.clone())
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (aor, contact) in deletes {
+            sqlx::query("DELETE FROM registrar_bindings WHERE aor = $1 AND contact_uri = $2")
+                .bind(aor)
+                .bind(contact)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         Ok(())
     }
 
