@@ -68,8 +68,8 @@ if [ -n "$pg_bin" ] && [ -z "${CONFERO_TEST_POSTGRES_URL:-}" ]; then
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --no-fail-fast --test-threads 4 "$@"
+  cargo nextest run --workspace --no-fail-fast --test-threads 4 "$@"
   cargo test --workspace --doc --quiet
 else
-  cargo test --workspace --all-targets --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@"
 fi
