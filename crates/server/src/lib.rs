@@ -71,9 +71,7 @@ pub fn main() -> ExitCode {
 async fn bind_sip(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> {
     let mut last_err = None;
     for _ in 0..20 {
-        let udp = UdpSocket::bind(addr)
-            .await
-            .with_context(|| format!("cannot bind SIP UDP on {addr}"))?;
+        let udp = bind_udp(addr).with_context(|| format!("cannot bind SIP UDP on {addr}"))?;
         let bound = udp.local_addr()?;
         match TcpListener::bind(bound).await {
             Ok(tcp) => return Ok((udp, tcp)),
@@ -82,6 +80,22 @@ async fn bind_sip(addr: SocketAddr) -> anyhow::Result<(UdpSocket, TcpListener)> 
         }
     }
     Err(last_err.map_or_else(|| anyhow::anyhow!("no free SIP port"), anyhow::Error::from))
+}
+
+/// A UDP socket with a receive buffer large enough for a burst of REGISTERs (the kernel
+/// default holds about a hundred; the kernel caps what we ask at `rmem_max`).
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Err(err) = socket.set_recv_buffer_size(4 << 20) {
+        tracing::debug!(%err, "could not enlarge the SIP UDP receive buffer");
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// The address phones should reach us at when none is configured: the listening address
@@ -176,6 +190,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         production: production_rx,
         live: live.clone(),
         shutdown: shutdown_rx,
+        live_dirty: false,
+        live_published_at: now,
     };
     let engine_task = tokio::spawn(shell.run());
 

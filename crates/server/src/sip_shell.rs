@@ -32,6 +32,9 @@ const MAX_CONNECTIONS: usize = 10_000;
 /// A stream peer that sends nothing for this long is disconnected (phones send CRLF
 /// keep-alives or re-REGISTER well within it).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// Live views are rebuilt at most this often: rebuilding after every REGISTER cost more
+/// than handling it (every registration is copied), and a console refreshes slower anyway.
+const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Input from connection tasks to the engine task.
 #[derive(Debug)]
@@ -203,6 +206,9 @@ pub(crate) struct SipShell {
     pub(crate) production: watch::Receiver<Arc<Snapshot>>,
     pub(crate) live: Arc<LiveState>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Something changed since the live view was last published.
+    pub(crate) live_dirty: bool,
+    pub(crate) live_published_at: Instant,
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -264,11 +270,16 @@ impl SipShell {
         self.publish_live();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
-            let deadline = self
+            let mut deadline = self
                 .engine
                 .poll_timeout()
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            if self.live_dirty {
+                deadline = deadline.min(tokio::time::Instant::from_std(
+                    self.live_published_at + LIVE_PUBLISH_INTERVAL,
+                ));
+            }
             tokio::select! {
                 r = self.udp.recv_from(&mut buf) => match r {
                     Ok((n, addr)) => {
@@ -311,20 +322,21 @@ impl SipShell {
                 _ => conns.send_stream(t.peer, t.data),
             }
         }
-        let mut changed = false;
         while let Some(ev) = self.engine.poll_event() {
-            changed = true;
+            self.live_dirty = true;
             if let EngineEvent::Binding(change) = ev {
                 let _ = persist.send(change);
             }
         }
-        if changed {
+        if self.live_dirty && self.live_published_at.elapsed() >= LIVE_PUBLISH_INTERVAL {
             self.publish_live();
         }
     }
 
-    fn publish_live(&self) {
+    fn publish_live(&mut self) {
         self.live.update(&self.engine, unix_now());
+        self.live_dirty = false;
+        self.live_published_at = Instant::now();
     }
 }
 

@@ -70,6 +70,18 @@ fn registrations(pbx: &Pbx) -> serde_json::Value {
     serde_json::from_str(&body).unwrap()
 }
 
+/// The live view is refreshed at most every 100 ms: wait (bounded) until `pred` holds.
+fn registrations_until(pbx: &Pbx, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let text = registrations(pbx).to_string();
+        if pred(&text) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn registration_count(pbx: &Pbx) -> usize {
     let v = registrations(pbx);
     v.as_array()
@@ -83,7 +95,7 @@ fn register_with_digest_auth_echoes_contact_with_expires() {
     let pbx = pbx_with_users();
     let port = free_udp_port();
     register(&pbx, "alice", "alice-secret", port, port, "u1");
-    let regs = registrations(&pbx).to_string();
+    let regs = registrations_until(&pbx, |r| r.contains("alice"));
     assert!(
         regs.contains("alice") && regs.contains(&port.to_string()),
         "{regs}"
@@ -96,7 +108,7 @@ fn register_over_tcp() {
     let pbx = pbx_with_users();
     let port = free_tcp_port();
     register(&pbx, "bob", "bob-secret", port, port, "t1");
-    assert!(registrations(&pbx).to_string().contains("TCP"));
+    assert!(registrations_until(&pbx, |r| r.contains("TCP")).contains("TCP"));
 }
 
 #[test]
