@@ -13,6 +13,8 @@
 //!   [`StreamFramer`](transport::StreamFramer) that cuts TCP/TLS streams into messages.
 //! - [`transaction`]: the [`TransactionLayer`](transaction::TransactionLayer) (RFC 3261 §17).
 //! - [`digest`]: Digest authentication, server and client side.
+//! - [`sdp`]: SDP offer/answer for the audio stream ([`parse_audio`](sdp::parse_audio),
+//!   [`answer`](sdp::answer), [`offer`](sdp::offer)).
 //!
 //! # The run loop
 //! ```text
@@ -49,5 +51,6 @@ pub use ezk_sip_types::{Headers, Method, Name, StatusCode};
 
 pub mod digest;
 pub mod message;
+pub mod sdp;
 pub mod transaction;
 pub mod transport;
