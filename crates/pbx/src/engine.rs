@@ -32,11 +32,17 @@ use confero_sip::transport::{Peer, Transmit, Transport};
 use confero_sip::{Method, Name, SipUri, StatusCode};
 
 use crate::config::{Snapshot, User};
+use crate::ports::PortPool;
+use crate::room::Rooms;
+
+mod conference;
 use crate::headers::{self, uri_user};
 use crate::registrar::{
     Binding, BindingChange, ContactRequest, RegisterError, RegisterUpdate, Registrar,
     DEFAULT_EXPIRES, MIN_EXPIRES,
 };
+use conference::ConfLeg;
+pub use conference::{ConferenceParticipant, LegStats, MediaCommand, MediaEvent};
 
 /// Methods we answer; also sent in `Allow`.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY";
@@ -60,6 +66,8 @@ pub struct EngineSettings {
     /// How long a call rings before the caller gets 480.
     pub ring_timeout: Duration,
     pub timers: TimerConfig,
+    /// Where RTP ports for anchored media come from (`--rtp-ports`).
+    pub rtp_ports: std::ops::RangeInclusive<u16>,
 }
 
 impl EngineSettings {
@@ -73,6 +81,7 @@ impl EngineSettings {
             nonce_lifetime: Duration::from_secs(300),
             ring_timeout: Duration::from_secs(60),
             timers: TimerConfig::default(),
+            rtp_ports: 10000..=20000,
         }
     }
 }
@@ -84,6 +93,8 @@ pub enum EngineEvent {
     Binding(BindingChange),
     /// The set or state of calls changed (live views refresh).
     CallsChanged,
+    /// Someone joined, left, started talking, was muted… in a conference room.
+    ConferencesChanged,
 }
 
 /// A call as shown in `GET /api/v1/calls`.
@@ -266,6 +277,12 @@ pub struct Engine {
     client_txs: HashMap<ClientTxId, (CallId, ClientPurpose)>,
     timers: BinaryHeap<std::cmp::Reverse<(Instant, CallId)>>,
     auth_failures: HashMap<IpAddr, (Instant, u32)>,
+    rooms: Rooms,
+    conf_legs: HashMap<u64, ConfLeg>,
+    /// (Call-ID, our tag) → conference leg.
+    conf_dialogs: HashMap<(String, String), u64>,
+    ports: PortPool,
+    media_out: VecDeque<MediaCommand>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
 }
@@ -279,6 +296,7 @@ impl Engine {
         now_unix: u64,
     ) -> Self {
         let nonces = NonceSource::new(settings.nonce_secret, settings.nonce_lifetime);
+        let ports = PortPool::new(settings.rtp_ports.clone());
         Self {
             tx: TransactionLayer::new(settings.timers),
             settings,
@@ -293,6 +311,11 @@ impl Engine {
             client_txs: HashMap::new(),
             timers: BinaryHeap::new(),
             auth_failures: HashMap::new(),
+            rooms: Rooms::new(),
+            conf_legs: HashMap::new(),
+            conf_dialogs: HashMap::new(),
+            ports,
+            media_out: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -304,7 +327,7 @@ impl Engine {
 
     /// Publishes a new production revision. Calls in progress keep going; registrations of
     /// users that no longer exist are dropped.
-    pub fn set_config(&mut self, _now: Instant, config: Arc<Snapshot>) {
+    pub fn set_config(&mut self, now: Instant, config: Arc<Snapshot>) {
         self.config = config;
         let cfg = self.config.clone();
         for change in self
@@ -313,6 +336,8 @@ impl Engine {
         {
             self.events.push_back(EngineEvent::Binding(change));
         }
+        self.rooms.handle_config(now, &cfg.config.conferences);
+        self.drain_room_commands(now);
     }
 
     /// Puts back a binding loaded from storage (after a restart).
@@ -393,8 +418,14 @@ impl Engine {
                 break;
             }
             self.timers.pop();
-            self.call_timers(now, id);
+            if self.calls.contains_key(&id) {
+                self.call_timers(now, id);
+            } else {
+                self.conf_leg_timers(now, id);
+            }
         }
+        self.rooms.handle_timeout(now);
+        self.drain_room_commands(now);
         self.auth_failures
             .retain(|_, (start, _)| now.saturating_duration_since(*start) < AUTH_FAILURE_WINDOW);
         self.drain_tx_events(now);
@@ -417,6 +448,7 @@ impl Engine {
             self.tx.poll_timeout(),
             self.registrar.next_expiry(),
             self.timers.peek().map(|r| r.0 .0),
+            self.rooms.poll_timeout(),
         ]
         .into_iter()
         .flatten()
@@ -698,8 +730,8 @@ impl Engine {
             .user_by_extension(&dialled)
             .or_else(|| cfg.config.user_by_sip_username(&dialled));
         let Some(callee) = callee else {
-            if cfg.config.conference_by_extension(&dialled).is_some() {
-                return self.respond(now, tx, &req, 480, "Conference Rooms Not Yet Available");
+            if let Some(conference) = cfg.config.conference_by_extension(&dialled) {
+                return self.answer_conference(now, tx, req, from, caller, conference.clone());
             }
             return self.respond(now, tx, &req, 404, "Not Found");
         };
@@ -1054,6 +1086,11 @@ impl Engine {
         let (Some(call_id), Some(tag)) = (ack.call_id(), ack.to_tag()) else {
             return;
         };
+        let key = (call_id, tag);
+        if let Some(&leg) = self.conf_dialogs.get(&key) {
+            return self.conf_ack(leg);
+        }
+        let (call_id, tag) = key;
         let Some(&(id, side)) = self.dialogs.get(&(call_id, tag)) else {
             return;
         };
@@ -1087,6 +1124,9 @@ impl Engine {
         let (Some(call_id), Some(tag)) = (req.call_id(), req.to_tag()) else {
             return self.respond(now, tx, &req, 400, "Bad Request");
         };
+        if let Some(&leg) = self.conf_dialogs.get(&(call_id.clone(), tag.clone())) {
+            return self.conf_in_dialog(now, tx, req, leg);
+        }
         let Some(&(id, side)) = self.dialogs.get(&(call_id, tag.clone())) else {
             return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
         };

@@ -7,4 +7,6 @@
 pub mod config;
 pub mod engine;
 mod headers;
+pub mod ports;
 pub mod registrar;
+pub mod room;

@@ -1,0 +1,529 @@
+//! Calls answered by a conference room: the PBX is the far end (UAS) of the caller's
+//! dialog, media is anchored here, and [`Rooms`] decides what the caller hears.
+//!
+//! Signalling stays in the engine; audio is the media engine's, which the engine steers
+//! with [`MediaCommand`]s and hears back from through [`MediaEvent`]s.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use confero_sip::message::{self, response_for, Request};
+use confero_sip::sdp::{self, LocalMedia, Negotiated};
+use confero_sip::transaction::ServerTxId;
+use confero_sip::transport::Peer;
+use confero_sip::{Method, Name, StatusCode};
+
+use super::{our_contact, unacked, ClientPurpose, Engine, EngineEvent, Leg, ALLOW, USER_AGENT};
+use crate::config::{Conference, User};
+use crate::headers;
+use crate::room::{LegId, RoomCommand};
+
+/// What the media engine must do. Legs are opened before anything is played to them and
+/// closed exactly once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MediaCommand {
+    /// Start a leg: bind `port` (RTP; RTCP on `port + 1` unless multiplexed) and exchange
+    /// audio with `remote` using the negotiated codec.
+    Open {
+        leg: LegId,
+        port: u16,
+        media: Negotiated,
+    },
+    /// A re-INVITE changed the remote address, codec or direction.
+    Update { leg: LegId, media: Negotiated },
+    /// What a room wants for a leg (play, mix, tone, mute); never `Hangup`.
+    Room(RoomCommand),
+    /// The leg is gone: stop, free the port.
+    Close { leg: LegId },
+}
+
+/// What the media engine reports.
+#[derive(Clone, Debug, PartialEq)]
+pub enum MediaEvent {
+    Digit {
+        leg: LegId,
+        digit: char,
+    },
+    PlaybackDone {
+        leg: LegId,
+    },
+    Talking {
+        leg: LegId,
+        talking: bool,
+    },
+    Stats {
+        leg: LegId,
+        stats: LegStats,
+    },
+    /// No RTP for too long, or the port could not be bound: end the call.
+    Failed {
+        leg: LegId,
+        reason: String,
+    },
+}
+
+/// Call quality of a leg, as RTCP and the jitter buffer see it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LegStats {
+    pub packets_received: u64,
+    pub packets_lost: u64,
+    pub loss_percent: f32,
+    pub jitter_ms: f32,
+    pub rtt_ms: Option<f32>,
+}
+
+/// A participant as live views show it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConferenceParticipant {
+    pub id: LegId,
+    pub conference_id: i64,
+    pub caller: String,
+    pub caller_name: String,
+    pub is_admin: bool,
+    pub state: &'static str,
+    pub muted: bool,
+    pub talking: bool,
+    pub codec: String,
+    pub joined_unix: u64,
+    pub stats: LegStats,
+}
+
+pub(super) struct ConfLeg {
+    pub(super) leg: Leg,
+    pub(super) caller: User,
+    pub(super) port: u16,
+    pub(super) media: Negotiated,
+    /// Our last SDP, re-sent when a re-INVITE asks without an offer.
+    pub(super) local_sdp: String,
+    pub(super) sdp_version: u64,
+    pub(super) session_id: u64,
+    pub(super) joined_unix: u64,
+    pub(super) talking: bool,
+    pub(super) stats: LegStats,
+}
+
+/// Codecs we offer and accept, best first: wideband when the phone has it.
+pub(super) const CODEC_PREFS: &[&str] = &["G722/8000", "PCMU/8000", "PCMA/8000"];
+
+impl Engine {
+    /// The caller dialled a room's extension and authenticated.
+    pub(super) fn answer_conference(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: Request,
+        from: Peer,
+        caller: User,
+        conference: Conference,
+    ) {
+        let offer = match sdp::parse_audio(&req.body) {
+            Ok(offer) => offer,
+            Err(err) => {
+                return self.refuse_sdp(now, tx, &req, &err);
+            }
+        };
+        let (Some(from_hdr), Some(to_hdr), Some(call_id)) = (
+            headers::from_to(&req.headers, Name::FROM),
+            headers::from_to(&req.headers, Name::TO),
+            req.call_id(),
+        ) else {
+            return self.respond(now, tx, &req, 400, "Bad Request");
+        };
+        let Some(remote_tag) = from_hdr.tag.as_ref().map(|t| t.to_string()) else {
+            return self.respond(now, tx, &req, 400, "Missing From Tag");
+        };
+        let Some(remote_target) =
+            headers::contacts(&req.headers).and_then(|c| c.first().map(headers::contact_uri_text))
+        else {
+            return self.respond(now, tx, &req, 400, "Missing Contact");
+        };
+        let Some(port) = self.ports.allocate() else {
+            tracing::warn!("RTP port range exhausted");
+            return self.respond(now, tx, &req, 503, "Service Unavailable");
+        };
+        let session_id = u64::from(rand::random::<u32>());
+        let local = LocalMedia {
+            addr: self.settings.advertised.ip(),
+            port,
+            session_id,
+            session_version: 1,
+            username: "confero".to_owned(),
+        };
+        let (answer, media) = match sdp::answer(&offer, &local, CODEC_PREFS) {
+            Ok(x) => x,
+            Err(err) => {
+                self.ports.release(port);
+                return self.refuse_sdp(now, tx, &req, &err);
+            }
+        };
+        let id = self.next_call_id;
+        self.next_call_id += 1;
+        let leg = Leg {
+            call_id,
+            local_tag: message::random_tag(),
+            remote_tag,
+            local_uri: headers::name_addr_text(&to_hdr),
+            remote_uri: headers::name_addr_text(&from_hdr),
+            remote_target,
+            route_set: headers::all_values(&req.headers, &Name::RECORD_ROUTE),
+            local_cseq: 1,
+            peer: from,
+            last_ack: None,
+            unacked_2xx: None,
+        };
+        let mut ok = response_for(&req, StatusCode::from(200), Some(&leg.local_tag));
+        ok.headers
+            .insert(Name::CONTACT, our_contact(&self.settings, from.transport));
+        ok.headers.insert(Name::ALLOW, ALLOW);
+        ok.headers.insert(Name::SERVER, USER_AGENT);
+        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        for rr in headers::all_values(&req.headers, &Name::RECORD_ROUTE) {
+            ok.headers.insert(Name::RECORD_ROUTE, rr);
+        }
+        ok.body = Bytes::from(answer.clone().into_bytes());
+        let _ = self.tx.send_response(now, tx, ok.clone());
+        let mut leg = leg;
+        leg.unacked_2xx = Some(unacked(&self.settings, now, ok, true));
+        if let Some(u) = &leg.unacked_2xx {
+            self.timers
+                .push(std::cmp::Reverse((u.next.min(u.give_up), id)));
+        }
+        self.conf_dialogs
+            .insert((leg.call_id.clone(), leg.local_tag.clone()), id);
+        self.media_out.push_back(MediaCommand::Open {
+            leg: id,
+            port,
+            media: media.clone(),
+        });
+        let is_admin = conference.admin_extension.as_deref() == Some(caller.extension.as_str());
+        let joined_unix = self.unix(now);
+        self.conf_legs.insert(
+            id,
+            ConfLeg {
+                leg,
+                caller: caller.clone(),
+                port,
+                media,
+                local_sdp: answer,
+                sdp_version: 1,
+                session_id,
+                joined_unix,
+                talking: false,
+                stats: LegStats::default(),
+            },
+        );
+        self.rooms
+            .handle_join(now, id, &conference, &caller.extension, is_admin);
+        self.drain_room_commands(now);
+        self.events.push_back(EngineEvent::ConferencesChanged);
+    }
+
+    fn refuse_sdp(&mut self, now: Instant, tx: ServerTxId, req: &Request, err: &sdp::SdpError) {
+        let code = err.status_code();
+        tracing::info!(%err, "refusing an offer");
+        let reason = code.text().unwrap_or("Not Acceptable Here");
+        self.respond(now, tx, req, code.into_u16(), reason);
+    }
+
+    /// Routes what the rooms decided: hang-ups are signalling, the rest is media.
+    pub(super) fn drain_room_commands(&mut self, now: Instant) {
+        while let Some(cmd) = self.rooms.poll_command() {
+            match cmd {
+                RoomCommand::Hangup { leg } => self.end_conf_leg(now, leg, true),
+                other => {
+                    self.events.push_back(EngineEvent::ConferencesChanged);
+                    self.media_out.push_back(MediaCommand::Room(other));
+                }
+            }
+        }
+    }
+
+    /// Ends a conference leg once: BYE (unless the phone hung up), media closed, port freed,
+    /// room told.
+    pub(super) fn end_conf_leg(&mut self, now: Instant, id: LegId, send_bye: bool) {
+        let Some(mut c) = self.conf_legs.remove(&id) else {
+            return;
+        };
+        self.conf_dialogs
+            .remove(&(c.leg.call_id.clone(), c.leg.local_tag.clone()));
+        self.ports.release(c.port);
+        self.media_out.push_back(MediaCommand::Close { leg: id });
+        if send_bye {
+            let bye = self.in_dialog_request(&mut c.leg, Method::BYE);
+            let tx = self.tx.send_request(now, bye, c.leg.peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+        }
+        self.rooms.handle_leave(now, id);
+        self.drain_room_commands(now);
+        self.events.push_back(EngineEvent::ConferencesChanged);
+    }
+
+    /// ACK for our 2xx on a conference leg.
+    pub(super) fn conf_ack(&mut self, id: LegId) {
+        if let Some(c) = self.conf_legs.get_mut(&id) {
+            c.leg.unacked_2xx = None;
+        }
+    }
+
+    /// In-dialog requests from a conference participant.
+    pub(super) fn conf_in_dialog(&mut self, now: Instant, tx: ServerTxId, req: Request, id: LegId) {
+        let Some(c) = self.conf_legs.get(&id) else {
+            return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
+        };
+        let tag = c.leg.local_tag.clone();
+        let ok = |req: &Request| response_for(req, StatusCode::from(200), Some(&tag));
+        if req.method == Method::BYE {
+            self.send_response(now, tx, ok(&req));
+            return self.end_conf_leg(now, id, false);
+        }
+        if req.method == Method::OPTIONS {
+            return self.answer_options(now, tx, &req);
+        }
+        if req.method == Method::INFO {
+            return match dtmf_from_info(&req) {
+                Some(digit) => {
+                    self.send_response(now, tx, ok(&req));
+                    self.rooms.handle_digit(now, id, digit);
+                    self.drain_room_commands(now);
+                }
+                None if req.body.is_empty() => self.send_response(now, tx, ok(&req)),
+                None => self.respond(now, tx, &req, 415, "Unsupported Media Type"),
+            };
+        }
+        if req.method == Method::INVITE {
+            return self.conf_reinvite(now, tx, req, id);
+        }
+        if req.method == Method::UPDATE && req.body.is_empty() {
+            return self.send_response(now, tx, ok(&req));
+        }
+        self.respond(now, tx, &req, 501, "Not Implemented")
+    }
+
+    /// A re-INVITE (hold, new address, codec change): answer with the same port.
+    fn conf_reinvite(&mut self, now: Instant, tx: ServerTxId, req: Request, id: LegId) {
+        let Some(c) = self.conf_legs.get_mut(&id) else {
+            return;
+        };
+        if let Some(target) =
+            headers::contacts(&req.headers).and_then(|l| l.first().map(headers::contact_uri_text))
+        {
+            c.leg.remote_target = target;
+        }
+        let body = if req.body.is_empty() {
+            c.local_sdp.clone()
+        } else {
+            let offer = match sdp::parse_audio(&req.body) {
+                Ok(o) => o,
+                Err(err) => {
+                    return self.refuse_sdp(now, tx, &req, &err);
+                }
+            };
+            c.sdp_version += 1;
+            let local = LocalMedia {
+                addr: self.settings.advertised.ip(),
+                port: c.port,
+                session_id: c.session_id,
+                session_version: c.sdp_version,
+                username: "confero".to_owned(),
+            };
+            match sdp::answer(&offer, &local, CODEC_PREFS) {
+                Ok((answer, media)) => {
+                    c.media = media.clone();
+                    c.local_sdp = answer.clone();
+                    self.media_out
+                        .push_back(MediaCommand::Update { leg: id, media });
+                    answer
+                }
+                Err(err) => {
+                    return self.refuse_sdp(now, tx, &req, &err);
+                }
+            }
+        };
+        let Some(c) = self.conf_legs.get_mut(&id) else {
+            return;
+        };
+        let mut ok = response_for(&req, StatusCode::from(200), Some(&c.leg.local_tag));
+        ok.headers.insert(
+            Name::CONTACT,
+            our_contact(&self.settings, c.leg.peer.transport),
+        );
+        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        ok.body = Bytes::from(body.into_bytes());
+        let _ = self.tx.send_response(now, tx, ok.clone());
+        c.leg.unacked_2xx = Some(unacked(&self.settings, now, ok, false));
+        if let Some(u) = &c.leg.unacked_2xx {
+            self.timers
+                .push(std::cmp::Reverse((u.next.min(u.give_up), id)));
+        }
+    }
+
+    /// 2xx retransmission for conference legs (the caller's ACK got lost).
+    pub(super) fn conf_leg_timers(&mut self, now: Instant, id: LegId) {
+        let t2 = self.settings.timers.t2;
+        let Some(c) = self.conf_legs.get_mut(&id) else {
+            return;
+        };
+        let peer = c.leg.peer;
+        let Some(u) = c.leg.unacked_2xx.as_mut() else {
+            return;
+        };
+        if now >= u.give_up {
+            let initial = u.initial;
+            c.leg.unacked_2xx = None;
+            if initial {
+                // Never ACKed: the caller is not there.
+                self.end_conf_leg(now, id, true);
+            }
+            return;
+        }
+        if now >= u.next {
+            if !peer.transport.is_reliable() {
+                self.transmits.push_back(confero_sip::transport::Transmit {
+                    peer,
+                    data: u.response.to_bytes(),
+                });
+            }
+            u.interval = (u.interval * 2).min(t2);
+            u.next = now + u.interval;
+        }
+        let at = u.next.min(u.give_up);
+        self.timers.push(std::cmp::Reverse((at, id)));
+    }
+
+    /// Input from the media engine.
+    pub fn handle_media_event(&mut self, now: Instant, event: MediaEvent) {
+        match event {
+            MediaEvent::Digit { leg, digit } => self.rooms.handle_digit(now, leg, digit),
+            MediaEvent::PlaybackDone { leg } => self.rooms.handle_playback_done(now, leg),
+            MediaEvent::Talking { leg, talking } => {
+                if let Some(c) = self.conf_legs.get_mut(&leg) {
+                    if c.talking != talking {
+                        c.talking = talking;
+                        self.events.push_back(EngineEvent::ConferencesChanged);
+                    }
+                }
+            }
+            MediaEvent::Stats { leg, stats } => {
+                if let Some(c) = self.conf_legs.get_mut(&leg) {
+                    c.stats = stats;
+                }
+            }
+            MediaEvent::Failed { leg, reason } => {
+                tracing::info!(leg, %reason, "media failed; ending the leg");
+                self.end_conf_leg(now, leg, true);
+            }
+        }
+        self.drain_room_commands(now);
+        self.drain_tx_transmits();
+    }
+
+    #[must_use]
+    pub fn poll_media(&mut self) -> Option<MediaCommand> {
+        self.media_out.pop_front()
+    }
+
+    /// Live participants of every room.
+    pub fn conference_participants(&self) -> Vec<ConferenceParticipant> {
+        self.rooms
+            .all_participants()
+            .into_iter()
+            .filter_map(|p| {
+                let c = self.conf_legs.get(&p.leg)?;
+                Some(ConferenceParticipant {
+                    id: p.leg,
+                    conference_id: p.room,
+                    caller: p.caller,
+                    caller_name: c.caller.name.clone(),
+                    is_admin: p.is_admin,
+                    state: p.state,
+                    muted: p.muted,
+                    talking: c.talking,
+                    codec: c.media.codec.encoding.clone(),
+                    joined_unix: c.joined_unix,
+                    stats: c.stats.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Kick from the console or API; false when no such participant.
+    pub fn kick_participant(&mut self, now: Instant, leg: LegId) -> bool {
+        let found = self.rooms.kick(leg);
+        self.drain_room_commands(now);
+        self.drain_tx_transmits();
+        found
+    }
+
+    pub fn mute_participant(&mut self, now: Instant, leg: LegId, muted: bool) -> bool {
+        let found = self.rooms.set_muted(leg, muted);
+        self.drain_room_commands(now);
+        found
+    }
+
+    /// The address RTP for a leg is expected from, per the SDP (for logs and tests).
+    pub fn conference_leg_remote(&self, leg: LegId) -> Option<SocketAddr> {
+        self.conf_legs.get(&leg).map(|c| c.media.remote)
+    }
+}
+
+/// A DTMF digit carried in SIP INFO: `application/dtmf-relay` (`Signal=5`) or
+/// `application/dtmf` (the digit alone).
+fn dtmf_from_info(req: &Request) -> Option<char> {
+    let ct = headers::first(&req.headers, &Name::CONTENT_TYPE)?.to_ascii_lowercase();
+    let body = std::str::from_utf8(&req.body).ok()?;
+    let value = if ct.starts_with("application/dtmf-relay") {
+        body.lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once('=')?;
+                k.trim().eq_ignore_ascii_case("signal").then(|| v.trim())
+            })?
+            .to_owned()
+    } else if ct.starts_with("application/dtmf") {
+        body.trim().to_owned()
+    } else {
+        return None;
+    };
+    let digit = match value.as_str() {
+        "10" => '*',
+        "11" => '#',
+        v if v.len() == 1 => v.chars().next()?,
+        _ => return None,
+    };
+    matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D').then_some(digit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(ct: &str, body: &str) -> Request {
+        let mut r = Request::new(Method::INFO, "sip:x@y".parse().unwrap());
+        r.headers.insert(Name::CONTENT_TYPE, ct.to_owned());
+        r.body = Bytes::from(body.to_owned());
+        r
+    }
+
+    #[test]
+    fn dtmf_info_bodies() {
+        assert_eq!(
+            dtmf_from_info(&info(
+                "application/dtmf-relay",
+                "Signal=5\r\nDuration=160\r\n"
+            )),
+            Some('5')
+        );
+        assert_eq!(
+            dtmf_from_info(&info("application/dtmf-relay", "Signal= #\r\n")),
+            Some('#')
+        );
+        assert_eq!(dtmf_from_info(&info("application/dtmf", "11")), Some('#'));
+        assert_eq!(dtmf_from_info(&info("application/dtmf", "7")), Some('7'));
+        assert_eq!(dtmf_from_info(&info("application/dtmf", "77")), None);
+        assert_eq!(dtmf_from_info(&info("text/plain", "7")), None);
+        assert_eq!(
+            dtmf_from_info(&info("application/dtmf-relay", "Duration=1")),
+            None
+        );
+    }
+}

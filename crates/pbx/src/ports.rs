@@ -1,0 +1,82 @@
+//! RTP port allocation from the `--rtp-ports` range.
+//!
+//! Ports are handed out in even numbers (RTP on N, RTCP on N+1 unless multiplexed, as RFC
+//! 3550 suggests) round-robin, so a port just released is not reused at once: late packets
+//! of the old call must not land in a new one.
+
+use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
+
+#[derive(Debug, Clone)]
+pub struct PortPool {
+    first: u16,
+    last: u16,
+    next: u16,
+    in_use: BTreeSet<u16>,
+}
+
+impl PortPool {
+    pub fn new(range: RangeInclusive<u16>) -> Self {
+        let first = range.start().saturating_add(range.start() % 2);
+        // Room for N+1 (RTCP) inside the range.
+        let last = range.end().saturating_sub(1);
+        Self {
+            first,
+            last,
+            next: first,
+            in_use: BTreeSet::new(),
+        }
+    }
+
+    /// The next free even port, or `None` when every pair is taken.
+    pub fn allocate(&mut self) -> Option<u16> {
+        if self.first > self.last {
+            return None;
+        }
+        let pairs = (self.last - self.first) / 2 + 1;
+        for _ in 0..pairs {
+            let port = self.next;
+            self.next = match port.checked_add(2) {
+                Some(n) if n <= self.last => n,
+                _ => self.first,
+            };
+            if self.in_use.insert(port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    pub fn release(&mut self, port: u16) {
+        self.in_use.remove(&port);
+    }
+
+    pub fn in_use(&self) -> usize {
+        self.in_use.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn even_ports_round_robin_and_exhaustion() {
+        let mut p = PortPool::new(10001..=10008);
+        assert_eq!(p.allocate(), Some(10002));
+        assert_eq!(p.allocate(), Some(10004));
+        assert_eq!(p.allocate(), Some(10006));
+        assert_eq!(p.allocate(), None, "10008 has no room for RTCP");
+        p.release(10002);
+        assert_eq!(p.allocate(), Some(10002));
+        assert_eq!(p.in_use(), 3);
+    }
+
+    #[test]
+    fn released_port_is_not_reused_at_once() {
+        let mut p = PortPool::new(20000..=20009);
+        let a = p.allocate().unwrap();
+        p.release(a);
+        assert_ne!(p.allocate(), Some(a));
+    }
+}

@@ -1,0 +1,886 @@
+//! Conference rooms: the digital receptionist, access codes, waiting for the
+//! administrator, and who is in the mix — as one sans-IO state machine.
+//!
+//! The signalling engine tells it who arrived ([`Rooms::handle_join`]), what they keyed
+//! ([`Rooms::handle_digit`]), when a prompt finished ([`Rooms::handle_playback_done`]) and
+//! who left; time comes in through [`Rooms::handle_timeout`]. Out come
+//! [`RoomCommand`]s for the media engine (play, mix, tone) and for signalling (hang up).
+//! Every participant is in exactly one [`Stage`]; each transition is a method below, so a
+//! reader can follow a caller from "enter the access code" to the mix.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::config::{AdminLeaves, Conference};
+
+/// A call leg answered by a room (the engine's numbering).
+pub type LegId = u64;
+
+/// Wrong codes before the receptionist says goodbye.
+pub const MAX_CODE_ATTEMPTS: u8 = 3;
+/// Digits kept before `#`; more counts as a wrong attempt (nobody's code is this long).
+pub const MAX_CODE_DIGITS: usize = 20;
+/// Silence between digits after which what was typed is checked as if `#` came.
+pub const INTER_DIGIT_TIMEOUT: Duration = Duration::from_secs(8);
+/// Silence after the prompt with no digit at all: the prompt is repeated (one attempt).
+pub const NO_INPUT_TIMEOUT: Duration = Duration::from_secs(12);
+/// A prompt whose end the media engine never reports is taken as finished after this.
+pub const PLAYBACK_GUARD: Duration = Duration::from_secs(30);
+
+/// Recorded announcements and tones (file names are in the media shell).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Prompt {
+    EnterAccessCode,
+    WrongAccessCode,
+    Goodbye,
+    WaitForAdministrator,
+    FirstParticipant,
+    ConferenceStarting,
+    AdministratorLeft,
+    ConferenceEnded,
+    ConferenceClosed,
+    JoinTone,
+    LeaveTone,
+}
+
+/// What the room machine asks of the media engine and of signalling.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RoomCommand {
+    /// Play these to one leg (it hears nothing else meanwhile); when they end, play hold
+    /// music in a loop if `then_music`, else silence. The media engine reports the end
+    /// with a playback-done event either way.
+    Play {
+        leg: LegId,
+        prompts: Vec<Prompt>,
+        then_music: bool,
+    },
+    /// Put the leg in its room's mix (it hears the room and is heard).
+    Mix {
+        leg: LegId,
+        room: i64,
+    },
+    /// Take the leg out of the mix (before playing to it alone).
+    Unmix {
+        leg: LegId,
+    },
+    /// A short tone everyone in the room's mix hears.
+    RoomTone {
+        room: i64,
+        tone: Prompt,
+    },
+    Mute {
+        leg: LegId,
+        muted: bool,
+    },
+    /// End the call (signalling sends BYE, media closes).
+    Hangup {
+        leg: LegId,
+    },
+}
+
+/// Where a participant is in the flow.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// The receptionist is asking for the access code.
+    EnteringCode(CodeEntry),
+    /// Playing an announcement; what follows when it ends.
+    Announcing(AfterAnnouncement),
+    /// Waiting for the administrator, hearing music.
+    Waiting,
+    /// In the mix.
+    InRoom,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodeEntry {
+    digits: String,
+    failures: u8,
+    /// The prompt is still playing (digits barge in and are kept).
+    prompt_playing: bool,
+    /// When typing or waiting times out.
+    deadline: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AfterAnnouncement {
+    /// Into the mix.
+    Mix,
+    /// Hang up (goodbye, room closed, conference ended).
+    Hangup,
+}
+
+/// A participant as shown in live views.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParticipantInfo {
+    pub leg: LegId,
+    pub room: i64,
+    pub caller: String,
+    pub is_admin: bool,
+    pub state: &'static str,
+    pub muted: bool,
+}
+
+#[derive(Debug)]
+struct Participant {
+    room: i64,
+    caller: String,
+    is_admin: bool,
+    stage: Stage,
+    muted: bool,
+    /// Guard against a playback-done event that never comes.
+    playback_deadline: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Room {
+    config: Option<Conference>,
+    members: BTreeSet<LegId>,
+    in_mix: BTreeSet<LegId>,
+}
+
+impl Room {
+    fn admins_in_mix(&self, legs: &HashMap<LegId, Participant>) -> usize {
+        self.in_mix
+            .iter()
+            .filter(|l| legs.get(l).is_some_and(|p| p.is_admin))
+            .count()
+    }
+}
+
+/// Every room and its participants.
+#[derive(Debug, Default)]
+pub struct Rooms {
+    rooms: HashMap<i64, Room>,
+    legs: HashMap<LegId, Participant>,
+    timers: BTreeMap<(Instant, LegId), ()>,
+    commands: VecDeque<RoomCommand>,
+}
+
+impl Rooms {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    #[must_use]
+    pub fn poll_command(&mut self) -> Option<RoomCommand> {
+        self.commands.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.keys().next().map(|(at, _)| *at)
+    }
+
+    pub fn participants(&self, room: i64) -> Vec<ParticipantInfo> {
+        let Some(r) = self.rooms.get(&room) else {
+            return Vec::new();
+        };
+        r.members
+            .iter()
+            .filter_map(|leg| self.legs.get(leg).map(|p| info(*leg, p)))
+            .collect()
+    }
+
+    pub fn all_participants(&self) -> Vec<ParticipantInfo> {
+        let mut v: Vec<_> = self.legs.iter().map(|(l, p)| info(*l, p)).collect();
+        v.sort_by_key(|p| p.leg);
+        v
+    }
+
+    pub fn room_of(&self, leg: LegId) -> Option<i64> {
+        self.legs.get(&leg).map(|p| p.room)
+    }
+
+    pub fn contains(&self, leg: LegId) -> bool {
+        self.legs.contains_key(&leg)
+    }
+
+    /// A caller reached `conference` (the room's production configuration).
+    pub fn handle_join(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        conference: &Conference,
+        caller: &str,
+        is_admin: bool,
+    ) {
+        let room = self.rooms.entry(conference.id).or_default();
+        room.config = Some(conference.clone());
+        room.members.insert(leg);
+        self.legs.insert(
+            leg,
+            Participant {
+                room: conference.id,
+                caller: caller.to_owned(),
+                is_admin,
+                stage: Stage::InRoom,
+                muted: false,
+                playback_deadline: None,
+            },
+        );
+        if conference
+            .access_code
+            .as_deref()
+            .is_some_and(|c| !c.is_empty())
+        {
+            self.ask_for_code(now, leg, 0, vec![Prompt::EnterAccessCode]);
+        } else {
+            self.admit(now, leg);
+        }
+    }
+
+    fn set_stage(&mut self, leg: LegId, stage: Stage) {
+        if let Some(p) = self.legs.get_mut(&leg) {
+            p.stage = stage;
+        }
+    }
+
+    fn play(&mut self, now: Instant, leg: LegId, prompts: Vec<Prompt>, then_music: bool) {
+        if let Some(p) = self.legs.get_mut(&leg) {
+            p.playback_deadline = Some(now + PLAYBACK_GUARD);
+            self.timers.insert((now + PLAYBACK_GUARD, leg), ());
+        }
+        self.commands.push_back(RoomCommand::Play {
+            leg,
+            prompts,
+            then_music,
+        });
+    }
+
+    fn ask_for_code(&mut self, now: Instant, leg: LegId, failures: u8, prompts: Vec<Prompt>) {
+        self.set_stage(
+            leg,
+            Stage::EnteringCode(CodeEntry {
+                digits: String::new(),
+                failures,
+                prompt_playing: true,
+                deadline: None,
+            }),
+        );
+        self.play(now, leg, prompts, false);
+    }
+
+    /// Past the receptionist: into the mix, or waiting for the administrator.
+    fn admit(&mut self, now: Instant, leg: LegId) {
+        let Some(p) = self.legs.get(&leg) else { return };
+        let Some(room) = self.rooms.get(&p.room) else {
+            return;
+        };
+        let wait = room
+            .config
+            .as_ref()
+            .is_some_and(|c| c.wait_for_admin && c.admin_extension.is_some());
+        let admin_present = room.admins_in_mix(&self.legs) > 0;
+        let (is_admin, room_id, room_empty) = (p.is_admin, p.room, room.in_mix.is_empty());
+        if wait && !is_admin && !admin_present {
+            self.set_stage(leg, Stage::Waiting);
+            self.play(now, leg, vec![Prompt::WaitForAdministrator], true);
+            return;
+        }
+        if room_empty {
+            self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Mix));
+            self.play(now, leg, vec![Prompt::FirstParticipant], false);
+            if is_admin {
+                self.release_waiting(now, room_id);
+            }
+            return;
+        }
+        self.join_mix(leg);
+        if is_admin {
+            self.release_waiting(now, room_id);
+        }
+    }
+
+    fn join_mix(&mut self, leg: LegId) {
+        let Some(p) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        p.stage = Stage::InRoom;
+        p.playback_deadline = None;
+        let room_id = p.room;
+        let muted = p.muted;
+        let Some(room) = self.rooms.get_mut(&room_id) else {
+            return;
+        };
+        if !room.in_mix.is_empty() {
+            self.commands.push_back(RoomCommand::RoomTone {
+                room: room_id,
+                tone: Prompt::JoinTone,
+            });
+        }
+        room.in_mix.insert(leg);
+        self.commands
+            .push_back(RoomCommand::Mix { leg, room: room_id });
+        if muted {
+            self.commands
+                .push_back(RoomCommand::Mute { leg, muted: true });
+        }
+    }
+
+    /// The administrator arrived: everyone waiting hears that the conference starts, then
+    /// joins the mix.
+    fn release_waiting(&mut self, now: Instant, room_id: i64) {
+        let waiting: Vec<LegId> = self
+            .rooms
+            .get(&room_id)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .copied()
+                    .filter(|l| self.legs.get(l).is_some_and(|p| p.stage == Stage::Waiting))
+                    .collect()
+            })
+            .unwrap_or_default();
+        for leg in waiting {
+            self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Mix));
+            self.play(now, leg, vec![Prompt::ConferenceStarting], false);
+        }
+    }
+
+    /// A DTMF digit from the leg (RFC 4733, SIP INFO or in-band: the caller does not care).
+    pub fn handle_digit(&mut self, now: Instant, leg: LegId, digit: char) {
+        let Some(p) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        let Stage::EnteringCode(entry) = &mut p.stage else {
+            return;
+        };
+        match digit {
+            '#' => self.check_code(now, leg),
+            '*' => {
+                entry.digits.clear();
+                entry.deadline = Some(now + INTER_DIGIT_TIMEOUT);
+                self.timers.insert((now + INTER_DIGIT_TIMEOUT, leg), ());
+            }
+            d if d.is_ascii_digit() => {
+                entry.digits.push(d);
+                if entry.digits.len() > MAX_CODE_DIGITS {
+                    return self.check_code(now, leg);
+                }
+                entry.deadline = Some(now + INTER_DIGIT_TIMEOUT);
+                self.timers.insert((now + INTER_DIGIT_TIMEOUT, leg), ());
+            }
+            _ => {}
+        }
+    }
+
+    fn check_code(&mut self, now: Instant, leg: LegId) {
+        let Some(p) = self.legs.get(&leg) else { return };
+        let Stage::EnteringCode(entry) = &p.stage else {
+            return;
+        };
+        let expected = self
+            .rooms
+            .get(&p.room)
+            .and_then(|r| r.config.as_ref())
+            .and_then(|c| c.access_code.clone())
+            .unwrap_or_default();
+        let correct = !expected.is_empty() && constant_time_eq(&entry.digits, &expected);
+        let failures = entry.failures;
+        if correct {
+            return self.admit(now, leg);
+        }
+        let failures = failures + 1;
+        if failures >= MAX_CODE_ATTEMPTS {
+            self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Hangup));
+            self.play(
+                now,
+                leg,
+                vec![Prompt::WrongAccessCode, Prompt::Goodbye],
+                false,
+            );
+        } else {
+            self.ask_for_code(
+                now,
+                leg,
+                failures,
+                vec![Prompt::WrongAccessCode, Prompt::EnterAccessCode],
+            );
+        }
+    }
+
+    /// The media engine finished playing to `leg`.
+    pub fn handle_playback_done(&mut self, now: Instant, leg: LegId) {
+        let Some(p) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        p.playback_deadline = None;
+        match &mut p.stage {
+            Stage::EnteringCode(entry) => {
+                if entry.prompt_playing {
+                    entry.prompt_playing = false;
+                    if entry.deadline.is_none() {
+                        entry.deadline = Some(now + NO_INPUT_TIMEOUT);
+                        self.timers.insert((now + NO_INPUT_TIMEOUT, leg), ());
+                    }
+                }
+            }
+            Stage::Announcing(AfterAnnouncement::Mix) => self.join_mix(leg),
+            Stage::Announcing(AfterAnnouncement::Hangup) => {
+                self.commands.push_back(RoomCommand::Hangup { leg });
+            }
+            Stage::Waiting | Stage::InRoom => {}
+        }
+    }
+
+    /// The leg's call ended (BYE, kick, error). Returns nothing; the room reacts.
+    pub fn handle_leave(&mut self, now: Instant, leg: LegId) {
+        let Some(p) = self.legs.remove(&leg) else {
+            return;
+        };
+        let Some(room) = self.rooms.get_mut(&p.room) else {
+            return;
+        };
+        room.members.remove(&leg);
+        let was_in_mix = room.in_mix.remove(&leg);
+        let room_id = p.room;
+        if was_in_mix && !room.in_mix.is_empty() {
+            self.commands.push_back(RoomCommand::RoomTone {
+                room: room_id,
+                tone: Prompt::LeaveTone,
+            });
+        }
+        if was_in_mix && p.is_admin {
+            self.on_admin_left(now, room_id);
+        }
+        if self
+            .rooms
+            .get(&room_id)
+            .is_some_and(|r| r.members.is_empty())
+        {
+            self.rooms.remove(&room_id);
+        }
+    }
+
+    /// The last administrator left: keep going, wait, or end (per room).
+    fn on_admin_left(&mut self, now: Instant, room_id: i64) {
+        let Some(room) = self.rooms.get(&room_id) else {
+            return;
+        };
+        let Some(config) = room.config.as_ref() else {
+            return;
+        };
+        if !config.wait_for_admin || room.admins_in_mix(&self.legs) > 0 {
+            return;
+        }
+        let policy = config.when_admin_leaves;
+        let in_mix: Vec<LegId> = room.in_mix.iter().copied().collect();
+        match policy {
+            AdminLeaves::KeepGoing => {}
+            AdminLeaves::Wait => {
+                for leg in in_mix {
+                    self.unmix(leg);
+                    self.set_stage(leg, Stage::Waiting);
+                    self.play(now, leg, vec![Prompt::AdministratorLeft], true);
+                }
+            }
+            AdminLeaves::End => {
+                for leg in in_mix {
+                    self.unmix(leg);
+                    self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Hangup));
+                    self.play(now, leg, vec![Prompt::ConferenceEnded], false);
+                }
+            }
+        }
+    }
+
+    fn unmix(&mut self, leg: LegId) {
+        let Some(p) = self.legs.get(&leg) else { return };
+        if let Some(room) = self.rooms.get_mut(&p.room) {
+            if room.in_mix.remove(&leg) {
+                self.commands.push_back(RoomCommand::Unmix { leg });
+            }
+        }
+    }
+
+    /// Kick from the console or API: the call ends.
+    pub fn kick(&mut self, leg: LegId) -> bool {
+        if !self.legs.contains_key(&leg) {
+            return false;
+        }
+        self.commands.push_back(RoomCommand::Hangup { leg });
+        true
+    }
+
+    pub fn set_muted(&mut self, leg: LegId, muted: bool) -> bool {
+        let Some(p) = self.legs.get_mut(&leg) else {
+            return false;
+        };
+        p.muted = muted;
+        if p.stage == Stage::InRoom {
+            self.commands.push_back(RoomCommand::Mute { leg, muted });
+        }
+        true
+    }
+
+    /// A new production revision: rooms that disappeared close (their participants hear so
+    /// and are hung up); others take the new settings for what happens next.
+    pub fn handle_config(&mut self, now: Instant, conferences: &[Conference]) {
+        let ids: Vec<i64> = self.rooms.keys().copied().collect();
+        for id in ids {
+            match conferences.iter().find(|c| c.id == id) {
+                Some(c) => {
+                    if let Some(room) = self.rooms.get_mut(&id) {
+                        room.config = Some(c.clone());
+                    }
+                }
+                None => {
+                    let members: Vec<LegId> = self
+                        .rooms
+                        .get(&id)
+                        .map(|r| r.members.iter().copied().collect())
+                        .unwrap_or_default();
+                    for leg in members {
+                        self.unmix(leg);
+                        self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Hangup));
+                        self.play(now, leg, vec![Prompt::ConferenceClosed], false);
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some((&(at, leg), _)) = self.timers.iter().next() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, leg));
+            self.on_timer(now, leg);
+        }
+    }
+
+    fn on_timer(&mut self, now: Instant, leg: LegId) {
+        let Some(p) = self.legs.get_mut(&leg) else {
+            return;
+        };
+        if p.playback_deadline.is_some_and(|d| d <= now) {
+            // The media engine never said the prompt ended: carry on as if it had.
+            return self.handle_playback_done(now, leg);
+        }
+        let Stage::EnteringCode(entry) = &mut p.stage else {
+            return;
+        };
+        if entry.prompt_playing || !entry.deadline.is_some_and(|d| d <= now) {
+            return;
+        }
+        entry.deadline = None;
+        // Typed something then stopped: check it as if `#` came. Typed nothing: one
+        // attempt used, the prompt again.
+        self.check_code(now, leg);
+    }
+}
+
+fn info(leg: LegId, p: &Participant) -> ParticipantInfo {
+    ParticipantInfo {
+        leg,
+        room: p.room,
+        caller: p.caller.clone(),
+        is_admin: p.is_admin,
+        state: match p.stage {
+            Stage::EnteringCode(_) => "entering_code",
+            Stage::Announcing(AfterAnnouncement::Mix) => "joining",
+            Stage::Announcing(AfterAnnouncement::Hangup) => "leaving",
+            Stage::Waiting => "waiting",
+            Stage::InRoom => "in_room",
+        },
+        muted: p.muted,
+    }
+}
+
+/// Compares without an early exit, so timing does not tell how many digits were right.
+fn constant_time_eq(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(code: Option<&str>, wait: bool) -> Conference {
+        Conference {
+            id: 7,
+            name: "Sales".into(),
+            extension: "800".into(),
+            access_code: code.map(Into::into),
+            admin_extension: Some("101".into()),
+            wait_for_admin: wait,
+            when_admin_leaves: AdminLeaves::Wait,
+        }
+    }
+
+    fn drain(r: &mut Rooms) -> Vec<RoomCommand> {
+        std::iter::from_fn(|| r.poll_command()).collect()
+    }
+
+    fn keys(r: &mut Rooms, now: Instant, leg: LegId, digits: &str) {
+        for d in digits.chars() {
+            r.handle_digit(now, leg, d);
+        }
+    }
+
+    fn state(r: &Rooms, leg: LegId) -> &'static str {
+        r.all_participants()
+            .into_iter()
+            .find(|p| p.leg == leg)
+            .map_or("gone", |p| p.state)
+    }
+
+    #[test]
+    fn no_code_first_participant_then_second_joins_with_a_tone() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let conf = room(None, false);
+        r.handle_join(now, 1, &conf, "101", false);
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::Play {
+                leg: 1,
+                prompts: vec![Prompt::FirstParticipant],
+                then_music: false
+            }]
+        );
+        r.handle_playback_done(now, 1);
+        assert_eq!(drain(&mut r), vec![RoomCommand::Mix { leg: 1, room: 7 }]);
+        r.handle_join(now, 2, &conf, "102", false);
+        assert_eq!(
+            drain(&mut r),
+            vec![
+                RoomCommand::RoomTone {
+                    room: 7,
+                    tone: Prompt::JoinTone
+                },
+                RoomCommand::Mix { leg: 2, room: 7 }
+            ]
+        );
+        r.handle_leave(now, 2);
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::RoomTone {
+                room: 7,
+                tone: Prompt::LeaveTone
+            }]
+        );
+    }
+
+    #[test]
+    fn right_code_after_a_wrong_one_and_barge_in() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        r.handle_join(now, 1, &room(Some("4321"), false), "101", false);
+        drain(&mut r);
+        assert_eq!(state(&r, 1), "entering_code");
+        // Digits during the prompt count (barge-in).
+        keys(&mut r, now, 1, "1111#");
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::Play {
+                leg: 1,
+                prompts: vec![Prompt::WrongAccessCode, Prompt::EnterAccessCode],
+                then_music: false
+            }]
+        );
+        keys(&mut r, now, 1, "4321#");
+        assert_eq!(state(&r, 1), "joining");
+        r.handle_playback_done(now, 1);
+        assert_eq!(state(&r, 1), "in_room");
+    }
+
+    #[test]
+    fn three_wrong_codes_say_goodbye_and_hang_up() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        r.handle_join(now, 1, &room(Some("4321"), false), "101", false);
+        keys(&mut r, now, 1, "1#2#");
+        drain(&mut r);
+        keys(&mut r, now, 1, "3#");
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::Play {
+                leg: 1,
+                prompts: vec![Prompt::WrongAccessCode, Prompt::Goodbye],
+                then_music: false
+            }]
+        );
+        // More digits while saying goodbye change nothing.
+        keys(&mut r, now, 1, "4321#");
+        assert!(drain(&mut r).is_empty());
+        r.handle_playback_done(now, 1);
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: 1 }]);
+    }
+
+    #[test]
+    fn two_hundred_digits_without_pound_are_a_wrong_attempt_not_a_buffer() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        r.handle_join(now, 1, &room(Some("4321"), false), "101", false);
+        keys(&mut r, now, 1, &"5".repeat(200));
+        let cmds = drain(&mut r);
+        assert!(cmds.contains(&RoomCommand::Play {
+            leg: 1,
+            prompts: vec![Prompt::WrongAccessCode, Prompt::Goodbye],
+            then_music: false
+        }));
+    }
+
+    #[test]
+    fn inter_digit_timeout_checks_and_silence_costs_an_attempt() {
+        let t0 = Instant::now();
+        let mut r = Rooms::new();
+        r.handle_join(t0, 1, &room(Some("42"), false), "101", false);
+        r.handle_playback_done(t0, 1);
+        drain(&mut r);
+        keys(&mut r, t0, 1, "42");
+        let t1 = t0 + INTER_DIGIT_TIMEOUT;
+        assert_eq!(r.poll_timeout(), Some(t1));
+        r.handle_timeout(t1);
+        assert_eq!(state(&r, 1), "joining", "typed code checked on timeout");
+
+        let mut r = Rooms::new();
+        r.handle_join(t0, 2, &room(Some("42"), false), "101", false);
+        r.handle_playback_done(t0, 2);
+        drain(&mut r);
+        r.handle_timeout(t0 + NO_INPUT_TIMEOUT);
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::Play {
+                leg: 2,
+                prompts: vec![Prompt::WrongAccessCode, Prompt::EnterAccessCode],
+                then_music: false
+            }]
+        );
+    }
+
+    #[test]
+    fn waiting_for_the_administrator_then_released_then_waiting_again() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let conf = room(None, true);
+        r.handle_join(now, 1, &conf, "102", false);
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::Play {
+                leg: 1,
+                prompts: vec![Prompt::WaitForAdministrator],
+                then_music: true
+            }]
+        );
+        assert_eq!(state(&r, 1), "waiting");
+        r.handle_playback_done(now, 1); // end of the announcement: music goes on, still waiting
+        assert_eq!(state(&r, 1), "waiting");
+        // The administrator arrives: first in the mix, the waiting one is told and joins.
+        r.handle_join(now, 2, &conf, "101", true);
+        let cmds = drain(&mut r);
+        assert!(cmds.contains(&RoomCommand::Play {
+            leg: 1,
+            prompts: vec![Prompt::ConferenceStarting],
+            then_music: false
+        }));
+        r.handle_playback_done(now, 2);
+        r.handle_playback_done(now, 1);
+        assert_eq!(state(&r, 1), "in_room");
+        assert_eq!(state(&r, 2), "in_room");
+        drain(&mut r);
+        // The administrator leaves: back to waiting with an announcement and music.
+        r.handle_leave(now, 2);
+        let cmds = drain(&mut r);
+        assert!(cmds.contains(&RoomCommand::Unmix { leg: 1 }));
+        assert!(cmds.contains(&RoomCommand::Play {
+            leg: 1,
+            prompts: vec![Prompt::AdministratorLeft],
+            then_music: true
+        }));
+        assert_eq!(state(&r, 1), "waiting");
+    }
+
+    #[test]
+    fn admin_leaving_with_end_policy_ends_the_conference() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let mut conf = room(None, true);
+        conf.when_admin_leaves = AdminLeaves::End;
+        r.handle_join(now, 1, &conf, "101", true);
+        r.handle_playback_done(now, 1);
+        r.handle_join(now, 2, &conf, "102", false);
+        drain(&mut r);
+        r.handle_leave(now, 1);
+        let cmds = drain(&mut r);
+        assert!(cmds.contains(&RoomCommand::Play {
+            leg: 2,
+            prompts: vec![Prompt::ConferenceEnded],
+            then_music: false
+        }));
+        r.handle_playback_done(now, 2);
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: 2 }]);
+    }
+
+    #[test]
+    fn deleted_room_closes_with_an_announcement_changed_code_affects_newcomers() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let conf = room(Some("1"), false);
+        r.handle_join(now, 1, &conf, "101", false);
+        keys(&mut r, now, 1, "1#");
+        r.handle_playback_done(now, 1);
+        assert_eq!(state(&r, 1), "in_room");
+        // New code: the one inside stays; a newcomer needs the new code.
+        let mut changed = conf.clone();
+        changed.access_code = Some("2".into());
+        r.handle_config(now, &[changed.clone()]);
+        assert_eq!(state(&r, 1), "in_room");
+        r.handle_join(now, 2, &changed, "102", false);
+        keys(&mut r, now, 2, "1#");
+        assert_eq!(state(&r, 2), "entering_code");
+        keys(&mut r, now, 2, "2#");
+        assert_eq!(state(&r, 2), "in_room");
+        drain(&mut r);
+        // Deleted: both hear it closed and are hung up.
+        r.handle_config(now, &[]);
+        let cmds = drain(&mut r);
+        assert!(cmds.contains(&RoomCommand::Play {
+            leg: 1,
+            prompts: vec![Prompt::ConferenceClosed],
+            then_music: false
+        }));
+        r.handle_playback_done(now, 1);
+        r.handle_playback_done(now, 2);
+        let cmds = drain(&mut r);
+        assert!(cmds.contains(&RoomCommand::Hangup { leg: 1 }));
+        assert!(cmds.contains(&RoomCommand::Hangup { leg: 2 }));
+    }
+
+    #[test]
+    fn lost_playback_event_is_covered_by_a_guard_timer() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        r.handle_join(now, 1, &room(None, false), "101", false);
+        drain(&mut r);
+        r.handle_timeout(now + PLAYBACK_GUARD);
+        assert_eq!(drain(&mut r), vec![RoomCommand::Mix { leg: 1, room: 7 }]);
+    }
+
+    #[test]
+    fn kick_and_mute() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        r.handle_join(now, 1, &room(None, false), "101", false);
+        r.handle_playback_done(now, 1);
+        drain(&mut r);
+        assert!(r.set_muted(1, true));
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::Mute {
+                leg: 1,
+                muted: true
+            }]
+        );
+        assert!(r.kick(1));
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: 1 }]);
+        assert!(!r.kick(99));
+    }
+}
