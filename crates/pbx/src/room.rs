@@ -561,7 +561,7 @@ impl Rooms {
         let Stage::EnteringCode(entry) = &mut p.stage else {
             return;
         };
-        if entry.prompt_playing || !entry.deadline.is_some_and(|d| d <= now) {
+        if entry.prompt_playing || entry.deadline.is_none_or(|d| d > now) {
             return;
         }
         entry.deadline = None;
