@@ -6,8 +6,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use confero_pbx::config::{Config, Snapshot, User};
+use confero_pbx::config::{AdminLeaves, Conference, Config, Snapshot, User};
 use confero_pbx::engine::{Engine, EngineEvent, EngineSettings};
+use confero_pbx::engine::{MediaCommand, MediaEvent};
+use confero_pbx::room::{Prompt, RoomCommand};
 use confero_sip::digest;
 use confero_sip::message::{Message, Response};
 use confero_sip::transport::{Peer, Transport};
@@ -43,6 +45,15 @@ impl Harness {
         let now = Instant::now();
         let config = Config {
             users: vec![user(1, "Alice", "101"), user(2, "Bob", "102")],
+            conferences: vec![Conference {
+                id: 7,
+                name: "Sales".into(),
+                extension: "800".into(),
+                access_code: Some("1234".into()),
+                admin_extension: Some("101".into()),
+                wait_for_admin: false,
+                when_admin_leaves: AdminLeaves::Wait,
+            }],
             ..Default::default()
         };
         let snapshot = Arc::new(Snapshot {
@@ -619,4 +630,130 @@ fn expired_nonce_is_answered_with_stale_true() {
         .collect();
     assert!(again.iter().all(|c| c.contains("stale=true")), "{again:?}");
     assert!(h.engine.registrar().is_empty());
+}
+
+fn media(h: &mut Harness) -> Vec<MediaCommand> {
+    std::iter::from_fn(|| h.engine.poll_media()).collect()
+}
+
+fn info_text(tag: &str, cseq: u32, digit: char) -> String {
+    let body = format!("Signal={digit}\r\nDuration=160\r\n");
+    format!(
+        "INFO sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKinfo{cseq}\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:800@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: {cseq} INFO\nContent-Type: application/dtmf-relay\nContent-Length: {}\n\n{body}",
+        body.len()
+    )
+}
+
+#[test]
+fn dialling_a_room_answers_with_sdp_asks_for_the_code_and_joins_after_info_digits() {
+    let mut h = Harness::new();
+    let out = dial(&mut h, "800");
+    let ok = out
+        .iter()
+        .find(|(p, m)| *p == 5000 && status(m) == Some(200))
+        .expect("the room answers before any prompt");
+    let body = String::from_utf8_lossy(&response(&ok.1).body).to_string();
+    assert!(
+        body.contains("m=audio ") && body.contains("PCMU/8000"),
+        "{body}"
+    );
+    let tag = response(&ok.1).to_tag().unwrap();
+    let cmds = media(&mut h);
+    let port = match &cmds[0] {
+        MediaCommand::Open { port, media, .. } => {
+            assert_eq!(media.codec.encoding, "PCMU");
+            assert_eq!(media.remote.port(), 4000);
+            *port
+        }
+        other => panic!("expected Open first, got {other:?}"),
+    };
+    assert!(body.contains(&format!("m=audio {port} ")));
+    assert!(
+        cmds.iter().any(|c| matches!(c, MediaCommand::Room(RoomCommand::Play { prompts, .. }) if prompts == &vec![Prompt::EnterAccessCode])),
+        "the receptionist asks for the code: {cmds:?}"
+    );
+    // ACK, then the code by SIP INFO.
+    h.send(5000, &format!("ACK sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKack\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:800@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: 2 ACK\nContent-Length: 0\n\n"));
+    for (i, d) in "1234#".chars().enumerate() {
+        h.send(5000, &info_text(&tag, 3 + i as u32, d));
+    }
+    let out = h.out();
+    assert_eq!(
+        out.iter().filter(|(_, m)| status(m) == Some(200)).count(),
+        5,
+        "each INFO answered"
+    );
+    let cmds = media(&mut h);
+    assert!(cmds.iter().any(|c| matches!(c, MediaCommand::Room(RoomCommand::Play { prompts, .. }) if prompts == &vec![Prompt::FirstParticipant])), "{cmds:?}");
+    let leg = h.engine.conference_participants()[0].id;
+    h.engine
+        .handle_media_event(h.now, MediaEvent::PlaybackDone { leg });
+    assert_eq!(
+        media(&mut h),
+        vec![MediaCommand::Room(RoomCommand::Mix { leg, room: 7 })]
+    );
+    assert_eq!(h.engine.conference_participants()[0].state, "in_room");
+    // The caller hangs up: 200, media closed, nobody left.
+    h.send(5000, &format!("BYE sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKbye\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:800@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: 9 BYE\nContent-Length: 0\n\n"));
+    assert!(h.out().iter().any(|(_, m)| status(m) == Some(200)));
+    assert_eq!(media(&mut h), vec![MediaCommand::Close { leg }]);
+    assert!(h.engine.conference_participants().is_empty());
+}
+
+#[test]
+fn a_leg_whose_media_fails_is_hung_up_with_bye() {
+    let mut h = Harness::new();
+    dial(&mut h, "800");
+    media(&mut h);
+    let leg = h.engine.conference_participants()[0].id;
+    h.engine.handle_media_event(
+        h.now,
+        MediaEvent::Failed {
+            leg,
+            reason: "no RTP".into(),
+        },
+    );
+    let out = h.out();
+    assert_eq!(requests_to(&out, 5000, "BYE").len(), 1);
+    assert!(media(&mut h).contains(&MediaCommand::Close { leg }));
+}
+
+#[test]
+fn an_offer_without_a_usable_codec_is_refused_with_488() {
+    let mut h = Harness::new();
+    let out = dial(&mut h, "800");
+    // The harness offers PCMU; check a GSM-only offer on a fresh call instead.
+    assert!(out.iter().any(|(_, m)| status(m) == Some(200)));
+    let text = invite_text(5001, "800", 1, "z9hG4bKgsm", None)
+        .replace("RTP/AVP 0", "RTP/AVP 3")
+        .replace("call-1", "call-gsm");
+    h.send(5001, &text);
+    let out = h.out();
+    let challenge = out
+        .iter()
+        .find(|(_, m)| status(m) == Some(407))
+        .map(|(_, m)| {
+            response(m)
+                .headers
+                .get_raw(&Name::PROXY_AUTHENTICATE)
+                .map(|v| v.to_string())
+                .find(|c| c.contains("MD5"))
+                .unwrap()
+        })
+        .unwrap();
+    let answer = digest::answer_challenge(
+        &challenge,
+        "INVITE",
+        "sip:800@127.0.0.1",
+        "alice",
+        "alice-pw",
+        1,
+        "c",
+    )
+    .unwrap();
+    let text = invite_text(5001, "800", 2, "z9hG4bKgsm2", Some(&answer))
+        .replace("RTP/AVP 0", "RTP/AVP 3")
+        .replace("call-1", "call-gsm");
+    h.send(5001, &text);
+    assert!(h.out().iter().any(|(_, m)| status(m) == Some(488)));
 }
