@@ -296,7 +296,7 @@ impl Engine {
         now_unix: u64,
     ) -> Self {
         let nonces = NonceSource::new(settings.nonce_secret, settings.nonce_lifetime);
-        let ports = PortPool::new(settings.rtp_ports.clone());
+        let ports = PortPool::starting_at(settings.rtp_ports.clone(), rand::random());
         Self {
             tx: TransactionLayer::new(settings.timers),
             settings,

@@ -17,13 +17,25 @@ pub struct PortPool {
 
 impl PortPool {
     pub fn new(range: RangeInclusive<u16>) -> Self {
+        Self::starting_at(range, 0)
+    }
+
+    /// Starts handing out at pair number `offset` (modulo the range), so that ports are
+    /// not predictable and two servers sharing a range do not collide from the first call.
+    pub fn starting_at(range: RangeInclusive<u16>, offset: u32) -> Self {
         let first = range.start().saturating_add(range.start() % 2);
         // Room for N+1 (RTCP) inside the range.
         let last = range.end().saturating_sub(1);
+        let pairs = if first <= last {
+            u32::from((last - first) / 2 + 1)
+        } else {
+            1
+        };
+        let next = u32::from(first) + 2 * (offset % pairs);
         Self {
             first,
             last,
-            next: first,
+            next: u16::try_from(next).unwrap_or(first),
             in_use: BTreeSet::new(),
         }
     }
@@ -70,6 +82,13 @@ mod tests {
         p.release(10002);
         assert_eq!(p.allocate(), Some(10002));
         assert_eq!(p.in_use(), 3);
+    }
+
+    #[test]
+    fn offset_start_wraps_around() {
+        let mut p = PortPool::starting_at(10000..=10007, 3);
+        assert_eq!(p.allocate(), Some(10006));
+        assert_eq!(p.allocate(), Some(10000));
     }
 
     #[test]
