@@ -7,4 +7,5 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod rtp;
 pub mod mixer;
