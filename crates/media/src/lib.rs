@@ -7,5 +7,6 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod resample;
 pub mod rtp;
 pub mod mixer;
