@@ -9,4 +9,5 @@
 pub mod codec;
 pub mod resample;
 pub mod rtp;
+pub mod tone;
 pub mod mixer;
