@@ -33,6 +33,8 @@
 //!
 //! When a participant moves between "talker" and "listener" they start receiving the other
 //! stream; a stateful decoder (G.722) sees a small discontinuity, as with other bridges.
+//! Likewise a participant's upsampler runs only while they are mixed: when they start
+//! talking again, its 1.4 ms of history is the quiet tail of their last hangover.
 //!
 //! # Costs and allocation
 //! A tick allocates nothing once every buffer has reached its size (the first tick after a
@@ -43,47 +45,7 @@
 use std::collections::HashMap;
 
 use crate::codec::{CodecKind, Encoder};
-use resample_stand_in::{Downsampler2x, Upsampler2x};
-
-/// Stand-in for `crate::resample` until it lands: linear interpolation up, pair averaging
-/// down (same signatures: `new()`, `process(&[i16], &mut Vec<i16>)` appending).
-mod resample_stand_in {
-    #[derive(Debug, Clone, Default)]
-    pub(super) struct Upsampler2x {
-        last: i16,
-    }
-
-    impl Upsampler2x {
-        pub(super) fn new() -> Self {
-            Self::default()
-        }
-
-        pub(super) fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
-            for &s in input {
-                out.push(((i32::from(self.last) + i32::from(s)) / 2) as i16);
-                out.push(s);
-                self.last = s;
-            }
-        }
-    }
-
-    #[derive(Debug, Clone, Default)]
-    pub(super) struct Downsampler2x;
-
-    impl Downsampler2x {
-        pub(super) fn new() -> Self {
-            Self
-        }
-
-        pub(super) fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
-            out.extend(
-                input
-                    .chunks(2)
-                    .map(|p| ((i32::from(p[0]) + i32::from(p[p.len() - 1])) / 2) as i16),
-            );
-        }
-    }
-}
+use crate::resample::{Downsampler2x, Upsampler2x};
 
 /// The caller's handle for a participant of a room (a call leg id, for instance).
 pub type PartId = u64;
