@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod dtmf;
 pub mod resample;
 pub mod rtp;
 pub mod tone;
