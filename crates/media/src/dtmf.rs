@@ -269,12 +269,11 @@ impl InbandDetector {
 
     /// The digit whose two tones dominate the current block, if the ITU-style checks pass.
     fn classify(&self) -> Option<char> {
-        let mut tone = [0f32; 8];
-        for i in 0..8 {
+        // |X|² of each Goertzel bin, as the energy of the sinusoid it represents.
+        let tone: [f32; 8] = std::array::from_fn(|i| {
             let (a, b) = (self.s1[i], self.s2[i]);
-            // |X|² of the Goertzel bin, as energy of the sinusoid it represents.
-            tone[i] = (a * a + b * b - self.coeff[i] * a * b) * 2.0 / BLOCK as f32;
-        }
+            (a * a + b * b - self.coeff[i] * a * b) * 2.0 / BLOCK as f32
+        });
         let best = |t: &[f32]| {
             let (i, &p) = t
                 .iter()
