@@ -8,6 +8,7 @@
 
 pub mod codec;
 pub mod dtmf;
+pub mod jitter;
 pub mod resample;
 pub mod rtp;
 pub mod tone;
