@@ -11,5 +11,6 @@ pub mod dtmf;
 pub mod jitter;
 pub mod resample;
 pub mod rtp;
+pub mod stream;
 pub mod tone;
 pub mod mixer;
