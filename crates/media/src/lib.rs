@@ -45,8 +45,8 @@
 pub mod codec;
 pub mod dtmf;
 pub mod jitter;
+pub mod mixer;
 pub mod resample;
 pub mod rtp;
 pub mod stream;
 pub mod tone;
-pub mod mixer;
