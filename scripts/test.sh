@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with the Rust toolchain and gcc.
-# Installs the third-party test peers when missing (SIPp as Debian's sip-tester,
+# Installs the third-party test peers when missing (SIPp as Debian's sip-tester, baresip,
 # PostgreSQL for the store tests), starts a throw-away PostgreSQL on a free loopback
 # port, then runs every test of the workspace.
 set -euo pipefail
@@ -11,6 +11,7 @@ log() { printf '== %s\n' "$*"; }
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
 pg_bin=""
 for d in $(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)") /usr/lib/postgresql/*/bin; do
   if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then pg_bin=$d; break; fi

@@ -68,6 +68,9 @@ pub struct EngineSettings {
     pub timers: TimerConfig,
     /// Where RTP ports for anchored media come from (`--rtp-ports`).
     pub rtp_ports: std::ops::RangeInclusive<u16>,
+    /// Digest algorithms challenged with, in order (`--digest`). Answers with either
+    /// algorithm are verified whatever is offered.
+    pub digest_algorithms: Vec<digest::Algorithm>,
 }
 
 impl EngineSettings {
@@ -82,6 +85,7 @@ impl EngineSettings {
             ring_timeout: Duration::from_secs(60),
             timers: TimerConfig::default(),
             rtp_ports: 10000..=20000,
+            digest_algorithms: vec![digest::Algorithm::Md5],
         }
     }
 }
@@ -611,7 +615,12 @@ impl Engine {
         };
         let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
         resp.reason = Some(reason.to_owned());
-        for challenge in digest::challenges(&self.settings.realm, &nonce, stale) {
+        for challenge in digest::challenges(
+            &self.settings.realm,
+            &nonce,
+            stale,
+            &self.settings.digest_algorithms,
+        ) {
             resp.headers.insert(header.clone(), challenge);
         }
         self.send_response(now, tx, resp);

@@ -65,6 +65,10 @@ pub(crate) struct ServeArgs {
     /// SIP domain(s) served, comma separated [default: any].
     #[arg(long, env = "CONFERO_DOMAIN", value_delimiter = ',')]
     pub(crate) domain: Option<Vec<String>>,
+    /// Digest algorithms to challenge with, in order: md5, sha-256 [default: md5]. Many
+    /// phones (and SIP.js) handle only MD5 and some fail when offered another one.
+    #[arg(long, env = "CONFERO_DIGEST", value_delimiter = ',')]
+    pub(crate) digest: Option<Vec<String>>,
 }
 
 /// Why the settings could not be put together.
@@ -85,6 +89,8 @@ pub(crate) enum SettingsError {
     RtpPorts(String),
     #[error("https-listen needs both tls-cert and tls-key")]
     TlsIncomplete,
+    #[error("digest: unknown algorithm {0:?} (md5, sha-256)")]
+    Digest(String),
 }
 
 /// Resolved settings the server runs with.
@@ -98,6 +104,7 @@ pub(crate) struct Settings {
     pub(crate) rtp_ports: RangeInclusive<u16>,
     pub(crate) public_address: Option<IpAddr>,
     pub(crate) domains: Vec<String>,
+    pub(crate) digest: Vec<confero_sip::digest::Algorithm>,
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +129,7 @@ impl ServeArgs {
             rtp_ports: self.rtp_ports.or(file.rtp_ports),
             public_address: self.public_address.or(file.public_address),
             domain: self.domain.or(file.domain),
+            digest: self.digest.or(file.digest),
         }
     }
 
@@ -139,7 +147,18 @@ impl ServeArgs {
             (Some(listen), Some(cert), Some(key)) => Some(HttpsSettings { listen, cert, key }),
             (Some(_), _, _) => return Err(SettingsError::TlsIncomplete),
         };
+        let digest = args
+            .digest
+            .clone()
+            .unwrap_or_else(|| vec!["md5".to_owned()])
+            .iter()
+            .map(|t| {
+                confero_sip::digest::Algorithm::from_token(t.trim())
+                    .ok_or_else(|| SettingsError::Digest(t.clone()))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
+            digest,
             data_dir: args
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from("./confero-data")),

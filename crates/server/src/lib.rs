@@ -8,6 +8,7 @@
 pub mod api;
 mod cli;
 mod live;
+mod media_shell;
 mod sip_shell;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
@@ -164,6 +165,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let mut secret = [0u8; 32];
     rand::Rng::fill(&mut rand::thread_rng(), &mut secret);
     let mut engine_settings = EngineSettings::new(advertised, secret);
+    engine_settings.rtp_ports = settings.rtp_ports.clone();
+    engine_settings.digest_algorithms = settings.digest.clone();
     engine_settings.domains = settings.domains.clone();
     if let Some(d) = settings.domains.first() {
         engine_settings.realm = d.clone();
@@ -181,7 +184,23 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
 
     let (production_tx, production_rx) = watch::channel(Arc::new(snapshot));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let live = Arc::new(LiveState::default());
+    let (control_tx, control_rx) = tokio::sync::mpsc::channel(64);
+    let live = Arc::new(LiveState::new(control_tx));
+    let prompts = media_shell::PromptLibrary::load(&settings.data_dir.join("prompts"))?;
+    let (media_tx, media_cmd_rx) = std::sync::mpsc::channel();
+    let (media_ev_tx, media_ev_rx) = tokio::sync::mpsc::unbounded_channel();
+    let media_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let media = media_shell::MediaShell {
+        bind_ip: sip_bound.ip(),
+        prompts: Arc::new(prompts),
+        commands: media_cmd_rx,
+        events: media_ev_tx,
+        shutdown: media_stop.clone(),
+    };
+    let media_thread = std::thread::Builder::new()
+        .name("confero-media".into())
+        .spawn(move || media.run())
+        .context("cannot start the media thread")?;
     let shell = SipShell {
         udp: Arc::new(udp),
         tcp,
@@ -190,6 +209,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         production: production_rx,
         live: live.clone(),
         shutdown: shutdown_rx,
+        media_commands: media_tx,
+        media_events: media_ev_rx,
+        control: control_rx,
         live_dirty: false,
         live_published_at: now,
     };
@@ -222,6 +244,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let _ = engine_task.await;
+    media_stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let _ = media_thread.join();
     Ok(())
 }
 

@@ -8,24 +8,60 @@ use std::sync::RwLock;
 
 use confero_pbx::engine::Engine;
 use serde_json::{json, Value};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::api::LiveView;
+use crate::api::{LiveView, ParticipantAction};
+
+/// An action from the API that only the engine task may carry out.
+#[derive(Debug)]
+pub(crate) struct Control {
+    conference_id: i64,
+    participant: u64,
+    action: ParticipantAction,
+    reply: oneshot::Sender<bool>,
+}
+
+impl Control {
+    pub(crate) fn run(self, engine: &mut Engine, now: std::time::Instant) {
+        let in_room = engine
+            .conference_participants()
+            .iter()
+            .any(|p| p.id == self.participant && p.conference_id == self.conference_id);
+        let done = in_room
+            && match self.action {
+                ParticipantAction::Mute => engine.mute_participant(now, self.participant, true),
+                ParticipantAction::Unmute => engine.mute_participant(now, self.participant, false),
+                ParticipantAction::Kick => engine.kick_participant(now, self.participant),
+            };
+        let _ = self.reply.send(done);
+    }
+}
 
 #[derive(Default)]
 struct Published {
     registrations: Vec<Value>,
     calls: Vec<Value>,
+    participants: Vec<(i64, Value)>,
     transactions: usize,
     calls_in_memory: usize,
 }
 
 /// Shared between the engine task (writer) and the API (readers).
-#[derive(Default)]
 pub(crate) struct LiveState {
     inner: RwLock<Published>,
+    control: mpsc::Sender<Control>,
+    events: tokio::sync::broadcast::Sender<(String, String)>,
 }
 
 impl LiveState {
+    pub(crate) fn new(control: mpsc::Sender<Control>) -> Self {
+        Self {
+            inner: RwLock::default(),
+            control,
+            events: tokio::sync::broadcast::channel(64).0,
+        }
+    }
+
     pub(crate) fn update(&self, engine: &Engine, now_unix: u64) {
         let registrations = engine
             .registrar()
@@ -55,10 +91,58 @@ impl LiveState {
                 })
             })
             .collect();
+        let participants: Vec<(i64, Value)> = engine
+            .conference_participants()
+            .into_iter()
+            .map(|p| {
+                (
+                    p.conference_id,
+                    json!({
+                        "id": p.id,
+                        "conference_id": p.conference_id,
+                        "caller": p.caller,
+                        "caller_name": p.caller_name,
+                        "is_admin": p.is_admin,
+                        "state": p.state,
+                        "in_mix": p.state == "in_room",
+                        "muted": p.muted,
+                        "talking": p.talking,
+                        "codec": p.codec,
+                        "joined_at": p.joined_unix,
+                        "packets_received": p.stats.packets_received,
+                        "packets_lost": p.stats.packets_lost,
+                        "loss_percent": p.stats.loss_percent,
+                        "jitter_ms": p.stats.jitter_ms,
+                        "rtt_ms": p.stats.rtt_ms,
+                    }),
+                )
+            })
+            .collect();
         let mut p = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if self.events.receiver_count() > 0 {
+            let all_participants: Vec<&Value> = participants.iter().map(|(_, v)| v).collect();
+            for (kind, now, before) in [
+                (
+                    "registrations",
+                    json!(registrations),
+                    json!(p.registrations),
+                ),
+                ("calls", json!(calls), json!(p.calls)),
+                (
+                    "participants",
+                    json!(all_participants),
+                    json!(p.participants.iter().map(|(_, v)| v).collect::<Vec<_>>()),
+                ),
+            ] {
+                if now != before {
+                    let _ = self.events.send((kind.to_owned(), now.to_string()));
+                }
+            }
+        }
         *p = Published {
             registrations,
             calls,
+            participants,
             transactions: engine.transaction_count(),
             calls_in_memory: engine.call_count(),
         };
@@ -82,6 +166,39 @@ impl LiveView for LiveState {
             .clone()
     }
 
+    fn participants(&self, conference_id: i64) -> Vec<Value> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .participants
+            .iter()
+            .filter(|(c, _)| *c == conference_id)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
+        Some(self.events.subscribe())
+    }
+
+    fn participant_action(
+        &self,
+        conference_id: i64,
+        participant: u64,
+        action: ParticipantAction,
+    ) -> Option<oneshot::Receiver<bool>> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .try_send(Control {
+                conference_id,
+                participant,
+                action,
+                reply,
+            })
+            .ok()?;
+        Some(rx)
+    }
+
     fn metrics(&self) -> String {
         let p = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
@@ -93,6 +210,12 @@ impl LiveView for LiveState {
         let _ = writeln!(out, "confero_sip_transactions {}", p.transactions);
         let _ = writeln!(out, "# TYPE confero_calls_in_memory gauge");
         let _ = writeln!(out, "confero_calls_in_memory {}", p.calls_in_memory);
+        let _ = writeln!(out, "# TYPE confero_conference_participants gauge");
+        let _ = writeln!(
+            out,
+            "confero_conference_participants {}",
+            p.participants.len()
+        );
         out
     }
 }

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use confero_pbx::config::Snapshot;
-use confero_pbx::engine::{Engine, EngineEvent};
+use confero_pbx::engine::{Engine, EngineEvent, MediaCommand, MediaEvent};
 use confero_pbx::registrar::{Binding, BindingChange};
 use confero_sip::transport::{ConnId, Frame, Peer, StreamFramer, Transport};
 use confero_store::{Store, StoredBinding};
@@ -206,6 +206,11 @@ pub(crate) struct SipShell {
     pub(crate) production: watch::Receiver<Arc<Snapshot>>,
     pub(crate) live: Arc<LiveState>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    /// Commands to the media thread (a std channel: that thread is not async).
+    pub(crate) media_commands: std::sync::mpsc::Sender<MediaCommand>,
+    pub(crate) media_events: mpsc::UnboundedReceiver<MediaEvent>,
+    /// Actions from the API (kick, mute).
+    pub(crate) control: mpsc::Receiver<crate::live::Control>,
     /// Something changed since the live view was last published.
     pub(crate) live_dirty: bool,
     pub(crate) live_published_at: Instant,
@@ -299,6 +304,8 @@ impl SipShell {
                     Input::Closed(id) => self.engine.connection_closed(id),
                 },
                 _ = tokio::time::sleep_until(deadline) => self.engine.handle_timeout(Instant::now()),
+                Some(ev) = self.media_events.recv() => self.engine.handle_media_event(Instant::now(), ev),
+                Some(ctl) = self.control.recv() => ctl.run(&mut self.engine, Instant::now()),
                 r = self.production.changed() => {
                     if r.is_err() { break; }
                     let snap = self.production.borrow_and_update().clone();
@@ -312,6 +319,11 @@ impl SipShell {
     }
 
     async fn flush(&mut self, conns: &ConnTable, persist: &mpsc::UnboundedSender<BindingChange>) {
+        while let Some(cmd) = self.engine.poll_media() {
+            if self.media_commands.send(cmd).is_err() {
+                tracing::error!("the media thread is gone");
+            }
+        }
         while let Some(t) = self.engine.poll_transmit() {
             match t.peer.transport {
                 Transport::Udp => {

@@ -186,13 +186,15 @@ fn quote(s: &str) -> String {
 }
 
 /// Header values to put in a 401 (`WWW-Authenticate`) or 407 (`Proxy-Authenticate`): one
-/// per algorithm, each with `qop="auth"`, and `stale=true` when the client's nonce had
-/// merely expired. MD5 comes first although RFC 8760 §2.4 would list the preferred SHA-256
-/// first: SIP.js (Odoo's softphone), SIPp and many desk phones read only the first
-/// challenge and know nothing but MD5; clients that know SHA-256 still find it.
-pub fn challenges(realm: &str, nonce: &str, stale: bool) -> Vec<String> {
-    [Algorithm::Md5, Algorithm::Sha256]
-        .into_iter()
+/// per algorithm in `algorithms`, in that order, each with `qop="auth"`, and `stale=true`
+/// when the client's nonce had merely expired. Offering several is the server's choice:
+/// RFC 8760 lets a client pick, but SIP.js, SIPp and many phones read only the first, and
+/// libre-based phones (baresip) give up on the whole response when one names an
+/// algorithm they lack — so callers usually offer MD5 alone, or MD5 first.
+pub fn challenges(realm: &str, nonce: &str, stale: bool, algorithms: &[Algorithm]) -> Vec<String> {
+    algorithms
+        .iter()
+        .copied()
         .map(|alg| {
             let mut v = format!(
                 "Digest realm={}, nonce={}, algorithm={}, qop=\"auth\"",
@@ -640,7 +642,12 @@ mod tests {
     fn server_round_trip_through_a_request() {
         let source = NonceSource::new([1; 32], Duration::from_secs(60));
         let nonce = source.issue(1000);
-        let challenges = challenges("pbx.example.com", &nonce, true);
+        let challenges = challenges(
+            "pbx.example.com",
+            &nonce,
+            true,
+            &[Algorithm::Md5, Algorithm::Sha256],
+        );
         assert_eq!(challenges.len(), 2);
         assert!(
             challenges[0].contains("algorithm=MD5"),
@@ -650,7 +657,11 @@ mod tests {
         assert!(challenges
             .iter()
             .all(|c| c.contains("qop=\"auth\"") && c.contains("stale=true")));
-        assert!(!super::challenges("r", "n", false)[0].contains("stale"));
+        assert!(!super::challenges("r", "n", false, &[Algorithm::Md5])[0].contains("stale"));
+        assert_eq!(
+            super::challenges("r", "n", false, &[Algorithm::Md5]).len(),
+            1
+        );
 
         // A SIP.js-style client answers the MD5 challenge in a REGISTER.
         let auth = answer_challenge(

@@ -29,6 +29,8 @@ pub enum MediaCommand {
         leg: LegId,
         port: u16,
         media: Negotiated,
+        /// RTCP shares the RTP port (RFC 5761), as offered.
+        rtcp_mux: bool,
     },
     /// A re-INVITE changed the remote address, codec or direction.
     Update { leg: LegId, media: Negotiated },
@@ -195,6 +197,7 @@ impl Engine {
             leg: id,
             port,
             media: media.clone(),
+            rtcp_mux: offer.rtcp_mux,
         });
         let is_admin = conference.admin_extension.as_deref() == Some(caller.extension.as_str());
         let joined_unix = self.unix(now);

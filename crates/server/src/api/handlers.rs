@@ -375,6 +375,86 @@ pub(super) async fn calls(State(s): State<ApiState>) -> Json<Vec<serde_json::Val
     Json(s.live.calls())
 }
 
+/// `GET /events`: server-sent events, one per kind of live state that changed, carrying
+/// the whole new state (clients need no diffing). A slow client that falls behind skips
+/// to the newest state rather than slowing anyone down.
+pub(super) async fn events(State(s): State<ApiState>) -> Result<Response, ApiError> {
+    use axum::response::sse::{Event, KeepAlive, Sse};
+    let rx = s
+        .live
+        .subscribe()
+        .ok_or_else(|| ApiError::Internal("live events unavailable".into()))?;
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok((kind, data)) => {
+                    let ev = Event::default().event(kind).data(data);
+                    return Some((Ok::<_, std::convert::Infallible>(ev), rx));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
+}
+
+/// Live participants of a room; 404 when the room is not in the draft or production.
+pub(super) async fn participants(
+    State(s): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+    let id = parse_id(&raw)?;
+    let known_in_production = s
+        .production
+        .borrow()
+        .config
+        .conferences
+        .iter()
+        .any(|c| c.id == id);
+    if !known_in_production {
+        s.store.get_conference(id).await?;
+    }
+    Ok(Json(s.live.participants(id)))
+}
+
+/// `POST /conferences/{id}/participants/{pid}/{mute|unmute|kick}`.
+pub(super) async fn participant_action(
+    State(s): State<ApiState>,
+    Path((raw_id, raw_pid, action)): Path<(String, String, String)>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw_id)?;
+    let pid: u64 = raw_pid.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("participant id must be an integer, not {raw_pid:?}"),
+            Some("participant"),
+        )
+    })?;
+    let action = match action.as_str() {
+        "mute" => super::ParticipantAction::Mute,
+        "unmute" => super::ParticipantAction::Unmute,
+        "kick" => super::ParticipantAction::Kick,
+        other => {
+            return Err(ApiError::NotFound(format!(
+                "no participant action {other:?} (mute, unmute, kick)"
+            )))
+        }
+    };
+    let reply = s
+        .live
+        .participant_action(id, pid, action)
+        .ok_or_else(|| ApiError::Internal("live actions unavailable".into()))?;
+    match reply.await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) => Err(ApiError::NotFound(format!(
+            "no participant {pid} in conference {id}"
+        ))),
+        Err(_) => Err(ApiError::Internal("the engine did not answer".into())),
+    }
+}
+
 // ---- tokens ------------------------------------------------------------------
 
 #[derive(Deserialize)]

@@ -42,6 +42,32 @@ pub trait LiveView: Send + Sync + 'static {
     fn calls(&self) -> Vec<serde_json::Value>;
     /// Extra Prometheus text lines appended to /metrics.
     fn metrics(&self) -> String;
+    /// Everyone in (or entering, or waiting for) conference `id`.
+    fn participants(&self, _conference_id: i64) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
+    /// Live changes as server-sent events: `(kind, json)` pairs.
+    fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
+        None
+    }
+    /// Mute, unmute or kick a participant; resolves to false when there is no such
+    /// participant in that room. `None` when live actions are unavailable.
+    fn participant_action(
+        &self,
+        _conference_id: i64,
+        _participant: u64,
+        _action: ParticipantAction,
+    ) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        None
+    }
+}
+
+/// What the console can do to a participant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ParticipantAction {
+    Mute,
+    Unmute,
+    Kick,
 }
 
 #[derive(Clone)]
@@ -98,6 +124,12 @@ pub fn router(state: ApiState) -> Router {
         .route("/changes", get(list_changes))
         .route("/changes/apply", post(apply_changes))
         .route("/changes/discard", post(discard_changes))
+        .route("/conferences/{id}/participants", get(participants))
+        .route(
+            "/conferences/{id}/participants/{pid}/{action}",
+            post(participant_action),
+        )
+        .route("/events", get(events))
         .route("/registrations", get(registrations))
         .route("/calls", get(calls))
         .route("/tokens", post(create_token))

@@ -1,0 +1,587 @@
+//! The media thread: RTP sockets, the 20 ms clock, prompt playback and room mixers.
+//!
+//! One dedicated OS thread (never the async runtime) owns every conference leg's sockets
+//! and runs the passive pipeline of `confero-media` once per tick:
+//! 1. apply the engine's commands (open, mix, play, close) — only here, at the tick
+//!    boundary, never in the middle of a mix;
+//! 2. read every leg's socket until it would block and hand the datagrams to its stream;
+//! 3. pull one decoded frame per leg, collect DTMF, feed the room mixers;
+//! 4. mix each room once;
+//! 5. send each leg its frame: the mixer's (shared) encode when in a room, else the
+//!    prompt or music it is listening to.
+//!
+//! Nothing in a tick blocks: sockets are non-blocking and events to the engine go through
+//! an unbounded channel.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confero_media::codec::{CodecKind, Encoder};
+use confero_media::mixer::Mixer;
+use confero_media::resample::{Downsampler2x, Upsampler2x};
+use confero_media::stream::{MediaStream, StreamConfig};
+use confero_media::tone::read_wav;
+use confero_pbx::engine::{LegStats, MediaCommand, MediaEvent};
+use confero_pbx::room::{LegId, Prompt, RoomCommand};
+use confero_sip::sdp::Negotiated;
+use tokio::sync::mpsc::UnboundedSender;
+
+const TICK: Duration = Duration::from_millis(20);
+/// A leg that sends no RTP for this long is considered gone (phone crashed, network cut).
+const RTP_TIMEOUT: Duration = Duration::from_secs(60);
+const STATS_EVERY: Duration = Duration::from_secs(2);
+/// The pseudo-participant through which join and leave tones reach a whole room.
+const TONE_PART: u64 = u64::MAX;
+
+/// Prompt audio at both mixing rates, loaded once at start.
+pub(crate) struct PromptLibrary {
+    clips: HashMap<Prompt, Clip>,
+    music: Clip,
+}
+
+struct Clip {
+    at8k: Vec<i16>,
+    at16k: Vec<i16>,
+}
+
+impl Clip {
+    fn at(&self, rate: u32) -> &[i16] {
+        if rate == 16000 {
+            &self.at16k
+        } else {
+            &self.at8k
+        }
+    }
+
+    fn from_wav(bytes: &[u8], name: &str) -> anyhow::Result<Clip> {
+        let (rate, pcm) = read_wav(bytes).map_err(|e| anyhow::anyhow!("prompt {name}: {e}"))?;
+        let (at8k, at16k) = match rate {
+            8000 => {
+                let mut up = Vec::with_capacity(pcm.len() * 2);
+                Upsampler2x::new().process(&pcm, &mut up);
+                (pcm, up)
+            }
+            16000 => {
+                let mut down = Vec::with_capacity(pcm.len() / 2);
+                Downsampler2x::new().process(&pcm, &mut down);
+                (down, pcm)
+            }
+            other => anyhow::bail!("prompt {name}: {other} Hz; use 8000 or 16000 Hz mono PCM WAV"),
+        };
+        Ok(Clip { at8k, at16k })
+    }
+}
+
+/// File name of each prompt (in the repository's `prompts/` and in `<data-dir>/prompts/`).
+fn file_name(p: Prompt) -> &'static str {
+    match p {
+        Prompt::EnterAccessCode => "enter-access-code.wav",
+        Prompt::WrongAccessCode => "wrong-access-code.wav",
+        Prompt::Goodbye => "goodbye.wav",
+        Prompt::WaitForAdministrator => "wait-for-administrator.wav",
+        Prompt::FirstParticipant => "first-participant.wav",
+        Prompt::ConferenceStarting => "conference-starting.wav",
+        Prompt::AdministratorLeft => "administrator-left.wav",
+        Prompt::ConferenceEnded => "conference-ended.wav",
+        Prompt::ConferenceClosed => "conference-closed.wav",
+        Prompt::JoinTone => "join-tone.wav",
+        Prompt::LeaveTone => "leave-tone.wav",
+    }
+}
+
+const ALL_PROMPTS: [Prompt; 11] = [
+    Prompt::EnterAccessCode,
+    Prompt::WrongAccessCode,
+    Prompt::Goodbye,
+    Prompt::WaitForAdministrator,
+    Prompt::FirstParticipant,
+    Prompt::ConferenceStarting,
+    Prompt::AdministratorLeft,
+    Prompt::ConferenceEnded,
+    Prompt::ConferenceClosed,
+    Prompt::JoinTone,
+    Prompt::LeaveTone,
+];
+
+/// The prompts built into the binary (made by `scripts/make-prompts.sh`).
+fn embedded(name: &str) -> Option<&'static [u8]> {
+    Some(match name {
+        "enter-access-code.wav" => include_bytes!("../../../prompts/enter-access-code.wav"),
+        "wrong-access-code.wav" => include_bytes!("../../../prompts/wrong-access-code.wav"),
+        "goodbye.wav" => include_bytes!("../../../prompts/goodbye.wav"),
+        "wait-for-administrator.wav" => {
+            include_bytes!("../../../prompts/wait-for-administrator.wav")
+        }
+        "first-participant.wav" => include_bytes!("../../../prompts/first-participant.wav"),
+        "conference-starting.wav" => include_bytes!("../../../prompts/conference-starting.wav"),
+        "administrator-left.wav" => include_bytes!("../../../prompts/administrator-left.wav"),
+        "conference-ended.wav" => include_bytes!("../../../prompts/conference-ended.wav"),
+        "conference-closed.wav" => include_bytes!("../../../prompts/conference-closed.wav"),
+        "join-tone.wav" => include_bytes!("../../../prompts/join-tone.wav"),
+        "leave-tone.wav" => include_bytes!("../../../prompts/leave-tone.wav"),
+        "hold-music.wav" => include_bytes!("../../../prompts/hold-music.wav"),
+        _ => return None,
+    })
+}
+
+impl PromptLibrary {
+    /// Loads every prompt: a file of the same name in `override_dir` wins over the
+    /// built-in one, so an administrator can record their own.
+    pub(crate) fn load(override_dir: &Path) -> anyhow::Result<PromptLibrary> {
+        let read = |name: &str| -> anyhow::Result<Clip> {
+            let path = override_dir.join(name);
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    tracing::info!(path = %path.display(), "using the administrator's prompt");
+                    Clip::from_wav(&bytes, name)
+                }
+                Err(_) => Clip::from_wav(
+                    embedded(name).ok_or_else(|| anyhow::anyhow!("no built-in {name}"))?,
+                    name,
+                ),
+            }
+        };
+        let mut clips = HashMap::new();
+        for p in ALL_PROMPTS {
+            clips.insert(p, read(file_name(p))?);
+        }
+        Ok(PromptLibrary {
+            clips,
+            music: read("hold-music.wav")?,
+        })
+    }
+}
+
+/// What a leg hears when it is not in a mix.
+#[derive(Default)]
+struct Player {
+    queue: VecDeque<Prompt>,
+    current: Option<(Prompt, usize)>,
+    music: bool,
+    music_pos: usize,
+    /// The end of the queue was reported to the engine.
+    reported: bool,
+}
+
+impl Player {
+    fn play(&mut self, prompts: Vec<Prompt>, then_music: bool) {
+        self.queue = prompts.into();
+        self.current = None;
+        self.music = then_music;
+        self.reported = false;
+    }
+
+    /// Fills `out` with one frame at `rate`; returns true when the queue just ran out.
+    fn next_frame(&mut self, lib: &PromptLibrary, rate: u32, out: &mut Vec<i16>) -> bool {
+        let n = (rate / 50) as usize;
+        out.clear();
+        let mut ended = false;
+        while out.len() < n {
+            if self.current.is_none() {
+                match self.queue.pop_front() {
+                    Some(p) => self.current = Some((p, 0)),
+                    None => {
+                        if !self.reported {
+                            self.reported = true;
+                            ended = true;
+                        }
+                        break;
+                    }
+                }
+            }
+            let Some((prompt, pos)) = self.current.as_mut() else {
+                break;
+            };
+            let clip = lib.clips.get(prompt).map_or(&[][..], |c| c.at(rate));
+            let take = (n - out.len()).min(clip.len().saturating_sub(*pos));
+            out.extend_from_slice(&clip[*pos..*pos + take]);
+            *pos += take;
+            if *pos >= clip.len() {
+                self.current = None;
+            }
+        }
+        if self.current.is_none() && self.queue.is_empty() && self.music {
+            let music = lib.music.at(rate);
+            while out.len() < n && !music.is_empty() {
+                let pos = self.music_pos % music.len();
+                let take = (n - out.len()).min(music.len() - pos);
+                out.extend_from_slice(&music[pos..pos + take]);
+                self.music_pos = pos + take;
+            }
+        }
+        out.resize(n, 0);
+        ended
+    }
+}
+
+struct LegState {
+    rtp: UdpSocket,
+    rtcp: Option<UdpSocket>,
+    stream: MediaStream,
+    codec: CodecKind,
+    encoder: Encoder,
+    player: Player,
+    room: Option<i64>,
+    talking: bool,
+    last_stats: Instant,
+    rtcp_mux: bool,
+    /// A failure was reported; the engine will close the leg.
+    failed: bool,
+}
+
+struct RoomMix {
+    mixer: Mixer,
+    members: BTreeSet<LegId>,
+    tone: Option<(Prompt, usize)>,
+}
+
+impl RoomMix {
+    fn new() -> Self {
+        let mut mixer = Mixer::new();
+        mixer.add(TONE_PART, CodecKind::Pcmu);
+        RoomMix {
+            mixer,
+            members: BTreeSet::new(),
+            tone: None,
+        }
+    }
+}
+
+pub(crate) struct MediaShell {
+    pub(crate) bind_ip: IpAddr,
+    pub(crate) prompts: Arc<PromptLibrary>,
+    pub(crate) commands: Receiver<MediaCommand>,
+    pub(crate) events: UnboundedSender<MediaEvent>,
+    pub(crate) shutdown: Arc<AtomicBool>,
+}
+
+struct State {
+    shell: MediaShell,
+    legs: HashMap<LegId, LegState>,
+    rooms: HashMap<i64, RoomMix>,
+    buf: Vec<u8>,
+    pcm: Vec<i16>,
+    payload: Vec<u8>,
+    packet: Vec<u8>,
+}
+
+fn codec_of(media: &Negotiated) -> Option<CodecKind> {
+    CodecKind::from_encoding_name(&media.codec.encoding, media.codec.clock_rate)
+}
+
+fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
+    let rtp = UdpSocket::bind(SocketAddr::new(ip, port))?;
+    rtp.set_nonblocking(true)?;
+    let rtcp = UdpSocket::bind(SocketAddr::new(ip, port.wrapping_add(1)))?;
+    rtcp.set_nonblocking(true)?;
+    Ok((rtp, rtcp))
+}
+
+impl MediaShell {
+    /// Runs the clock until shutdown. Call on a dedicated thread.
+    pub(crate) fn run(self) {
+        let mut st = State {
+            shell: self,
+            legs: HashMap::new(),
+            rooms: HashMap::new(),
+            buf: vec![0u8; 2048],
+            pcm: Vec::with_capacity(320),
+            payload: Vec::with_capacity(320),
+            packet: Vec::with_capacity(400),
+        };
+        let mut next = Instant::now();
+        while !st.shell.shutdown.load(Ordering::Relaxed) {
+            let now = Instant::now();
+            if now < next {
+                std::thread::sleep(next - now);
+            } else if now - next > TICK * 5 {
+                // Far behind (machine suspended, debugger): resynchronise, do not burst.
+                next = now;
+            }
+            let now = Instant::now();
+            if !st.apply_commands(now) {
+                break;
+            }
+            st.tick(now);
+            next += TICK;
+        }
+    }
+}
+
+impl State {
+    fn send_event(&self, ev: MediaEvent) {
+        let _ = self.shell.events.send(ev);
+    }
+
+    /// Returns false when the engine is gone.
+    fn apply_commands(&mut self, now: Instant) -> bool {
+        loop {
+            let cmd = match self.shell.commands.try_recv() {
+                Ok(cmd) => cmd,
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return false,
+            };
+            self.apply(now, cmd);
+        }
+    }
+
+    fn apply(&mut self, now: Instant, cmd: MediaCommand) {
+        match cmd {
+            MediaCommand::Open {
+                leg,
+                port,
+                media,
+                rtcp_mux,
+            } => {
+                let Some(codec) = codec_of(&media) else {
+                    return self.send_event(MediaEvent::Failed {
+                        leg,
+                        reason: format!("codec {} not supported", media.codec.encoding),
+                    });
+                };
+                let (rtp, rtcp) = match bind_pair(self.shell.bind_ip, port) {
+                    Ok(pair) => pair,
+                    Err(err) => {
+                        return self.send_event(MediaEvent::Failed {
+                            leg,
+                            reason: format!("cannot bind RTP port {port}: {err}"),
+                        })
+                    }
+                };
+                let mut stream = MediaStream::new(
+                    StreamConfig {
+                        codec,
+                        payload_type: media.codec.payload_type,
+                        dtmf_payload_type: media.telephone_event,
+                        remote: media.remote,
+                        local_ssrc: rand::random(),
+                    },
+                    now,
+                );
+                stream.enable_inband(true);
+                self.legs.insert(
+                    leg,
+                    LegState {
+                        rtp,
+                        rtcp: Some(rtcp),
+                        stream,
+                        codec,
+                        encoder: Encoder::new(codec),
+                        player: Player {
+                            reported: true,
+                            ..Player::default()
+                        },
+                        room: None,
+                        talking: false,
+                        last_stats: now,
+                        rtcp_mux,
+                        failed: false,
+                    },
+                );
+            }
+            MediaCommand::Update { leg, media } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.stream.set_remote(media.remote);
+                }
+            }
+            MediaCommand::Close { leg } => {
+                if let Some(l) = self.legs.remove(&leg) {
+                    if let Some(room) = l.room {
+                        self.leave_room(leg, room);
+                    }
+                }
+            }
+            MediaCommand::Room(cmd) => self.apply_room(cmd),
+        }
+    }
+
+    fn leave_room(&mut self, leg: LegId, room: i64) {
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.mixer.remove(leg);
+            r.members.remove(&leg);
+            if r.members.is_empty() {
+                self.rooms.remove(&room);
+            }
+        }
+    }
+
+    fn apply_room(&mut self, cmd: RoomCommand) {
+        match cmd {
+            RoomCommand::Play {
+                leg,
+                prompts,
+                then_music,
+            } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.player.play(prompts, then_music);
+                }
+            }
+            RoomCommand::Mix { leg, room } => {
+                let Some(l) = self.legs.get_mut(&leg) else {
+                    return;
+                };
+                let old = l.room.replace(room);
+                let codec = l.codec;
+                l.stream.enable_inband(false);
+                match old {
+                    Some(old) if old == room => return,
+                    Some(old) => self.leave_room(leg, old),
+                    None => {}
+                }
+                let r = self.rooms.entry(room).or_insert_with(RoomMix::new);
+                r.mixer.add(leg, codec);
+                r.members.insert(leg);
+            }
+            RoomCommand::Unmix { leg } => {
+                let Some(l) = self.legs.get_mut(&leg) else {
+                    return;
+                };
+                l.stream.enable_inband(true);
+                if let Some(room) = l.room.take() {
+                    self.leave_room(leg, room);
+                }
+            }
+            RoomCommand::RoomTone { room, tone } => {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.tone = Some((tone, 0));
+                }
+            }
+            RoomCommand::Mute { leg, muted } => {
+                let room = self.legs.get(&leg).and_then(|l| l.room);
+                if let Some(r) = room.and_then(|room| self.rooms.get_mut(&room)) {
+                    r.mixer.set_muted(leg, muted);
+                }
+            }
+            RoomCommand::Hangup { .. } => {}
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let prompts = self.shell.prompts.clone();
+        // Receive.
+        for (&id, leg) in self.legs.iter_mut() {
+            for sock in std::iter::once(&leg.rtp).chain(leg.rtcp.as_ref()) {
+                loop {
+                    match sock.recv_from(&mut self.buf) {
+                        Ok((n, from)) => leg.stream.handle_packet(now, &self.buf[..n], from),
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                        Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
+                        Err(err) => {
+                            tracing::debug!(leg = id, %err, "RTP receive error");
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        // Pull one frame per leg into its room; collect digits.
+        let mut events = Vec::new();
+        for (&id, leg) in self.legs.iter_mut() {
+            let frame = leg.stream.pull_frame(now);
+            if let (Some(room), Some(frame)) = (leg.room, frame) {
+                if let Some(r) = self.rooms.get_mut(&room) {
+                    r.mixer.put_frame(id, frame);
+                }
+            }
+            while let Some(digit) = leg.stream.poll_dtmf() {
+                events.push(MediaEvent::Digit { leg: id, digit });
+            }
+            if !leg.failed && leg.stream.idle_for(now) > RTP_TIMEOUT {
+                leg.failed = true;
+                events.push(MediaEvent::Failed {
+                    leg: id,
+                    reason: "no RTP for 60 s".into(),
+                });
+            }
+        }
+        // Mix each room once.
+        for r in self.rooms.values_mut() {
+            if let Some((tone, pos)) = r.tone.as_mut() {
+                let clip = prompts.clips.get(tone).map_or(&[][..], |c| c.at(8000));
+                let end = (*pos + 160).min(clip.len());
+                if *pos < end {
+                    r.mixer.put_frame(TONE_PART, &clip[*pos..end]);
+                }
+                *pos = end;
+                if end >= clip.len() {
+                    r.tone = None;
+                }
+            }
+            r.mixer.tick();
+        }
+        // Send.
+        let ids: Vec<LegId> = self.legs.keys().copied().collect();
+        for id in ids {
+            let Some(leg) = self.legs.get_mut(&id) else {
+                continue;
+            };
+            self.payload.clear();
+            let mixed = leg
+                .room
+                .and_then(|room| self.rooms.get(&room))
+                .and_then(|r| r.mixer.output(id));
+            match mixed {
+                Some(bytes) => self.payload.extend_from_slice(bytes),
+                None => {
+                    let rate = leg.codec.sample_rate();
+                    if leg.player.next_frame(&prompts, rate, &mut self.pcm) {
+                        events.push(MediaEvent::PlaybackDone { leg: id });
+                    }
+                    leg.encoder.encode(&self.pcm, &mut self.payload);
+                }
+            }
+            self.packet.clear();
+            leg.stream.packetize(&self.payload, &mut self.packet);
+            let _ = leg.rtp.send_to(&self.packet, leg.stream.remote());
+            self.packet.clear();
+            if leg.stream.poll_rtcp(now, &mut self.packet) {
+                let to = leg.stream.remote();
+                if leg.rtcp_mux {
+                    let _ = leg.rtp.send_to(&self.packet, to);
+                } else {
+                    let sock = leg.rtcp.as_ref().unwrap_or(&leg.rtp);
+                    let _ = sock.send_to(
+                        &self.packet,
+                        SocketAddr::new(to.ip(), to.port().wrapping_add(1)),
+                    );
+                }
+            }
+            if let Some(room) = leg.room.and_then(|room| self.rooms.get(&room)) {
+                let talking = room.mixer.is_talking(id);
+                if talking != leg.talking {
+                    leg.talking = talking;
+                    events.push(MediaEvent::Talking { leg: id, talking });
+                }
+            } else if leg.talking {
+                leg.talking = false;
+                events.push(MediaEvent::Talking {
+                    leg: id,
+                    talking: false,
+                });
+            }
+            if now.duration_since(leg.last_stats) >= STATS_EVERY {
+                leg.last_stats = now;
+                let s = leg.stream.stats();
+                events.push(MediaEvent::Stats {
+                    leg: id,
+                    stats: LegStats {
+                        packets_received: s.packets_received,
+                        packets_lost: s.packets_lost,
+                        loss_percent: s.loss_percent,
+                        jitter_ms: s.jitter_ms,
+                        rtt_ms: s.rtt_ms,
+                    },
+                });
+            }
+        }
+        for ev in events {
+            self.send_event(ev);
+        }
+    }
+}

@@ -1,0 +1,789 @@
+//! Conference rooms end to end with third-party peers: SIPp for signalling and DTMF
+//! (RFC 4733 from SIPp's own pcaps, SIP INFO, in-band tones), baresip as phones that send
+//! a sine tone and record what they hear, checked by content.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+macro_rules! require {
+    ($cmd:expr, $pkg:expr) => {
+        if Command::new($cmd)
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_err()
+        {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "{} is not installed but CI must run the conference tests",
+                    $cmd
+                );
+            }
+            eprintln!("SKIPPED: {} not installed (apt-get install {})", $cmd, $pkg);
+            return;
+        }
+    };
+}
+
+/// A PBX with Alice (101, a room administrator), Bob (102), Carol (103) and rooms:
+/// 800 open, 801 with access code 2468, 802 waiting for Alice.
+fn pbx_with_rooms() -> Pbx {
+    let pbx = Pbx::start();
+    pbx.create_user("Alice", "101", "alice", "alice-secret");
+    pbx.create_user("Bob", "102", "bob", "bob-secret");
+    pbx.create_user("Carol", "103", "carol", "carol-secret");
+    for body in [
+        r#"{"name":"Open room","extension":"800"}"#,
+        r#"{"name":"Coded room","extension":"801","access_code":"2468"}"#,
+        r#"{"name":"Board","extension":"802","admin_extension":"101","wait_for_admin":true}"#,
+    ] {
+        let (status, text) = pbx.api("POST", "/api/v1/conferences", Some(body));
+        assert_eq!(status, 201, "{text}");
+    }
+    pbx.apply();
+    pbx
+}
+
+fn conference_id(pbx: &Pbx, extension: &str) -> i64 {
+    let (_, body) = pbx.api("GET", "/api/v1/conferences", None);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["extension"] == extension)
+        .and_then(|c| c["id"].as_i64())
+        .unwrap()
+}
+
+fn participants(pbx: &Pbx, id: i64) -> Vec<serde_json::Value> {
+    let (status, body) = pbx.api(
+        "GET",
+        &format!("/api/v1/conferences/{id}/participants"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Polls the room until `pred` holds for its participant list (bounded).
+fn wait_for_room(
+    pbx: &Pbx,
+    id: i64,
+    within: Duration,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = participants(pbx, id);
+        if pred(&list) || Instant::now() > deadline {
+            return list;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+// ---- SIPp callers ----------------------------------------------------------------------
+
+enum Dtmf<'a> {
+    None,
+    Info(&'a str),
+    Rfc4733(&'a str),
+    Pcap(&'a Path),
+}
+
+fn dtmf_section(dtmf: &Dtmf<'_>) -> String {
+    match dtmf {
+        Dtmf::None => String::new(),
+        Dtmf::Info(digits) => {
+            let snippet = std::fs::read_to_string(scenario_dir().join("info_digit.snippet")).unwrap();
+            digits
+                .chars()
+                .enumerate()
+                .map(|(i, d)| {
+                    snippet
+                        .replace("@CSEQ@", &(10 + i).to_string())
+                        .replace("@DIGIT@", &d.to_string())
+                })
+                .collect()
+        }
+        Dtmf::Rfc4733(digits) => digits
+            .chars()
+            .map(|d| {
+                let name = match d {
+                    '#' => "pound".to_string(),
+                    '*' => "star".to_string(),
+                    d => d.to_string(),
+                };
+                format!(
+                    "  <nop><action><exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_{name}.pcap\"/></action></nop>\n  <pause milliseconds=\"400\"/>\n"
+                )
+            })
+            .collect(),
+        Dtmf::Pcap(pcap) => format!(
+            "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n  <pause milliseconds=\"4000\"/>\n",
+            pcap.display()
+        ),
+    }
+}
+
+/// What a SIPp phone of Bob's does in a room: dial `room`, wait `wait_ms` (the prompt),
+/// key `dtmf`, stay `hold_ms`, then hang up — or, when `rejected`, expect the room to
+/// hang up on it.
+struct Visit<'a> {
+    room: &'a str,
+    dtmf: Dtmf<'a>,
+    wait_ms: u32,
+    hold_ms: u32,
+    rejected: bool,
+}
+
+fn room_caller(pbx: &Pbx, dir: &Path, name: &str, visit: Visit<'_>) -> Sipp {
+    let Visit {
+        room,
+        dtmf,
+        wait_ms,
+        hold_ms,
+        rejected,
+    } = visit;
+    let part = if rejected {
+        "caller_rejected_by_room.part"
+    } else {
+        "caller_in_room.part"
+    };
+    let file = scenario(
+        dir,
+        "caller.xml.in",
+        part,
+        &[
+            ("WAIT_MS", &wait_ms.to_string()),
+            ("HOLD_MS", &hold_ms.to_string()),
+            ("DTMF", &dtmf_section(&dtmf)),
+        ],
+    );
+    let renamed = dir.join(format!("{name}.xml"));
+    std::fs::rename(&file, &renamed).unwrap();
+    let media_port = free_udp_port();
+    Sipp::spawn(
+        name,
+        &renamed,
+        free_udp_port(),
+        &[
+            "-s",
+            room,
+            "-au",
+            "bob",
+            "-ap",
+            "bob-secret",
+            "-mp",
+            &media_port.to_string(),
+            &pbx.sip.to_string(),
+        ],
+    )
+}
+
+#[test]
+fn access_code_by_sip_info_joins_the_room() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "801");
+    let dir = tempfile::tempdir().unwrap();
+    let caller = room_caller(
+        &pbx,
+        dir.path(),
+        "room-info",
+        Visit {
+            room: "801",
+            dtmf: Dtmf::Info("2468#"),
+            wait_ms: 1000,
+            hold_ms: 6000,
+            rejected: false,
+        },
+    );
+    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+        l.iter().any(|p| p["state"] == "in_room")
+    });
+    assert!(
+        list.iter()
+            .any(|p| p["state"] == "in_room" && p["caller"] == "102"),
+        "{list:?}"
+    );
+    caller.expect_success();
+    assert!(
+        wait_for_room(&pbx, id, Duration::from_secs(3), |l| l.is_empty()).is_empty(),
+        "left after BYE"
+    );
+}
+
+#[test]
+fn access_code_by_rfc4733_events_joins_the_room() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "801");
+    let dir = tempfile::tempdir().unwrap();
+    let caller = room_caller(
+        &pbx,
+        dir.path(),
+        "room-4733",
+        Visit {
+            room: "801",
+            dtmf: Dtmf::Rfc4733("2468#"),
+            wait_ms: 1000,
+            hold_ms: 6000,
+            rejected: false,
+        },
+    );
+    let list = wait_for_room(&pbx, id, Duration::from_secs(12), |l| {
+        l.iter().any(|p| p["state"] == "in_room")
+    });
+    assert!(list.iter().any(|p| p["state"] == "in_room"), "{list:?}");
+    caller.expect_success();
+}
+
+#[test]
+fn access_code_by_inband_tones_joins_the_room() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "801");
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("inband-2468.pcap");
+    write_dtmf_pcap(&pcap, "2468#");
+    let caller = room_caller(
+        &pbx,
+        dir.path(),
+        "room-inband",
+        Visit {
+            room: "801",
+            dtmf: Dtmf::Pcap(&pcap),
+            wait_ms: 1000,
+            hold_ms: 6000,
+            rejected: false,
+        },
+    );
+    let list = wait_for_room(&pbx, id, Duration::from_secs(14), |l| {
+        l.iter().any(|p| p["state"] == "in_room")
+    });
+    assert!(list.iter().any(|p| p["state"] == "in_room"), "{list:?}");
+    caller.expect_success();
+}
+
+#[test]
+fn three_wrong_codes_end_in_hang_up() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let dir = tempfile::tempdir().unwrap();
+    room_caller(
+        &pbx,
+        dir.path(),
+        "room-wrong",
+        Visit {
+            room: "801",
+            dtmf: Dtmf::Info("1#1#1#"),
+            wait_ms: 500,
+            hold_ms: 0,
+            rejected: true,
+        },
+    )
+    .expect_success();
+}
+
+#[test]
+fn a_flood_of_200_rfc4733_digits_without_pound_ends_in_goodbye_not_harm() {
+    require!("sipp", "sip-tester");
+    let mut pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "801");
+    let dir = tempfile::tempdir().unwrap();
+    let pcap = dir.path().join("flood.pcap");
+    // 200 events, 40 ms apart, no '#': every 21 digits count as a wrong attempt, so the
+    // receptionist says goodbye after the third and hangs up.
+    write_event_pcap(&pcap, &"1234567890".repeat(20));
+    room_caller(
+        &pbx,
+        dir.path(),
+        "room-flood",
+        Visit {
+            room: "801",
+            dtmf: Dtmf::Pcap(&pcap),
+            wait_ms: 500,
+            hold_ms: 0,
+            rejected: true,
+        },
+    )
+    .expect_success();
+    assert!(pbx.is_running());
+    assert!(wait_for_room(&pbx, id, Duration::from_secs(3), |l| l.is_empty()).is_empty());
+}
+
+// ---- in-band DTMF as a pcap SIPp plays -------------------------------------------------
+
+fn linear_to_ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    let mut s = i32::from(sample);
+    let sign = if s < 0 {
+        s = -s;
+        0x80
+    } else {
+        0
+    };
+    s = (s + BIAS).min(0x7FFF);
+    let mut exponent = 7;
+    let mut mask = 0x4000;
+    while exponent > 0 && s & mask == 0 {
+        exponent -= 1;
+        mask >>= 1;
+    }
+    let mantissa = (s >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) | mantissa) as u8
+}
+
+fn dtmf_freqs(d: char) -> (f64, f64) {
+    let rows = [697.0, 770.0, 852.0, 941.0];
+    let cols = [1209.0, 1336.0, 1477.0, 1633.0];
+    let (r, c) = match d {
+        '1' => (0, 0),
+        '2' => (0, 1),
+        '3' => (0, 2),
+        'A' => (0, 3),
+        '4' => (1, 0),
+        '5' => (1, 1),
+        '6' => (1, 2),
+        'B' => (1, 3),
+        '7' => (2, 0),
+        '8' => (2, 1),
+        '9' => (2, 2),
+        'C' => (2, 3),
+        '*' => (3, 0),
+        '0' => (3, 1),
+        '#' => (3, 2),
+        _ => (3, 3),
+    };
+    (rows[r], cols[c])
+}
+
+/// Writes a pcap of RFC 4733 telephone-event packets (PT 101): per digit a start, one
+/// update and three end packets, 20 ms apart, each digit with its own timestamp.
+fn write_event_pcap(path: &Path, digits: &str) {
+    let mut packets: Vec<Vec<u8>> = Vec::new();
+    let mut seq: u16 = 500;
+    for (i, d) in digits.chars().enumerate() {
+        let event = match d {
+            '*' => 10,
+            '#' => 11,
+            d => d.to_digit(10).unwrap() as u8,
+        };
+        let ts = 8000 + i as u32 * 320;
+        for (k, (end, duration)) in [
+            (false, 160u16),
+            (false, 320),
+            (true, 480),
+            (true, 480),
+            (true, 480),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let mut rtp = vec![0x80, if k == 0 { 0x80 | 101 } else { 101 }];
+            rtp.extend_from_slice(&seq.to_be_bytes());
+            seq = seq.wrapping_add(1);
+            rtp.extend_from_slice(&ts.to_be_bytes());
+            rtp.extend_from_slice(&0x0bad_cafeu32.to_be_bytes());
+            rtp.extend_from_slice(&[event, if end { 0x8a } else { 0x0a }]);
+            rtp.extend_from_slice(&duration.to_be_bytes());
+            packets.push(rtp);
+        }
+    }
+    write_pcap(path, &packets, 8_000);
+}
+
+/// Writes RTP payloads as a pcap (Ethernet/IPv4/UDP on loopback), `gap_us` apart; SIPp
+/// replaces addresses and ports when it plays it.
+fn write_pcap(path: &Path, packets: &[Vec<u8>], gap_us: u32) {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xa1b2c3d4u32.to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&4u16.to_le_bytes());
+    out.extend_from_slice(&0i32.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&65535u32.to_le_bytes());
+    out.extend_from_slice(&1u32.to_le_bytes()); // Ethernet
+    for (n, rtp) in packets.iter().enumerate() {
+        let udp_len = 8 + rtp.len();
+        let ip_len = 20 + udp_len;
+        let mut pkt = vec![0u8; 12];
+        pkt.extend_from_slice(&[0x08, 0x00]);
+        pkt.extend_from_slice(&[
+            0x45,
+            0,
+            (ip_len >> 8) as u8,
+            ip_len as u8,
+            0,
+            0,
+            0,
+            0,
+            64,
+            17,
+            0,
+            0,
+            127,
+            0,
+            0,
+            1,
+            127,
+            0,
+            0,
+            1,
+        ]);
+        pkt.extend_from_slice(&[
+            0x17,
+            0x70,
+            0x17,
+            0x70,
+            (udp_len >> 8) as u8,
+            udp_len as u8,
+            0,
+            0,
+        ]);
+        pkt.extend_from_slice(rtp);
+        let usec = n as u32 * gap_us;
+        out.extend_from_slice(&(usec / 1_000_000).to_le_bytes());
+        out.extend_from_slice(&(usec % 1_000_000).to_le_bytes());
+        out.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(pkt.len() as u32).to_le_bytes());
+        out.extend_from_slice(&pkt);
+    }
+    std::fs::write(path, out).unwrap();
+}
+
+/// Writes a pcap of PCMU RTP carrying `digits` as audio tones (120 ms on, 120 ms off).
+fn write_dtmf_pcap(path: &Path, digits: &str) {
+    let mut pcm: Vec<i16> = vec![0; 1600];
+    for d in digits.chars() {
+        let (f1, f2) = dtmf_freqs(d);
+        for i in 0..960 {
+            let t = i as f64 / 8000.0;
+            let v = 6000.0
+                * ((2.0 * std::f64::consts::PI * f1 * t).sin()
+                    + (2.0 * std::f64::consts::PI * f2 * t).sin());
+            pcm.push(v as i16);
+        }
+        pcm.extend(std::iter::repeat_n(0, 960));
+    }
+    let packets: Vec<Vec<u8>> = pcm
+        .chunks(160)
+        .enumerate()
+        .map(|(n, frame)| {
+            let mut rtp = vec![0x80, if n == 0 { 0x80 } else { 0x00 }];
+            rtp.extend_from_slice(&(1000u16.wrapping_add(n as u16)).to_be_bytes());
+            rtp.extend_from_slice(&((n as u32) * 160).to_be_bytes());
+            rtp.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+            rtp.extend(frame.iter().map(|s| linear_to_ulaw(*s)));
+            rtp
+        })
+        .collect();
+    write_pcap(path, &packets, 20_000);
+}
+
+// ---- baresip phones that send a tone and record what they hear --------------------------
+
+struct Baresip {
+    child: Child,
+    dir: tempfile::TempDir,
+    ctrl: u16,
+}
+
+impl Baresip {
+    fn start(user: &str, password: &str, pbx: &Pbx, tone_hz: u32) -> Baresip {
+        let dir = tempfile::tempdir().unwrap();
+        let ctrl = free_tcp_port();
+        let sip = free_udp_port();
+        std::fs::create_dir_all(dir.path().join("rec")).unwrap();
+        let config = format!(
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nrtp_ports 30000-32000\naudio_player alsa,null\naudio_alert alsa,null\naudio_source ausine,{tone_hz}\nausrc_srate 48000\nausrc_channels 2\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule alsa.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\nsnd_path {}\n",
+            dir.path().join("rec").display()
+        );
+        std::fs::write(dir.path().join("config"), config).unwrap();
+        std::fs::write(
+            dir.path().join("accounts"),
+            format!(
+                "<sip:{user}@127.0.0.1:{}>;auth_pass={password};regint=0;audio_codecs=PCMU\n",
+                pbx.sip.port()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
+        let child = Command::new("baresip")
+            .arg("-f")
+            .arg(dir.path())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start baresip");
+        let b = Baresip { child, dir, ctrl };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", ctrl)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "baresip did not start: {}",
+                b.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        b
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
+    }
+
+    fn command(&self, command: &str, params: &str) {
+        let body =
+            serde_json::json!({"command": command, "params": params, "token": "t"}).to_string();
+        let mut s = TcpStream::connect(("127.0.0.1", self.ctrl)).unwrap();
+        s.write_all(format!("{}:{},", body.len(), body).as_bytes())
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf);
+    }
+
+    fn dial(&self, pbx: &Pbx, room: &str) {
+        self.command("dial", &format!("sip:{room}@127.0.0.1:{}", pbx.sip.port()));
+    }
+
+    fn hangup(&self) {
+        self.command("hangup", "");
+    }
+
+    /// What the phone heard (decoded), as 16-bit samples and their rate.
+    fn heard(&self) -> (u32, Vec<i16>) {
+        let dir = self.dir.path().join("rec");
+        let file: PathBuf = std::fs::read_dir(&dir)
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+            .unwrap_or_else(|| panic!("no recording in {}: {}", dir.display(), self.log()));
+        read_wav(&std::fs::read(file).unwrap())
+    }
+}
+
+impl Drop for Baresip {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn read_wav(bytes: &[u8]) -> (u32, Vec<i16>) {
+    let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
+    let channels = u16::from_le_bytes(bytes[22..24].try_into().unwrap()) as usize;
+    let mut pos = 12;
+    while pos + 8 <= bytes.len() {
+        let id = &bytes[pos..pos + 4];
+        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
+        if id == b"data" {
+            let end = (pos + 8 + len).min(bytes.len());
+            let samples: Vec<i16> = bytes[pos + 8..end]
+                .chunks_exact(2)
+                .map(|c| i16::from_le_bytes([c[0], c[1]]))
+                .step_by(channels.max(1))
+                .collect();
+            return (rate, samples);
+        }
+        pos += 8 + len + (len & 1);
+    }
+    panic!("no data chunk in WAV");
+}
+
+/// Share of the signal's energy at `hz` (Goertzel), 0..1.
+fn tone_share(samples: &[i16], rate: u32, hz: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    let n = samples.len() as f64;
+    let k = (n * hz / f64::from(rate)).round();
+    let w = 2.0 * std::f64::consts::PI * k / n;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    let mut energy = 0.0;
+    for &x in samples {
+        let x = f64::from(x);
+        energy += x * x;
+        let s0 = x + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    if energy == 0.0 {
+        0.0
+    } else {
+        (2.0 * power / n / energy).min(1.0)
+    }
+}
+
+fn rms(samples: &[i16]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
+}
+
+fn window(samples: &[i16], rate: u32, from_s: f64, to_s: f64) -> &[i16] {
+    let a = ((from_s * f64::from(rate)) as usize).min(samples.len());
+    let b = ((to_s * f64::from(rate)) as usize).min(samples.len());
+    &samples[a..b]
+}
+
+#[test]
+fn two_participants_hear_each_others_tone_and_not_their_own() {
+    require!("baresip", "baresip");
+    let pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "800");
+    let bob = Baresip::start("bob", "bob-secret", &pbx, 440);
+    let carol = Baresip::start("carol", "carol-secret", &pbx, 1000);
+    bob.dial(&pbx, "800");
+    carol.dial(&pbx, "800");
+    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+        l.iter().filter(|p| p["state"] == "in_room").count() == 2
+    });
+    assert_eq!(
+        list.iter().filter(|p| p["state"] == "in_room").count(),
+        2,
+        "{list:?}\n{}",
+        bob.log()
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    bob.hangup();
+    carol.hangup();
+    std::thread::sleep(Duration::from_millis(500));
+    for (who, phone, hear, not_hear) in [
+        ("bob", &bob, 1000.0, 440.0),
+        ("carol", &carol, 440.0, 1000.0),
+    ] {
+        let (rate, samples) = phone.heard();
+        let secs = samples.len() as f64 / f64::from(rate);
+        let last = window(&samples, rate, secs - 2.0, secs - 0.3);
+        let heard = tone_share(last, rate, hear);
+        let own = tone_share(last, rate, not_hear);
+        assert!(
+            heard > 0.5,
+            "{who} should hear {hear} Hz: share {heard:.3}, own {own:.3}, rms {:.0}",
+            rms(last)
+        );
+        assert!(
+            own < 0.05,
+            "{who} must not hear their own {not_hear} Hz: {own:.3}"
+        );
+    }
+}
+
+#[test]
+fn waiting_participant_hears_music_then_the_administrator() {
+    require!("baresip", "baresip");
+    let pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "802");
+    let bob = Baresip::start("bob", "bob-secret", &pbx, 440);
+    let alice = Baresip::start("alice", "alice-secret", &pbx, 1000);
+    bob.dial(&pbx, "802");
+    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+        l.iter().any(|p| p["state"] == "waiting")
+    });
+    assert!(list.iter().any(|p| p["state"] == "waiting"), "{list:?}");
+    let waiting_since = Instant::now();
+    std::thread::sleep(Duration::from_secs(7));
+    alice.dial(&pbx, "802");
+    let list = wait_for_room(&pbx, id, Duration::from_secs(15), |l| {
+        l.iter().filter(|p| p["state"] == "in_room").count() == 2
+    });
+    assert_eq!(
+        list.iter().filter(|p| p["state"] == "in_room").count(),
+        2,
+        "{list:?}"
+    );
+    let admin_in = waiting_since.elapsed().as_secs_f64();
+    std::thread::sleep(Duration::from_secs(3));
+    bob.hangup();
+    alice.hangup();
+    std::thread::sleep(Duration::from_millis(500));
+    let (rate, samples) = bob.heard();
+    // While waiting (after the announcement, before the administrator): music, no admin.
+    let music = window(&samples, rate, 5.0, 7.0);
+    assert!(
+        rms(music) > 300.0,
+        "hold music is audible: rms {:.0}",
+        rms(music)
+    );
+    assert!(
+        tone_share(music, rate, 1000.0) < 0.2,
+        "nobody is heard while waiting"
+    );
+    // Once both are in the mix: the administrator's tone.
+    let secs = samples.len() as f64 / f64::from(rate);
+    let after = window(&samples, rate, (admin_in + 1.0).min(secs - 1.5), secs - 0.3);
+    assert!(
+        tone_share(after, rate, 1000.0) > 0.5,
+        "bob hears the administrator: {:.3}",
+        tone_share(after, rate, 1000.0)
+    );
+}
+
+#[test]
+fn kick_and_mute_from_the_api() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "800");
+    let dir = tempfile::tempdir().unwrap();
+    let caller = room_caller(
+        &pbx,
+        dir.path(),
+        "room-kick",
+        Visit {
+            room: "800",
+            dtmf: Dtmf::None,
+            wait_ms: 0,
+            hold_ms: 0,
+            rejected: true,
+        },
+    );
+    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+        l.iter().any(|p| p["state"] == "in_room")
+    });
+    let pid = list[0]["id"].as_u64().unwrap();
+    let (status, body) = pbx.api(
+        "POST",
+        &format!("/api/v1/conferences/{id}/participants/{pid}/mute"),
+        Some("{}"),
+    );
+    assert_eq!(status, 204, "{body}");
+    let list = wait_for_room(&pbx, id, Duration::from_secs(3), |l| {
+        l.iter().any(|p| p["muted"] == true)
+    });
+    assert_eq!(list[0]["muted"], true);
+    let (status, _) = pbx.api(
+        "POST",
+        &format!("/api/v1/conferences/{id}/participants/999/kick"),
+        Some("{}"),
+    );
+    assert_eq!(status, 404);
+    let (status, body) = pbx.api(
+        "POST",
+        &format!("/api/v1/conferences/{id}/participants/{pid}/kick"),
+        Some("{}"),
+    );
+    assert_eq!(status, 204, "{body}");
+    // The SIPp phone receives the BYE (its scenario expects the room to hang up).
+    caller.expect_success();
+    assert!(wait_for_room(&pbx, id, Duration::from_secs(3), |l| l.is_empty()).is_empty());
+}
