@@ -65,6 +65,9 @@ pub(crate) struct ServeArgs {
     /// SIP domain(s) served, comma separated [default: any].
     #[arg(long, env = "CONFERO_DOMAIN", value_delimiter = ',')]
     pub(crate) domain: Option<Vec<String>>,
+    /// Seconds without RTP after which a conference participant is hung up [default: 60].
+    #[arg(long, env = "CONFERO_RTP_TIMEOUT")]
+    pub(crate) rtp_timeout: Option<u64>,
     /// Digest algorithms to challenge with, in order: md5, sha-256 [default: md5]. Many
     /// phones (and SIP.js) handle only MD5 and some fail when offered another one.
     #[arg(long, env = "CONFERO_DIGEST", value_delimiter = ',')]
@@ -105,6 +108,7 @@ pub(crate) struct Settings {
     pub(crate) public_address: Option<IpAddr>,
     pub(crate) domains: Vec<String>,
     pub(crate) digest: Vec<confero_sip::digest::Algorithm>,
+    pub(crate) rtp_timeout: std::time::Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +134,7 @@ impl ServeArgs {
             public_address: self.public_address.or(file.public_address),
             domain: self.domain.or(file.domain),
             digest: self.digest.or(file.digest),
+            rtp_timeout: self.rtp_timeout.or(file.rtp_timeout),
         }
     }
 
@@ -159,6 +164,7 @@ impl ServeArgs {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
             digest,
+            rtp_timeout: std::time::Duration::from_secs(args.rtp_timeout.unwrap_or(60).max(1)),
             data_dir: args
                 .data_dir
                 .unwrap_or_else(|| PathBuf::from("./confero-data")),

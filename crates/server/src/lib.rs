@@ -196,6 +196,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         commands: media_cmd_rx,
         events: media_ev_tx,
         shutdown: media_stop.clone(),
+        rtp_timeout: settings.rtp_timeout,
     };
     let media_thread = std::thread::Builder::new()
         .name("confero-media".into())

@@ -44,6 +44,7 @@ struct Published {
     participants: Vec<(i64, Value)>,
     transactions: usize,
     calls_in_memory: usize,
+    rtp_ports: usize,
 }
 
 /// Shared between the engine task (writer) and the API (readers).
@@ -114,6 +115,7 @@ impl LiveState {
                         "loss_percent": p.stats.loss_percent,
                         "jitter_ms": p.stats.jitter_ms,
                         "rtt_ms": p.stats.rtt_ms,
+                        "rtp_port": p.rtp_port,
                     }),
                 )
             })
@@ -145,6 +147,7 @@ impl LiveState {
             participants,
             transactions: engine.transaction_count(),
             calls_in_memory: engine.call_count(),
+            rtp_ports: engine.rtp_ports_in_use(),
         };
     }
 }
@@ -210,6 +213,8 @@ impl LiveView for LiveState {
         let _ = writeln!(out, "confero_sip_transactions {}", p.transactions);
         let _ = writeln!(out, "# TYPE confero_calls_in_memory gauge");
         let _ = writeln!(out, "confero_calls_in_memory {}", p.calls_in_memory);
+        let _ = writeln!(out, "# TYPE confero_rtp_ports_in_use gauge");
+        let _ = writeln!(out, "confero_rtp_ports_in_use {}", p.rtp_ports);
         let _ = writeln!(out, "# TYPE confero_conference_participants gauge");
         let _ = writeln!(
             out,

@@ -33,8 +33,6 @@ use confero_sip::sdp::Negotiated;
 use tokio::sync::mpsc::UnboundedSender;
 
 const TICK: Duration = Duration::from_millis(20);
-/// A leg that sends no RTP for this long is considered gone (phone crashed, network cut).
-const RTP_TIMEOUT: Duration = Duration::from_secs(60);
 const STATS_EVERY: Duration = Duration::from_secs(2);
 /// The pseudo-participant through which join and leave tones reach a whole room.
 const TONE_PART: u64 = u64::MAX;
@@ -259,6 +257,9 @@ pub(crate) struct MediaShell {
     pub(crate) commands: Receiver<MediaCommand>,
     pub(crate) events: UnboundedSender<MediaEvent>,
     pub(crate) shutdown: Arc<AtomicBool>,
+    /// A leg that sends no RTP for this long is considered gone (phone crashed, network
+    /// cut): `--rtp-timeout`.
+    pub(crate) rtp_timeout: Duration,
 }
 
 struct State {
@@ -492,11 +493,11 @@ impl State {
             while let Some(digit) = leg.stream.poll_dtmf() {
                 events.push(MediaEvent::Digit { leg: id, digit });
             }
-            if !leg.failed && leg.stream.idle_for(now) > RTP_TIMEOUT {
+            if !leg.failed && leg.stream.idle_for(now) > self.shell.rtp_timeout {
                 leg.failed = true;
                 events.push(MediaEvent::Failed {
                     leg: id,
-                    reason: "no RTP for 60 s".into(),
+                    reason: format!("no RTP for {} s", self.shell.rtp_timeout.as_secs()),
                 });
             }
         }

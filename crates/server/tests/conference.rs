@@ -52,6 +52,47 @@ fn pbx_with_rooms() -> Pbx {
     pbx
 }
 
+fn pbx_with_rooms_and(args: &[&str]) -> Pbx {
+    let mut all = vec![
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--public-address",
+        "127.0.0.1",
+    ];
+    all.extend_from_slice(args);
+    let pbx = Pbx::start_with(tempfile::tempdir().unwrap(), &all, &[]);
+    pbx.create_user("Bob", "102", "bob", "bob-secret");
+    let (status, text) = pbx.api(
+        "POST",
+        "/api/v1/conferences",
+        Some(r#"{"name":"Coded room","extension":"801","access_code":"2468"}"#),
+    );
+    assert_eq!(status, 201, "{text}");
+    pbx.apply();
+    pbx
+}
+
+fn metric(pbx: &Pbx, name: &str) -> f64 {
+    let (_, text) = http(pbx.http, "GET", "/metrics", None, None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+}
+
+fn wait_for_metric(pbx: &Pbx, name: &str, value: f64, within: Duration) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = metric(pbx, name);
+        if v == value || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn conference_id(pbx: &Pbx, extension: &str) -> i64 {
     let (_, body) = pbx.api("GET", "/api/v1/conferences", None);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -586,6 +627,35 @@ impl Drop for Baresip {
     }
 }
 
+/// Sends what a hostile or broken peer might to an RTP port, from other addresses.
+fn attack_rtp_port(port: u16) {
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let to = ("127.0.0.1", port);
+    let mut foreign = vec![0x80, 0x00, 0, 1, 0, 0, 0, 160, 0xde, 0xad, 0xbe, 0xef];
+    // Loud PCMU from a stranger: a full-scale 4 kHz square wave.
+    foreign.extend((0..160).map(|i| if i % 2 == 0 { 0x00 } else { 0x80 }));
+    let cases: Vec<Vec<u8>> = vec![
+        vec![],
+        vec![0x80],
+        vec![0x00; 12],                                 // version 0
+        vec![0x8f, 0x00, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4], // 15 CSRCs announced, none present
+        vec![
+            0x90, 0x00, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4, 0xbe, 0xde, 0xff, 0xff,
+        ], // extension past end
+        vec![0xa0, 0x00, 0, 1, 0, 0, 0, 0, 1, 2, 3, 4, 0xff], // padding longer than the packet
+        vec![0x81, 200, 0xff, 0xff, 1, 2, 3, 4],        // RTCP SR with a huge length
+        vec![0xff; 1400],
+    ];
+    for _ in 0..50 {
+        for c in &cases {
+            let _ = sock.send_to(c, to);
+        }
+        let _ = sock.send_to(&foreign, to);
+        foreign[3] = foreign[3].wrapping_add(1);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn read_wav(bytes: &[u8]) -> (u32, Vec<i16>) {
     let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
     let channels = u16::from_le_bytes(bytes[22..24].try_into().unwrap()) as usize;
@@ -786,4 +856,75 @@ fn kick_and_mute_from_the_api() {
     // The SIPp phone receives the BYE (its scenario expects the room to hang up).
     caller.expect_success();
     assert!(wait_for_room(&pbx, id, Duration::from_secs(3), |l| l.is_empty()).is_empty());
+}
+
+#[test]
+fn a_participant_that_stops_sending_is_hung_up_and_its_port_freed() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms_and(&["--rtp-timeout", "3"]);
+    let dir = tempfile::tempdir().unwrap();
+    // This SIPp phone never sends RTP: after 3 s the room hangs up on it.
+    room_caller(
+        &pbx,
+        dir.path(),
+        "room-silent",
+        Visit {
+            room: "801",
+            dtmf: Dtmf::None,
+            wait_ms: 0,
+            hold_ms: 0,
+            rejected: true,
+        },
+    )
+    .expect_success();
+    assert_eq!(
+        wait_for_metric(
+            &pbx,
+            "confero_rtp_ports_in_use",
+            0.0,
+            Duration::from_secs(3)
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn bye_in_the_middle_of_the_prompt_leaks_nothing() {
+    require!("sipp", "sip-tester");
+    let mut pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "801");
+    let threads_before = pbx.thread_count();
+    let dir = tempfile::tempdir().unwrap();
+    for n in 0..3 {
+        room_caller(
+            &pbx,
+            dir.path(),
+            &format!("room-early-bye-{n}"),
+            Visit {
+                room: "801",
+                dtmf: Dtmf::None,
+                wait_ms: 300,
+                hold_ms: 0,
+                rejected: false,
+            },
+        )
+        .expect_success();
+    }
+    assert!(wait_for_room(&pbx, id, Duration::from_secs(3), |l| l.is_empty()).is_empty());
+    assert_eq!(
+        wait_for_metric(
+            &pbx,
+            "confero_rtp_ports_in_use",
+            0.0,
+            Duration::from_secs(3)
+        ),
+        0.0
+    );
+    assert!(pbx.is_running());
+    assert!(
+        pbx.thread_count() <= threads_before,
+        "threads leaked: {} -> {}",
+        threads_before,
+        pbx.thread_count()
+    );
 }

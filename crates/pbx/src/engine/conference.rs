@@ -89,6 +89,8 @@ pub struct ConferenceParticipant {
     pub codec: String,
     pub joined_unix: u64,
     pub stats: LegStats,
+    /// Our RTP port for this leg.
+    pub rtp_port: u16,
 }
 
 pub(super) struct ConfLeg {
@@ -421,6 +423,11 @@ impl Engine {
         self.drain_tx_transmits();
     }
 
+    /// RTP ports held by conference legs (for metrics and leak tests).
+    pub fn rtp_ports_in_use(&self) -> usize {
+        self.ports.in_use()
+    }
+
     #[must_use]
     pub fn poll_media(&mut self) -> Option<MediaCommand> {
         self.media_out.pop_front()
@@ -445,6 +452,7 @@ impl Engine {
                     codec: c.media.codec.encoding.clone(),
                     joined_unix: c.joined_unix,
                     stats: c.stats.clone(),
+                    rtp_port: c.port,
                 })
             })
             .collect()

@@ -178,6 +178,12 @@ async fn openapi_documents_every_route() {
         ("/api/v1/changes", &["get"]),
         ("/api/v1/changes/apply", &["post"]),
         ("/api/v1/changes/discard", &["post"]),
+        ("/api/v1/conferences/{id}/participants", &["get"]),
+        (
+            "/api/v1/conferences/{id}/participants/{pid}/{action}",
+            &["post"],
+        ),
+        ("/api/v1/events", &["get"]),
         ("/api/v1/registrations", &["get"]),
         ("/api/v1/calls", &["get"]),
         ("/api/v1/tokens", &["post"]),

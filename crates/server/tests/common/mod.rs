@@ -120,6 +120,13 @@ impl Pbx {
         self.logs.try_iter().collect()
     }
 
+    /// Threads of the server process (to catch leaks).
+    pub fn thread_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
