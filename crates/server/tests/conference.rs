@@ -646,7 +646,7 @@ fn attack_rtp_port(port: u16) {
         vec![0x81, 200, 0xff, 0xff, 1, 2, 3, 4],        // RTCP SR with a huge length
         vec![0xff; 1400],
     ];
-    for _ in 0..50 {
+    for _ in 0..120 {
         for c in &cases {
             let _ = sock.send_to(c, to);
         }
@@ -734,7 +734,16 @@ fn two_participants_hear_each_others_tone_and_not_their_own() {
         "{list:?}\n{}",
         bob.log()
     );
-    std::thread::sleep(Duration::from_secs(3));
+    // While the window we analyse is recorded, a stranger throws garbage, malformed
+    // RTP/RTCP and a foreign stream at Bob's port: ignored, nobody's audio changes.
+    let bob_port = list
+        .iter()
+        .find(|p| p["caller"] == "102")
+        .and_then(|p| p["rtp_port"].as_u64())
+        .unwrap() as u16;
+    let attacker = std::thread::spawn(move || attack_rtp_port(bob_port));
+    std::thread::sleep(Duration::from_millis(2500));
+    attacker.join().unwrap();
     bob.hangup();
     carol.hangup();
     std::thread::sleep(Duration::from_millis(500));
