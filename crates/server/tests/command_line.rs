@@ -117,3 +117,59 @@ fn https_serves_the_same_api_over_tls() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
 }
+
+#[test]
+fn prompts_in_the_data_dir_replace_the_built_in_ones() {
+    // A valid replacement (8 kHz mono PCM) is used…
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("prompts")).unwrap();
+    let mut wav = Vec::new();
+    let samples: Vec<i16> = (0..8000)
+        .map(|i| ((i as f64 * 0.3).sin() * 8000.0) as i16)
+        .collect();
+    let data_len = (samples.len() * 2) as u32;
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes());
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&16000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    for s in samples {
+        wav.extend_from_slice(&s.to_le_bytes());
+    }
+    std::fs::write(data.path().join("prompts/goodbye.wav"), &wav).unwrap();
+    let pbx = Pbx::start_in(data);
+    let logs = pbx.logs().join("\n");
+    assert!(
+        logs.contains("using the administrator's prompt") && logs.contains("goodbye.wav"),
+        "{logs}"
+    );
+    drop(pbx);
+
+    // …and a broken one stops the server with a message naming the file, rather than
+    // playing garbage to callers.
+    let data = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(data.path().join("prompts")).unwrap();
+    std::fs::write(data.path().join("prompts/goodbye.wav"), b"not a wav").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_confero"))
+        .args(["--data-dir", data.path().to_str().unwrap()])
+        .args([
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+        ])
+        .env("CONFERO_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("goodbye.wav"), "{err}");
+}

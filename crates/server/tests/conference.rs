@@ -937,3 +937,81 @@ fn bye_in_the_middle_of_the_prompt_leaks_nothing() {
         pbx.thread_count()
     );
 }
+
+#[test]
+fn deleting_a_room_with_people_in_it_closes_it_for_them_after_apply() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "800");
+    let dir = tempfile::tempdir().unwrap();
+    let caller = room_caller(
+        &pbx,
+        dir.path(),
+        "room-deleted",
+        Visit {
+            room: "800",
+            dtmf: Dtmf::None,
+            wait_ms: 0,
+            hold_ms: 0,
+            rejected: true,
+        },
+    );
+    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+        l.iter().any(|p| p["state"] == "in_room")
+    });
+    assert!(list.iter().any(|p| p["state"] == "in_room"), "{list:?}");
+    let (status, body) = pbx.api("DELETE", &format!("/api/v1/conferences/{id}"), None);
+    assert_eq!(status, 204, "{body}");
+    // Saved but not applied: nothing happens to the call yet.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(participants(&pbx, id).len(), 1);
+    pbx.apply();
+    // After Apply: "this conference room has been closed", then BYE (the SIPp phone
+    // expects it).
+    caller.expect_success();
+}
+
+#[test]
+fn events_stream_reports_participants_live() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let mut stream = TcpStream::connect(pbx.http).unwrap();
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"));
+    stream
+        .write_all(format!("GET /api/v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\nAccept: text/event-stream\r\n\r\n").as_bytes())
+        .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let caller = room_caller(
+        &pbx,
+        dir.path(),
+        "room-events",
+        Visit {
+            room: "800",
+            dtmf: Dtmf::None,
+            wait_ms: 0,
+            hold_ms: 3000,
+            rejected: false,
+        },
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = String::new();
+    let mut buf = [0u8; 8192];
+    while Instant::now() < deadline
+        && !(seen.contains("event: participants") && seen.contains("\"in_room\""))
+    {
+        if let Ok(n) = stream.read(&mut buf) {
+            seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(
+        seen.contains("event: participants") && seen.contains("\"in_room\""),
+        "{seen}"
+    );
+    caller.expect_success();
+}

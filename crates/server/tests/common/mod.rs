@@ -21,6 +21,8 @@ pub struct Pbx {
     pub https: Option<SocketAddr>,
     pub data_dir: tempfile::TempDir,
     logs: mpsc::Receiver<String>,
+    /// Lines read while waiting for the ready line, handed out by the first `logs()`.
+    startup: std::sync::Mutex<Vec<String>>,
 }
 
 impl Pbx {
@@ -69,11 +71,13 @@ impl Pbx {
             }
         });
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut startup = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             let line = logs
                 .recv_timeout(left)
                 .expect("confero did not print its ready line in 30 s");
+            startup.push(line.clone());
             if let Some(rest) = line.strip_prefix("confero ready: ") {
                 let field = |name: &str| -> SocketAddr {
                     let start = rest.find(&format!("{name}=")).unwrap() + name.len() + 1;
@@ -87,6 +91,7 @@ impl Pbx {
                     child,
                     data_dir,
                     logs,
+                    startup: std::sync::Mutex::new(startup),
                 };
             }
         }
@@ -117,7 +122,9 @@ impl Pbx {
 
     /// Everything logged so far (drained).
     pub fn logs(&self) -> Vec<String> {
-        self.logs.try_iter().collect()
+        let mut lines = std::mem::take(&mut *self.startup.lock().unwrap());
+        lines.extend(self.logs.try_iter());
+        lines
     }
 
     /// Threads of the server process (to catch leaks).
