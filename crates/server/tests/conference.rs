@@ -545,19 +545,30 @@ struct Baresip {
 
 impl Baresip {
     fn start(user: &str, password: &str, pbx: &Pbx, tone_hz: u32) -> Baresip {
+        Self::start_with_codec(user, password, pbx, tone_hz, "PCMU")
+    }
+
+    /// `codec`: "PCMU" or "G722" (the only codec the phone offers).
+    fn start_with_codec(
+        user: &str,
+        password: &str,
+        pbx: &Pbx,
+        tone_hz: u32,
+        codec: &str,
+    ) -> Baresip {
         let dir = tempfile::tempdir().unwrap();
         let ctrl = free_tcp_port();
         let sip = free_udp_port();
         std::fs::create_dir_all(dir.path().join("rec")).unwrap();
         let config = format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nrtp_ports 30000-32000\naudio_player alsa,null\naudio_alert alsa,null\naudio_source ausine,{tone_hz}\nausrc_srate 48000\nausrc_channels 2\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule ausine.so\nmodule alsa.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\nsnd_path {}\n",
+            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nrtp_ports 30000-32000\naudio_player alsa,null\naudio_alert alsa,null\naudio_source ausine,{tone_hz}\nausrc_srate 48000\nausrc_channels 2\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule g722.so\nmodule ausine.so\nmodule alsa.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\nsnd_path {}\n",
             dir.path().join("rec").display()
         );
         std::fs::write(dir.path().join("config"), config).unwrap();
         std::fs::write(
             dir.path().join("accounts"),
             format!(
-                "<sip:{user}@127.0.0.1:{}>;auth_pass={password};regint=0;audio_codecs=PCMU\n",
+                "<sip:{user}@127.0.0.1:{}>;auth_pass={password};regint=0;audio_codecs={codec}\n",
                 pbx.sip.port()
             ),
         )
@@ -1014,4 +1025,42 @@ fn events_stream_reports_participants_live() {
         "{seen}"
     );
     caller.expect_success();
+}
+
+#[test]
+fn a_wideband_and_a_narrowband_phone_hear_each_other() {
+    require!("baresip", "baresip");
+    let pbx = pbx_with_rooms();
+    let id = conference_id(&pbx, "800");
+    let bob = Baresip::start_with_codec("bob", "bob-secret", &pbx, 440, "G722");
+    let carol = Baresip::start("carol", "carol-secret", &pbx, 1000);
+    bob.dial(&pbx, "800");
+    carol.dial(&pbx, "800");
+    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+        l.iter().filter(|p| p["state"] == "in_room").count() == 2
+    });
+    let codecs: Vec<&str> = list.iter().filter_map(|p| p["codec"].as_str()).collect();
+    assert!(
+        codecs.contains(&"G722") && codecs.contains(&"PCMU"),
+        "{list:?}"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    bob.hangup();
+    carol.hangup();
+    std::thread::sleep(Duration::from_millis(500));
+    for (who, phone, hear, not_hear) in [
+        ("bob", &bob, 1000.0, 440.0),
+        ("carol", &carol, 440.0, 1000.0),
+    ] {
+        let (rate, samples) = phone.heard();
+        let secs = samples.len() as f64 / f64::from(rate);
+        let last = window(&samples, rate, secs - 2.0, secs - 0.3);
+        let heard = tone_share(last, rate, hear);
+        let own = tone_share(last, rate, not_hear);
+        assert!(
+            heard > 0.5,
+            "{who} ({rate} Hz) should hear {hear} Hz: {heard:.3} (own {own:.3})"
+        );
+        assert!(own < 0.05, "{who} must not hear their own tone: {own:.3}");
+    }
 }
