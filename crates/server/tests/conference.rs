@@ -758,25 +758,10 @@ fn two_participants_hear_each_others_tone_and_not_their_own() {
     bob.hangup();
     carol.hangup();
     std::thread::sleep(Duration::from_millis(500));
-    for (who, phone, hear, not_hear) in [
+    assert_each_hears_the_other([
         ("bob", &bob, 1000.0, 440.0),
         ("carol", &carol, 440.0, 1000.0),
-    ] {
-        let (rate, samples) = phone.heard();
-        let secs = samples.len() as f64 / f64::from(rate);
-        let last = window(&samples, rate, secs - 2.0, secs - 0.3);
-        let heard = tone_share(last, rate, hear);
-        let own = tone_share(last, rate, not_hear);
-        assert!(
-            heard > 0.5,
-            "{who} should hear {hear} Hz: share {heard:.3}, own {own:.3}, rms {:.0}",
-            rms(last)
-        );
-        assert!(
-            own < 0.05,
-            "{who} must not hear their own {not_hear} Hz: {own:.3}"
-        );
-    }
+    ]);
 }
 
 #[test]
@@ -829,16 +814,14 @@ fn waiting_participant_hears_music_then_the_administrator() {
     );
 }
 
-#[test]
-fn kick_and_mute_from_the_api() {
-    require!("sipp", "sip-tester");
-    let pbx = pbx_with_rooms();
-    let id = conference_id(&pbx, "800");
-    let dir = tempfile::tempdir().unwrap();
+/// A SIPp phone of Bob's in the open room 800 that waits for the room to hang up on it;
+/// returns it with the room's id and the participant list once it is in the mix.
+fn phone_in_open_room(pbx: &Pbx, dir: &Path, name: &str) -> (Sipp, i64, Vec<serde_json::Value>) {
+    let id = conference_id(pbx, "800");
     let caller = room_caller(
-        &pbx,
-        dir.path(),
-        "room-kick",
+        pbx,
+        dir,
+        name,
         Visit {
             room: "800",
             dtmf: Dtmf::None,
@@ -847,9 +830,39 @@ fn kick_and_mute_from_the_api() {
             rejected: true,
         },
     );
-    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+    let list = wait_for_room(pbx, id, Duration::from_secs(10), |l| {
         l.iter().any(|p| p["state"] == "in_room")
     });
+    assert!(list.iter().any(|p| p["state"] == "in_room"), "{list:?}");
+    (caller, id, list)
+}
+
+/// Each phone heard the other's tone and not its own, over the last seconds of the call.
+fn assert_each_hears_the_other(phones: [(&str, &Baresip, f64, f64); 2]) {
+    for (who, phone, hear, own_hz) in phones {
+        let (rate, samples) = phone.heard();
+        let secs = samples.len() as f64 / f64::from(rate);
+        let last = window(&samples, rate, secs - 2.0, secs - 0.3);
+        let heard = tone_share(last, rate, hear);
+        let own = tone_share(last, rate, own_hz);
+        assert!(
+            heard > 0.5,
+            "{who} ({rate} Hz) should hear {hear} Hz: share {heard:.3}, own {own:.3}, rms {:.0}",
+            rms(last)
+        );
+        assert!(
+            own < 0.05,
+            "{who} must not hear their own {own_hz} Hz: {own:.3}"
+        );
+    }
+}
+
+#[test]
+fn kick_and_mute_from_the_api() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let dir = tempfile::tempdir().unwrap();
+    let (caller, id, list) = phone_in_open_room(&pbx, dir.path(), "room-kick");
     let pid = list[0]["id"].as_u64().unwrap();
     let (status, body) = pbx.api(
         "POST",
@@ -953,24 +966,8 @@ fn bye_in_the_middle_of_the_prompt_leaks_nothing() {
 fn deleting_a_room_with_people_in_it_closes_it_for_them_after_apply() {
     require!("sipp", "sip-tester");
     let pbx = pbx_with_rooms();
-    let id = conference_id(&pbx, "800");
     let dir = tempfile::tempdir().unwrap();
-    let caller = room_caller(
-        &pbx,
-        dir.path(),
-        "room-deleted",
-        Visit {
-            room: "800",
-            dtmf: Dtmf::None,
-            wait_ms: 0,
-            hold_ms: 0,
-            rejected: true,
-        },
-    );
-    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
-        l.iter().any(|p| p["state"] == "in_room")
-    });
-    assert!(list.iter().any(|p| p["state"] == "in_room"), "{list:?}");
+    let (caller, id, _) = phone_in_open_room(&pbx, dir.path(), "room-deleted");
     let (status, body) = pbx.api("DELETE", &format!("/api/v1/conferences/{id}"), None);
     assert_eq!(status, 204, "{body}");
     // Saved but not applied: nothing happens to the call yet.
@@ -1048,19 +1045,8 @@ fn a_wideband_and_a_narrowband_phone_hear_each_other() {
     bob.hangup();
     carol.hangup();
     std::thread::sleep(Duration::from_millis(500));
-    for (who, phone, hear, not_hear) in [
+    assert_each_hears_the_other([
         ("bob", &bob, 1000.0, 440.0),
         ("carol", &carol, 440.0, 1000.0),
-    ] {
-        let (rate, samples) = phone.heard();
-        let secs = samples.len() as f64 / f64::from(rate);
-        let last = window(&samples, rate, secs - 2.0, secs - 0.3);
-        let heard = tone_share(last, rate, hear);
-        let own = tone_share(last, rate, not_hear);
-        assert!(
-            heard > 0.5,
-            "{who} ({rate} Hz) should hear {hear} Hz: {heard:.3} (own {own:.3})"
-        );
-        assert!(own < 0.05, "{who} must not hear their own tone: {own:.3}");
-    }
+    ]);
 }
