@@ -42,6 +42,10 @@ fn peer(port: u16) -> Peer {
 
 impl Harness {
     fn new() -> Self {
+        Self::with(|_| {})
+    }
+
+    fn with(tune: impl FnOnce(&mut EngineSettings)) -> Self {
         let now = Instant::now();
         let config = Config {
             users: vec![user(1, "Alice", "101"), user(2, "Bob", "102")],
@@ -62,6 +66,7 @@ impl Harness {
         });
         let mut settings = EngineSettings::new(PBX.parse().unwrap(), [7u8; 32]);
         settings.ring_timeout = Duration::from_secs(30);
+        tune(&mut settings);
         Harness {
             engine: Engine::new(settings, snapshot, now, 1_700_000_000),
             now,
@@ -144,33 +149,50 @@ Expires: 600
     )
 }
 
-/// Runs the 401 dance for `user` from `port`; returns the 200 OK.
-fn register(h: &mut Harness, user: &str, port: u16) -> Message {
-    h.send(
-        port,
-        &register_text(user, port, 1, &format!("z9hG4bKr1{port}"), None),
-    );
+/// The challenge of `algorithm` in a 401 or 407.
+fn challenge_of(m: &Message, name: Name, algorithm: &str) -> String {
+    response(m)
+        .headers
+        .get_raw(&name)
+        .map(|v| v.to_string())
+        .find(|c| c.contains(&format!("algorithm={algorithm}")))
+        .unwrap_or_else(|| panic!("no {algorithm} challenge in {:?}", status(m)))
+}
+
+/// Sends an unauthenticated REGISTER and returns the Authorization answering its MD5
+/// challenge with `password`.
+fn register_credentials(
+    h: &mut Harness,
+    user: &str,
+    port: u16,
+    password: &str,
+    branch: &str,
+) -> String {
+    h.send(port, &register_text(user, port, 1, branch, None));
     let out = h.out();
     assert_eq!(status(&out[0].1), Some(401));
-    let challenges: Vec<String> = response(&out[0].1)
-        .headers
-        .get_raw(&Name::WWW_AUTHENTICATE)
-        .map(|v| v.to_string())
-        .collect();
-    let md5 = challenges
-        .iter()
-        .find(|c| c.contains("MD5"))
-        .expect("an MD5 challenge for SIP.js");
-    let answer = digest::answer_challenge(
-        md5,
+    let md5 = challenge_of(&out[0].1, Name::WWW_AUTHENTICATE, "MD5");
+    digest::answer_challenge(
+        &md5,
         "REGISTER",
         "sip:127.0.0.1",
         user,
-        &format!("{user}-pw"),
+        password,
         1,
         "cnonce1",
     )
-    .unwrap();
+    .unwrap()
+}
+
+/// Runs the 401 dance for `user` from `port`; returns the 200 OK.
+fn register(h: &mut Harness, user: &str, port: u16) -> Message {
+    let answer = register_credentials(
+        h,
+        user,
+        port,
+        &format!("{user}-pw"),
+        &format!("z9hG4bKr1{port}"),
+    );
     h.send(
         port,
         &register_text(user, port, 2, &format!("z9hG4bKr2{port}"), Some(&answer)),
@@ -211,24 +233,7 @@ fn register_echoes_contacts_with_expires_and_reports_the_binding() {
 #[test]
 fn wrong_password_gets_a_fresh_challenge_not_a_binding() {
     let mut h = Harness::new();
-    h.send(6000, &register_text("bob", 6000, 1, "z9hG4bKw1", None));
-    let out = h.out();
-    let challenge = response(&out[0].1)
-        .headers
-        .get_raw(&Name::WWW_AUTHENTICATE)
-        .map(|v| v.to_string())
-        .find(|c| c.contains("MD5"))
-        .unwrap();
-    let answer = digest::answer_challenge(
-        &challenge,
-        "REGISTER",
-        "sip:127.0.0.1",
-        "bob",
-        "wrong",
-        1,
-        "c",
-    )
-    .unwrap();
+    let answer = register_credentials(&mut h, "bob", 6000, "wrong", "z9hG4bKw1");
     h.send(
         6000,
         &register_text("bob", 6000, 2, "z9hG4bKw2", Some(&answer)),
@@ -558,25 +563,7 @@ fn unregister_and_wildcard_remove_bindings() {
     assert_eq!(h.engine.registrar().len(), 2);
     h.events();
     // Challenge again and send Contact: * with Expires: 0.
-    let text = register_text("bob", 6000, 3, "z9hG4bKstar1", None);
-    h.send(6000, &text);
-    let out = h.out();
-    let challenge = response(&out[0].1)
-        .headers
-        .get_raw(&Name::WWW_AUTHENTICATE)
-        .map(|v| v.to_string())
-        .find(|c| c.contains("MD5"))
-        .unwrap();
-    let auth = digest::answer_challenge(
-        &challenge,
-        "REGISTER",
-        "sip:127.0.0.1",
-        "bob",
-        "bob-pw",
-        1,
-        "c",
-    )
-    .unwrap();
+    let auth = register_credentials(&mut h, "bob", 6000, "bob-pw", "z9hG4bKstar1");
     let star = register_text("bob", 6000, 4, "z9hG4bKstar2", Some(&auth))
         .replace("Contact: <sip:bob@127.0.0.1:6000>", "Contact: *")
         .replace("Expires: 600", "Expires: 0");
@@ -598,24 +585,7 @@ fn unregister_and_wildcard_remove_bindings() {
 #[test]
 fn expired_nonce_is_answered_with_stale_true() {
     let mut h = Harness::new();
-    h.send(6000, &register_text("bob", 6000, 1, "z9hG4bKs1", None));
-    let out = h.out();
-    let challenge = response(&out[0].1)
-        .headers
-        .get_raw(&Name::WWW_AUTHENTICATE)
-        .map(|v| v.to_string())
-        .find(|c| c.contains("MD5"))
-        .unwrap();
-    let auth = digest::answer_challenge(
-        &challenge,
-        "REGISTER",
-        "sip:127.0.0.1",
-        "bob",
-        "bob-pw",
-        1,
-        "c",
-    )
-    .unwrap();
+    let auth = register_credentials(&mut h, "bob", 6000, "bob-pw", "z9hG4bKs1");
     h.advance(Duration::from_secs(400)); // nonce lifetime is 300 s
     h.send(
         6000,
@@ -756,4 +726,48 @@ fn an_offer_without_a_usable_codec_is_refused_with_488() {
         .replace("call-1", "call-gsm");
     h.send(5001, &text);
     assert!(h.out().iter().any(|(_, m)| status(m) == Some(488)));
+}
+
+#[test]
+fn sha256_challenge_when_configured_and_answered() {
+    let mut h = Harness::with(|s| {
+        s.digest_algorithms = vec![digest::Algorithm::Sha256, digest::Algorithm::Md5]
+    });
+    h.send(6000, &register_text("bob", 6000, 1, "z9hG4bKsha1", None));
+    let out = h.out();
+    let all: Vec<String> = response(&out[0].1)
+        .headers
+        .get_raw(&Name::WWW_AUTHENTICATE)
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all[0].contains("algorithm=SHA-256"),
+        "preferred first when asked: {all:?}"
+    );
+    let sha = challenge_of(&out[0].1, Name::WWW_AUTHENTICATE, "SHA-256");
+    let answer =
+        digest::answer_challenge(&sha, "REGISTER", "sip:127.0.0.1", "bob", "bob-pw", 1, "c")
+            .unwrap();
+    assert!(answer.contains("SHA-256"));
+    h.send(
+        6000,
+        &register_text("bob", 6000, 2, "z9hG4bKsha2", Some(&answer)),
+    );
+    assert_eq!(status(&h.out()[0].1), Some(200));
+    assert_eq!(h.engine.registrar().len(), 1);
+}
+
+#[test]
+fn md5_alone_by_default_so_libre_phones_are_not_put_off() {
+    let mut h = Harness::new();
+    h.send(6000, &register_text("bob", 6000, 1, "z9hG4bKmd5", None));
+    let out = h.out();
+    let all: Vec<String> = response(&out[0].1)
+        .headers
+        .get_raw(&Name::WWW_AUTHENTICATE)
+        .map(|v| v.to_string())
+        .collect();
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert!(all[0].contains("algorithm=MD5") && all[0].contains("qop=\"auth\""));
 }
