@@ -36,6 +36,7 @@ use crate::ports::PortPool;
 use crate::room::Rooms;
 
 mod conference;
+mod invite;
 use crate::headers::{self, uri_user};
 use crate::registrar::{
     Binding, BindingChange, ContactRequest, RegisterError, RegisterUpdate, Registrar,
@@ -43,6 +44,8 @@ use crate::registrar::{
 };
 use conference::ConfLeg;
 pub use conference::{ConferenceParticipant, LegStats, MediaCommand, MediaEvent};
+use invite::Invitation;
+pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
 
 /// Methods we answer; also sent in `Allow`.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY";
@@ -263,6 +266,8 @@ enum ClientPurpose {
     Forwarded(Box<Forwarded>),
     /// BYE or CANCEL we sent; the answer changes nothing.
     Fire,
+    /// One fork of an invitation from a room.
+    Invitation(usize),
 }
 
 /// The signalling engine. See the module docs for the run loop.
@@ -285,6 +290,7 @@ pub struct Engine {
     conf_legs: HashMap<u64, ConfLeg>,
     /// (Call-ID, our tag) → conference leg.
     conf_dialogs: HashMap<(String, String), u64>,
+    invitations: HashMap<u64, Invitation>,
     ports: PortPool,
     media_out: VecDeque<MediaCommand>,
     transmits: VecDeque<Transmit>,
@@ -318,6 +324,7 @@ impl Engine {
             rooms: Rooms::new(),
             conf_legs: HashMap::new(),
             conf_dialogs: HashMap::new(),
+            invitations: HashMap::new(),
             ports,
             media_out: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -424,6 +431,8 @@ impl Engine {
             self.timers.pop();
             if self.calls.contains_key(&id) {
                 self.call_timers(now, id);
+            } else if self.invitations.contains_key(&id) {
+                self.invitation_timers(now, id);
             } else {
                 self.conf_leg_timers(now, id);
             }
@@ -936,6 +945,7 @@ impl Engine {
             ClientPurpose::Fork(i) => self.on_fork_response(now, id, i, resp),
             ClientPurpose::Forwarded(fwd) => self.on_forwarded_response(now, id, *fwd, resp),
             ClientPurpose::Fire => {}
+            ClientPurpose::Invitation(i) => self.on_invitation_response(now, id, i, resp),
         }
         self.gc(id);
     }
@@ -1116,6 +1126,19 @@ impl Engine {
         let (Some(call_id), Some(tag)) = (resp.call_id(), resp.from_tag()) else {
             return;
         };
+        if let Some(leg) = self
+            .conf_dialogs
+            .get(&(call_id.clone(), tag.clone()))
+            .and_then(|id| self.conf_legs.get(id))
+        {
+            if let Some(ack) = &leg.leg.last_ack {
+                self.transmits.push_back(Transmit {
+                    peer: leg.leg.peer,
+                    data: ack.to_bytes(),
+                });
+            }
+            return;
+        }
         let Some(&(id, side)) = self.dialogs.get(&(call_id, tag)) else {
             return;
         };

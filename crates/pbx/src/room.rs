@@ -204,6 +204,31 @@ impl Rooms {
         caller: &str,
         is_admin: bool,
     ) {
+        self.join(now, leg, conference, caller, is_admin, true);
+    }
+
+    /// Someone the room invited answered: no access code (they were asked in), but
+    /// waiting for the administrator applies as to anyone.
+    pub fn handle_invited(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        conference: &Conference,
+        callee: &str,
+        is_admin: bool,
+    ) {
+        self.join(now, leg, conference, callee, is_admin, false);
+    }
+
+    fn join(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        conference: &Conference,
+        caller: &str,
+        is_admin: bool,
+        ask_code: bool,
+    ) {
         let room = self.rooms.entry(conference.id).or_default();
         room.config = Some(conference.clone());
         room.members.insert(leg);
@@ -218,10 +243,11 @@ impl Rooms {
                 playback_deadline: None,
             },
         );
-        if conference
-            .access_code
-            .as_deref()
-            .is_some_and(|c| !c.is_empty())
+        if ask_code
+            && conference
+                .access_code
+                .as_deref()
+                .is_some_and(|c| !c.is_empty())
         {
             self.ask_for_code(now, leg, 0, vec![Prompt::EnterAccessCode]);
         } else {
@@ -862,6 +888,20 @@ mod tests {
         drain(&mut r);
         r.handle_timeout(now + PLAYBACK_GUARD);
         assert_eq!(drain(&mut r), vec![RoomCommand::Mix { leg: 1, room: 7 }]);
+    }
+
+    #[test]
+    fn invited_callee_skips_the_code_but_waits_for_the_administrator() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let mut conf = room(Some("4321"), true);
+        conf.when_admin_leaves = AdminLeaves::Wait;
+        r.handle_invited(now, 1, &conf, "103", false);
+        assert_eq!(state(&r, 1), "waiting");
+        let mut open = room(Some("4321"), false);
+        open.id = 8;
+        r.handle_invited(now, 2, &open, "103", false);
+        assert_eq!(state(&r, 2), "joining", "no access code for the invited");
     }
 
     #[test]

@@ -14,27 +14,83 @@ use crate::api::{LiveView, ParticipantAction};
 
 /// An action from the API that only the engine task may carry out.
 #[derive(Debug)]
-pub(crate) struct Control {
-    conference_id: i64,
-    participant: u64,
-    action: ParticipantAction,
-    reply: oneshot::Sender<bool>,
+pub(crate) enum Control {
+    Participant {
+        conference_id: i64,
+        participant: u64,
+        action: ParticipantAction,
+        reply: oneshot::Sender<bool>,
+    },
+    Invite {
+        conference_id: i64,
+        target: String,
+        timeout: std::time::Duration,
+        reply: oneshot::Sender<Result<Value, String>>,
+    },
+    CancelInvitation {
+        id: u64,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 impl Control {
     pub(crate) fn run(self, engine: &mut Engine, now: std::time::Instant) {
-        let in_room = engine
-            .conference_participants()
-            .iter()
-            .any(|p| p.id == self.participant && p.conference_id == self.conference_id);
-        let done = in_room
-            && match self.action {
-                ParticipantAction::Mute => engine.mute_participant(now, self.participant, true),
-                ParticipantAction::Unmute => engine.mute_participant(now, self.participant, false),
-                ParticipantAction::Kick => engine.kick_participant(now, self.participant),
-            };
-        let _ = self.reply.send(done);
+        match self {
+            Control::Participant {
+                conference_id,
+                participant,
+                action,
+                reply,
+            } => {
+                let in_room = engine
+                    .conference_participants()
+                    .iter()
+                    .any(|p| p.id == participant && p.conference_id == conference_id);
+                let done = in_room
+                    && match action {
+                        ParticipantAction::Mute => engine.mute_participant(now, participant, true),
+                        ParticipantAction::Unmute => {
+                            engine.mute_participant(now, participant, false)
+                        }
+                        ParticipantAction::Kick => engine.kick_participant(now, participant),
+                    };
+                let _ = reply.send(done);
+            }
+            Control::Invite {
+                conference_id,
+                target,
+                timeout,
+                reply,
+            } => {
+                let result = engine
+                    .invite(now, conference_id, &target, timeout)
+                    .map(|id| {
+                        engine
+                            .invitation(id)
+                            .map(invitation_json)
+                            .unwrap_or(Value::Null)
+                    })
+                    .map_err(|e| e.to_string());
+                let _ = reply.send(result);
+            }
+            Control::CancelInvitation { id, reply } => {
+                let _ = reply.send(engine.cancel_invitation(now, id));
+            }
+        }
     }
+}
+
+fn invitation_json(i: confero_pbx::engine::InvitationInfo) -> Value {
+    json!({
+        "id": i.id,
+        "conference_id": i.conference_id,
+        "target": i.target,
+        "state": i.state.as_str(),
+        "status": i.status,
+        "reason": i.reason,
+        "participant_id": i.participant,
+        "created_at": i.created_unix,
+    })
 }
 
 #[derive(Default)]
@@ -42,6 +98,7 @@ struct Published {
     registrations: Vec<Value>,
     calls: Vec<Value>,
     participants: Vec<(i64, Value)>,
+    invitations: Vec<(u64, Value)>,
     transactions: usize,
     calls_in_memory: usize,
     rtp_ports: usize,
@@ -120,6 +177,11 @@ impl LiveState {
                 )
             })
             .collect();
+        let invitations: Vec<(u64, Value)> = engine
+            .invitations()
+            .into_iter()
+            .map(|i| (i.id, invitation_json(i)))
+            .collect();
         let mut p = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if self.events.receiver_count() > 0 {
             let all_participants: Vec<&Value> = participants.iter().map(|(_, v)| v).collect();
@@ -135,6 +197,11 @@ impl LiveState {
                     json!(all_participants),
                     json!(p.participants.iter().map(|(_, v)| v).collect::<Vec<_>>()),
                 ),
+                (
+                    "invitations",
+                    json!(invitations.iter().map(|(_, v)| v).collect::<Vec<_>>()),
+                    json!(p.invitations.iter().map(|(_, v)| v).collect::<Vec<_>>()),
+                ),
             ] {
                 if now != before {
                     let _ = self.events.send((kind.to_owned(), now.to_string()));
@@ -145,6 +212,7 @@ impl LiveState {
             registrations,
             calls,
             participants,
+            invitations,
             transactions: engine.transaction_count(),
             calls_in_memory: engine.call_count(),
             rtp_ports: engine.rtp_ports_in_use(),
@@ -192,12 +260,48 @@ impl LiveView for LiveState {
     ) -> Option<oneshot::Receiver<bool>> {
         let (reply, rx) = oneshot::channel();
         self.control
-            .try_send(Control {
+            .try_send(Control::Participant {
                 conference_id,
                 participant,
                 action,
                 reply,
             })
+            .ok()?;
+        Some(rx)
+    }
+
+    fn invite(
+        &self,
+        conference_id: i64,
+        target: String,
+        timeout: std::time::Duration,
+    ) -> Option<oneshot::Receiver<Result<Value, String>>> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .try_send(Control::Invite {
+                conference_id,
+                target,
+                timeout,
+                reply,
+            })
+            .ok()?;
+        Some(rx)
+    }
+
+    fn invitation(&self, id: u64) -> Option<Value> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .invitations
+            .iter()
+            .find(|(i, _)| *i == id)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn cancel_invitation(&self, id: u64) -> Option<oneshot::Receiver<bool>> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .try_send(Control::CancelInvitation { id, reply })
             .ok()?;
         Some(rx)
     }

@@ -401,6 +401,99 @@ pub(super) async fn events(State(s): State<ApiState>) -> Result<Response, ApiErr
         .into_response())
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InviteBody {
+    target: String,
+    /// Seconds to ring before giving up (default 45, at most 300).
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+/// `POST /conferences/{id}/invite {"target": "102"}` → 202 with the invitation.
+pub(super) async fn invite(
+    State(s): State<ApiState>,
+    Path(raw): Path<String>,
+    ApiJson(body): ApiJson<InviteBody>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&raw)?;
+    let target = body.target.trim().to_owned();
+    let digits = target.strip_prefix('+').unwrap_or(&target);
+    if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ApiError::bad_request(
+            "target must be an extension or a phone number: digits, an optional leading +, at most 20",
+            Some("target"),
+        ));
+    }
+    let timeout = body.timeout.unwrap_or(45);
+    if !(1..=300).contains(&timeout) {
+        return Err(ApiError::bad_request(
+            "timeout must be between 1 and 300 seconds",
+            Some("timeout"),
+        ));
+    }
+    let in_production = s
+        .production
+        .borrow()
+        .config
+        .conferences
+        .iter()
+        .any(|c| c.id == id);
+    if !in_production {
+        s.store.get_conference(id).await?;
+        return Err(ApiError::Conflict(confero_pbx::config::FieldError::new(
+            "id",
+            "this conference is not in production yet: apply the pending changes first",
+        )));
+    }
+    let reply = s
+        .live
+        .invite(id, target, std::time::Duration::from_secs(timeout))
+        .ok_or(ApiError::Unavailable)?;
+    match reply.await {
+        Ok(Ok(invitation)) => Ok((StatusCode::ACCEPTED, Json(invitation)).into_response()),
+        Ok(Err(message)) => Err(ApiError::bad_request(message, Some("target"))),
+        Err(_) => Err(ApiError::Internal("the engine did not answer".into())),
+    }
+}
+
+/// `GET /invitations/{id}`: ringing, answered, busy, no_answer, failed (with status and
+/// reason), cancelled.
+pub(super) async fn get_invitation(
+    State(s): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id: u64 = raw.parse().map_err(|_| {
+        ApiError::bad_request(format!("id must be an integer, not {raw:?}"), Some("id"))
+    })?;
+    s.live
+        .invitation(id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no invitation {id} (or it ended long ago)")))
+}
+
+/// `POST /invitations/{id}/cancel` before it is answered.
+pub(super) async fn cancel_invitation(
+    State(s): State<ApiState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let id: u64 = raw.parse().map_err(|_| {
+        ApiError::bad_request(format!("id must be an integer, not {raw:?}"), Some("id"))
+    })?;
+    let reply = s.live.cancel_invitation(id).ok_or(ApiError::Unavailable)?;
+    match reply.await {
+        Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(false) if s.live.invitation(id).is_none() => {
+            Err(ApiError::NotFound(format!("no invitation {id}")))
+        }
+        Ok(false) => Err(ApiError::Conflict(confero_pbx::config::FieldError::new(
+            "id",
+            "the invitation already ended",
+        ))),
+        Err(_) => Err(ApiError::Internal("the engine did not answer".into())),
+    }
+}
+
 /// Live participants of a room; 404 when the room is not in the draft or production.
 pub(super) async fn participants(
     State(s): State<ApiState>,

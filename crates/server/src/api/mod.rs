@@ -46,6 +46,24 @@ pub trait LiveView: Send + Sync + 'static {
     fn participants(&self, _conference_id: i64) -> Vec<serde_json::Value> {
         Vec::new()
     }
+    /// Starts an invitation from a room; resolves to the invitation as JSON, or to why it
+    /// could not start.
+    fn invite(
+        &self,
+        _conference_id: i64,
+        _target: String,
+        _timeout: std::time::Duration,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<serde_json::Value, String>>> {
+        None
+    }
+    /// An invitation's progress, while it is remembered.
+    fn invitation(&self, _id: u64) -> Option<serde_json::Value> {
+        None
+    }
+    /// Cancels a ringing invitation; false when it already ended.
+    fn cancel_invitation(&self, _id: u64) -> Option<tokio::sync::oneshot::Receiver<bool>> {
+        None
+    }
     /// Live changes as server-sent events: `(kind, json)` pairs.
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
         None
@@ -130,6 +148,9 @@ pub fn router(state: ApiState) -> Router {
             post(participant_action),
         )
         .route("/events", get(events))
+        .route("/conferences/{id}/invite", post(invite))
+        .route("/invitations/{id}", get(get_invitation))
+        .route("/invitations/{id}/cancel", post(cancel_invitation))
         .route("/registrations", get(registrations))
         .route("/calls", get(calls))
         .route("/tokens", post(create_token))

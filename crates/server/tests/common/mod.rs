@@ -352,3 +352,38 @@ impl Drop for Sipp {
         let _ = self.child.wait();
     }
 }
+
+/// Registers `user` with SIPp from `local_port`; Contact names `contact_port`.
+pub fn register(
+    pbx: &Pbx,
+    user: &str,
+    password: &str,
+    local_port: u16,
+    contact_port: u16,
+    transport: &str,
+) {
+    let target = pbx.sip.to_string();
+    Sipp::spawn(
+        &format!("register-{user}-{local_port}"),
+        &scenario_dir().join("register.xml"),
+        local_port,
+        &[
+            "-s",
+            user,
+            "-au",
+            user,
+            "-ap",
+            password,
+            "-key",
+            "contact_port",
+            &contact_port.to_string(),
+            "-key",
+            "expires",
+            "3600",
+            "-t",
+            transport,
+            &target,
+        ],
+    )
+    .expect_success();
+}

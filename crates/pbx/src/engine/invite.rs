@@ -1,0 +1,486 @@
+//! Invitations: the room calls someone and, on answer, puts them straight in.
+//!
+//! An extension target rings every registered device of that user (first answer wins,
+//! the rest are cancelled, as for calls between users); the PBX offers SDP with one RTP
+//! port shared by the forks, and the answering device's SDP answer opens the media leg.
+//! Progress is kept per invitation for the API (ringing, answered, busy, no answer,
+//! failed with the SIP status, cancelled) and for a while after it ends.
+
+use std::time::{Duration, Instant};
+
+use confero_sip::message::{self, Message, Request, Response};
+use confero_sip::sdp::{self, LocalMedia};
+use confero_sip::transport::Peer;
+use confero_sip::{Method, Name, SipUri};
+
+use super::conference::{ConfLeg, LegStats, MediaCommand, CODEC_PREFS};
+use super::{
+    binding_peer, build_ack, build_cancel, callee_leg_from_2xx, our_contact, our_via, quoted,
+    ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT,
+};
+use crate::room::LegId;
+
+/// How long a finished invitation stays queryable.
+const KEEP_FINISHED: Duration = Duration::from_secs(600);
+/// Ringing longer than this without an answer is "no answer", whatever was asked.
+pub const MAX_INVITE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where an invitation stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InvitationState {
+    /// INVITEs sent, nothing heard yet.
+    Calling,
+    Ringing,
+    Answered,
+    Busy,
+    NoAnswer,
+    Failed,
+    Cancelled,
+}
+
+impl InvitationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InvitationState::Calling => "calling",
+            InvitationState::Ringing => "ringing",
+            InvitationState::Answered => "answered",
+            InvitationState::Busy => "busy",
+            InvitationState::NoAnswer => "no_answer",
+            InvitationState::Failed => "failed",
+            InvitationState::Cancelled => "cancelled",
+        }
+    }
+
+    fn is_final(self) -> bool {
+        !matches!(self, InvitationState::Calling | InvitationState::Ringing)
+    }
+}
+
+/// An invitation as the API shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvitationInfo {
+    pub id: u64,
+    pub conference_id: i64,
+    pub target: String,
+    pub state: InvitationState,
+    /// The SIP status that decided a failure, when there was one.
+    pub status: Option<u16>,
+    pub reason: Option<String>,
+    /// The participant it became, once answered.
+    pub participant: Option<LegId>,
+    pub created_unix: u64,
+}
+
+/// Why an invitation could not even start.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum InviteError {
+    #[error("no conference {0} in production")]
+    NoSuchConference(i64),
+    #[error("target must be an extension or a phone number (digits, optional leading +)")]
+    BadTarget,
+}
+
+#[derive(Debug)]
+pub(super) struct InviteFork {
+    invite: Request,
+    peer: Peer,
+    done: bool,
+    provisional: bool,
+    cancel_wanted: bool,
+    final_code: Option<u16>,
+}
+
+#[derive(Debug)]
+pub(super) struct Invitation {
+    info: InvitationInfo,
+    port: Option<u16>,
+    forks: Vec<InviteFork>,
+    deadline: Instant,
+    finished_at: Option<Instant>,
+    callee_name: String,
+    callee_extension: String,
+}
+
+impl Engine {
+    /// Starts calling `target` on behalf of conference `conference_id`. The invitation
+    /// exists (and can be polled) even when it fails at once, e.g. nobody registered.
+    pub fn invite(
+        &mut self,
+        now: Instant,
+        conference_id: i64,
+        target: &str,
+        timeout: Duration,
+    ) -> Result<u64, InviteError> {
+        let target = target.trim();
+        let digits = target.strip_prefix('+').unwrap_or(target);
+        if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InviteError::BadTarget);
+        }
+        let cfg = self.config.clone();
+        let conference = cfg
+            .config
+            .conferences
+            .iter()
+            .find(|c| c.id == conference_id)
+            .ok_or(InviteError::NoSuchConference(conference_id))?
+            .clone();
+        let id = self.next_call_id;
+        self.next_call_id += 1;
+        let mut inv = Invitation {
+            info: InvitationInfo {
+                id,
+                conference_id,
+                target: target.to_owned(),
+                state: InvitationState::Calling,
+                status: None,
+                reason: None,
+                participant: None,
+                created_unix: self.unix(now),
+            },
+            port: None,
+            forks: Vec::new(),
+            deadline: now + timeout.min(MAX_INVITE_TIMEOUT),
+            finished_at: None,
+            callee_name: String::new(),
+            callee_extension: target.to_owned(),
+        };
+        let user = cfg.config.user_by_extension(target).cloned();
+        let Some(user) = user else {
+            // Phone numbers go out through a trunk; none is configured for invitations yet.
+            finish(
+                &mut inv,
+                now,
+                InvitationState::Failed,
+                Some(404),
+                "no such extension and no trunk for numbers",
+            );
+            self.timers.push(std::cmp::Reverse((inv.deadline, id)));
+            self.invitations.insert(id, inv);
+            self.events.push_back(EngineEvent::ConferencesChanged);
+            return Ok(id);
+        };
+        inv.callee_name = user.name.clone();
+        inv.callee_extension = user.extension.clone();
+        let bindings: Vec<_> = self
+            .registrar
+            .contacts_of(&user.sip_username)
+            .cloned()
+            .collect();
+        let port = if bindings.is_empty() {
+            None
+        } else {
+            self.ports.allocate()
+        };
+        let Some(port) = port else {
+            let (code, why) = if bindings.is_empty() {
+                (480, "the user has no registered device")
+            } else {
+                (503, "RTP port range exhausted")
+            };
+            finish(&mut inv, now, InvitationState::Failed, Some(code), why);
+            self.timers.push(std::cmp::Reverse((inv.deadline, id)));
+            self.invitations.insert(id, inv);
+            self.events.push_back(EngineEvent::ConferencesChanged);
+            return Ok(id);
+        };
+        inv.port = Some(port);
+        let local = LocalMedia {
+            addr: self.settings.advertised.ip(),
+            port,
+            session_id: u64::from(rand::random::<u32>()),
+            session_version: 1,
+            username: "confero".to_owned(),
+        };
+        let offer = sdp::offer(&local, CODEC_PREFS);
+        let domain = self.domain();
+        for binding in bindings {
+            let Ok(uri) = binding.contact.parse::<SipUri>() else {
+                continue;
+            };
+            let peer = binding_peer(&binding);
+            let mut invite = Request::new(Method::INVITE, uri);
+            let h = &mut invite.headers;
+            h.insert(Name::VIA, our_via(&self.settings, peer.transport));
+            h.insert(Name::MAX_FORWARDS, "70");
+            // The room's name and extension as caller ID.
+            h.insert(
+                Name::FROM,
+                format!(
+                    "{} <sip:{}@{}>;tag={}",
+                    quoted(&conference.name),
+                    conference.extension,
+                    domain,
+                    message::random_tag()
+                ),
+            );
+            h.insert(
+                Name::TO,
+                format!("{} <sip:{}@{}>", quoted(&user.name), user.extension, domain),
+            );
+            h.insert(Name::CALL_ID, message::new_call_id(&domain));
+            h.insert(Name::CSEQ, "1 INVITE");
+            h.insert(Name::CONTACT, our_contact(&self.settings, peer.transport));
+            h.insert(Name::ALLOW, ALLOW);
+            h.insert(Name::USER_AGENT, USER_AGENT);
+            h.insert(Name::CONTENT_TYPE, "application/sdp");
+            invite.body = bytes::Bytes::from(offer.clone().into_bytes());
+            let tx = self.tx.send_request(now, invite.clone(), peer);
+            self.client_txs
+                .insert(tx, (id, ClientPurpose::Invitation(inv.forks.len())));
+            inv.forks.push(InviteFork {
+                invite,
+                peer,
+                done: false,
+                provisional: false,
+                cancel_wanted: false,
+                final_code: None,
+            });
+        }
+        if inv.forks.is_empty() {
+            self.ports.release(port);
+            inv.port = None;
+            finish(
+                &mut inv,
+                now,
+                InvitationState::Failed,
+                Some(480),
+                "no usable contact",
+            );
+        }
+        self.timers.push(std::cmp::Reverse((inv.deadline, id)));
+        self.invitations.insert(id, inv);
+        self.events.push_back(EngineEvent::ConferencesChanged);
+        Ok(id)
+    }
+
+    /// Gives up on an invitation that has not been answered yet.
+    pub fn cancel_invitation(&mut self, now: Instant, id: u64) -> bool {
+        let Some(inv) = self.invitations.get_mut(&id) else {
+            return false;
+        };
+        if inv.info.state.is_final() {
+            return false;
+        }
+        finish(inv, now, InvitationState::Cancelled, None, "cancelled");
+        self.cancel_invite_forks(now, id, None);
+        self.release_invite_port(id);
+        self.events.push_back(EngineEvent::ConferencesChanged);
+        true
+    }
+
+    pub fn invitation(&self, id: u64) -> Option<InvitationInfo> {
+        self.invitations.get(&id).map(|i| i.info.clone())
+    }
+
+    pub fn invitations(&self) -> Vec<InvitationInfo> {
+        let mut v: Vec<_> = self.invitations.values().map(|i| i.info.clone()).collect();
+        v.sort_by_key(|i| i.id);
+        v
+    }
+
+    fn release_invite_port(&mut self, id: u64) {
+        if let Some(port) = self.invitations.get_mut(&id).and_then(|i| i.port.take()) {
+            self.ports.release(port);
+        }
+    }
+
+    /// CANCEL to every fork still ringing except `keep` (RFC 3261 §9.1: only after a
+    /// provisional; otherwise when one comes).
+    fn cancel_invite_forks(&mut self, now: Instant, id: u64, keep: Option<usize>) {
+        let Some(inv) = self.invitations.get_mut(&id) else {
+            return;
+        };
+        let mut cancels = Vec::new();
+        for (i, f) in inv.forks.iter_mut().enumerate() {
+            if Some(i) == keep || f.done {
+                continue;
+            }
+            if f.provisional {
+                cancels.push((build_cancel(&f.invite), f.peer));
+            } else {
+                f.cancel_wanted = true;
+            }
+        }
+        for (cancel, peer) in cancels {
+            let tx = self.tx.send_request(now, cancel, peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+        }
+    }
+
+    pub(super) fn on_invitation_response(
+        &mut self,
+        now: Instant,
+        id: u64,
+        i: usize,
+        resp: Response,
+    ) {
+        let code = resp.code.into_u16();
+        let Some(inv) = self.invitations.get_mut(&id) else {
+            return;
+        };
+        let Some(fork) = inv.forks.get_mut(i) else {
+            return;
+        };
+        if code < 200 {
+            if code > 100 || fork.cancel_wanted {
+                fork.provisional = true;
+            }
+            if fork.cancel_wanted {
+                fork.cancel_wanted = false;
+                let (cancel, peer) = (build_cancel(&fork.invite), fork.peer);
+                let tx = self.tx.send_request(now, cancel, peer);
+                self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+                return;
+            }
+            if code > 100 && inv.info.state == InvitationState::Calling {
+                inv.info.state = InvitationState::Ringing;
+                self.events.push_back(EngineEvent::ConferencesChanged);
+            }
+            return;
+        }
+        fork.done = true;
+        fork.final_code = Some(code);
+        if code >= 300 {
+            if !inv.info.state.is_final() && inv.forks.iter().all(|f| f.done) {
+                let codes: Vec<u16> = inv.forks.iter().filter_map(|f| f.final_code).collect();
+                let (state, why) = if codes.iter().any(|&c| c == 486 || c == 600) {
+                    (InvitationState::Busy, "busy")
+                } else if codes.iter().all(|&c| c == 408 || c == 480 || c == 487) {
+                    (InvitationState::NoAnswer, "no answer")
+                } else {
+                    (InvitationState::Failed, "rejected")
+                };
+                let reason = resp.reason.clone().unwrap_or_else(|| why.to_owned());
+                finish(inv, now, state, Some(code), &reason);
+                self.release_invite_port(id);
+                self.events.push_back(EngineEvent::ConferencesChanged);
+            }
+            return;
+        }
+        // 2xx: ACK it, then either bring the callee in or hang up on a late answer.
+        let invite = fork.invite.clone();
+        let peer = fork.peer;
+        let Some(mut leg) = callee_leg_from_2xx(&invite, &resp, peer) else {
+            return;
+        };
+        let ack = build_ack(&leg, &invite, our_via(&self.settings, peer.transport));
+        self.tx.send_stateless(Message::Request(ack.clone()), peer);
+        leg.last_ack = Some(ack);
+        let media = sdp::parse_audio(&resp.body)
+            .and_then(|answer| sdp::negotiated_from_answer(&answer, CODEC_PREFS));
+        let (Some(port), false, Ok(media)) = (inv.port, inv.info.state.is_final(), media) else {
+            // Too late (someone else answered, cancelled, timed out) or an unusable answer.
+            let bye = self.in_dialog_request(&mut leg, Method::BYE);
+            let tx = self.tx.send_request(now, bye, peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            if let Some(inv) = self.invitations.get_mut(&id) {
+                if !inv.info.state.is_final() {
+                    finish(
+                        inv,
+                        now,
+                        InvitationState::Failed,
+                        Some(488),
+                        "unusable SDP answer",
+                    );
+                    self.release_invite_port(id);
+                    self.cancel_invite_forks(now, id, None);
+                    self.events.push_back(EngineEvent::ConferencesChanged);
+                }
+            }
+            return;
+        };
+        inv.port = None; // now owned by the conference leg
+        let leg_id = self.next_call_id;
+        self.next_call_id += 1;
+        inv.info.participant = Some(leg_id);
+        finish(inv, now, InvitationState::Answered, Some(code), "answered");
+        let conference_id = inv.info.conference_id;
+        let callee_ext = inv.callee_extension.clone();
+        self.cancel_invite_forks(now, id, Some(i));
+        let cfg = self.config.clone();
+        let conference = cfg
+            .config
+            .conferences
+            .iter()
+            .find(|c| c.id == conference_id)
+            .cloned();
+        let user = cfg.config.user_by_extension(&callee_ext).cloned();
+        let (Some(conference), Some(user)) = (conference, user) else {
+            // The room or the user went away while ringing.
+            self.ports.release(port);
+            let bye = self.in_dialog_request(&mut leg, Method::BYE);
+            let tx = self.tx.send_request(now, bye, peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            return;
+        };
+        self.conf_dialogs
+            .insert((leg.call_id.clone(), leg.local_tag.clone()), leg_id);
+        self.media_out.push_back(MediaCommand::Open {
+            leg: leg_id,
+            port,
+            media: media.clone(),
+            rtcp_mux: false,
+        });
+        let is_admin = conference.admin_extension.as_deref() == Some(user.extension.as_str());
+        let joined_unix = self.unix(now);
+        self.conf_legs.insert(
+            leg_id,
+            ConfLeg {
+                leg,
+                caller: user.clone(),
+                port,
+                media,
+                local_sdp: String::new(),
+                sdp_version: 1,
+                session_id: 0,
+                joined_unix,
+                talking: false,
+                stats: LegStats::default(),
+            },
+        );
+        self.rooms
+            .handle_invited(now, leg_id, &conference, &user.extension, is_admin);
+        self.drain_room_commands(now);
+        self.events.push_back(EngineEvent::ConferencesChanged);
+    }
+
+    /// Ring timeout and pruning of old finished invitations.
+    pub(super) fn invitation_timers(&mut self, now: Instant, id: u64) {
+        let Some(inv) = self.invitations.get_mut(&id) else {
+            return;
+        };
+        if !inv.info.state.is_final() && now >= inv.deadline {
+            finish(inv, now, InvitationState::NoAnswer, Some(408), "no answer");
+            self.cancel_invite_forks(now, id, None);
+            self.release_invite_port(id);
+            self.events.push_back(EngineEvent::ConferencesChanged);
+        }
+        let keep_until = self
+            .invitations
+            .get(&id)
+            .and_then(|i| i.finished_at)
+            .map(|t| t + KEEP_FINISHED);
+        match keep_until {
+            Some(t) if now >= t => {
+                self.invitations.remove(&id);
+                self.client_txs.retain(|_, (owner, _)| *owner != id);
+            }
+            Some(t) => self.timers.push(std::cmp::Reverse((t, id))),
+            None => {}
+        }
+    }
+}
+
+fn finish(
+    inv: &mut Invitation,
+    now: Instant,
+    state: InvitationState,
+    status: Option<u16>,
+    reason: &str,
+) {
+    inv.info.state = state;
+    inv.info.status = status;
+    inv.info.reason = Some(reason.to_owned());
+    inv.finished_at = Some(now);
+}
