@@ -1107,14 +1107,14 @@ impl Engine {
         };
         let key = (call_id, tag);
         if let Some(&leg) = self.conf_dialogs.get(&key) {
-            return self.conf_ack(leg);
+            return self.conf_ack(leg, ack);
         }
         let (call_id, tag) = key;
         let Some(&(id, side)) = self.dialogs.get(&(call_id, tag)) else {
             return;
         };
         if let Some(leg) = self.calls.get_mut(&id).and_then(|c| c.leg_mut(side)) {
-            leg.unacked_2xx = None;
+            ack_clears(leg, ack);
         }
     }
 
@@ -1531,5 +1531,19 @@ fn binding_peer(b: &Binding) -> Peer {
             ..b.peer
         },
         None => b.peer,
+    }
+}
+
+/// An ACK ends the retransmission of the 2xx it acknowledges — the one with the same CSeq
+/// number — and no other (a late duplicate ACK of an earlier INVITE must not silence the
+/// 2xx of a re-INVITE).
+fn ack_clears(leg: &mut Leg, ack: &Request) {
+    let acked = ack.cseq().map(|(n, _)| n);
+    let pending = leg
+        .unacked_2xx
+        .as_ref()
+        .and_then(|u| u.response.cseq().map(|(n, _)| n));
+    if acked.is_some() && acked == pending {
+        leg.unacked_2xx = None;
     }
 }

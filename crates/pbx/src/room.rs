@@ -129,6 +129,9 @@ struct Participant {
     muted: bool,
     /// Guard against a playback-done event that never comes.
     playback_deadline: Option<Instant>,
+    /// Numbers each Play, so that the end of an earlier prompt is not taken for the end
+    /// of the one that replaced it.
+    playback_seq: u32,
 }
 
 #[derive(Debug, Default)]
@@ -136,15 +139,6 @@ struct Room {
     config: Option<Conference>,
     members: BTreeSet<LegId>,
     in_mix: BTreeSet<LegId>,
-}
-
-impl Room {
-    fn admins_in_mix(&self, legs: &HashMap<LegId, Participant>) -> usize {
-        self.in_mix
-            .iter()
-            .filter(|l| legs.get(l).is_some_and(|p| p.is_admin))
-            .count()
-    }
 }
 
 /// Every room and its participants.
@@ -185,6 +179,47 @@ impl Rooms {
         let mut v: Vec<_> = self.legs.iter().map(|(l, p)| info(*l, p)).collect();
         v.sort_by_key(|p| p.leg);
         v
+    }
+
+    /// The number of the leg's latest Play (see [`Rooms::handle_playback_done_of`]).
+    pub fn playback_seq(&self, leg: LegId) -> Option<u32> {
+        self.legs.get(&leg).map(|p| p.playback_seq)
+    }
+
+    /// Like [`Rooms::handle_playback_done`], but only for the latest Play: the end of a
+    /// prompt that was already replaced is ignored.
+    pub fn handle_playback_done_of(&mut self, now: Instant, leg: LegId, seq: u32) {
+        if self.playback_seq(leg) == Some(seq) {
+            self.handle_playback_done(now, leg);
+        }
+    }
+
+    /// An administrator is in the mix or on their way into it.
+    fn admin_present(&self, room_id: i64) -> bool {
+        self.rooms.get(&room_id).is_some_and(|r| {
+            r.members.iter().any(|l| {
+                self.legs.get(l).is_some_and(|p| {
+                    p.is_admin
+                        && matches!(
+                            p.stage,
+                            Stage::InRoom | Stage::Announcing(AfterAnnouncement::Mix)
+                        )
+                })
+            })
+        })
+    }
+
+    /// The room wants an administrator and none is present or joining.
+    fn must_wait(&self, leg: LegId) -> bool {
+        let Some(p) = self.legs.get(&leg) else {
+            return false;
+        };
+        let wait = self
+            .rooms
+            .get(&p.room)
+            .and_then(|r| r.config.as_ref())
+            .is_some_and(|c| c.wait_for_admin && c.admin_extension.is_some());
+        wait && !p.is_admin && !self.admin_present(p.room)
     }
 
     pub fn room_of(&self, leg: LegId) -> Option<i64> {
@@ -241,6 +276,7 @@ impl Rooms {
                 stage: Stage::InRoom,
                 muted: false,
                 playback_deadline: None,
+                playback_seq: 0,
             },
         );
         if ask_code
@@ -263,6 +299,7 @@ impl Rooms {
 
     fn play(&mut self, now: Instant, leg: LegId, prompts: Vec<Prompt>, then_music: bool) {
         if let Some(p) = self.legs.get_mut(&leg) {
+            p.playback_seq = p.playback_seq.wrapping_add(1);
             p.playback_deadline = Some(now + PLAYBACK_GUARD);
             self.timers.insert((now + PLAYBACK_GUARD, leg), ());
         }
@@ -292,13 +329,8 @@ impl Rooms {
         let Some(room) = self.rooms.get(&p.room) else {
             return;
         };
-        let wait = room
-            .config
-            .as_ref()
-            .is_some_and(|c| c.wait_for_admin && c.admin_extension.is_some());
-        let admin_present = room.admins_in_mix(&self.legs) > 0;
         let (is_admin, room_id, room_empty) = (p.is_admin, p.room, room.in_mix.is_empty());
-        if wait && !is_admin && !admin_present {
+        if self.must_wait(leg) {
             self.set_stage(leg, Stage::Waiting);
             self.play(now, leg, vec![Prompt::WaitForAdministrator], true);
             return;
@@ -401,7 +433,8 @@ impl Rooms {
             .and_then(|r| r.config.as_ref())
             .and_then(|c| c.access_code.clone())
             .unwrap_or_default();
-        let correct = !expected.is_empty() && constant_time_eq(&entry.digits, &expected);
+        // A code removed by Apply while someone was typing it lets them in.
+        let correct = expected.is_empty() || constant_time_eq(&entry.digits, &expected);
         let failures = entry.failures;
         if correct {
             return self.admit(now, leg);
@@ -441,7 +474,14 @@ impl Rooms {
                     }
                 }
             }
-            Stage::Announcing(AfterAnnouncement::Mix) => self.join_mix(leg),
+            Stage::Announcing(AfterAnnouncement::Mix) => {
+                // The administrator may have left while this one heard the announcement.
+                if self.must_wait(leg) {
+                    self.apply_admin_absent_policy(now, leg);
+                } else {
+                    self.join_mix(leg);
+                }
+            }
             Stage::Announcing(AfterAnnouncement::Hangup) => {
                 self.commands.push_back(RoomCommand::Hangup { leg });
             }
@@ -466,7 +506,7 @@ impl Rooms {
                 tone: Prompt::LeaveTone,
             });
         }
-        if was_in_mix && p.is_admin {
+        if p.is_admin {
             self.on_admin_left(now, room_id);
         }
         if self
@@ -486,7 +526,7 @@ impl Rooms {
         let Some(config) = room.config.as_ref() else {
             return;
         };
-        if !config.wait_for_admin || room.admins_in_mix(&self.legs) > 0 {
+        if !config.wait_for_admin || self.admin_present(room_id) {
             return;
         }
         let policy = config.when_admin_leaves;
@@ -515,6 +555,41 @@ impl Rooms {
         if let Some(room) = self.rooms.get_mut(&p.room) {
             if room.in_mix.remove(&leg) {
                 self.commands.push_back(RoomCommand::Unmix { leg });
+            }
+        }
+    }
+
+    fn members_in(&self, room_id: i64, stage: impl Fn(&Stage) -> bool) -> Vec<LegId> {
+        self.rooms
+            .get(&room_id)
+            .map(|r| {
+                r.members
+                    .iter()
+                    .copied()
+                    .filter(|l| self.legs.get(l).is_some_and(|p| stage(&p.stage)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Someone was on their way into the mix when the last administrator left.
+    fn apply_admin_absent_policy(&mut self, now: Instant, leg: LegId) {
+        let policy = self
+            .legs
+            .get(&leg)
+            .and_then(|p| self.rooms.get(&p.room))
+            .and_then(|r| r.config.as_ref())
+            .map(|c| c.when_admin_leaves)
+            .unwrap_or_default();
+        match policy {
+            AdminLeaves::KeepGoing => self.join_mix(leg),
+            AdminLeaves::Wait => {
+                self.set_stage(leg, Stage::Waiting);
+                self.play(now, leg, vec![Prompt::WaitForAdministrator], true);
+            }
+            AdminLeaves::End => {
+                self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Hangup));
+                self.play(now, leg, vec![Prompt::ConferenceEnded], false);
             }
         }
     }
@@ -548,6 +623,16 @@ impl Rooms {
                 Some(c) => {
                     if let Some(room) = self.rooms.get_mut(&id) {
                         room.config = Some(c.clone());
+                    }
+                    // The code was removed: those typing it are let in.
+                    if c.access_code.as_deref().is_none_or(str::is_empty) {
+                        for leg in self.members_in(id, |s| matches!(s, Stage::EnteringCode(_))) {
+                            self.admit(now, leg);
+                        }
+                    }
+                    // No more waiting for the administrator: the waiting start.
+                    if !c.wait_for_admin {
+                        self.release_waiting(now, id);
                     }
                 }
                 None => {
@@ -902,6 +987,76 @@ mod tests {
         open.id = 8;
         r.handle_invited(now, 2, &open, "103", false);
         assert_eq!(state(&r, 2), "joining", "no access code for the invited");
+    }
+
+    #[test]
+    fn caller_arriving_during_the_administrators_first_prompt_is_not_left_waiting() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let conf = room(None, true);
+        r.handle_join(now, 1, &conf, "101", true); // the administrator, hearing "first participant"
+        r.handle_join(now, 2, &conf, "102", false);
+        assert_ne!(state(&r, 2), "waiting");
+        r.handle_playback_done(now, 1);
+        r.handle_playback_done(now, 2);
+        assert_eq!((state(&r, 1), state(&r, 2)), ("in_room", "in_room"));
+    }
+
+    #[test]
+    fn administrator_leaving_during_the_announcements_sends_the_others_back_to_wait() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let conf = room(None, true);
+        r.handle_join(now, 2, &conf, "102", false);
+        assert_eq!(state(&r, 2), "waiting");
+        r.handle_join(now, 1, &conf, "101", true); // releases 2: "conference starting"
+        assert_eq!(state(&r, 2), "joining");
+        r.handle_leave(now, 1); // gone before anyone reached the mix
+        r.handle_playback_done(now, 2);
+        assert_eq!(state(&r, 2), "waiting", "no administrator: back to waiting");
+    }
+
+    #[test]
+    fn removed_code_lets_the_typists_in_and_disabled_waiting_releases_the_waiting() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let conf = room(Some("4321"), false);
+        r.handle_join(now, 1, &conf, "102", false);
+        assert_eq!(state(&r, 1), "entering_code");
+        let mut open = conf.clone();
+        open.access_code = None;
+        r.handle_config(now, &[open]);
+        assert_eq!(state(&r, 1), "joining");
+
+        let mut r = Rooms::new();
+        let waiting = room(None, true);
+        r.handle_join(now, 2, &waiting, "102", false);
+        assert_eq!(state(&r, 2), "waiting");
+        let mut relaxed = waiting.clone();
+        relaxed.wait_for_admin = false;
+        r.handle_config(now, &[relaxed]);
+        assert_eq!(state(&r, 2), "joining");
+        r.handle_playback_done(now, 2);
+        assert_eq!(state(&r, 2), "in_room");
+    }
+
+    #[test]
+    fn end_of_an_earlier_prompt_does_not_end_the_next_one() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        r.handle_join(now, 1, &room(Some("4321"), false), "101", false);
+        let first = r.playback_seq(1).unwrap();
+        keys(&mut r, now, 1, "1#2#3#"); // third wrong code: "wrong, goodbye"
+        drain(&mut r);
+        // The media thread reports the end of the first prompt after the new Play.
+        r.handle_playback_done_of(now, 1, first);
+        assert!(
+            drain(&mut r).is_empty(),
+            "goodbye must be heard before hanging up"
+        );
+        let last = r.playback_seq(1).unwrap();
+        r.handle_playback_done_of(now, 1, last);
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: 1 }]);
     }
 
     #[test]

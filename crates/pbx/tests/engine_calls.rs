@@ -639,7 +639,7 @@ fn dialling_a_room_answers_with_sdp_asks_for_the_code_and_joins_after_info_digit
     };
     assert!(body.contains(&format!("m=audio {port} ")));
     assert!(
-        cmds.iter().any(|c| matches!(c, MediaCommand::Room(RoomCommand::Play { prompts, .. }) if prompts == &vec![Prompt::EnterAccessCode])),
+        cmds.iter().any(|c| matches!(c, MediaCommand::Play { prompts, .. } if prompts == &vec![Prompt::EnterAccessCode])),
         "the receptionist asks for the code: {cmds:?}"
     );
     // ACK, then the code by SIP INFO.
@@ -654,10 +654,17 @@ fn dialling_a_room_answers_with_sdp_asks_for_the_code_and_joins_after_info_digit
         "each INFO answered"
     );
     let cmds = media(&mut h);
-    assert!(cmds.iter().any(|c| matches!(c, MediaCommand::Room(RoomCommand::Play { prompts, .. }) if prompts == &vec![Prompt::FirstParticipant])), "{cmds:?}");
+    assert!(cmds.iter().any(|c| matches!(c, MediaCommand::Play { prompts, .. } if prompts == &vec![Prompt::FirstParticipant])), "{cmds:?}");
     let leg = h.engine.conference_participants()[0].id;
+    let seq = cmds
+        .iter()
+        .find_map(|c| match c {
+            MediaCommand::Play { seq, .. } => Some(*seq),
+            _ => None,
+        })
+        .unwrap();
     h.engine
-        .handle_media_event(h.now, MediaEvent::PlaybackDone { leg });
+        .handle_media_event(h.now, MediaEvent::PlaybackDone { leg, seq });
     assert_eq!(
         media(&mut h),
         vec![MediaCommand::Room(RoomCommand::Mix { leg, room: 7 })]
@@ -770,4 +777,44 @@ fn md5_alone_by_default_so_libre_phones_are_not_put_off() {
         .collect();
     assert_eq!(all.len(), 1, "{all:?}");
     assert!(all[0].contains("algorithm=MD5") && all[0].contains("qop=\"auth\""));
+}
+
+#[test]
+fn a_stale_ack_does_not_silence_the_2xx_of_a_re_invite_and_glare_before_ack_gets_500() {
+    let mut h = Harness::new();
+    let out = dial(&mut h, "800");
+    let tag = out
+        .iter()
+        .find(|(_, m)| status(m) == Some(200))
+        .map(|(_, m)| response(m).to_tag().unwrap())
+        .unwrap();
+    let ack = |cseq: u32, branch: &str| {
+        format!("ACK sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch={branch}\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:800@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: {cseq} ACK\nContent-Length: 0\n\n")
+    };
+    let sdp = "v=0\r\no=a 1 2 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\na=sendonly\r\n";
+    let reinvite = |cseq: u32, branch: &str| {
+        format!("INVITE sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch={branch}\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:800@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: {cseq} INVITE\nContact: <sip:alice@127.0.0.1:5000>\nContent-Type: application/sdp\nContent-Length: {}\n\n{sdp}", sdp.len()).replace("\r\n", "\n")
+    };
+    // A re-INVITE before the first 200 is ACKed: 500 with Retry-After.
+    h.send(5000, &reinvite(5, "z9hG4bKre0"));
+    let early = h.out();
+    let refused = early
+        .iter()
+        .find(|(_, m)| status(m) == Some(500))
+        .expect("500");
+    assert!(header(&refused.1, Name::RETRY_AFTER).is_some());
+    h.send(5000, &ack(2, "z9hG4bKa1"));
+    h.send(5000, &reinvite(6, "z9hG4bKre1"));
+    assert!(h.out().iter().any(|(_, m)| status(m) == Some(200)));
+    // A late duplicate of the first ACK (CSeq 2) must not stop the re-INVITE's 200.
+    h.send(5000, &ack(2, "z9hG4bKa2"));
+    h.advance(Duration::from_millis(600));
+    assert!(
+        h.out().iter().any(|(_, m)| status(m) == Some(200)),
+        "the re-INVITE's 200 is retransmitted until its own ACK"
+    );
+    h.send(5000, &ack(6, "z9hG4bKa3"));
+    h.out();
+    h.advance(Duration::from_secs(5));
+    assert!(!h.out().iter().any(|(_, m)| status(m) == Some(200)));
 }

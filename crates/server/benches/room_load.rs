@@ -1712,6 +1712,13 @@ fn main() {
         100.0 * others.max(0.0) / secs,
         loadavg.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
+    if others > 0.25 * secs {
+        println!(
+            "  WARNING             other processes used {:.0}% of a core during the window: these \
+             figures are not representative, rerun on a quiet machine",
+            100.0 * others / secs
+        );
+    }
     println!(
         "  UDP drops           {drops} datagrams dropped on full receive buffers (machine-wide)"
     );

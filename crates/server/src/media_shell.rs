@@ -34,6 +34,9 @@ use tokio::sync::mpsc::UnboundedSender;
 
 const TICK: Duration = Duration::from_millis(20);
 const STATS_EVERY: Duration = Duration::from_secs(2);
+/// Datagrams read per socket per tick: a phone sends one; a flood must not stall the
+/// tick (the rest waits in the socket buffer, or is dropped by the kernel).
+const MAX_READS_PER_TICK: usize = 32;
 /// The pseudo-participant through which join and leave tones reach a whole room.
 const TONE_PART: u64 = u64::MAX;
 
@@ -165,14 +168,17 @@ struct Player {
     music_pos: usize,
     /// The end of the queue was reported to the engine.
     reported: bool,
+    /// Echoed in the end report, so the engine can tell it from an earlier play's.
+    seq: u32,
 }
 
 impl Player {
-    fn play(&mut self, prompts: Vec<Prompt>, then_music: bool) {
+    fn play(&mut self, prompts: Vec<Prompt>, then_music: bool, seq: u32) {
         self.queue = prompts.into();
         self.current = None;
         self.music = then_music;
         self.reported = false;
+        self.seq = seq;
     }
 
     /// Fills `out` with one frame at `rate`; returns true when the queue just ran out.
@@ -229,6 +235,11 @@ struct LegState {
     talking: bool,
     last_stats: Instant,
     rtcp_mux: bool,
+    /// Whether the far end is expected to send (not on hold, not inactive): only then
+    /// does silence count toward `--rtp-timeout`.
+    expect_rtp: bool,
+    /// Since when RTP is expected (silence before, e.g. on hold, does not count).
+    expect_since: Instant,
     /// A failure was reported; the engine will close the leg.
     failed: bool,
 }
@@ -276,12 +287,33 @@ fn codec_of(media: &Negotiated) -> Option<CodecKind> {
     CodecKind::from_encoding_name(&media.codec.encoding, media.codec.clock_rate)
 }
 
-fn bind_pair(ip: IpAddr, port: u16) -> std::io::Result<(UdpSocket, UdpSocket)> {
+/// Binds RTP on `port` and, unless RTCP is multiplexed, RTCP on `port + 1`.
+fn bind_pair(
+    ip: IpAddr,
+    port: u16,
+    rtcp_mux: bool,
+) -> std::io::Result<(UdpSocket, Option<UdpSocket>)> {
     let rtp = UdpSocket::bind(SocketAddr::new(ip, port))?;
     rtp.set_nonblocking(true)?;
+    if rtcp_mux {
+        return Ok((rtp, None));
+    }
     let rtcp = UdpSocket::bind(SocketAddr::new(ip, port.wrapping_add(1)))?;
     rtcp.set_nonblocking(true)?;
-    Ok((rtp, rtcp))
+    Ok((rtp, Some(rtcp)))
+}
+
+fn stream_for(codec: CodecKind, media: &Negotiated, now: Instant) -> MediaStream {
+    MediaStream::new(
+        StreamConfig {
+            codec,
+            payload_type: media.codec.payload_type,
+            dtmf_payload_type: media.telephone_event,
+            remote: media.remote,
+            local_ssrc: rand::random(),
+        },
+        now,
+    )
 }
 
 impl MediaShell {
@@ -346,7 +378,7 @@ impl State {
                         reason: format!("codec {} not supported", media.codec.encoding),
                     });
                 };
-                let (rtp, rtcp) = match bind_pair(self.shell.bind_ip, port) {
+                let (rtp, rtcp) = match bind_pair(self.shell.bind_ip, port, rtcp_mux) {
                     Ok(pair) => pair,
                     Err(err) => {
                         return self.send_event(MediaEvent::Failed {
@@ -355,22 +387,13 @@ impl State {
                         })
                     }
                 };
-                let mut stream = MediaStream::new(
-                    StreamConfig {
-                        codec,
-                        payload_type: media.codec.payload_type,
-                        dtmf_payload_type: media.telephone_event,
-                        remote: media.remote,
-                        local_ssrc: rand::random(),
-                    },
-                    now,
-                );
+                let mut stream = stream_for(codec, &media, now);
                 stream.enable_inband(true);
                 self.legs.insert(
                     leg,
                     LegState {
                         rtp,
-                        rtcp: Some(rtcp),
+                        rtcp,
                         stream,
                         codec,
                         encoder: Encoder::new(codec),
@@ -382,13 +405,47 @@ impl State {
                         talking: false,
                         last_stats: now,
                         rtcp_mux,
+                        expect_rtp: media.direction.receives(),
+                        expect_since: now,
                         failed: false,
                     },
                 );
             }
             MediaCommand::Update { leg, media } => {
-                if let Some(l) = self.legs.get_mut(&leg) {
+                let Some(l) = self.legs.get_mut(&leg) else {
+                    return;
+                };
+                l.expect_rtp = media.direction.receives();
+                l.expect_since = now;
+                let Some(codec) = codec_of(&media) else {
+                    return;
+                };
+                let cfg = l.stream.config();
+                if codec == l.codec
+                    && cfg.payload_type == media.codec.payload_type
+                    && cfg.dtmf_payload_type == media.telephone_event
+                {
                     l.stream.set_remote(media.remote);
+                    return;
+                }
+                // A new codec or payload numbers (a re-INVITE): a fresh stream and encoder,
+                // and the mixer told the leg's new codec.
+                l.stream = stream_for(codec, &media, now);
+                l.stream.enable_inband(l.room.is_none());
+                l.codec = codec;
+                l.encoder = Encoder::new(codec);
+                if let Some(r) = l.room.and_then(|room| self.rooms.get_mut(&room)) {
+                    r.mixer.add(leg, codec);
+                }
+            }
+            MediaCommand::Play {
+                leg,
+                prompts,
+                then_music,
+                seq,
+            } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.player.play(prompts, then_music, seq);
                 }
             }
             MediaCommand::Close { leg } => {
@@ -414,15 +471,6 @@ impl State {
 
     fn apply_room(&mut self, cmd: RoomCommand) {
         match cmd {
-            RoomCommand::Play {
-                leg,
-                prompts,
-                then_music,
-            } => {
-                if let Some(l) = self.legs.get_mut(&leg) {
-                    l.player.play(prompts, then_music);
-                }
-            }
             RoomCommand::Mix { leg, room } => {
                 let Some(l) = self.legs.get_mut(&leg) else {
                     return;
@@ -459,7 +507,8 @@ impl State {
                     r.mixer.set_muted(leg, muted);
                 }
             }
-            RoomCommand::Hangup { .. } => {}
+            // Signalling's (hang-up) and the player's (Play, sent as MediaCommand::Play).
+            RoomCommand::Hangup { .. } | RoomCommand::Play { .. } => {}
         }
     }
 
@@ -468,7 +517,7 @@ impl State {
         // Receive.
         for (&id, leg) in self.legs.iter_mut() {
             for sock in std::iter::once(&leg.rtp).chain(leg.rtcp.as_ref()) {
-                loop {
+                for _ in 0..MAX_READS_PER_TICK {
                     match sock.recv_from(&mut self.buf) {
                         Ok((n, from)) => leg.stream.handle_packet(now, &self.buf[..n], from),
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
@@ -493,7 +542,8 @@ impl State {
             while let Some(digit) = leg.stream.poll_dtmf() {
                 events.push(MediaEvent::Digit { leg: id, digit });
             }
-            if !leg.failed && leg.stream.idle_for(now) > self.shell.rtp_timeout {
+            let silent = leg.stream.idle_for(now).min(now - leg.expect_since);
+            if leg.expect_rtp && !leg.failed && silent > self.shell.rtp_timeout {
                 leg.failed = true;
                 events.push(MediaEvent::Failed {
                     leg: id,
@@ -532,7 +582,10 @@ impl State {
                 None => {
                     let rate = leg.codec.sample_rate();
                     if leg.player.next_frame(&prompts, rate, &mut self.pcm) {
-                        events.push(MediaEvent::PlaybackDone { leg: id });
+                        events.push(MediaEvent::PlaybackDone {
+                            leg: id,
+                            seq: leg.player.seq,
+                        });
                     }
                     leg.encoder.encode(&self.pcm, &mut self.payload);
                 }

@@ -32,9 +32,17 @@ pub enum MediaCommand {
         /// RTCP shares the RTP port (RFC 5761), as offered.
         rtcp_mux: bool,
     },
+    /// Play prompts to one leg (see [`RoomCommand::Play`]); `seq` comes back in
+    /// [`MediaEvent::PlaybackDone`] so a stale end is told from the current one.
+    Play {
+        leg: LegId,
+        prompts: Vec<crate::room::Prompt>,
+        then_music: bool,
+        seq: u32,
+    },
     /// A re-INVITE changed the remote address, codec or direction.
     Update { leg: LegId, media: Negotiated },
-    /// What a room wants for a leg (play, mix, tone, mute); never `Hangup`.
+    /// What a room wants for a leg (mix, tone, mute); never `Hangup` or `Play`.
     Room(RoomCommand),
     /// The leg is gone: stop, free the port.
     Close { leg: LegId },
@@ -49,6 +57,7 @@ pub enum MediaEvent {
     },
     PlaybackDone {
         leg: LegId,
+        seq: u32,
     },
     Talking {
         leg: LegId,
@@ -236,6 +245,20 @@ impl Engine {
         while let Some(cmd) = self.rooms.poll_command() {
             match cmd {
                 RoomCommand::Hangup { leg } => self.end_conf_leg(now, leg, true),
+                RoomCommand::Play {
+                    leg,
+                    prompts,
+                    then_music,
+                } => {
+                    let seq = self.rooms.playback_seq(leg).unwrap_or(0);
+                    self.events.push_back(EngineEvent::ConferencesChanged);
+                    self.media_out.push_back(MediaCommand::Play {
+                        leg,
+                        prompts,
+                        then_music,
+                        seq,
+                    });
+                }
                 other => {
                     self.events.push_back(EngineEvent::ConferencesChanged);
                     self.media_out.push_back(MediaCommand::Room(other));
@@ -265,9 +288,9 @@ impl Engine {
     }
 
     /// ACK for our 2xx on a conference leg.
-    pub(super) fn conf_ack(&mut self, id: LegId) {
+    pub(super) fn conf_ack(&mut self, id: LegId, ack: &Request) {
         if let Some(c) = self.conf_legs.get_mut(&id) {
-            c.leg.unacked_2xx = None;
+            super::ack_clears(&mut c.leg, ack);
         }
     }
 
@@ -310,6 +333,16 @@ impl Engine {
         let Some(c) = self.conf_legs.get_mut(&id) else {
             return;
         };
+        if c.leg.unacked_2xx.is_some() {
+            // Our previous 2xx is not ACKed yet (RFC 3261 §14.2): try again shortly.
+            let mut resp = response_for(&req, StatusCode::from(500), Some(&c.leg.local_tag));
+            resp.reason = Some("Previous INVITE Not Yet Acknowledged".into());
+            resp.headers.insert(
+                Name::RETRY_AFTER,
+                (1 + rand::random::<u8>() % 5).to_string(),
+            );
+            return self.send_response(now, tx, resp);
+        }
         if let Some(target) =
             headers::contacts(&req.headers).and_then(|l| l.first().map(headers::contact_uri_text))
         {
@@ -400,7 +433,9 @@ impl Engine {
     pub fn handle_media_event(&mut self, now: Instant, event: MediaEvent) {
         match event {
             MediaEvent::Digit { leg, digit } => self.rooms.handle_digit(now, leg, digit),
-            MediaEvent::PlaybackDone { leg } => self.rooms.handle_playback_done(now, leg),
+            MediaEvent::PlaybackDone { leg, seq } => {
+                self.rooms.handle_playback_done_of(now, leg, seq)
+            }
             MediaEvent::Talking { leg, talking } => {
                 if let Some(c) = self.conf_legs.get_mut(&leg) {
                     if c.talking != talking {
