@@ -26,6 +26,7 @@
 //! Knobs (environment variables, all optional): `ROOM_LOAD_PARTICIPANTS` (200),
 //! `ROOM_LOAD_ROOMS` (2), `ROOM_LOAD_SECONDS` (20, the measured window), `ROOM_LOAD_RATE` (50
 //! calls per second), `ROOM_LOAD_SETTLE` (5 s between the last join and the window),
+//! `ROOM_LOAD_RTCP_MUX` (1: offer `a=rtcp-mux`, so the server binds one socket per leg),
 //! `ROOM_LOAD_PERF` (a file path: after the window, `perf record -g` the loaded server for
 //! 5 s into it and print the top functions).
 
@@ -92,6 +93,7 @@ struct Knobs {
     seconds: u64,
     rate: f64,
     settle: u64,
+    rtcp_mux: bool,
     perf: Option<String>,
 }
 
@@ -105,6 +107,7 @@ impl Knobs {
             seconds: env_or("ROOM_LOAD_SECONDS", 20u64).max(1),
             rate: env_or("ROOM_LOAD_RATE", 50.0f64).clamp(1.0, 1_000.0),
             settle: env_or("ROOM_LOAD_SETTLE", 5u64),
+            rtcp_mux: env_or("ROOM_LOAD_RTCP_MUX", 0u8) == 1,
             perf: std::env::var("ROOM_LOAD_PERF")
                 .ok()
                 .filter(|p| !p.is_empty()),
@@ -466,6 +469,44 @@ fn machine_busy_ticks() -> u64 {
     v.iter().take(8).sum::<u64>().saturating_sub(idle)
 }
 
+/// CPU ticks of every other process (utime + stime + reaped children's), by pid.
+fn other_processes(exclude: &[u32]) -> HashMap<u32, u64> {
+    let mut out = HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.filter_map(Result::ok) {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if exclude.contains(&pid) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+        let ticks: u64 = after
+            .split_whitespace()
+            .skip(11)
+            .take(4)
+            .filter_map(|f| f.parse::<u64>().ok())
+            .sum();
+        out.insert(pid, ticks);
+    }
+    out
+}
+
+/// Ticks other processes used between two snapshots (those that exited unreaped are missed).
+fn others_delta(before: &HashMap<u32, u64>, after: &HashMap<u32, u64>) -> u64 {
+    after
+        .iter()
+        .map(|(pid, t)| t.saturating_sub(before.get(pid).copied().unwrap_or(0)))
+        .sum()
+}
+
 fn clock_ticks_per_second() -> u64 {
     Command::new("getconf")
         .arg("CLK_TCK")
@@ -569,10 +610,12 @@ struct SipUa {
     hung_up_by_server: Vec<String>,
     /// Other requests from the server (answered 200 unless INVITE or ACK).
     other_requests: u64,
+    /// Offer `a=rtcp-mux` (RTCP on the RTP port: the server binds one socket per leg).
+    rtcp_mux: bool,
 }
 
 impl SipUa {
-    fn new(server: SocketAddr) -> SipUa {
+    fn new(server: SocketAddr, rtcp_mux: bool) -> SipUa {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind the SIP socket");
         let local = sock.local_addr().expect("local addr");
         SipUa {
@@ -583,6 +626,7 @@ impl SipUa {
             branches: 0,
             hung_up_by_server: Vec::new(),
             other_requests: 0,
+            rtcp_mux,
         }
     }
 
@@ -710,7 +754,8 @@ impl SipUa {
         let sdp = format!(
             "v=0\r\no=bench {i} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
              m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
-             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n"
+             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n{}",
+            if self.rtcp_mux { "a=rtcp-mux\r\n" } else { "" }
         );
         let local = self.local;
         let invite = |branch: &str, cseq: u32, auth: Option<&str>| {
@@ -1468,7 +1513,7 @@ fn main() {
 
     // Place the calls gradually: participant i in room i % rooms; the first
     // TALKERS_PER_ROOM of each room talk.
-    let mut ua = SipUa::new(server.sip);
+    let mut ua = SipUa::new(server.sip, knobs.rtcp_mux);
     let mut dialogs = Vec::with_capacity(knobs.participants);
     let mut failures: Vec<(usize, String)> = Vec::new();
     let mut setup_ms: Vec<f64> = Vec::with_capacity(knobs.participants);
@@ -1568,6 +1613,8 @@ fn main() {
     let self_before = cpu_ticks("self");
     let drops_before = udp_rcvbuf_errors();
     let busy_before = machine_busy_ticks();
+    let exclude = [server.pid(), std::process::id()];
+    let others_before = other_processes(&exclude);
     let window_start = Instant::now();
     to_media
         .send(MediaCmd::StartWindow)
@@ -1580,6 +1627,7 @@ fn main() {
     let server_ticks = cpu_ticks(&pid) - server_before;
     let self_ticks = cpu_ticks("self") - self_before;
     let busy_ticks = machine_busy_ticks() - busy_before;
+    let others_ticks = others_delta(&others_before, &other_processes(&exclude));
     let loadavg = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let threads_after = thread_ticks(&pid);
     let drops = udp_rcvbuf_errors() - drops_before;
@@ -1646,7 +1694,7 @@ fn main() {
         (loaded_rss as f64 - idle_rss as f64) / n as f64
     );
     println!(
-        "  packets from server {:.0}/s of {:.0}/s expected ({:.2}%); {} RTCP packets",
+        "  packets from server {:.0}/s of {:.0}/s expected ({:.2}%); {} RTCP packets since join",
         report.received as f64 / secs,
         n as f64 * 50.0,
         pct(report.received, (n as f64 * secs * 50.0) as u64),
@@ -1705,7 +1753,11 @@ fn main() {
         report.send_lag_max.as_secs_f64() * 1e3,
         100.0 * client_cpu / secs
     );
-    let others = (busy_ticks as f64 - server_ticks as f64 - self_ticks as f64) / ticks_per_s as f64;
+    // /proc/stat samples on timer ticks and misses much of a periodic 20 ms load; the other
+    // processes' own counters miss those that exited unreaped. Take the larger.
+    let others = (busy_ticks as f64 - server_ticks as f64 - self_ticks as f64)
+        .max(others_ticks as f64)
+        / ticks_per_s as f64;
     println!(
         "  machine             {:.1}% of one core busy in all, of which other processes {:.1}%; load average {}",
         100.0 * busy_ticks as f64 / ticks_per_s as f64 / secs,
