@@ -140,7 +140,18 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// Each conference leg holds one or two UDP sockets and each TCP phone a connection: the
+/// usual soft limit of 1,024 descriptors would cap a server at a few hundred participants,
+/// so raise it to the hard limit.
+fn raise_descriptor_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
+        Err(err) => tracing::warn!(%err, "could not raise the open-file limit"),
+    }
+}
+
 async fn serve(settings: Settings) -> anyhow::Result<()> {
+    raise_descriptor_limit();
     let store = match &settings.database_url {
         Some(url) => Store::connect(url).await,
         None => Store::open_data_dir(&settings.data_dir).await,

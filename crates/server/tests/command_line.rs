@@ -173,3 +173,41 @@ fn prompts_in_the_data_dir_replace_the_built_in_ones() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("goodbye.wav"), "{err}");
 }
+
+#[test]
+fn the_open_file_limit_is_raised_to_the_hard_limit() {
+    use std::io::{BufRead, BufReader};
+    let data = tempfile::tempdir().unwrap();
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -Sn 256 && exec {} --data-dir {} --sip-listen 127.0.0.1:0 --http-listen 127.0.0.1:0",
+            env!("CARGO_BIN_EXE_confero"),
+            data.path().display()
+        ))
+        .env("CONFERO_ADMIN_PASSWORD", ADMIN_PASSWORD)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let ready = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("confero ready"));
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", child.id())).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready);
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    // "Max open files <soft> <hard> files"
+    assert_eq!(
+        fields[3], fields[4],
+        "soft limit raised to the hard one: {line}"
+    );
+    assert_ne!(fields[3], "256", "{line}");
+}
