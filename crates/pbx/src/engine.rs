@@ -382,6 +382,30 @@ impl Engine {
         v
     }
 
+    /// The server is stopping: every call and room participant is hung up properly
+    /// (BYE when answered, 503 to a caller still ringing, CANCEL to the devices) rather
+    /// than left to time out on the phones.
+    pub fn hang_up_all(&mut self, now: Instant) {
+        let legs: Vec<u64> = self.conf_legs.keys().copied().collect();
+        for leg in legs {
+            self.end_conf_leg(now, leg, true);
+        }
+        let calls: Vec<(CallId, CallState)> =
+            self.calls.values().map(|c| (c.id, c.state)).collect();
+        for (id, state) in calls {
+            match state {
+                CallState::Ringing => self.fail_call(now, id, 503, "Service Unavailable"),
+                CallState::Answered => self.hang_up(now, id, None),
+                CallState::Ended => {}
+            }
+        }
+        let invitations: Vec<u64> = self.invitations.keys().copied().collect();
+        for id in invitations {
+            self.cancel_invitation(now, id);
+        }
+        self.drain_tx_transmits();
+    }
+
     /// Live transactions (for metrics and leak tests).
     pub fn transaction_count(&self) -> usize {
         self.tx.len()

@@ -307,15 +307,30 @@ impl SipShell {
                 Some(ev) = self.media_events.recv() => self.engine.handle_media_event(Instant::now(), ev),
                 Some(ctl) = self.control.recv() => ctl.run(&mut self.engine, Instant::now()),
                 r = self.production.changed() => {
-                    if r.is_err() { break; }
+                    if r.is_err() {
+                        // The API (which holds the sender) is gone: we are shutting down.
+                        self.stop(&conns, &persist_tx).await;
+                        break;
+                    }
                     let snap = self.production.borrow_and_update().clone();
                     tracing::info!(revision = snap.revision, "engine picked up a new production revision");
                     self.engine.set_config(Instant::now(), snap);
                 },
-                _ = self.shutdown.changed() => break,
+                _ = self.shutdown.changed() => {
+                    self.stop(&conns, &persist_tx).await;
+                    break;
+                }
             }
             self.flush(&conns, &persist_tx).await;
         }
+    }
+
+    /// Hangs up everyone and sends it out before the task ends.
+    async fn stop(&mut self, conns: &ConnTable, persist: &mpsc::UnboundedSender<BindingChange>) {
+        self.engine.hang_up_all(Instant::now());
+        self.flush(conns, persist).await;
+        // Give stream writers a moment to put the BYEs on the wire.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
     async fn flush(&mut self, conns: &ConnTable, persist: &mpsc::UnboundedSender<BindingChange>) {

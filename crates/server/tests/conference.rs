@@ -1052,3 +1052,14 @@ fn a_wideband_and_a_narrowband_phone_hear_each_other() {
         ("carol", &carol, 440.0, 1000.0),
     ]);
 }
+
+#[test]
+fn stopping_the_server_hangs_up_participants_with_bye() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let dir = tempfile::tempdir().unwrap();
+    let (phone, _, _) = phone_in_open_room(&pbx, dir.path(), "room-shutdown");
+    // SIGTERM: the phone must get a BYE, not be left talking to nobody.
+    pbx.stop();
+    phone.expect_success();
+}
