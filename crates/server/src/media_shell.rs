@@ -531,7 +531,8 @@ impl State {
             }
         }
         // Pull one frame per leg into its room; collect digits.
-        let mut events = Vec::new();
+        // Events go straight to the (unbounded) channel: nothing is collected per tick.
+        let events = &self.shell.events;
         for (&id, leg) in self.legs.iter_mut() {
             let frame = leg.stream.pull_frame(now);
             if let (Some(room), Some(frame)) = (leg.room, frame) {
@@ -540,12 +541,12 @@ impl State {
                 }
             }
             while let Some(digit) = leg.stream.poll_dtmf() {
-                events.push(MediaEvent::Digit { leg: id, digit });
+                let _ = events.send(MediaEvent::Digit { leg: id, digit });
             }
             let silent = leg.stream.idle_for(now).min(now - leg.expect_since);
             if leg.expect_rtp && !leg.failed && silent > self.shell.rtp_timeout {
                 leg.failed = true;
-                events.push(MediaEvent::Failed {
+                let _ = events.send(MediaEvent::Failed {
                     leg: id,
                     reason: format!("no RTP for {} s", self.shell.rtp_timeout.as_secs()),
                 });
@@ -567,11 +568,7 @@ impl State {
             r.mixer.tick();
         }
         // Send.
-        let ids: Vec<LegId> = self.legs.keys().copied().collect();
-        for id in ids {
-            let Some(leg) = self.legs.get_mut(&id) else {
-                continue;
-            };
+        for (&id, leg) in self.legs.iter_mut() {
             self.payload.clear();
             let mixed = leg
                 .room
@@ -582,7 +579,7 @@ impl State {
                 None => {
                     let rate = leg.codec.sample_rate();
                     if leg.player.next_frame(&prompts, rate, &mut self.pcm) {
-                        events.push(MediaEvent::PlaybackDone {
+                        let _ = events.send(MediaEvent::PlaybackDone {
                             leg: id,
                             seq: leg.player.seq,
                         });
@@ -610,11 +607,11 @@ impl State {
                 let talking = room.mixer.is_talking(id);
                 if talking != leg.talking {
                     leg.talking = talking;
-                    events.push(MediaEvent::Talking { leg: id, talking });
+                    let _ = events.send(MediaEvent::Talking { leg: id, talking });
                 }
             } else if leg.talking {
                 leg.talking = false;
-                events.push(MediaEvent::Talking {
+                let _ = events.send(MediaEvent::Talking {
                     leg: id,
                     talking: false,
                 });
@@ -622,7 +619,7 @@ impl State {
             if now.duration_since(leg.last_stats) >= STATS_EVERY {
                 leg.last_stats = now;
                 let s = leg.stream.stats();
-                events.push(MediaEvent::Stats {
+                let _ = events.send(MediaEvent::Stats {
                     leg: id,
                     stats: LegStats {
                         packets_received: s.packets_received,
@@ -633,9 +630,6 @@ impl State {
                     },
                 });
             }
-        }
-        for ev in events {
-            self.send_event(ev);
         }
     }
 }
