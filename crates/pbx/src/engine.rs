@@ -802,7 +802,6 @@ impl Engine {
             unacked_2xx: None,
         };
         let max_forwards = headers::max_forwards(&req).saturating_sub(1).min(70);
-        let domain = self.domain();
         let mut call = Call {
             id,
             caller: caller.extension.clone(),
@@ -823,37 +822,13 @@ impl Engine {
             let Ok(uri) = binding.contact.parse::<SipUri>() else {
                 continue;
             };
-            let mut invite = Request::new(Method::INVITE, uri);
-            let h = &mut invite.headers;
-            h.insert(Name::VIA, our_via(&self.settings, binding.peer.transport));
-            h.insert(Name::MAX_FORWARDS, max_forwards.to_string());
-            h.insert(
-                Name::FROM,
-                format!(
-                    "{} <sip:{}@{}>;tag={}",
-                    quoted(&caller.name),
-                    caller.extension,
-                    domain,
-                    message::random_tag()
-                ),
+            let mut invite = self.new_invite(
+                uri,
+                binding.peer.transport,
+                (&caller.name, &caller.extension),
+                (&callee.name, &callee.extension),
+                max_forwards,
             );
-            h.insert(
-                Name::TO,
-                format!(
-                    "{} <sip:{}@{}>",
-                    quoted(&callee.name),
-                    callee.extension,
-                    domain
-                ),
-            );
-            h.insert(Name::CALL_ID, message::new_call_id(&domain));
-            h.insert(Name::CSEQ, "1 INVITE");
-            h.insert(
-                Name::CONTACT,
-                our_contact(&self.settings, binding.peer.transport),
-            );
-            h.insert(Name::ALLOW, ALLOW);
-            h.insert(Name::USER_AGENT, USER_AGENT);
             copy_body(&call.invite, &mut invite);
             let peer = binding_peer(&binding);
             let fork_tx = self.tx.send_request(now, invite.clone(), peer);
@@ -1079,6 +1054,43 @@ impl Engine {
         }
         self.cancel_forks(now, id, Some(i));
         self.events.push_back(EngineEvent::CallsChanged);
+    }
+
+    /// A dialog-creating INVITE from the PBX: `from` and `to` are (display name, user) at
+    /// our domain, with a fresh tag, Call-ID and branch.
+    fn new_invite(
+        &self,
+        uri: SipUri,
+        transport: Transport,
+        from: (&str, &str),
+        to: (&str, &str),
+        max_forwards: u32,
+    ) -> Request {
+        let domain = self.domain();
+        let mut invite = Request::new(Method::INVITE, uri);
+        let h = &mut invite.headers;
+        h.insert(Name::VIA, our_via(&self.settings, transport));
+        h.insert(Name::MAX_FORWARDS, max_forwards.to_string());
+        h.insert(
+            Name::FROM,
+            format!(
+                "{} <sip:{}@{}>;tag={}",
+                quoted(from.0),
+                from.1,
+                domain,
+                message::random_tag()
+            ),
+        );
+        h.insert(
+            Name::TO,
+            format!("{} <sip:{}@{}>", quoted(to.0), to.1, domain),
+        );
+        h.insert(Name::CALL_ID, message::new_call_id(&domain));
+        h.insert(Name::CSEQ, "1 INVITE");
+        h.insert(Name::CONTACT, our_contact(&self.settings, transport));
+        h.insert(Name::ALLOW, ALLOW);
+        h.insert(Name::USER_AGENT, USER_AGENT);
+        invite
     }
 
     /// Sends BYE on a leg that belongs to no live conversation any more.

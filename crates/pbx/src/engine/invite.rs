@@ -8,15 +8,15 @@
 
 use std::time::{Duration, Instant};
 
-use confero_sip::message::{self, Message, Request, Response};
+use confero_sip::message::{Message, Request, Response};
 use confero_sip::sdp::{self, LocalMedia};
 use confero_sip::transport::Peer;
 use confero_sip::{Method, Name, SipUri};
 
 use super::conference::{ConfLeg, LegStats, MediaCommand, CODEC_PREFS};
 use super::{
-    binding_peer, build_ack, build_cancel, callee_leg_from_2xx, our_contact, our_via, quoted,
-    ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT,
+    binding_peer, build_ack, build_cancel, callee_leg_from_2xx, our_via, ClientPurpose, Engine,
+    EngineEvent,
 };
 use crate::room::LegId;
 
@@ -193,37 +193,20 @@ impl Engine {
             username: "confero".to_owned(),
         };
         let offer = sdp::offer(&local, CODEC_PREFS);
-        let domain = self.domain();
         for binding in bindings {
             let Ok(uri) = binding.contact.parse::<SipUri>() else {
                 continue;
             };
             let peer = binding_peer(&binding);
-            let mut invite = Request::new(Method::INVITE, uri);
-            let h = &mut invite.headers;
-            h.insert(Name::VIA, our_via(&self.settings, peer.transport));
-            h.insert(Name::MAX_FORWARDS, "70");
             // The room's name and extension as caller ID.
-            h.insert(
-                Name::FROM,
-                format!(
-                    "{} <sip:{}@{}>;tag={}",
-                    quoted(&conference.name),
-                    conference.extension,
-                    domain,
-                    message::random_tag()
-                ),
+            let mut invite = self.new_invite(
+                uri,
+                peer.transport,
+                (&conference.name, &conference.extension),
+                (&user.name, &user.extension),
+                70,
             );
-            h.insert(
-                Name::TO,
-                format!("{} <sip:{}@{}>", quoted(&user.name), user.extension, domain),
-            );
-            h.insert(Name::CALL_ID, message::new_call_id(&domain));
-            h.insert(Name::CSEQ, "1 INVITE");
-            h.insert(Name::CONTACT, our_contact(&self.settings, peer.transport));
-            h.insert(Name::ALLOW, ALLOW);
-            h.insert(Name::USER_AGENT, USER_AGENT);
-            h.insert(Name::CONTENT_TYPE, "application/sdp");
+            invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
             invite.body = bytes::Bytes::from(offer.clone().into_bytes());
             let tx = self.tx.send_request(now, invite.clone(), peer);
             self.client_txs
