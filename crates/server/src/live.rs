@@ -42,10 +42,7 @@ impl Control {
                 action,
                 reply,
             } => {
-                let in_room = engine
-                    .conference_participants()
-                    .iter()
-                    .any(|p| p.id == participant && p.conference_id == conference_id);
+                let in_room = engine.participant_room(participant) == Some(conference_id);
                 let done = in_room
                     && match action {
                         ParticipantAction::Mute => engine.mute_participant(now, participant, true),

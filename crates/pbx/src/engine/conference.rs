@@ -493,6 +493,11 @@ impl Engine {
             .collect()
     }
 
+    /// The room a participant is in (or entering, or waiting for).
+    pub fn participant_room(&self, leg: LegId) -> Option<i64> {
+        self.rooms.room_of(leg)
+    }
+
     /// Kick from the console or API; false when no such participant.
     pub fn kick_participant(&mut self, now: Instant, leg: LegId) -> bool {
         let found = self.rooms.kick(leg);

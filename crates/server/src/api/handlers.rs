@@ -22,6 +22,16 @@ use super::{ApiError, ApiJson, ApiState, Caller};
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// Ids of live things (invitations, participants) are engine numbers, not store ids.
+fn parse_live_id(raw: &str, field: &str) -> ApiResult<u64> {
+    raw.parse::<u64>().map_err(|_| {
+        ApiError::bad_request(
+            format!("{field} must be an integer, not {raw:?}"),
+            Some(field),
+        )
+    })
+}
+
 /// Path ids are parsed here rather than by `Path<i64>` so that a bad id gets
 /// the API's JSON error instead of axum's plain-text one.
 fn parse_id(raw: &str) -> ApiResult<i64> {
@@ -463,9 +473,7 @@ pub(super) async fn get_invitation(
     State(s): State<ApiState>,
     Path(raw): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id: u64 = raw.parse().map_err(|_| {
-        ApiError::bad_request(format!("id must be an integer, not {raw:?}"), Some("id"))
-    })?;
+    let id = parse_live_id(&raw, "id")?;
     s.live
         .invitation(id)
         .map(Json)
@@ -477,9 +485,7 @@ pub(super) async fn cancel_invitation(
     State(s): State<ApiState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
-    let id: u64 = raw.parse().map_err(|_| {
-        ApiError::bad_request(format!("id must be an integer, not {raw:?}"), Some("id"))
-    })?;
+    let id = parse_live_id(&raw, "id")?;
     let reply = s.live.cancel_invitation(id).ok_or(ApiError::Unavailable)?;
     match reply.await {
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
@@ -519,12 +525,7 @@ pub(super) async fn participant_action(
     Path((raw_id, raw_pid, action)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw_id)?;
-    let pid: u64 = raw_pid.parse().map_err(|_| {
-        ApiError::bad_request(
-            format!("participant id must be an integer, not {raw_pid:?}"),
-            Some("participant"),
-        )
-    })?;
+    let pid = parse_live_id(&raw_pid, "participant")?;
     let action = match action.as_str() {
         "mute" => super::ParticipantAction::Mute,
         "unmute" => super::ParticipantAction::Unmute,
