@@ -519,28 +519,45 @@ pub fn validate_user(cfg: &Config, u: &User) -> Result<(), FieldError> {
 
 /// Per-entity validation of a conference room, given the rest of the draft.
 pub fn validate_conference(cfg: &Config, c: &Conference) -> Result<(), FieldError> {
-    check_name(&c.name)?;
-    check_digits_len("extension", &c.extension, 3, 5, "a conference's extension")?;
-    check_extension_free(cfg, &c.extension, None, Some(c.id))?;
+    conference_problems(cfg, c)
+        .into_iter()
+        .next()
+        .map_or(Ok(()), Err)
+}
+
+/// Every rule a conference room breaks, one per field at most, in form order: forms
+/// show them all at once rather than one per attempt.
+pub fn conference_problems(cfg: &Config, c: &Conference) -> Vec<FieldError> {
+    let mut problems = Vec::new();
+    if let Err(e) = check_name(&c.name) {
+        problems.push(e);
+    }
+    if let Err(e) = check_digits_len("extension", &c.extension, 3, 5, "a conference's extension")
+        .and_then(|()| check_extension_free(cfg, &c.extension, None, Some(c.id)))
+    {
+        problems.push(e);
+    }
     if let Some(code) = &c.access_code {
-        check_digits_len("access_code", code, 1, 12, "access_code")?;
+        if let Err(e) = check_digits_len("access_code", code, 1, 12, "access_code") {
+            problems.push(e);
+        }
     }
     match &c.admin_extension {
         Some(ext) if cfg.user_by_extension(ext).is_none() => {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "admin_extension",
                 format!("admin_extension {ext} is not a user's extension"),
             ));
         }
         None if c.wait_for_admin => {
-            return Err(FieldError::new(
+            problems.push(FieldError::new(
                 "wait_for_admin",
                 "wait_for_admin needs an admin_extension",
             ));
         }
         _ => {}
     }
-    Ok(())
+    problems
 }
 
 /// Per-entity validation of an incoming number, given the rest of the draft.
@@ -922,6 +939,30 @@ mod tests {
         for good in ["123", "12345"] {
             assert_eq!(field_of(validate_conference(&cfg, &conf(11, good))), "ok");
         }
+    }
+
+    #[test]
+    fn every_broken_rule_of_a_conference_is_listed() {
+        let cfg = base();
+        let mut c = conf(11, "101");
+        c.name = " ".into();
+        c.access_code = Some("12ab".into());
+        c.wait_for_admin = true;
+        c.admin_extension = None;
+        let fields: Vec<String> = conference_problems(&cfg, &c)
+            .into_iter()
+            .map(|e| e.field)
+            .collect();
+        assert_eq!(
+            fields,
+            ["name", "extension", "access_code", "wait_for_admin"]
+        );
+        assert_eq!(
+            validate_conference(&cfg, &c).unwrap_err().field,
+            "name",
+            "validation reports the first"
+        );
+        assert!(conference_problems(&cfg, &conf(11, "900")).is_empty());
     }
 
     #[test]

@@ -9,7 +9,62 @@ use rand::rngs::OsRng;
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
+use confero_pbx::config::FieldError;
+
 use crate::{next_id, now_unix, Store, StoreError};
+
+/// A console account as lists show it (never the hash).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ConsoleAccount {
+    pub id: i64,
+    pub username: String,
+    pub created_at: i64,
+}
+
+/// An API token as lists show it (the token itself is shown once, at creation).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ApiToken {
+    pub id: i64,
+    pub name: String,
+    pub created_at: i64,
+}
+
+/// Shortest console password accepted: these accounts can reconfigure the whole PBX.
+pub const MIN_CONSOLE_PASSWORD_CHARS: usize = 10;
+
+fn validate_console_username(username: &str) -> Result<(), StoreError> {
+    let ok = !username.is_empty()
+        && username.len() <= 64
+        && username
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Validation(FieldError::new(
+            "username",
+            "1 to 64 letters, digits, '.', '_', '-' or '@'",
+        )))
+    }
+}
+
+/// Checks a new console password; `field` names the form field in the error.
+pub fn validate_console_password(password: &str, field: &str) -> Result<(), StoreError> {
+    let chars = password.chars().count();
+    if chars < MIN_CONSOLE_PASSWORD_CHARS {
+        return Err(StoreError::Validation(FieldError::new(
+            field,
+            format!("at least {MIN_CONSOLE_PASSWORD_CHARS} characters"),
+        )));
+    }
+    if chars > 256 {
+        return Err(StoreError::Validation(FieldError::new(
+            field,
+            "at most 256 characters",
+        )));
+    }
+    Ok(())
+}
 
 /// API tokens start with this, so that a leaked one is recognisable in logs and
 /// secret scanners.
@@ -176,6 +231,116 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok((id, token))
+    }
+
+    /// Every token, oldest first.
+    pub async fn list_tokens(&self) -> Result<Vec<ApiToken>, StoreError> {
+        let rows = sqlx::query("SELECT id, name, created_at FROM api_tokens ORDER BY id")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApiToken {
+                    id: r.try_get("id")?,
+                    name: r.try_get("name")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Every console account, oldest first.
+    pub async fn list_console_accounts(&self) -> Result<Vec<ConsoleAccount>, StoreError> {
+        let rows = sqlx::query("SELECT id, username, created_at FROM console_accounts ORDER BY id")
+            .fetch_all(self.pool())
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ConsoleAccount {
+                    id: r.try_get("id")?,
+                    username: r.try_get("username")?,
+                    created_at: r.try_get("created_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Adds a console account; a taken username is a validation error on `username`.
+    pub async fn create_console_account(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<ConsoleAccount, StoreError> {
+        validate_console_username(username)?;
+        validate_console_password(password, "password")?;
+        let to_hash = password.to_owned();
+        let hash = blocking(move || hash_password(&to_hash)).await?;
+        let mut tx = self.write_tx().await?;
+        let taken = sqlx::query("SELECT id FROM console_accounts WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&mut *tx)
+            .await?
+            .is_some();
+        if taken {
+            return Err(StoreError::Validation(FieldError::new(
+                "username",
+                format!("an account named {username} already exists"),
+            )));
+        }
+        let id = next_id(&mut tx, "console_account").await?;
+        let created_at = now_unix();
+        sqlx::query(
+            "INSERT INTO console_accounts (id, username, password_hash, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(id)
+        .bind(username)
+        .bind(hash)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ConsoleAccount {
+            id,
+            username: username.to_owned(),
+            created_at,
+        })
+    }
+
+    /// Removes a console account and its sessions. The last account cannot go: nobody
+    /// could sign in any more.
+    pub async fn delete_console_account(&self, id: i64) -> Result<(), StoreError> {
+        let mut tx = self.write_tx().await?;
+        let row = sqlx::query("SELECT username FROM console_accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(row) = row else {
+            return Err(StoreError::Validation(FieldError::new(
+                "id",
+                format!("no console account {id}"),
+            )));
+        };
+        let username: String = row.try_get("username")?;
+        let count: i64 = sqlx::query("SELECT COUNT(*) AS n FROM console_accounts")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("n")?;
+        if count <= 1 {
+            return Err(StoreError::Conflict(FieldError::new(
+                "id",
+                "the last console account cannot be deleted",
+            )));
+        }
+        sqlx::query("DELETE FROM console_accounts WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM console_sessions WHERE username = $1")
+            .bind(&username)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn verify_token(&self, token: &str) -> Result<bool, StoreError> {

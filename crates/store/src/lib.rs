@@ -24,6 +24,7 @@ mod draft;
 mod error;
 mod input;
 mod migrate;
+mod sessions;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,6 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::any::AnyPoolOptions;
 use sqlx::{Any, AnyPool, Transaction};
 
+pub use auth::{validate_console_password, ApiToken, ConsoleAccount, MIN_CONSOLE_PASSWORD_CHARS};
 pub use bindings::StoredBinding;
 pub use confero_pbx::config::{Change, Config, FieldError, Snapshot};
 pub use error::StoreError;
@@ -38,6 +40,7 @@ pub use input::{
     ConferencePatch, IncomingNumberPatch, NewConference, NewIncomingNumber, NewTrunk, NewUser,
     TrunkPatch, UserPatch,
 };
+pub use sessions::{Session, SESSION_IDLE_SECS, SESSION_MAX_SECS};
 
 /// Which database is behind the pool; only transaction start-up differs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,31 +12,32 @@ use sqlx::{Any, AnyPool, Row, Transaction};
 use crate::{now_unix, Backend, StoreError};
 
 /// `(version, statements)`. Append only: never edit a published migration.
-const MIGRATIONS: &[(i64, &[&str])] = &[(
-    1,
-    &[
-        // Every draft write starts by bumping this row: it serializes writers
-        // (a row lock on PostgreSQL; SQLite takes its write lock on BEGIN IMMEDIATE anyway).
-        "CREATE TABLE store_lock (id BIGINT PRIMARY KEY, counter BIGINT NOT NULL)",
-        "INSERT INTO store_lock (id, counter) VALUES (1, 0)",
-        // Ids are handed out here, never reused after a delete or a discard, so a
-        // client holding an id can never silently address a different entity.
-        "CREATE TABLE id_sequences (entity TEXT PRIMARY KEY, next_id BIGINT NOT NULL)",
-        "INSERT INTO id_sequences (entity, next_id) VALUES ('user', 1)",
-        "INSERT INTO id_sequences (entity, next_id) VALUES ('conference', 1)",
-        "INSERT INTO id_sequences (entity, next_id) VALUES ('incoming_number', 1)",
-        "INSERT INTO id_sequences (entity, next_id) VALUES ('trunk', 1)",
-        "INSERT INTO id_sequences (entity, next_id) VALUES ('console_account', 1)",
-        "INSERT INTO id_sequences (entity, next_id) VALUES ('api_token', 1)",
-        // The draft, one table per entity.
-        "CREATE TABLE users (
+const MIGRATIONS: &[(i64, &[&str])] = &[
+    (
+        1,
+        &[
+            // Every draft write starts by bumping this row: it serializes writers
+            // (a row lock on PostgreSQL; SQLite takes its write lock on BEGIN IMMEDIATE anyway).
+            "CREATE TABLE store_lock (id BIGINT PRIMARY KEY, counter BIGINT NOT NULL)",
+            "INSERT INTO store_lock (id, counter) VALUES (1, 0)",
+            // Ids are handed out here, never reused after a delete or a discard, so a
+            // client holding an id can never silently address a different entity.
+            "CREATE TABLE id_sequences (entity TEXT PRIMARY KEY, next_id BIGINT NOT NULL)",
+            "INSERT INTO id_sequences (entity, next_id) VALUES ('user', 1)",
+            "INSERT INTO id_sequences (entity, next_id) VALUES ('conference', 1)",
+            "INSERT INTO id_sequences (entity, next_id) VALUES ('incoming_number', 1)",
+            "INSERT INTO id_sequences (entity, next_id) VALUES ('trunk', 1)",
+            "INSERT INTO id_sequences (entity, next_id) VALUES ('console_account', 1)",
+            "INSERT INTO id_sequences (entity, next_id) VALUES ('api_token', 1)",
+            // The draft, one table per entity.
+            "CREATE TABLE users (
             id BIGINT PRIMARY KEY,
             name TEXT NOT NULL,
             extension TEXT NOT NULL UNIQUE,
             sip_username TEXT NOT NULL UNIQUE,
             sip_password TEXT NOT NULL
         )",
-        "CREATE TABLE conferences (
+            "CREATE TABLE conferences (
             id BIGINT PRIMARY KEY,
             name TEXT NOT NULL,
             extension TEXT NOT NULL UNIQUE,
@@ -45,12 +46,12 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             wait_for_admin BIGINT NOT NULL,
             when_admin_leaves TEXT NOT NULL
         )",
-        "CREATE TABLE incoming_numbers (
+            "CREATE TABLE incoming_numbers (
             id BIGINT PRIMARY KEY,
             number TEXT NOT NULL UNIQUE,
             destination_json TEXT NOT NULL
         )",
-        "CREATE TABLE trunks (
+            "CREATE TABLE trunks (
             id BIGINT PRIMARY KEY,
             name TEXT NOT NULL,
             host TEXT NOT NULL,
@@ -61,25 +62,25 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             register_enabled BIGINT NOT NULL,
             caller_id TEXT
         )",
-        // Production: the newest row is what runs.
-        "CREATE TABLE revisions (
+            // Production: the newest row is what runs.
+            "CREATE TABLE revisions (
             id BIGINT PRIMARY KEY,
             created_at BIGINT NOT NULL,
             config_json TEXT NOT NULL
         )",
-        "CREATE TABLE console_accounts (
+            "CREATE TABLE console_accounts (
             id BIGINT PRIMARY KEY,
             username TEXT NOT NULL UNIQUE,
             password_hash TEXT NOT NULL,
             created_at BIGINT NOT NULL
         )",
-        "CREATE TABLE api_tokens (
+            "CREATE TABLE api_tokens (
             id BIGINT PRIMARY KEY,
             name TEXT NOT NULL,
             token_sha256 TEXT NOT NULL UNIQUE,
             created_at BIGINT NOT NULL
         )",
-        "CREATE TABLE registrar_bindings (
+            "CREATE TABLE registrar_bindings (
             aor TEXT NOT NULL,
             contact_uri TEXT NOT NULL,
             expires_at BIGINT NOT NULL,
@@ -90,8 +91,26 @@ const MIGRATIONS: &[(i64, &[&str])] = &[(
             user_agent TEXT,
             PRIMARY KEY (aor, contact_uri)
         )",
-    ],
-)];
+        ],
+    ),
+    (
+        2,
+        &[
+            // Console sign-ins. Only the SHA-256 of the cookie value is kept, so a copy of
+            // the database does not hand out live sessions; `flash` holds the one message
+            // shown by the next page (after a redirect), then cleared.
+            "CREATE TABLE console_sessions (
+            id_sha256 TEXT PRIMARY KEY,
+            username TEXT NOT NULL,
+            csrf_token TEXT NOT NULL,
+            created_at BIGINT NOT NULL,
+            last_seen_at BIGINT NOT NULL,
+            flash TEXT
+        )",
+            "CREATE INDEX console_sessions_username ON console_sessions (username)",
+        ],
+    ),
+];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
     sqlx::query(

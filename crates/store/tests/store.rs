@@ -148,6 +148,8 @@ on_both_backends!(
     ids_are_never_reused,
     concurrent_creates_cannot_both_take_an_extension,
     console_accounts,
+    console_sessions,
+    account_management,
     api_tokens,
     registrar_bindings,
     state_survives_reconnect,
@@ -690,6 +692,96 @@ async fn console_accounts(db: &TestDb) {
         .iter()
         .all(|(h,)| h.starts_with("$argon2") && !h.contains("new password")));
     raw.close().await;
+}
+
+async fn console_sessions(db: &TestDb) {
+    let s = &db.store;
+    s.ensure_admin(Some("admin password")).await.unwrap();
+    let (cookie, session) = s.create_session("admin").await.unwrap();
+    assert_eq!(session.username, "admin");
+    assert!(cookie.len() >= 40 && session.csrf_token.len() >= 32);
+    assert_eq!(s.session(&cookie).await.unwrap(), Some(session.clone()));
+    assert_eq!(s.session("not-a-cookie").await.unwrap(), None);
+    assert_eq!(s.session(&"x".repeat(500)).await.unwrap(), None);
+
+    // Only a digest of the cookie is stored.
+    let raw = db.raw().await;
+    let stored: Vec<(String,)> = sqlx::query_as("SELECT id_sha256 FROM console_sessions")
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+    assert!(stored.iter().all(|(h,)| h.len() == 64 && *h != cookie));
+
+    // A flash is read once.
+    s.set_flash(&cookie, "Saved.").await.unwrap();
+    assert_eq!(
+        s.take_flash(&cookie).await.unwrap().as_deref(),
+        Some("Saved.")
+    );
+    assert_eq!(s.take_flash(&cookie).await.unwrap(), None);
+
+    // Idle sessions expire.
+    sqlx::query("UPDATE console_sessions SET last_seen_at = last_seen_at - $1")
+        .bind(confero_store::SESSION_IDLE_SECS + 10)
+        .execute(&raw)
+        .await
+        .unwrap();
+    raw.close().await;
+    assert_eq!(s.session(&cookie).await.unwrap(), None);
+
+    // Signing out elsewhere: every session but the kept one ends.
+    let (a, _) = s.create_session("admin").await.unwrap();
+    let (b, _) = s.create_session("admin").await.unwrap();
+    assert_eq!(s.end_sessions_of("admin", Some(&a)).await.unwrap(), 1);
+    assert!(s.session(&a).await.unwrap().is_some());
+    assert!(s.session(&b).await.unwrap().is_none());
+    s.end_session(&a).await.unwrap();
+    assert!(s.session(&a).await.unwrap().is_none());
+}
+
+async fn account_management(db: &TestDb) {
+    let s = &db.store;
+    s.ensure_admin(Some("admin password")).await.unwrap();
+    let err = s.create_console_account("ops", "short").await.unwrap_err();
+    assert_eq!(field_of(err), ("validation", "password".into()));
+    let err = s
+        .create_console_account("bad name", "long enough password")
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(err), ("validation", "username".into()));
+    let ops = s
+        .create_console_account("ops", "long enough password")
+        .await
+        .unwrap();
+    let err = s
+        .create_console_account("ops", "another long password")
+        .await
+        .unwrap_err();
+    assert_eq!(field_of(err), ("validation", "username".into()));
+    let accounts = s.list_console_accounts().await.unwrap();
+    assert_eq!(
+        accounts
+            .iter()
+            .map(|a| a.username.as_str())
+            .collect::<Vec<_>>(),
+        ["admin", "ops"]
+    );
+    // Deleting an account ends its sessions; the last account cannot go.
+    let (cookie, _) = s.create_session("ops").await.unwrap();
+    s.delete_console_account(ops.id).await.unwrap();
+    assert!(s.session(&cookie).await.unwrap().is_none());
+    assert!(!s
+        .verify_console_login("ops", "long enough password")
+        .await
+        .unwrap());
+    let admin = s.list_console_accounts().await.unwrap()[0].id;
+    let err = s.delete_console_account(admin).await.unwrap_err();
+    assert_eq!(field_of(err), ("conflict", "id".into()));
+    // Tokens are listed without their secret.
+    s.create_token("ci").await.unwrap();
+    let tokens = s.list_tokens().await.unwrap();
+    assert_eq!(tokens.len(), 1);
+    assert_eq!(tokens[0].name, "ci");
 }
 
 async fn api_tokens(db: &TestDb) {
