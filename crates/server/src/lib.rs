@@ -7,9 +7,11 @@
 
 pub mod api;
 mod cli;
+mod console;
 mod live;
 mod media_shell;
 mod sip_shell;
+mod throttle;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::process::ExitCode;
@@ -66,6 +68,12 @@ pub fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Everything the HTTP listeners serve: the REST API, `/healthz`, `/metrics` and the
+/// management console.
+pub fn app(state: api::ApiState) -> axum::Router {
+    api::router(state.clone()).merge(console::router(state))
 }
 
 /// Binds UDP and TCP on the same port (port 0 picks one free for both).
@@ -229,11 +237,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let engine_task = tokio::spawn(shell.run());
 
-    let router = api::router(api::ApiState {
-        store,
-        live,
-        production: production_tx,
-    });
+    let (closing_tx, closing_rx) = watch::channel(false);
+    let router = app(api::ApiState::new(store, live, production_tx).with_shutdown(closing_rx));
     let https = match &settings.https {
         Some(https) => Some(start_https(https, router.clone()).await?),
         None => None,
@@ -247,10 +252,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         "confero ready: sip={sip_bound} (udp+tcp, advertised {advertised}) http={http_bound}{https_text} restored_registrations={restored}"
     );
     tracing::info!(%sip_bound, %http_bound, %advertised, rtp_ports = ?settings.rtp_ports, "listening");
-    axum::serve(http, router)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
+    axum::serve(
+        http,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        shutdown_signal().await;
+        let _ = closing_tx.send(true);
+    })
+    .await
+    .context("HTTP server failed")?;
     if let Some((_, handle)) = https {
         handle.graceful_shutdown(Some(std::time::Duration::from_secs(5)));
     }
@@ -284,7 +295,11 @@ async fn start_https(
     let handle = axum_server::Handle::new();
     let server = axum_server::from_tcp_rustls(listener, tls)
         .handle(handle.clone())
-        .serve(router.into_make_service());
+        .serve(
+            router
+                .layer(axum::Extension(console::session::OverTls))
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        );
     tokio::spawn(async move {
         if let Err(err) = server.await {
             tracing::error!(%err, "HTTPS server failed");

@@ -245,6 +245,18 @@ impl LiveView for LiveState {
             .collect()
     }
 
+    fn snapshot_events(&self) -> Vec<(String, String)> {
+        let p = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let participants: Vec<&Value> = p.participants.iter().map(|(_, v)| v).collect();
+        let invitations: Vec<&Value> = p.invitations.iter().map(|(_, v)| v).collect();
+        vec![
+            ("registrations".into(), json!(p.registrations).to_string()),
+            ("calls".into(), json!(p.calls).to_string()),
+            ("participants".into(), json!(participants).to_string()),
+            ("invitations".into(), json!(invitations).to_string()),
+        ]
+    }
+
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
         Some(self.events.subscribe())
     }

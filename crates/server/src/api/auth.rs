@@ -1,13 +1,20 @@
-//! Who is calling: an API token (`Authorization: Bearer …`) or a console
-//! account (HTTP Basic). Anything else gets 401 with a Basic challenge.
+//! Who is calling: an API token (`Authorization: Bearer …`), a console account (HTTP
+//! Basic, throttled like the sign-in page), or the console's own scripts (the session
+//! cookie, with the CSRF token in `X-CSRF-Token` for writes). Anything else gets 401.
 
-use axum::extract::{Request, State};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
 use super::{ApiError, ApiState};
+use crate::console::login::client_key;
+use crate::console::session::{cookie_value, foreign_origin, same_secret, CSRF_HEADER};
+use crate::throttle::Key;
 
 /// The authenticated caller, available to handlers as an `Extension<Caller>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,18 +55,9 @@ fn credentials(headers: &HeaderMap) -> Option<Credentials> {
     None
 }
 
-/// Browsers resend remembered Basic credentials to any page's requests, so a
-/// state-changing request from another origin is refused (CSRF). API clients
-/// other than browsers send no Origin header and are unaffected.
-fn cross_origin(headers: &HeaderMap) -> bool {
-    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let origin_host = origin.split_once("://").map_or(origin, |(_, h)| h);
-    !origin_host.eq_ignore_ascii_case(host)
+/// Why a request is not let in, before any handler runs.
+fn refuse(message: &str) -> Response {
+    ApiError::Forbidden(message.into()).into_response()
 }
 
 pub(super) async fn require_auth(
@@ -67,6 +65,7 @@ pub(super) async fn require_auth(
     mut req: Request,
     next: Next,
 ) -> Response {
+    let unsafe_method = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
     let caller = match credentials(req.headers()) {
         Some(Credentials::Bearer(token)) => match state.store.verify_token(&token).await {
             Ok(true) => Caller::Token,
@@ -74,21 +73,58 @@ pub(super) async fn require_auth(
             Err(e) => return ApiError::from(e).into_response(),
         },
         Some(Credentials::Basic { username, password }) => {
-            let unsafe_method =
-                !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-            if unsafe_method && cross_origin(req.headers()) {
-                return ApiError::Forbidden(
-                    "cross-origin requests with console credentials are refused".into(),
-                )
-                .into_response();
+            // Browsers resend remembered Basic credentials to any page's requests, so a
+            // state-changing request from another origin is refused (CSRF). API clients
+            // other than browsers send no Origin header and are unaffected.
+            if unsafe_method && foreign_origin(req.headers()) {
+                return refuse("cross-origin requests with console credentials are refused");
+            }
+            let connect = req.extensions().get::<ConnectInfo<SocketAddr>>();
+            let keys = [
+                client_key(connect),
+                Key::Username(username.to_ascii_lowercase()),
+            ];
+            if let Some(wait) = state.throttle_wait(Instant::now(), &keys) {
+                return ApiError::TooManyAttempts(wait).into_response();
             }
             match state.store.verify_console_login(&username, &password).await {
-                Ok(true) => Caller::Console { username },
-                Ok(false) => return ApiError::Unauthorized.into_response(),
+                Ok(true) => {
+                    state.throttle_succeeded(&keys);
+                    Caller::Console { username }
+                }
+                Ok(false) => {
+                    state.throttle_failed(Instant::now(), &keys);
+                    return ApiError::Unauthorized.into_response();
+                }
                 Err(e) => return ApiError::from(e).into_response(),
             }
         }
-        None => return ApiError::Unauthorized.into_response(),
+        // The console's own scripts: the session cookie, plus the session's CSRF token
+        // in a header for anything that changes state (a cookie alone proves nothing:
+        // the browser attaches it to requests other sites trigger).
+        None => {
+            let Some(cookie) = cookie_value(req.headers()) else {
+                return ApiError::Unauthorized.into_response();
+            };
+            let session = match state.store.session(cookie).await {
+                Ok(Some(s)) => s,
+                Ok(None) => return ApiError::Unauthorized.into_response(),
+                Err(e) => return ApiError::from(e).into_response(),
+            };
+            if unsafe_method {
+                let token = req
+                    .headers()
+                    .get(CSRF_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if foreign_origin(req.headers()) || !same_secret(token, &session.csrf_token) {
+                    return refuse("missing or wrong X-CSRF-Token for a console session");
+                }
+            }
+            Caller::Console {
+                username: session.username,
+            }
+        }
     };
     req.extensions_mut().insert(caller);
     next.run(req).await
@@ -119,22 +155,5 @@ mod tests {
         assert!(credentials(&h).is_none());
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Digest x"));
         assert!(credentials(&h).is_none());
-    }
-
-    #[test]
-    fn detects_cross_origin() {
-        let mut h = HeaderMap::new();
-        h.insert(header::HOST, HeaderValue::from_static("pbx.example:8080"));
-        assert!(!cross_origin(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("http://pbx.example:8080"),
-        );
-        assert!(!cross_origin(&h));
-        h.insert(
-            header::ORIGIN,
-            HeaderValue::from_static("https://evil.example"),
-        );
-        assert!(cross_origin(&h));
     }
 }

@@ -30,6 +30,8 @@ pub enum ApiError {
     Unauthorized,
     /// Authenticated, but not allowed to do this (403).
     Forbidden(String),
+    /// Too many failed sign-ins from this client or for this account (429, Retry-After).
+    TooManyAttempts(std::time::Duration),
     NotFound(String),
     /// Something else depends on what the request would remove or change (409).
     Conflict(FieldError),
@@ -56,6 +58,7 @@ impl ApiError {
             ApiError::BadRequest { .. } | ApiError::Validation(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooManyAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) | ApiError::InvalidDraft(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -93,6 +96,10 @@ impl IntoResponse for ApiError {
                 json!({"error": "authentication required: a Bearer token or HTTP Basic with a console account", "field": null})
             }
             ApiError::Forbidden(m) | ApiError::NotFound(m) => json!({"error": m, "field": null}),
+            ApiError::TooManyAttempts(wait) => json!({
+                "error": format!("too many failed sign-ins; retry in {} s", wait.as_secs().max(1)),
+                "field": null,
+            }),
             ApiError::InvalidDraft(errors) => json!({
                 "error": format!("the draft cannot be applied: {} problem(s) to fix first", errors.len()),
                 "field": errors.first().map(|f| f.field.clone()),
@@ -124,6 +131,12 @@ impl IntoResponse for ApiError {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::TooManyAttempts(wait) => {
+                response.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
             }
             _ => {}
         }

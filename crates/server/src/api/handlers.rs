@@ -4,8 +4,6 @@
 //! description, PATCH changes only the fields present, DELETE answers 204.
 //! An `id` in a body is optional and must match the URL.
 
-use std::sync::Arc;
-
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -355,18 +353,7 @@ pub(super) async fn list_changes(State(s): State<ApiState>) -> ApiResult<Json<se
 
 /// Publishes the draft, then hands the new revision to the engine.
 pub(super) async fn apply_changes(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
-    let snapshot = s.store.apply().await?;
-    let revision = snapshot.revision;
-    // Two applies can finish out of order; never let the engine go back to an
-    // older revision, and do not wake it when nothing changed.
-    s.production.send_if_modified(|current| {
-        if snapshot.revision > current.revision {
-            *current = Arc::new(snapshot);
-            true
-        } else {
-            false
-        }
-    });
+    let revision = s.apply().await?.revision;
     Ok(Json(json!({ "revision": revision })))
 }
 
@@ -386,26 +373,51 @@ pub(super) async fn calls(State(s): State<ApiState>) -> Json<Vec<serde_json::Val
 }
 
 /// `GET /events`: server-sent events, one per kind of live state that changed, carrying
-/// the whole new state (clients need no diffing). A slow client that falls behind skips
-/// to the newest state rather than slowing anyone down.
+/// the whole new state (clients need no diffing). A new subscriber first gets the current
+/// state of every kind. A slow client that falls behind skips to the newest state rather
+/// than slowing anyone down. The stream ends when the server shuts down (browsers
+/// reconnect by themselves).
 pub(super) async fn events(State(s): State<ApiState>) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
+    use std::collections::VecDeque;
     let rx = s
         .live
         .subscribe()
         .ok_or_else(|| ApiError::Internal("live events unavailable".into()))?;
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        loop {
-            match rx.recv().await {
-                Ok((kind, data)) => {
-                    let ev = Event::default().event(kind).data(data);
-                    return Some((Ok::<_, std::convert::Infallible>(ev), rx));
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+    let initial: VecDeque<(String, String)> = s.live.snapshot_events().into();
+    let mut closing = s.closing.clone();
+    if *closing.borrow_and_update() {
+        return Err(ApiError::Unavailable);
+    }
+    let stream = futures_util::stream::unfold(
+        (rx, initial, closing),
+        |(mut rx, mut initial, mut closing)| async move {
+            if let Some((kind, data)) = initial.pop_front() {
+                let ev = Event::default().event(kind).data(data);
+                return Some((
+                    Ok::<_, std::convert::Infallible>(ev),
+                    (rx, initial, closing),
+                ));
             }
-        }
-    });
+            loop {
+                tokio::select! {
+                    received = rx.recv() => match received {
+                        Ok((kind, data)) => {
+                            let ev = Event::default().event(kind).data(data);
+                            return Some((Ok(ev), (rx, initial, closing)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    },
+                    changed = closing.changed() => {
+                        if changed.is_err() || *closing.borrow() {
+                            return None;
+                        }
+                    }
+                }
+            }
+        },
+    );
     Ok(Sse::new(stream)
         .keep_alive(KeepAlive::default())
         .into_response())

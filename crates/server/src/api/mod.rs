@@ -18,7 +18,8 @@ mod json;
 mod tests;
 
 use std::fmt::Write as _;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, StatusCode};
@@ -27,6 +28,8 @@ use axum::routing::{get, post};
 use axum::{middleware, Router};
 use confero_pbx::config::Snapshot;
 use tokio::sync::watch;
+
+use crate::throttle::{Key, LoginThrottle};
 
 pub use auth::Caller;
 pub use error::ApiError;
@@ -64,6 +67,11 @@ pub trait LiveView: Send + Sync + 'static {
     fn cancel_invitation(&self, _id: u64) -> Option<tokio::sync::oneshot::Receiver<bool>> {
         None
     }
+    /// The current state of every kind of live event, sent first to a new subscriber so
+    /// that a page (re)connecting after a restart starts from the truth.
+    fn snapshot_events(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
     /// Live changes as server-sent events: `(kind, json)` pairs.
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
         None
@@ -94,6 +102,73 @@ pub struct ApiState {
     pub live: Arc<dyn LiveView>,
     /// Receives each newly applied revision; the engine holds the receiver.
     pub production: watch::Sender<Arc<Snapshot>>,
+    /// Failed sign-ins (console and HTTP Basic), shared so both count toward one budget.
+    throttle: Arc<Mutex<LoginThrottle>>,
+    /// Becomes true when the server shuts down: long-lived responses (event streams)
+    /// end, so that graceful shutdown does not wait for browsers to close them.
+    closing: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for ApiState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiState").finish_non_exhaustive()
+    }
+}
+
+impl ApiState {
+    pub fn new(
+        store: confero_store::Store,
+        live: Arc<dyn LiveView>,
+        production: watch::Sender<Arc<Snapshot>>,
+    ) -> Self {
+        ApiState {
+            store,
+            live,
+            production,
+            throttle: Arc::default(),
+            closing: watch::channel(false).1,
+        }
+    }
+
+    /// Ends event streams when `closing` turns true.
+    pub fn with_shutdown(mut self, closing: watch::Receiver<bool>) -> Self {
+        self.closing = closing;
+        self
+    }
+
+    fn throttle(&self) -> std::sync::MutexGuard<'_, LoginThrottle> {
+        self.throttle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How long a sign-in from these keys must wait, if they are locked.
+    pub(crate) fn throttle_wait(&self, now: Instant, keys: &[Key]) -> Option<Duration> {
+        self.throttle().wait(now, keys)
+    }
+
+    pub(crate) fn throttle_failed(&self, now: Instant, keys: &[Key]) {
+        self.throttle().failed(now, keys);
+    }
+
+    pub(crate) fn throttle_succeeded(&self, keys: &[Key]) {
+        self.throttle().succeeded(keys);
+    }
+
+    /// Publishes the draft, then hands the new revision to the engine: the one way a
+    /// change reaches calls, for the API and the console alike.
+    pub(crate) async fn apply(&self) -> Result<Snapshot, confero_store::StoreError> {
+        let snapshot = self.store.apply().await?;
+        // Two applies can finish out of order; never let the engine go back to an
+        // older revision, and do not wake it when nothing changed.
+        self.production.send_if_modified(|current| {
+            if snapshot.revision > current.revision {
+                *current = Arc::new(snapshot.clone());
+                true
+            } else {
+                false
+            }
+        });
+        Ok(snapshot)
+    }
 }
 
 /// Mounts `/api/v1/...`, `/healthz` and `/metrics`.

@@ -55,11 +55,7 @@ async fn app() -> App {
         .expect("admin");
     let (_, token) = store.create_token("tests").await.expect("token");
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let router = router(ApiState {
-        store: store.clone(),
-        live: Arc::new(FakeLive),
-        production: tx,
-    });
+    let router = router(ApiState::new(store.clone(), Arc::new(FakeLive), tx));
     App {
         router,
         store,
