@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with the Rust toolchain and gcc.
 # Installs the third-party test peers when missing (SIPp as Debian's sip-tester, baresip,
-# PostgreSQL for the store tests), starts a throw-away PostgreSQL on a free loopback
-# port, then runs every test of the workspace.
+# PostgreSQL for the store tests; Chromium and the node modules for the browser tests),
+# starts a throw-away PostgreSQL on a free loopback port, then runs every test of the
+# workspace and the browser end-to-end tests (tests/browser).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -68,9 +69,18 @@ if [ -n "$pg_bin" ] && [ -z "${CONFERO_TEST_POSTGRES_URL:-}" ]; then
   fi
 fi
 
+status=0
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --no-fail-fast --test-threads 4 "$@"
-  cargo test --workspace --doc --quiet
+  cargo nextest run --workspace --no-fail-fast --test-threads 4 "$@" || status=$?
+  cargo test --workspace --doc --quiet || status=$?
 else
-  cargo test --workspace --no-fail-fast "$@"
+  cargo test --workspace --no-fail-fast "$@" || status=$?
 fi
+
+# The browser end-to-end tests drive the debug binary the Rust tests just built.
+if [ -z "${CONFERO_SKIP_BROWSER:-}" ]; then
+  log "browser tests (Chromium, playwright-core)"
+  cargo build --quiet --bin confero
+  ./tests/browser/run.sh || status=$?
+fi
+exit "$status"

@@ -1,0 +1,760 @@
+// Harness for Confero's browser end-to-end tests (node --test, playwright-core, Debian's
+// Chromium): runs the real `confero` binary on free loopback ports with a throw-away data
+// dir, talks to its REST API, drives third-party SIP peers (SIPp) and a headless Chromium.
+//
+// Everything listens on and talks to 127.0.0.1 only, on ports found by binding port 0;
+// every child process is reaped when the test process ends.
+//
+// Environment:
+//   CONFERO_BIN      the binary (default: <repo>/target/debug/confero)
+//   CHROMIUM         the browser (default: /usr/bin/chromium)
+//   SCREENSHOT_DIR   where PNGs go (default: <repo>/target/browser-screenshots)
+//   KEEP_TMP=1       keep data dirs, scenarios and SIPp logs (their folder is printed)
+//   CI               set: a missing sipp/chromium fails the tests instead of skipping them
+
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+import dgram from 'node:dgram';
+import os from 'node:os';
+import path from 'node:path';
+import readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+
+export { sleep };
+
+export const BROWSER_DIR = path.dirname(fileURLToPath(import.meta.url));
+export const ROOT = path.resolve(BROWSER_DIR, '../..');
+export const SIPP_DIR = path.join(ROOT, 'tests/sipp');
+export const CONFERO_BIN = process.env.CONFERO_BIN
+  ? path.resolve(process.env.CONFERO_BIN)
+  : path.join(ROOT, 'target/debug/confero');
+export const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+export const SCREENSHOT_DIR = process.env.SCREENSHOT_DIR
+  ? path.resolve(process.env.SCREENSHOT_DIR)
+  : path.join(ROOT, 'target/browser-screenshots');
+export const ADMIN_PASSWORD = 'test-admin-password';
+export const LOOPBACK = '127.0.0.1';
+
+// ---- temp files and child processes -----------------------------------------------
+
+/** One folder per test process for data dirs, scenarios and SIPp logs. */
+export const WORK_DIR = fs.mkdtempSync(path.join(os.tmpdir(), 'confero-browser-'));
+
+const children = new Set();
+
+function track(child) {
+  children.add(child);
+  child.once('exit', () => children.delete(child));
+  return child;
+}
+
+/** SIGKILLs every child still running (only the ones this process started). */
+export function killAll() {
+  for (const child of children) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+  children.clear();
+}
+
+process.once('exit', () => {
+  killAll();
+  if (process.env.KEEP_TMP) {
+    process.stderr.write(`(KEEP_TMP: test files kept in ${WORK_DIR})\n`);
+  } else {
+    fs.rmSync(WORK_DIR, { recursive: true, force: true });
+  }
+});
+for (const signal of ['SIGINT', 'SIGTERM']) {
+  process.once(signal, () => {
+    killAll();
+    process.exit(130);
+  });
+}
+
+export function tmpDir(prefix) {
+  return fs.mkdtempSync(path.join(WORK_DIR, `${prefix}-`));
+}
+
+// ---- ports ------------------------------------------------------------------------
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (bound to 0 and read back). */
+export async function freeTcpPort() {
+  const server = net.createServer();
+  server.listen(0, LOOPBACK);
+  await once(server, 'listening');
+  const { port } = server.address();
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+async function udpPortFree(port) {
+  const socket = dgram.createSocket('udp4');
+  try {
+    await new Promise((resolve, reject) => {
+      socket.once('error', reject);
+      socket.bind(port, LOOPBACK, resolve);
+    });
+    return socket.address().port;
+  } catch {
+    return null;
+  } finally {
+    try {
+      socket.close();
+    } catch {
+      // never bound
+    }
+  }
+}
+
+/** A UDP port on 127.0.0.1 that was free a moment ago. */
+export async function freeUdpPort() {
+  return udpPortFree(0);
+}
+
+/**
+ * A free UDP port `p` with `p+1 … p+span-1` free as well (RTP/RTCP, and SIPp's media
+ * port which also takes p+2 for video).
+ */
+export async function freeUdpPortRange(span = 4) {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const base = await freeUdpPort();
+    if (base + span > 65535) continue;
+    let ok = true;
+    for (let i = 1; i < span && ok; i++) ok = (await udpPortFree(base + i)) !== null;
+    if (ok) return base;
+  }
+  throw new Error(`no ${span} consecutive free UDP ports found`);
+}
+
+// ---- small utilities ----------------------------------------------------------------
+
+/**
+ * Retries `fn` until it returns without throwing (its value is returned) or `timeout` ms
+ * pass; then throws its last error, prefixed with `message`.
+ */
+export async function eventually(fn, { timeout = 10_000, interval = 100, message } = {}) {
+  const deadline = Date.now() + timeout;
+  let last;
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() >= deadline) break;
+    await sleep(interval);
+  }
+  if (message && last instanceof Error) last.message = `${message} (after ${timeout} ms): ${last.message}`;
+  throw last;
+}
+
+function commandExists(cmd) {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
+/**
+ * For node:test's `skip` option: false when `tool` is there, else a reason to skip.
+ * Under CI a missing tool is an error instead (CI must run every test).
+ */
+export function needs(tool, debianPackage = tool) {
+  const present = tool.startsWith('/') ? fs.existsSync(tool) : commandExists(tool);
+  if (present) return false;
+  const reason = `${tool} is not installed (apt-get install ${debianPackage})`;
+  if (process.env.CI) throw new Error(`${reason}, and CI must run every browser test`);
+  return reason;
+}
+
+export const sippAvailable = () => commandExists('sipp');
+
+const ANSI = /\x1b\[[0-9;]*m/g;
+
+// ---- the PBX --------------------------------------------------------------------------
+
+/** Waits (up to `timeoutMs`) for the binary to exist: it may be mid-rebuild. */
+async function waitForBinary(bin, timeoutMs) {
+  const deadline = Date.now() + timeoutMs;
+  let told = false;
+  for (;;) {
+    try {
+      fs.accessSync(bin, fs.constants.X_OK);
+      return;
+    } catch {
+      if (Date.now() > deadline) {
+        throw new Error(`${bin} is missing or not executable (build it with cargo build --bin confero, or set CONFERO_BIN)`);
+      }
+      if (!told) {
+        process.stderr.write(`waiting for ${bin} to appear (being rebuilt?)\n`);
+        told = true;
+      }
+      await sleep(1000);
+    }
+  }
+}
+
+/**
+ * Starts `confero` and resolves once it printed `confero ready: …`.
+ * Options: dataDir (default: a fresh temp dir), args (default: SIP and HTTP on
+ * 127.0.0.1:0, public address 127.0.0.1), extraArgs, env, adminPassword.
+ */
+export async function startPbx(options = {}) {
+  const pbx = new Pbx(options);
+  await pbx.start();
+  return pbx;
+}
+
+export class Pbx {
+  constructor({
+    dataDir,
+    args,
+    extraArgs = [],
+    env = {},
+    adminPassword = ADMIN_PASSWORD,
+    bin = CONFERO_BIN,
+  } = {}) {
+    this.dataDir = dataDir ?? tmpDir('data');
+    this.baseArgs = args;
+    this.extraArgs = extraArgs;
+    this.env = env;
+    this.adminPassword = adminPassword;
+    this.bin = bin;
+    this.logFile = path.join(this.dataDir, '..', `${path.basename(this.dataDir)}.log`);
+    this.lines = [];
+    this.child = null;
+    this.token = null;
+    /** Filled by start(): `host:port` strings and the console/API base URL. */
+    this.sip = null;
+    this.http = null;
+    this.url = null;
+  }
+
+  listenArgs(sipAddr, httpAddr) {
+    return [
+      '--sip-listen',
+      sipAddr,
+      '--http-listen',
+      httpAddr,
+      '--public-address',
+      LOOPBACK,
+    ];
+  }
+
+  async start({ sipAddr = `${LOOPBACK}:0`, httpAddr = `${LOOPBACK}:0` } = {}) {
+    if (this.child) throw new Error('confero is already running');
+    await waitForBinary(this.bin, 180_000);
+    const args = [
+      '--data-dir',
+      this.dataDir,
+      ...(this.baseArgs ?? this.listenArgs(sipAddr, httpAddr)),
+      ...this.extraArgs,
+    ];
+    const env = {
+      ...process.env,
+      CONFERO_ADMIN_PASSWORD: this.adminPassword,
+      RUST_LOG: process.env.RUST_LOG || 'info,confero_pbx=debug',
+      NO_COLOR: '1',
+      ...this.env,
+    };
+    const log = fs.createWriteStream(this.logFile, { flags: 'a' });
+    log.write(`---- ${new Date().toISOString()} ${this.bin} ${args.join(' ')}\n`);
+    // The binary can be swapped under us by a rebuild: retry a spawn that fails on that.
+    let child;
+    for (let attempt = 0; ; attempt++) {
+      child = spawn(this.bin, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+      const error = await Promise.race([
+        once(child, 'spawn').then(() => null),
+        once(child, 'error').then(([e]) => e),
+      ]);
+      if (!error) break;
+      if (attempt >= 60 || !['ENOENT', 'ETXTBSY', 'EACCES'].includes(error.code)) throw error;
+      await sleep(1000);
+      await waitForBinary(this.bin, 180_000);
+    }
+    track(child);
+    this.child = child;
+    const exited = once(child, 'exit');
+    this.exited = exited;
+    const ready = new Promise((resolve, reject) => {
+      const onLine = (line) => {
+        line = line.replace(ANSI, '');
+        log.write(`${line}\n`);
+        this.lines.push(line);
+        if (this.lines.length > 2000) this.lines.splice(0, 1000);
+        if (line.startsWith('confero ready: ')) resolve(line);
+      };
+      readline.createInterface({ input: child.stdout }).on('line', onLine);
+      readline.createInterface({ input: child.stderr }).on('line', onLine);
+      exited.then(([code, signal]) => {
+        log.end();
+        reject(new Error(`confero exited (${code ?? signal}) before it was ready:\n${this.logTail(40)}`));
+      });
+    });
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`confero did not print its ready line in 30 s:\n${this.logTail(40)}`)), 30_000);
+    });
+    let line;
+    try {
+      line = await Promise.race([ready, timeout]);
+    } catch (err) {
+      child.kill('SIGKILL');
+      this.child = null;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+    }
+    // confero ready: sip=127.0.0.1:PORT (udp+tcp, advertised …) http=127.0.0.1:PORT …
+    const field = (name) => line.match(new RegExp(`(?:^|\\s)${name}=(\\S+)`))?.[1] ?? null;
+    this.sip = field('sip');
+    this.http = field('http');
+    this.https = field('https');
+    if (!this.sip || !this.http) throw new Error(`unexpected ready line: ${line}`);
+    this.sipPort = Number(this.sip.split(':').pop());
+    this.httpPort = Number(this.http.split(':').pop());
+    this.url = `http://${this.http}`;
+    return this;
+  }
+
+  get running() {
+    return this.child !== null && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** Stops the process with SIGTERM (as an operator would); throws unless it exits 0 within 10 s. */
+  async stop() {
+    const child = this.child;
+    if (!child) return;
+    this.child = null;
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw new Error(`confero had already exited (${child.exitCode ?? child.signalCode}):\n${this.logTail(40)}`);
+    }
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+    const [code, signal] = await this.exited;
+    clearTimeout(timer);
+    if (code !== 0) {
+      throw new Error(`confero exited with ${code ?? signal} after SIGTERM (SIGKILL after 10 s):\n${this.logTail(40)}`);
+    }
+  }
+
+  /** SIGKILL, no questions asked (a crash); the data dir stays. */
+  async kill() {
+    const child = this.child;
+    if (!child) return;
+    this.child = null;
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGKILL');
+      await this.exited;
+    }
+  }
+
+  /**
+   * SIGTERM, then starts again on the same data dir; by default on the same ports (what an
+   * operator's restart does: phones and open browser pages keep their address).
+   */
+  async restart({ samePorts = true } = {}) {
+    const sip = this.sip;
+    const http = this.http;
+    await this.stop();
+    if (samePorts && !this.baseArgs) {
+      // A TCP listener can take a moment to be re-bindable; retry briefly.
+      for (let attempt = 0; ; attempt++) {
+        try {
+          return await this.start({ sipAddr: sip, httpAddr: http });
+        } catch (err) {
+          if (attempt >= 10 || !/address|in use|bind/i.test(String(err.message))) throw err;
+          await sleep(300);
+        }
+      }
+    }
+    return this.start();
+  }
+
+  /** Stops (SIGTERM, must exit 0) and removes the data dir unless KEEP_TMP. */
+  async close() {
+    try {
+      await this.stop();
+    } finally {
+      if (!process.env.KEEP_TMP) fs.rmSync(this.dataDir, { recursive: true, force: true });
+    }
+  }
+
+  /** The last `n` lines the server logged (stdout and stderr, colours stripped). */
+  logTail(n = 50) {
+    return this.lines.slice(-n).join('\n');
+  }
+
+  /** Lines logged so far matching `re`. */
+  logsMatching(re) {
+    return this.lines.filter((l) => re.test(l));
+  }
+
+  /**
+   * One request to the REST API (or any path of the HTTP listener).
+   * `auth`: 'token' (default: a bearer token created once with admin Basic credentials,
+   * since every Basic request costs an argon2 check — ~0.7 s in a debug build), 'basic'
+   * (admin:<password>), 'none', { basic: [user, password] } or { bearer: token }.
+   * Returns { status, headers, text, json } (json null unless the body is JSON).
+   */
+  async api(method, urlPath, body, { auth = 'token', headers = {} } = {}) {
+    const h = { ...headers };
+    if (auth === 'token') {
+      h.authorization = `Bearer ${await this.apiToken()}`;
+    } else if (auth === 'basic') {
+      h.authorization = basic('admin', this.adminPassword);
+    } else if (auth?.basic) {
+      h.authorization = basic(...auth.basic);
+    } else if (auth?.bearer) {
+      h.authorization = `Bearer ${auth.bearer}`;
+    }
+    let payload;
+    if (body !== undefined) {
+      payload = typeof body === 'string' ? body : JSON.stringify(body);
+      h['content-type'] ??= 'application/json';
+    }
+    const res = await fetch(`${this.url}${urlPath}`, {
+      method,
+      headers: h,
+      body: payload,
+      redirect: 'manual',
+      signal: AbortSignal.timeout(15_000),
+    });
+    const text = await res.text();
+    let json = null;
+    if ((res.headers.get('content-type') || '').includes('json')) {
+      try {
+        json = JSON.parse(text);
+      } catch {
+        // leave null
+      }
+    }
+    return { status: res.status, headers: res.headers, text, json };
+  }
+
+  /** Like api(), but throws unless the status is `expect` (a number or a list). */
+  async apiExpect(expect, method, urlPath, body, options) {
+    const res = await this.api(method, urlPath, body, options);
+    const ok = Array.isArray(expect) ? expect.includes(res.status) : res.status === expect;
+    if (!ok) throw new Error(`${method} ${urlPath} → ${res.status}, expected ${expect}: ${res.text}`);
+    return res.json ?? res.text;
+  }
+
+  /** An API token, created once (with admin Basic credentials). */
+  async apiToken() {
+    if (!this.token) {
+      const res = await this.api('POST', '/api/v1/tokens', { name: `browser-tests-${Date.now()}` }, { auth: 'basic' });
+      if (res.status !== 201 && res.status !== 200) throw new Error(`create API token → ${res.status}: ${res.text}`);
+      this.token = res.json.token;
+    }
+    return this.token;
+  }
+
+  /** Creates a user in the draft with a known SIP password; returns it. */
+  createUser(name, extension, sipUsername, sipPassword) {
+    return this.apiExpect(201, 'POST', '/api/v1/users', {
+      name,
+      extension,
+      sip_username: sipUsername,
+      sip_password: sipPassword,
+    });
+  }
+
+  /** Creates a conference in the draft ({name, extension, access_code, …}); returns it. */
+  createConference(room) {
+    return this.apiExpect(201, 'POST', '/api/v1/conferences', room);
+  }
+
+  /** Applies the draft to production. */
+  apply() {
+    return this.apiExpect(200, 'POST', '/api/v1/changes/apply', {});
+  }
+
+  /** Number of pending changes (the console's Apply changes badge). */
+  async pending() {
+    return (await this.apiExpect(200, 'GET', '/api/v1/changes')).pending;
+  }
+
+  async conferences() {
+    return this.apiExpect(200, 'GET', '/api/v1/conferences');
+  }
+
+  async conferenceByExtension(extension) {
+    return (await this.conferences()).find((c) => c.extension === extension) ?? null;
+  }
+
+  async participants(conferenceId) {
+    return this.apiExpect(200, 'GET', `/api/v1/conferences/${conferenceId}/participants`);
+  }
+}
+
+function basic(user, password) {
+  return `Basic ${Buffer.from(`${user}:${password}`).toString('base64')}`;
+}
+
+// ---- SIPp -----------------------------------------------------------------------------
+
+/**
+ * Builds a scenario from tests/sipp/`base` (`caller.xml.in`/`callee.xml.in`) and an
+ * outcome `part`, replacing `@NAME@` placeholders from `vars` (like the Rust helper
+ * `scenario()`); `part` may be null for a complete scenario file such as register.xml.
+ * Returns the path of the file written into `dir`.
+ */
+export function scenario(dir, base, part, vars = {}) {
+  let text = fs.readFileSync(path.join(SIPP_DIR, base), 'utf8');
+  if (part) {
+    let partText = fs.readFileSync(path.join(SIPP_DIR, part), 'utf8');
+    if (partText.includes('@ANSWERS@')) {
+      partText = partText.replaceAll('@ANSWERS@', fs.readFileSync(path.join(SIPP_DIR, 'callee_answers.part'), 'utf8'));
+    }
+    text = text.replaceAll('@OUTCOME@', partText);
+  }
+  for (const [k, v] of Object.entries(vars)) text = text.replaceAll(`@${k}@`, String(v));
+  const left = text.match(/@[A-Z_]+@/);
+  if (left) throw new Error(`scenario ${base}+${part}: placeholder ${left[0]} not given`);
+  const name = `${base.replace(/\.xml(\.in)?$/, '')}${part ? `-${part.replace(/\.part$/, '')}` : ''}-${Date.now()}-${Math.random().toString(36).slice(2, 7)}.xml`;
+  const file = path.join(dir, name);
+  fs.writeFileSync(file, text);
+  return file;
+}
+
+/** Writes a complete inline scenario (XML text) into `dir`; returns its path. */
+export function inlineScenario(dir, name, xml) {
+  const file = path.join(dir, `${name}.xml`);
+  fs.writeFileSync(file, xml);
+  return file;
+}
+
+/**
+ * One SIPp run (`-m 1`, bounded by SIPp's own -timeout and a hard kill after
+ * `timeoutMs`). Bound to 127.0.0.1:`localPort`; media on a free port unless `args`
+ * names -mp.
+ */
+export class Sipp {
+  static async spawn(name, scenarioFile, localPort, args = [], { timeoutMs = 30_000 } = {}) {
+    const logDir = tmpDir(`sipp-${name}`);
+    const mediaArgs = args.includes('-mp') ? [] : ['-mp', String(await freeUdpPortRange(4))];
+    const fullArgs = [
+      '-sf', scenarioFile,
+      '-i', LOOPBACK,
+      '-p', String(localPort),
+      ...mediaArgs,
+      '-m', '1',
+      '-nostdin',
+      '-timeout', `${Math.ceil(timeoutMs / 1000)}s`,
+      '-timeout_error',
+      '-trace_err', '-error_file', path.join(logDir, 'errors.log'),
+      '-trace_msg', '-message_file', path.join(logDir, 'messages.log'),
+      ...args,
+    ];
+    return new Sipp(name, fullArgs, logDir, timeoutMs);
+  }
+
+  constructor(name, args, logDir, timeoutMs) {
+    this.name = name;
+    this.args = args;
+    this.logDir = logDir;
+    this.stderr = '';
+    this.child = track(spawn('sipp', args, { stdio: ['ignore', 'ignore', 'pipe'] }));
+    this.child.stderr.on('data', (d) => {
+      this.stderr += d;
+    });
+    this.result = new Promise((resolve) => {
+      this.child.once('error', (error) => resolve({ code: null, signal: null, error }));
+      this.child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+    // Hard bound on top of SIPp's -timeout.
+    this.killer = setTimeout(() => this.child.kill('SIGKILL'), timeoutMs + 10_000);
+    this.result.then(() => clearTimeout(this.killer));
+  }
+
+  get running() {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** What SIPp logged (errors, messages, stderr), for failure messages. */
+  logs() {
+    const read = (f) => {
+      try {
+        return fs.readFileSync(path.join(this.logDir, f), 'utf8');
+      } catch {
+        return '';
+      }
+    };
+    return `--- errors ---\n${read('errors.log')}\n--- messages ---\n${read('messages.log')}\n--- stderr ---\n${this.stderr}`;
+  }
+
+  /** Resolves when SIPp ends; throws with its logs unless it succeeded (exit 0). */
+  async expectSuccess() {
+    const { code, signal, error } = await this.result;
+    if (error) throw new Error(`sipp ${this.name} could not run: ${error.message}`);
+    if (code !== 0) {
+      throw new Error(`sipp ${this.name} failed (exit ${code ?? signal}):\n${this.logs()}`);
+    }
+  }
+
+  /** SIGKILL (cleanup after a failed test); resolves when it is gone. */
+  async kill() {
+    if (this.running) this.child.kill('SIGKILL');
+    await this.result;
+  }
+}
+
+/**
+ * Registers SIP user `user` from 127.0.0.1:`localPort` with digest auth (register.xml);
+ * the Contact names `contactPort` (default: the same port, so a callee SIPp started
+ * there afterwards gets the calls). Resolves once the 200 OK came.
+ */
+export async function registerPhone(pbx, user, password, { localPort, contactPort, transport = 'u1', expires = 3600 } = {}) {
+  localPort ??= await freeUdpPort();
+  contactPort ??= localPort;
+  const sipp = await Sipp.spawn(`register-${user}-${localPort}`, path.join(SIPP_DIR, 'register.xml'), localPort, [
+    '-s', user,
+    '-au', user,
+    '-ap', password,
+    '-key', 'contact_port', String(contactPort),
+    '-key', 'expires', String(expires),
+    '-t', transport,
+    pbx.sip,
+  ], { timeoutMs: 15_000 });
+  await sipp.expectSuccess();
+  return { localPort, contactPort };
+}
+
+/**
+ * A registered phone that runs `part` (a callee_*.part) when the PBX calls it: registers
+ * `user`, then listens with SIPp on the registered contact port. Returns the Sipp.
+ */
+export async function answeringPhone(pbx, { user, password, part = 'callee_waits_bye.part', timeoutMs = 30_000 }) {
+  const { localPort } = await registerPhone(pbx, user, password);
+  const file = scenario(tmpDir('scenario'), 'callee.xml.in', part);
+  const phone = await Sipp.spawn(`phone-${user}`, file, localPort, [], { timeoutMs });
+  await sleep(300); // let it bind before anything calls it
+  return phone;
+}
+
+/**
+ * A phone dialling `target` (a room's extension, or any number) with digest auth as
+ * `user`, then playing `part` (default caller_is_hung_up.part: it stays until the PBX
+ * hangs up, e.g. on a kick). `vars` fill placeholders (caller_in_room.part needs
+ * WAIT_MS, HOLD_MS and DTMF). Returns the running Sipp.
+ */
+export async function dial(pbx, { target, user, password, part = 'caller_is_hung_up.part', vars = {}, timeoutMs = 30_000 }) {
+  const file = scenario(tmpDir('scenario'), 'caller.xml.in', part, vars);
+  return Sipp.spawn(`dial-${target}-as-${user}`, file, await freeUdpPort(), [
+    '-s', String(target),
+    '-au', user,
+    '-ap', password,
+    pbx.sip,
+  ], { timeoutMs });
+}
+
+// ---- the browser -----------------------------------------------------------------------
+
+export const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+  // Nothing but loopback: every host name fails to resolve (tests use 127.0.0.1 literals).
+  '--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1 , EXCLUDE localhost',
+];
+
+/**
+ * Launches Debian's Chromium through playwright-core (no browser download: it is never
+ * installed by Playwright here). Playwright gives each launch a fresh temporary
+ * user-data-dir, removed on close. Returns
+ * { browser, context, page, newPage(), shot(name), close() } where `context` has
+ * `baseURL` (so page.goto('/conferences') works), the default timeouts set and page
+ * errors recorded in `pageErrors`.
+ * Options: baseURL, extraArgs (e.g. fake media devices for WebRTC), contextOptions
+ * (permissions, viewport…), timeout (default 10 s per action, 15 s per navigation).
+ */
+export async function launchBrowser({ baseURL, extraArgs = [], contextOptions = {}, timeout = 10_000 } = {}) {
+  const { chromium } = await import('playwright-core');
+  if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (or run tests/browser/run.sh)`);
+  const browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [...CHROMIUM_ARGS, ...extraArgs],
+    timeout: 30_000,
+  });
+  const pageErrors = [];
+  const newContext = async (options = {}) => {
+    const context = await browser.newContext({
+      baseURL,
+      viewport: { width: 1280, height: 800 },
+      ...contextOptions,
+      ...options,
+    });
+    context.setDefaultTimeout(timeout);
+    context.setDefaultNavigationTimeout(Math.max(timeout, 15_000));
+    context.on('page', (p) => p.on('pageerror', (e) => pageErrors.push(`${p.url()}: ${e.message}`)));
+    return context;
+  };
+  const context = await newContext();
+  const page = await context.newPage();
+  fs.mkdirSync(SCREENSHOT_DIR, { recursive: true });
+  return {
+    browser,
+    context,
+    page,
+    pageErrors,
+    newContext,
+    newPage: () => context.newPage(),
+    /** Saves a full-page PNG as SCREENSHOT_DIR/<name>.png; returns the path. */
+    async shot(name, target = page) {
+      const file = path.join(SCREENSHOT_DIR, `${name.replace(/[^A-Za-z0-9._-]+/g, '_')}.png`);
+      await target.screenshot({ path: file, fullPage: true });
+      return file;
+    },
+    close: () => browser.close(),
+  };
+}
+
+// ---- console helpers (docs: the console's page contract) ------------------------------
+
+const escapeRe = (s) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+/**
+ * The form control labelled `label` in `scope`. Matches the label as a prefix ending at a
+ * word boundary, since a label wrapping its control, a hint inside the label ("3 to 5
+ * digits") or a required mark make the accessible name longer than the label's words.
+ */
+export function field(scope, label) {
+  return scope.getByLabel(new RegExp(`^\\s*${escapeRe(label)}(?![\\w-])`));
+}
+
+/**
+ * Signs in through the login form (`/login`); resolves with the POST's HTTP status once
+ * the resulting page has loaded.
+ */
+export async function signIn(page, { username = 'admin', password = ADMIN_PASSWORD, next } = {}) {
+  await page.goto(next ? `/login?next=${encodeURIComponent(next)}` : '/login');
+  await field(page, 'Username').fill(username);
+  await field(page, 'Password').fill(password);
+  const response = await submitAndWait(page, () => page.getByRole('button', { name: 'Sign in' }).click());
+  return response.status();
+}
+
+/**
+ * Runs `action` (a click that submits a form) and resolves with the response to the
+ * POST it sends (a 303 on success, the form again with 400/401/403/429 otherwise), after
+ * the page that follows has loaded.
+ */
+export async function submitAndWait(page, action) {
+  const responded = page.waitForResponse(
+    (r) => r.request().method() === 'POST' && r.request().isNavigationRequest() && r.frame() === page.mainFrame(),
+  );
+  await action();
+  const response = await responded;
+  await page.waitForLoadState('load');
+  return response;
+}

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The browser end-to-end tests (console, later SIP.js/WebRTC) in Debian's Chromium, driven
+# by playwright-core under node's test runner. On a fresh Debian 12 machine it installs
+# what is missing (chromium, sip-tester for SIPp, npm, the node modules with `npm ci`),
+# then runs every tests/browser/*.test.mjs against target/debug/confero (or CONFERO_BIN).
+# Fails when Node.js (20 or later) is absent: a suite that silently does not run proves
+# nothing. Extra arguments go to `node --test` (e.g. --test-name-pattern=invite).
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+
+log() { printf '== browser tests: %s\n' "$*"; }
+
+if ! command -v node >/dev/null 2>&1; then
+  log "Node.js 20 or later is needed for the browser tests and is not installed" >&2
+  exit 1
+fi
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+if [ "$node_major" -lt 20 ]; then
+  log "Node.js $(node --version) is too old: playwright-core needs 20 or later" >&2
+  exit 1
+fi
+
+missing=()
+[ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  sudo=""
+  [ "$(id -u)" = 0 ] || sudo="sudo"
+  if ! $sudo true 2>/dev/null; then
+    log "cannot install ${missing[*]} (not root, no sudo)" >&2
+    exit 1
+  fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# node_modules is stale when it was installed from another package-lock.json.
+stamp="$here/node_modules/.confero-lock.sha256"
+want=$(sha256sum "$here/package-lock.json" | cut -d' ' -f1)
+if [ ! -d "$here/node_modules" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "npm ci"
+  (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$want" >"$stamp"
+fi
+
+export CONFERO_BIN="${CONFERO_BIN:-$root/target/debug/confero}"
+if [ ! -x "$CONFERO_BIN" ]; then
+  log "$CONFERO_BIN is missing: build it first (cargo build --bin confero); waiting for it up to 3 minutes" >&2
+fi
+export SCREENSHOT_DIR="${SCREENSHOT_DIR:-$root/target/browser-screenshots}"
+log "confero: $CONFERO_BIN; screenshots: $SCREENSHOT_DIR"
+
+cd "$root"
+status=0
+node --test --test-concurrency=1 "$@" tests/browser/*.test.mjs || status=$?
+if [ "$status" -ne 0 ]; then
+  log "FAILED (exit $status); screenshots, including FAILED-*.png, in $SCREENSHOT_DIR"
+fi
+exit "$status"
