@@ -297,6 +297,18 @@
     inviteDialog.addEventListener("close", () => { stopPolling(); invitation = null; });
   }
 
+  // ---- phone screens: each table row reads as a card, cells labelled by their column -----
+  function labelCells(root = document) {
+    for (const table of $$("table.data", root)) {
+      const heads = $$("thead th", table).map((th) => th.textContent.trim());
+      for (const row of $$("tbody tr", table)) {
+        Array.from(row.cells).forEach((td, i) => { if (heads[i]) td.dataset.label = heads[i]; });
+      }
+    }
+  }
+  labelCells();
+  new MutationObserver(() => labelCells()).observe(document.querySelector("main") || document.body, { childList: true, subtree: true });
+
   // ---- incoming numbers: show the field that goes with the destination type --------
   for (const form of $$("[data-destination-form]")) {
     const type = $('select[name="type"]', form);
