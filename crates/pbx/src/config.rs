@@ -189,6 +189,11 @@ pub struct Trunk {
     /// The number presented to the provider on outgoing calls.
     #[serde(default)]
     pub caller_id: Option<String>,
+    /// Numbers dialled with this prefix go out through this trunk, prefix removed (`9`
+    /// for an outside line, `00` for a second provider). The trunk of lowest id without
+    /// a prefix takes every other number that is not an internal extension.
+    #[serde(default)]
+    pub dial_prefix: Option<String>,
 }
 
 /// One whole configuration (what the draft holds and what a production revision freezes).
@@ -278,6 +283,73 @@ impl Config {
 
     pub fn trunk(&self, id: i64) -> Option<&Trunk> {
         self.trunks.iter().find(|t| t.id == id)
+    }
+
+    /// The incoming number a provider's call is for. Providers write numbers in many ways
+    /// (`+3225551234`, `003225551234`, national `025551234`): an exact match of the digits
+    /// wins, else the longest configured number whose significant digits end the dialled
+    /// ones (or the reverse), with at least six digits in common.
+    pub fn incoming_number_for(&self, dialled: &str) -> Option<&IncomingNumber> {
+        let want = number_digits(dialled)?;
+        if let Some(n) = self
+            .incoming_numbers
+            .iter()
+            .find(|n| number_digits(&n.number).as_deref() == Some(want.as_str()))
+        {
+            return Some(n);
+        }
+        let want = want.trim_start_matches('0');
+        self.incoming_numbers
+            .iter()
+            .filter_map(|n| {
+                let have = number_digits(&n.number)?;
+                let have = have.trim_start_matches('0').to_owned();
+                let (long, short) = if have.len() >= want.len() {
+                    (have.as_str(), want)
+                } else {
+                    (want, have.as_str())
+                };
+                (short.len() >= 6 && long.ends_with(short)).then_some((short.len(), n))
+            })
+            .max_by_key(|(common, _)| *common)
+            .map(|(_, n)| n)
+    }
+
+    /// The trunk a dialled number leaves through, and the number to send it: the trunk
+    /// whose prefix starts the number (longest prefix first, prefix removed), else the
+    /// trunk of lowest id without a prefix.
+    pub fn outbound_route(&self, dialled: &str) -> Option<(&Trunk, String)> {
+        let mut prefixed: Vec<&Trunk> = self
+            .trunks
+            .iter()
+            .filter(|t| t.dial_prefix.is_some())
+            .collect();
+        prefixed.sort_by_key(|t| std::cmp::Reverse(t.dial_prefix.as_ref().map_or(0, String::len)));
+        for t in prefixed {
+            let prefix = t.dial_prefix.as_deref().unwrap_or_default();
+            if let Some(rest) = dialled.strip_prefix(prefix) {
+                if !rest.is_empty() {
+                    return Some((t, rest.to_owned()));
+                }
+            }
+        }
+        self.trunks
+            .iter()
+            .filter(|t| t.dial_prefix.is_none())
+            .min_by_key(|t| t.id)
+            .map(|t| (t, dialled.to_owned()))
+    }
+
+    /// The number presented when `user` calls out through `trunk`: an incoming number that
+    /// rings the user (their direct line), else the trunk's caller ID.
+    pub fn outbound_caller_id(&self, user: &User, trunk: &Trunk) -> Option<String> {
+        self.incoming_numbers
+            .iter()
+            .find(|n| {
+                matches!(&n.destination, Destination::Extension { extension } if *extension == user.extension)
+            })
+            .map(|n| n.number.clone())
+            .or_else(|| trunk.caller_id.clone())
     }
 
     /// Whether `ext` is dialable inside the PBX (a user or a conference room).
@@ -395,6 +467,26 @@ fn check_digits_len(
         ));
     }
     Ok(())
+}
+
+/// The digits of a phone number written by a person or a provider: spaces, dots, dashes
+/// and brackets dropped, `+` or the international `00` removed. `None` when anything
+/// else is in it (a SIP user part that is a name, not a number).
+pub fn number_digits(raw: &str) -> Option<String> {
+    let cleaned: String = raw
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '.' | '-' | '(' | ')'))
+        .collect();
+    let digits = cleaned.strip_prefix('+').unwrap_or(&cleaned);
+    if digits.is_empty() || digits.len() > 24 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let digits = if !cleaned.starts_with('+') && digits.len() > 4 {
+        digits.strip_prefix("00").unwrap_or(digits)
+    } else {
+        digits
+    };
+    Some(digits.to_owned())
 }
 
 /// An E.164-ish number: optional leading `+`, then `min`–`max` digits.
@@ -637,6 +729,22 @@ pub fn validate_trunk(cfg: &Config, t: &Trunk) -> Result<(), FieldError> {
     if let Some(cid) = &t.caller_id {
         check_phone_number("caller_id", cid, 3, 20)?;
     }
+    if let Some(prefix) = &t.dial_prefix {
+        check_digits_len("dial_prefix", prefix, 1, 4, "dial_prefix")?;
+        if let Some(other) = cfg
+            .trunks
+            .iter()
+            .find(|o| o.id != t.id && o.dial_prefix.as_deref() == Some(prefix))
+        {
+            return Err(FieldError::new(
+                "dial_prefix",
+                format!(
+                    "dial_prefix {prefix} is already used by trunk \"{}\"",
+                    other.name
+                ),
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -878,7 +986,96 @@ mod tests {
             password: Some("secret".into()),
             register: true,
             caller_id: Some("+3225550100".into()),
+            dial_prefix: None,
         }
+    }
+
+    #[test]
+    fn provider_numbers_find_their_incoming_number() {
+        let mut cfg = base();
+        cfg.incoming_numbers
+            .push(number(21, "+3225550199", Destination::HangUp));
+        for written in [
+            "+3225550100",
+            "3225550100",
+            "003225550100",
+            "025550100",
+            "+32 2 555 01 00",
+        ] {
+            assert_eq!(
+                cfg.incoming_number_for(written).map(|n| n.id),
+                Some(20),
+                "{written}"
+            );
+        }
+        assert_eq!(cfg.incoming_number_for("025550199").map(|n| n.id), Some(21));
+        for stranger in ["", "alice", "5550100x", "0100", "+3225550111"] {
+            assert_eq!(
+                cfg.incoming_number_for(stranger).map(|n| n.id),
+                None,
+                "{stranger}"
+            );
+        }
+    }
+
+    #[test]
+    fn dialled_numbers_pick_their_trunk() {
+        let mut cfg = base();
+        cfg.trunks.clear();
+        assert!(
+            cfg.outbound_route("0475123456").is_none(),
+            "no trunk, no way out"
+        );
+        cfg.trunks = vec![trunk(3), trunk(2)];
+        cfg.trunks[0].dial_prefix = Some("9".into());
+        let (t, n) = cfg.outbound_route("90475123456").unwrap();
+        assert_eq!((t.id, n.as_str()), (3, "0475123456"), "prefix removed");
+        let (t, n) = cfg.outbound_route("0475123456").unwrap();
+        assert_eq!((t.id, n.as_str()), (2, "0475123456"), "the default trunk");
+        let (t, _) = cfg.outbound_route("9").unwrap();
+        assert_eq!(t.id, 2, "a bare prefix is a number like any other");
+        cfg.trunks[1].dial_prefix = Some("00".into());
+        assert!(
+            cfg.outbound_route("0475123456").is_none(),
+            "no default trunk"
+        );
+    }
+
+    #[test]
+    fn outgoing_caller_id_is_the_users_direct_line_or_the_trunks() {
+        let mut cfg = base();
+        let t = trunk(3);
+        let alice = cfg.users[0].clone();
+        assert_eq!(
+            cfg.outbound_caller_id(&alice, &t).as_deref(),
+            Some("+3225550100")
+        );
+        cfg.incoming_numbers.push(number(
+            22,
+            "+3225550101",
+            Destination::Extension {
+                extension: alice.extension.clone(),
+            },
+        ));
+        assert_eq!(
+            cfg.outbound_caller_id(&alice, &t).as_deref(),
+            Some("+3225550101")
+        );
+    }
+
+    #[test]
+    fn dial_prefixes_are_digits_and_unique() {
+        let mut cfg = base();
+        let mut a = trunk(3);
+        a.dial_prefix = Some("9x".into());
+        assert_eq!(field_of(validate_trunk(&cfg, &a)), "dial_prefix");
+        a.dial_prefix = Some("9".into());
+        assert_eq!(field_of(validate_trunk(&cfg, &a)), "ok");
+        cfg.trunks.push(a);
+        let mut b = trunk(4);
+        b.name = "Other".into();
+        b.dial_prefix = Some("9".into());
+        assert_eq!(field_of(validate_trunk(&cfg, &b)), "dial_prefix");
     }
 
     fn base() -> Config {

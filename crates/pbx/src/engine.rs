@@ -31,21 +31,29 @@ use confero_sip::transaction::{
 use confero_sip::transport::{Peer, Transmit, Transport};
 use confero_sip::{Method, Name, SipUri, StatusCode};
 
-use crate::config::{Snapshot, User};
+use crate::config::{self, Snapshot, User};
 use crate::ports::PortPool;
 use crate::room::Rooms;
 
+mod bridge;
 mod conference;
+mod fork;
 mod invite;
+mod pstn;
+mod trunk;
 use crate::headers::{self, uri_user};
 use crate::registrar::{
     Binding, BindingChange, ContactRequest, RegisterError, RegisterUpdate, Registrar,
     DEFAULT_EXPIRES, MIN_EXPIRES,
 };
+use bridge::Bridge;
 use conference::ConfLeg;
+use conference::Party;
 pub use conference::{ConferenceParticipant, LegStats, MediaCommand, MediaEvent};
 use invite::Invitation;
 pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
+use trunk::TrunkLink;
+pub use trunk::{RegistrationState, TrunkStatus};
 
 /// Methods we answer; also sent in `Allow`.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY";
@@ -102,6 +110,10 @@ pub enum EngineEvent {
     CallsChanged,
     /// Someone joined, left, started talking, was muted… in a conference room.
     ConferencesChanged,
+    /// A trunk's registration state changed.
+    TrunksChanged,
+    /// Look up a trunk's host name and answer with [`Engine::set_trunk_addresses`].
+    ResolveTrunk { trunk: i64, host: String, port: u16 },
 }
 
 /// A call as shown in `GET /api/v1/calls`.
@@ -268,6 +280,10 @@ enum ClientPurpose {
     Fire,
     /// One fork of an invitation from a room.
     Invitation(usize),
+    /// One fork toward the callee of an anchored call.
+    Bridge(usize),
+    /// A REGISTER to a provider.
+    TrunkRegister(i64),
 }
 
 /// The signalling engine. See the module docs for the run loop.
@@ -291,6 +307,10 @@ pub struct Engine {
     /// (Call-ID, our tag) → conference leg.
     conf_dialogs: HashMap<(String, String), u64>,
     invitations: HashMap<u64, Invitation>,
+    bridges: HashMap<u64, Bridge>,
+    trunks: HashMap<i64, TrunkLink>,
+    /// Timer id → trunk id (trunk timers share the engine's timer heap).
+    trunk_timers: HashMap<u64, i64>,
     ports: PortPool,
     media_out: VecDeque<MediaCommand>,
     transmits: VecDeque<Transmit>,
@@ -307,7 +327,7 @@ impl Engine {
     ) -> Self {
         let nonces = NonceSource::new(settings.nonce_secret, settings.nonce_lifetime);
         let ports = PortPool::starting_at(settings.rtp_ports.clone(), rand::random());
-        Self {
+        let mut engine = Self {
             tx: TransactionLayer::new(settings.timers),
             settings,
             start: now,
@@ -325,11 +345,16 @@ impl Engine {
             conf_legs: HashMap::new(),
             conf_dialogs: HashMap::new(),
             invitations: HashMap::new(),
+            bridges: HashMap::new(),
+            trunks: HashMap::new(),
+            trunk_timers: HashMap::new(),
             ports,
             media_out: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        };
+        engine.reconcile_trunks(now);
+        engine
     }
 
     fn unix(&self, now: Instant) -> u64 {
@@ -349,6 +374,7 @@ impl Engine {
         }
         self.rooms.handle_config(now, &cfg.config.conferences);
         self.drain_room_commands(now);
+        self.reconcile_trunks(now);
     }
 
     /// Puts back a binding loaded from storage (after a restart).
@@ -378,6 +404,7 @@ impl Engine {
                 answered_unix: c.answered_unix,
             })
             .collect();
+        v.extend(self.bridge_calls());
         v.sort_by_key(|c| c.id);
         v
     }
@@ -403,6 +430,8 @@ impl Engine {
         for id in invitations {
             self.cancel_invitation(now, id);
         }
+        self.fail_ringing_bridges(now);
+        self.unregister_trunks(now);
         self.drain_tx_transmits();
     }
 
@@ -424,6 +453,28 @@ impl Engine {
         }) {
             self.events.push_back(EngineEvent::Binding(change));
         }
+    }
+
+    /// The shell could not deliver to `peer` (a TCP connection refused, or closed under a
+    /// request): requests in flight toward it fail at once with 503, as RFC 3261 §8.1.3.1
+    /// wants for transport errors, instead of timing out 32 s later.
+    pub fn handle_unreachable(&mut self, now: Instant, peer: Peer) {
+        self.tx.handle_transport_error(peer);
+        while let Some(ev) = self.tx.poll_event() {
+            match ev {
+                TransactionEvent::ClientTimeout { tx } => {
+                    let unreachable = Response {
+                        code: StatusCode::from(503),
+                        reason: Some("Cannot Connect".into()),
+                        headers: confero_sip::Headers::new(),
+                        body: Bytes::new(),
+                    };
+                    self.on_response(now, tx, unreachable);
+                }
+                other => self.on_tx_event(now, other),
+            }
+        }
+        self.drain_tx_transmits();
     }
 
     /// Input: one datagram or one framed stream message from `from`.
@@ -457,6 +508,10 @@ impl Engine {
                 self.call_timers(now, id);
             } else if self.invitations.contains_key(&id) {
                 self.invitation_timers(now, id);
+            } else if self.bridges.contains_key(&id) {
+                self.bridge_timers(now, id);
+            } else if let Some(&trunk) = self.trunk_timers.get(&id) {
+                self.trunk_timers(now, trunk);
             } else {
                 self.conf_leg_timers(now, id);
             }
@@ -744,6 +799,9 @@ impl Engine {
         let mut trying = response_for(&req, StatusCode::from(100), None);
         trying.reason = Some("Trying".into());
         self.send_response(now, tx, trying);
+        if let Some(trunk) = self.trunk_of_request(&req, from) {
+            return self.on_trunk_invite(now, tx, req, from, trunk);
+        }
         if !self.serves_domain(&headers::uri_host(&req.uri)) {
             return self.respond(now, tx, &req, 404, "Domain Not Served");
         }
@@ -773,7 +831,11 @@ impl Engine {
             .or_else(|| cfg.config.user_by_sip_username(&dialled));
         let Some(callee) = callee else {
             if let Some(conference) = cfg.config.conference_by_extension(&dialled) {
-                return self.answer_conference(now, tx, req, from, caller, conference.clone());
+                let party = Party::user(&caller);
+                return self.answer_conference(now, tx, req, from, party, conference.clone());
+            }
+            if config::number_digits(&dialled).is_some() {
+                return self.call_out(now, tx, req, from, &caller, &dialled);
             }
             return self.respond(now, tx, &req, 404, "Not Found");
         };
@@ -870,6 +932,11 @@ impl Engine {
             .map(|c| c.caller_leg.local_tag.clone());
         let ok = response_for(cancel, StatusCode::from(200), tag.as_deref());
         self.send_response(now, tx, ok);
+        if call_id.is_none() {
+            if let Some(bridge) = self.bridge_of_invite(invite_tx) {
+                return self.fail_bridge(now, bridge, 487, "Request Terminated");
+            }
+        }
         let Some(id) = call_id else {
             // The INVITE has not reached a call yet (e.g. it was being challenged): end it.
             if let Some(invite) = self.tx.server_request(invite_tx).cloned() {
@@ -945,6 +1012,10 @@ impl Engine {
             ClientPurpose::Forwarded(fwd) => self.on_forwarded_response(now, id, *fwd, resp),
             ClientPurpose::Fire => {}
             ClientPurpose::Invitation(i) => self.on_invitation_response(now, id, i, resp),
+            ClientPurpose::Bridge(i) => self.on_bridge_response(now, id, i, resp),
+            ClientPurpose::TrunkRegister(trunk) => {
+                self.on_trunk_register_response(now, trunk, resp)
+            }
         }
         self.gc(id);
     }

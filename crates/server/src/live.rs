@@ -90,12 +90,40 @@ fn invitation_json(i: confero_pbx::engine::InvitationInfo) -> Value {
     })
 }
 
+/// A trunk's live state. Times are seconds from now, so clients need no clock.
+fn trunk_json(t: &confero_pbx::engine::TrunkStatus, now_unix: u64) -> Value {
+    use confero_pbx::engine::RegistrationState as R;
+    let summary = match t.registration {
+        R::Off => "Not registering".to_owned(),
+        R::Resolving => "Looking up the provider's address…".to_owned(),
+        R::Registering => "Registering…".to_owned(),
+        R::Registered => "Registered".to_owned(),
+        R::Failed => match (t.status, &t.reason) {
+            (Some(code), Some(reason)) => format!("Failed: {code} {reason}"),
+            (_, Some(reason)) => format!("Failed: {reason}"),
+            _ => "Failed".to_owned(),
+        },
+    };
+    json!({
+        "summary": summary,
+        "trunk_id": t.id,
+        "name": t.name,
+        "registration": t.registration.as_str(),
+        "address": t.address.map(|a| a.to_string()),
+        "status": t.status,
+        "reason": t.reason,
+        "expires_in": t.expires_unix.map(|u| u.saturating_sub(now_unix)),
+        "retry_in": t.retry_unix.map(|u| u.saturating_sub(now_unix)),
+    })
+}
+
 #[derive(Default)]
 struct Published {
     registrations: Vec<Value>,
     calls: Vec<Value>,
     participants: Vec<(i64, Value)>,
     invitations: Vec<(u64, Value)>,
+    trunks: Vec<(i64, Value)>,
     transactions: usize,
     calls_in_memory: usize,
     rtp_ports: usize,
@@ -179,6 +207,11 @@ impl LiveState {
             .into_iter()
             .map(|i| (i.id, invitation_json(i)))
             .collect();
+        let trunks: Vec<(i64, Value)> = engine
+            .trunk_statuses(std::time::Instant::now())
+            .into_iter()
+            .map(|t| (t.id, trunk_json(&t, now_unix)))
+            .collect();
         let mut p = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if self.events.receiver_count() > 0 {
             let all_participants: Vec<&Value> = participants.iter().map(|(_, v)| v).collect();
@@ -199,6 +232,11 @@ impl LiveState {
                     json!(invitations.iter().map(|(_, v)| v).collect::<Vec<_>>()),
                     json!(p.invitations.iter().map(|(_, v)| v).collect::<Vec<_>>()),
                 ),
+                (
+                    "trunks",
+                    json!(trunks.iter().map(|(_, v)| v).collect::<Vec<_>>()),
+                    json!(p.trunks.iter().map(|(_, v)| v).collect::<Vec<_>>()),
+                ),
             ] {
                 if now != before {
                     let _ = self.events.send((kind.to_owned(), now.to_string()));
@@ -210,6 +248,7 @@ impl LiveState {
             calls,
             participants,
             invitations,
+            trunks,
             transactions: engine.transaction_count(),
             calls_in_memory: engine.call_count(),
             rtp_ports: engine.rtp_ports_in_use(),
@@ -249,7 +288,9 @@ impl LiveView for LiveState {
         let p = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let participants: Vec<&Value> = p.participants.iter().map(|(_, v)| v).collect();
         let invitations: Vec<&Value> = p.invitations.iter().map(|(_, v)| v).collect();
+        let trunks: Vec<&Value> = p.trunks.iter().map(|(_, v)| v).collect();
         vec![
+            ("trunks".into(), json!(trunks).to_string()),
             ("registrations".into(), json!(p.registrations).to_string()),
             ("calls".into(), json!(p.calls).to_string()),
             ("participants".into(), json!(participants).to_string()),
@@ -295,6 +336,16 @@ impl LiveView for LiveState {
             })
             .ok()?;
         Some(rx)
+    }
+
+    fn trunk(&self, id: i64) -> Option<Value> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .trunks
+            .iter()
+            .find(|(t, _)| *t == id)
+            .map(|(_, v)| v.clone())
     }
 
     fn invitation(&self, id: u64) -> Option<Value> {

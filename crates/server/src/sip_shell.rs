@@ -39,8 +39,18 @@ const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// Input from connection tasks to the engine task.
 #[derive(Debug)]
 pub(crate) enum Input {
-    Message { data: Bytes, from: Peer },
+    Message {
+        data: Bytes,
+        from: Peer,
+    },
     Closed(ConnId),
+    /// An outbound connection could not be made.
+    Unreachable(Peer),
+    /// A trunk's host name, looked up.
+    Resolved {
+        trunk: i64,
+        result: Result<Vec<SocketAddr>, String>,
+    },
 }
 
 /// Outbound halves of live stream connections.
@@ -145,7 +155,8 @@ impl ConnTable {
                     }
                 }
                 _ => {
-                    tracing::info!(peer = %peer.addr, "cannot connect to TCP peer; message dropped")
+                    tracing::info!(peer = %peer.addr, "cannot connect to TCP peer; message dropped");
+                    let _ = table.input.send(Input::Unreachable(peer)).await;
                 }
             }
         });
@@ -302,6 +313,10 @@ impl SipShell {
                 Some(input) = input_rx.recv() => match input {
                     Input::Message { data, from } => self.engine.handle_datagram(Instant::now(), &data, from),
                     Input::Closed(id) => self.engine.connection_closed(id),
+                    Input::Unreachable(peer) => self.engine.handle_unreachable(Instant::now(), peer),
+                    Input::Resolved { trunk, result } => {
+                        self.engine.set_trunk_addresses(Instant::now(), trunk, result)
+                    }
                 },
                 _ = tokio::time::sleep_until(deadline) => self.engine.handle_timeout(Instant::now()),
                 Some(ev) = self.media_events.recv() => self.engine.handle_media_event(Instant::now(), ev),
@@ -351,8 +366,14 @@ impl SipShell {
         }
         while let Some(ev) = self.engine.poll_event() {
             self.live_dirty = true;
-            if let EngineEvent::Binding(change) = ev {
-                let _ = persist.send(change);
+            match ev {
+                EngineEvent::Binding(change) => {
+                    let _ = persist.send(change);
+                }
+                EngineEvent::ResolveTrunk { trunk, host, port } => {
+                    tokio::spawn(resolve(trunk, host, port, conns.input.clone()));
+                }
+                _ => {}
             }
         }
         if self.live_dirty && self.live_published_at.elapsed() >= LIVE_PUBLISH_INTERVAL {
@@ -365,6 +386,26 @@ impl SipShell {
         self.live_dirty = false;
         self.live_published_at = Instant::now();
     }
+}
+
+/// Looks a trunk's host up (A/AAAA; the port is the configured one) and tells the engine.
+async fn resolve(trunk: i64, host: String, port: u16, input: mpsc::Sender<Input>) {
+    let lookup = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::lookup_host((host.as_str(), port)),
+    )
+    .await;
+    let result = match lookup {
+        Ok(Ok(addrs)) => {
+            // IPv4 first: most providers and NATs still prefer it.
+            let mut addrs: Vec<SocketAddr> = addrs.collect();
+            addrs.sort_by_key(|a| a.is_ipv6());
+            Ok(addrs)
+        }
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err("the lookup timed out".to_owned()),
+    };
+    let _ = input.send(Input::Resolved { trunk, result }).await;
 }
 
 /// Writes binding changes to the store off the engine task, batching whatever queued up

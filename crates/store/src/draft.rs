@@ -107,6 +107,7 @@ fn trunk_from_row(r: &AnyRow) -> Result<Trunk, StoreError> {
         password: r.try_get("password")?,
         register: r.try_get::<i64, _>("register_enabled")? != 0,
         caller_id: r.try_get("caller_id")?,
+        dial_prefix: r.try_get("dial_prefix")?,
     })
 }
 
@@ -136,7 +137,7 @@ async fn load_draft(tx: &mut Tx) -> Result<Config, StoreError> {
             .map(incoming_number_from_row)
             .collect::<Result<_, _>>()?;
     let trunks = sqlx::query(
-        "SELECT id, name, host, port, transport, username, password, register_enabled, caller_id
+        "SELECT id, name, host, port, transport, username, password, register_enabled, caller_id, dial_prefix
          FROM trunks ORDER BY id",
     )
     .fetch_all(&mut **tx)
@@ -211,8 +212,8 @@ async fn insert_incoming_number(tx: &mut Tx, n: &IncomingNumber) -> Result<(), S
 
 async fn insert_trunk(tx: &mut Tx, t: &Trunk) -> Result<(), StoreError> {
     sqlx::query(
-        "INSERT INTO trunks (id, name, host, port, transport, username, password, register_enabled, caller_id)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO trunks (id, name, host, port, transport, username, password, register_enabled, caller_id, dial_prefix)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
     )
     .bind(t.id)
     .bind(&t.name)
@@ -223,6 +224,7 @@ async fn insert_trunk(tx: &mut Tx, t: &Trunk) -> Result<(), StoreError> {
     .bind(t.password.clone())
     .bind(bool_to_db(t.register))
     .bind(t.caller_id.clone())
+    .bind(t.dial_prefix.clone())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -587,7 +589,7 @@ impl Store {
 
     pub async fn get_trunk(&self, id: i64) -> Result<Trunk, StoreError> {
         let row = sqlx::query(
-            "SELECT id, name, host, port, transport, username, password, register_enabled, caller_id
+            "SELECT id, name, host, port, transport, username, password, register_enabled, caller_id, dial_prefix
              FROM trunks WHERE id = $1",
         )
         .bind(id)
@@ -610,6 +612,7 @@ impl Store {
             password: new.password,
             register: new.register,
             caller_id: new.caller_id,
+            dial_prefix: new.dial_prefix,
         };
         config::validate_trunk(&cfg, &t).map_err(StoreError::Validation)?;
         insert_trunk(&mut tx, &t).await?;
@@ -647,6 +650,9 @@ impl Store {
         }
         if let Some(v) = patch.caller_id {
             t.caller_id = v;
+        }
+        if let Some(v) = patch.dial_prefix {
+            t.dial_prefix = v;
         }
         config::validate_trunk(&cfg, &t).map_err(StoreError::Validation)?;
         delete_row(&mut tx, EntityKind::Trunk, id).await?;

@@ -178,6 +178,8 @@ pub struct NewTrunk {
     pub register: bool,
     #[serde(default)]
     pub caller_id: Option<String>,
+    #[serde(default)]
+    pub dial_prefix: Option<String>,
 }
 
 impl Default for NewTrunk {
@@ -193,6 +195,7 @@ impl Default for NewTrunk {
             password: None,
             register: false,
             caller_id: None,
+            dial_prefix: None,
         }
     }
 }
@@ -224,6 +227,8 @@ pub struct TrunkPatch {
     pub register: Option<bool>,
     #[serde(default, deserialize_with = "present")]
     pub caller_id: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub dial_prefix: Option<Option<String>>,
 }
 
 impl From<NewTrunk> for TrunkPatch {
@@ -240,6 +245,7 @@ impl From<NewTrunk> for TrunkPatch {
             password: n.password.map(Some),
             register: Some(n.register),
             caller_id: Some(n.caller_id),
+            dial_prefix: Some(n.dial_prefix),
         }
     }
 }

@@ -102,9 +102,40 @@ pub struct ConferenceParticipant {
     pub rtp_port: u16,
 }
 
+/// Who is on the other end of a leg: a user of the PBX, or a number from a trunk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) struct Party {
+    /// The extension of a user, or the caller's number.
+    pub(super) number: String,
+    pub(super) name: String,
+    /// A user of this PBX (authenticated, or rung on a registered device): only a user
+    /// can be a room's administrator, whatever number a provider presents.
+    pub(super) is_user: bool,
+}
+
+impl Party {
+    pub(super) fn user(u: &User) -> Self {
+        Party {
+            number: u.extension.clone(),
+            name: u.name.clone(),
+            is_user: true,
+        }
+    }
+
+    pub(super) fn external(number: &str, name: &str) -> Self {
+        Party {
+            number: number.to_owned(),
+            name: name.to_owned(),
+            is_user: false,
+        }
+    }
+}
+
 pub(super) struct ConfLeg {
     pub(super) leg: Leg,
-    pub(super) caller: User,
+    pub(super) caller: Party,
+    /// The anchored call this leg is half of, when it is not in a conference room.
+    pub(super) bridge: Option<u64>,
     pub(super) port: u16,
     pub(super) media: Negotiated,
     /// Our last SDP, re-sent when a re-INVITE asks without an offer.
@@ -116,44 +147,110 @@ pub(super) struct ConfLeg {
     pub(super) stats: LegStats,
 }
 
+impl ConfLeg {
+    pub(super) fn new(
+        leg: Leg,
+        caller: Party,
+        port: u16,
+        media: Negotiated,
+        local_sdp: String,
+        session_id: u64,
+        joined_unix: u64,
+    ) -> Self {
+        ConfLeg {
+            leg,
+            caller,
+            bridge: None,
+            port,
+            media,
+            local_sdp,
+            sdp_version: 1,
+            session_id,
+            joined_unix,
+            talking: false,
+            stats: LegStats::default(),
+        }
+    }
+}
+
 /// Codecs we offer and accept, best first: wideband when the phone has it.
 pub(super) const CODEC_PREFS: &[&str] = &["G722/8000", "PCMU/8000", "PCMA/8000"];
 
 impl Engine {
-    /// The caller dialled a room's extension and authenticated.
+    /// The caller dialled a room's extension (and authenticated, or came from a trunk).
     pub(super) fn answer_conference(
         &mut self,
         now: Instant,
         tx: ServerTxId,
         req: Request,
         from: Peer,
-        caller: User,
+        caller: Party,
         conference: Conference,
     ) {
+        let number = caller.number.clone();
+        let is_admin =
+            caller.is_user && conference.admin_extension.as_deref() == Some(caller.number.as_str());
+        let Some(id) = self.answer_anchored(now, tx, &req, from, caller, None, None) else {
+            return;
+        };
+        self.rooms
+            .handle_join(now, id, &conference, &number, is_admin);
+        self.drain_room_commands(now);
+        self.events.push_back(EngineEvent::ConferencesChanged);
+    }
+
+    /// Answers an INVITE with media anchored here: SDP answer on one of our RTP ports
+    /// (`port`, or a fresh one), 200 OK retransmitted until ACKed, the leg opened in the
+    /// media engine. `local_tag` is the To tag already used in provisional responses, if
+    /// any. Refuses the INVITE itself (and frees `port`) when that cannot be done.
+    /// Returns the new leg.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn answer_anchored(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Request,
+        from: Peer,
+        caller: Party,
+        port: Option<u16>,
+        local_tag: Option<String>,
+    ) -> Option<LegId> {
         let offer = match sdp::parse_audio(&req.body) {
             Ok(offer) => offer,
             Err(err) => {
-                return self.refuse_sdp(now, tx, &req, &err);
+                if let Some(p) = port {
+                    self.ports.release(p);
+                }
+                self.refuse_sdp(now, tx, req, &err);
+                return None;
             }
         };
-        let (Some(from_hdr), Some(to_hdr), Some(call_id)) = (
+        let parts = (
             headers::from_to(&req.headers, Name::FROM),
             headers::from_to(&req.headers, Name::TO),
             req.call_id(),
-        ) else {
-            return self.respond(now, tx, &req, 400, "Bad Request");
+        );
+        let (Some(from_hdr), Some(to_hdr), Some(call_id)) = parts else {
+            if let Some(p) = port {
+                self.ports.release(p);
+            }
+            self.respond(now, tx, req, 400, "Bad Request");
+            return None;
         };
-        let Some(remote_tag) = from_hdr.tag.as_ref().map(|t| t.to_string()) else {
-            return self.respond(now, tx, &req, 400, "Missing From Tag");
+        let remote_tag = from_hdr.tag.as_ref().map(|t| t.to_string());
+        let remote_target =
+            headers::contacts(&req.headers).and_then(|c| c.first().map(headers::contact_uri_text));
+        let (Some(remote_tag), Some(remote_target)) = (remote_tag, remote_target) else {
+            if let Some(p) = port {
+                self.ports.release(p);
+            }
+            self.respond(now, tx, req, 400, "Missing From Tag Or Contact");
+            return None;
         };
-        let Some(remote_target) =
-            headers::contacts(&req.headers).and_then(|c| c.first().map(headers::contact_uri_text))
-        else {
-            return self.respond(now, tx, &req, 400, "Missing Contact");
-        };
-        let Some(port) = self.ports.allocate() else {
+        let Some(port) = port.or_else(|| self.ports.allocate()) else {
             tracing::warn!("RTP port range exhausted");
-            return self.respond(now, tx, &req, 503, "Service Unavailable");
+            self.respond(now, tx, req, 503, "Service Unavailable");
+            return None;
         };
         let session_id = u64::from(rand::random::<u32>());
         let local = LocalMedia {
@@ -167,14 +264,15 @@ impl Engine {
             Ok(x) => x,
             Err(err) => {
                 self.ports.release(port);
-                return self.refuse_sdp(now, tx, &req, &err);
+                self.refuse_sdp(now, tx, req, &err);
+                return None;
             }
         };
         let id = self.next_call_id;
         self.next_call_id += 1;
-        let leg = Leg {
+        let mut leg = Leg {
             call_id,
-            local_tag: message::random_tag(),
+            local_tag: local_tag.unwrap_or_else(message::random_tag),
             remote_tag,
             local_uri: headers::name_addr_text(&to_hdr),
             remote_uri: headers::name_addr_text(&from_hdr),
@@ -185,7 +283,7 @@ impl Engine {
             last_ack: None,
             unacked_2xx: None,
         };
-        let mut ok = response_for(&req, StatusCode::from(200), Some(&leg.local_tag));
+        let mut ok = response_for(req, StatusCode::from(200), Some(&leg.local_tag));
         ok.headers
             .insert(Name::CONTACT, our_contact(&self.settings, from.transport));
         ok.headers.insert(Name::ALLOW, ALLOW);
@@ -196,7 +294,6 @@ impl Engine {
         }
         ok.body = Bytes::from(answer.clone().into_bytes());
         let _ = self.tx.send_response(now, tx, ok.clone());
-        let mut leg = leg;
         leg.unacked_2xx = Some(unacked(&self.settings, now, ok, true));
         if let Some(u) = &leg.unacked_2xx {
             self.timers
@@ -210,30 +307,21 @@ impl Engine {
             media: media.clone(),
             rtcp_mux: offer.rtcp_mux,
         });
-        let is_admin = conference.admin_extension.as_deref() == Some(caller.extension.as_str());
         let joined_unix = self.unix(now);
         self.conf_legs.insert(
             id,
-            ConfLeg {
-                leg,
-                caller: caller.clone(),
-                port,
-                media,
-                local_sdp: answer,
-                sdp_version: 1,
-                session_id,
-                joined_unix,
-                talking: false,
-                stats: LegStats::default(),
-            },
+            ConfLeg::new(leg, caller, port, media, answer, session_id, joined_unix),
         );
-        self.rooms
-            .handle_join(now, id, &conference, &caller.extension, is_admin);
-        self.drain_room_commands(now);
-        self.events.push_back(EngineEvent::ConferencesChanged);
+        Some(id)
     }
 
-    fn refuse_sdp(&mut self, now: Instant, tx: ServerTxId, req: &Request, err: &sdp::SdpError) {
+    pub(super) fn refuse_sdp(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Request,
+        err: &sdp::SdpError,
+    ) {
         let code = err.status_code();
         tracing::info!(%err, "refusing an offer");
         let reason = code.text().unwrap_or("Not Acceptable Here");
@@ -285,6 +373,9 @@ impl Engine {
         self.rooms.handle_leave(now, id);
         self.drain_room_commands(now);
         self.events.push_back(EngineEvent::ConferencesChanged);
+        if let Some(bridge) = c.bridge {
+            self.bridge_leg_ended(now, bridge, id);
+        }
     }
 
     /// ACK for our 2xx on a conference leg.

@@ -8,15 +8,14 @@
 
 use std::time::{Duration, Instant};
 
-use confero_sip::message::{Message, Request, Response};
+use confero_sip::message::{Message, Response};
 use confero_sip::sdp::{self, LocalMedia};
-use confero_sip::transport::Peer;
 use confero_sip::{Method, Name, SipUri};
 
-use super::conference::{ConfLeg, LegStats, MediaCommand, CODEC_PREFS};
+use super::conference::{ConfLeg, MediaCommand, Party, CODEC_PREFS};
+use super::fork::{self, OutFork, Provisional};
 use super::{
-    binding_peer, build_ack, build_cancel, callee_leg_from_2xx, our_via, ClientPurpose, Engine,
-    EngineEvent,
+    binding_peer, build_ack, callee_leg_from_2xx, our_via, ClientPurpose, Engine, EngineEvent,
 };
 use crate::room::LegId;
 
@@ -82,20 +81,10 @@ pub enum InviteError {
 }
 
 #[derive(Debug)]
-pub(super) struct InviteFork {
-    invite: Request,
-    peer: Peer,
-    done: bool,
-    provisional: bool,
-    cancel_wanted: bool,
-    final_code: Option<u16>,
-}
-
-#[derive(Debug)]
 pub(super) struct Invitation {
     info: InvitationInfo,
     port: Option<u16>,
-    forks: Vec<InviteFork>,
+    forks: Vec<OutFork>,
     deadline: Instant,
     finished_at: Option<Instant>,
     callee_name: String,
@@ -147,18 +136,17 @@ impl Engine {
         };
         let user = cfg.config.user_by_extension(target).cloned();
         let Some(user) = user else {
-            // Phone numbers go out through a trunk; none is configured for invitations yet.
-            finish(
-                &mut inv,
-                now,
-                InvitationState::Failed,
-                Some(404),
-                "no such extension and no trunk for numbers",
-            );
-            self.timers.push(std::cmp::Reverse((inv.deadline, id)));
-            self.invitations.insert(id, inv);
-            self.events.push_back(EngineEvent::ConferencesChanged);
-            return Ok(id);
+            if cfg.config.conference_by_extension(target).is_some() {
+                finish(
+                    &mut inv,
+                    now,
+                    InvitationState::Failed,
+                    Some(404),
+                    "that extension is a conference room, not a person",
+                );
+                return Ok(self.keep_invitation(id, inv));
+            }
+            return Ok(self.invite_number(now, id, inv, &conference));
         };
         inv.callee_name = user.name.clone();
         inv.callee_extension = user.extension.clone();
@@ -211,14 +199,7 @@ impl Engine {
             let tx = self.tx.send_request(now, invite.clone(), peer);
             self.client_txs
                 .insert(tx, (id, ClientPurpose::Invitation(inv.forks.len())));
-            inv.forks.push(InviteFork {
-                invite,
-                peer,
-                done: false,
-                provisional: false,
-                cancel_wanted: false,
-                final_code: None,
-            });
+            inv.forks.push(OutFork::new(invite, peer, None));
         }
         if inv.forks.is_empty() {
             self.ports.release(port);
@@ -231,10 +212,75 @@ impl Engine {
                 "no usable contact",
             );
         }
+        Ok(self.keep_invitation(id, inv))
+    }
+
+    /// Files an invitation (ringing or already over) and arms its timer.
+    fn keep_invitation(&mut self, id: u64, inv: Invitation) -> u64 {
         self.timers.push(std::cmp::Reverse((inv.deadline, id)));
         self.invitations.insert(id, inv);
         self.events.push_back(EngineEvent::ConferencesChanged);
-        Ok(id)
+        id
+    }
+
+    /// A phone number: out through the trunk its digits pick, with the room as caller.
+    fn invite_number(
+        &mut self,
+        now: Instant,
+        id: u64,
+        mut inv: Invitation,
+        conference: &crate::config::Conference,
+    ) -> u64 {
+        let cfg = self.config.clone();
+        let target = inv.info.target.clone();
+        let Some((trunk, number)) = cfg.config.outbound_route(&target) else {
+            finish(
+                &mut inv,
+                now,
+                InvitationState::Failed,
+                Some(404),
+                "no such extension, and no trunk to call numbers",
+            );
+            return self.keep_invitation(id, inv);
+        };
+        let Some(port) = self.ports.allocate() else {
+            finish(
+                &mut inv,
+                now,
+                InvitationState::Failed,
+                Some(503),
+                "RTP port range exhausted",
+            );
+            return self.keep_invitation(id, inv);
+        };
+        // The provider only accepts numbers it knows as caller ID: the room shows as the
+        // name, the trunk's number as the number.
+        let display = format!("{} ({})", conference.name, conference.extension);
+        let caller_number = trunk
+            .caller_id
+            .clone()
+            .unwrap_or_else(|| conference.extension.clone());
+        let Some((invite, peer)) =
+            self.trunk_invite(trunk.id, &number, &display, &caller_number, port)
+        else {
+            self.ports.release(port);
+            finish(
+                &mut inv,
+                now,
+                InvitationState::Failed,
+                Some(503),
+                "the trunk has no address (its host name did not resolve)",
+            );
+            return self.keep_invitation(id, inv);
+        };
+        inv.port = Some(port);
+        inv.callee_name = target.clone();
+        inv.callee_extension = target;
+        let tx = self.tx.send_request(now, invite.clone(), peer);
+        self.client_txs
+            .insert(tx, (id, ClientPurpose::Invitation(0)));
+        inv.forks.push(OutFork::new(invite, peer, Some(trunk.id)));
+        self.keep_invitation(id, inv)
     }
 
     /// Gives up on an invitation that has not been answered yet.
@@ -274,18 +320,7 @@ impl Engine {
         let Some(inv) = self.invitations.get_mut(&id) else {
             return;
         };
-        let mut cancels = Vec::new();
-        for (i, f) in inv.forks.iter_mut().enumerate() {
-            if Some(i) == keep || f.done {
-                continue;
-            }
-            if f.provisional {
-                cancels.push((build_cancel(&f.invite), f.peer));
-            } else {
-                f.cancel_wanted = true;
-            }
-        }
-        for (cancel, peer) in cancels {
+        for (cancel, peer) in fork::cancels(&mut inv.forks, keep) {
             let tx = self.tx.send_request(now, cancel, peer);
             self.client_txs.insert(tx, (id, ClientPurpose::Fire));
         }
@@ -306,22 +341,42 @@ impl Engine {
             return;
         };
         if code < 200 {
-            if code > 100 || fork.cancel_wanted {
-                fork.provisional = true;
-            }
-            if fork.cancel_wanted {
-                fork.cancel_wanted = false;
-                let (cancel, peer) = (build_cancel(&fork.invite), fork.peer);
-                let tx = self.tx.send_request(now, cancel, peer);
-                self.client_txs.insert(tx, (id, ClientPurpose::Fire));
-                return;
-            }
-            if code > 100 && inv.info.state == InvitationState::Calling {
-                inv.info.state = InvitationState::Ringing;
-                self.events.push_back(EngineEvent::ConferencesChanged);
+            match fork.on_provisional(code) {
+                Provisional::Cancel(cancel, peer) => {
+                    let tx = self.tx.send_request(now, *cancel, peer);
+                    self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+                }
+                Provisional::Ringing if inv.info.state == InvitationState::Calling => {
+                    inv.info.state = InvitationState::Ringing;
+                    self.events.push_back(EngineEvent::ConferencesChanged);
+                }
+                _ => {}
             }
             return;
         }
+        if let Some(trunk) = fork.wants_auth_retry(&resp) {
+            let (original, transport) = (fork.invite.clone(), fork.peer.transport);
+            if let Some(retry) = self.authorized_retry(trunk, &original, &resp, transport) {
+                let Some(fork) = self
+                    .invitations
+                    .get_mut(&id)
+                    .and_then(|inv| inv.forks.get_mut(i))
+                else {
+                    return;
+                };
+                fork.retried(retry.clone());
+                let tx = self.tx.send_request(now, retry, fork.peer);
+                self.client_txs
+                    .insert(tx, (id, ClientPurpose::Invitation(i)));
+                return;
+            }
+        }
+        let Some(inv) = self.invitations.get_mut(&id) else {
+            return;
+        };
+        let Some(fork) = inv.forks.get_mut(i) else {
+            return;
+        };
         fork.done = true;
         fork.final_code = Some(code);
         if code >= 300 {
@@ -380,6 +435,8 @@ impl Engine {
         finish(inv, now, InvitationState::Answered, Some(code), "answered");
         let conference_id = inv.info.conference_id;
         let callee_ext = inv.callee_extension.clone();
+        let callee_name = inv.callee_name.clone();
+        let via_trunk = inv.forks.get(i).is_some_and(|f| f.trunk.is_some());
         self.cancel_invite_forks(now, id, Some(i));
         let cfg = self.config.clone();
         let conference = cfg
@@ -388,8 +445,19 @@ impl Engine {
             .iter()
             .find(|c| c.id == conference_id)
             .cloned();
-        let user = cfg.config.user_by_extension(&callee_ext).cloned();
-        let (Some(conference), Some(user)) = (conference, user) else {
+        // Someone called through a trunk is a number, never the administrator; a user is
+        // whoever owns the extension now.
+        let party = if via_trunk {
+            Some((Party::external(&callee_ext, &callee_name), false))
+        } else {
+            cfg.config.user_by_extension(&callee_ext).map(|u| {
+                let admin = conference
+                    .as_ref()
+                    .is_some_and(|c| c.admin_extension.as_deref() == Some(u.extension.as_str()));
+                (Party::user(u), admin)
+            })
+        };
+        let (Some(conference), Some((party, is_admin))) = (conference, party) else {
             // The room or the user went away while ringing.
             self.ports.release(port);
             let bye = self.in_dialog_request(&mut leg, Method::BYE);
@@ -405,25 +473,14 @@ impl Engine {
             media: media.clone(),
             rtcp_mux: false,
         });
-        let is_admin = conference.admin_extension.as_deref() == Some(user.extension.as_str());
         let joined_unix = self.unix(now);
+        let number = party.number.clone();
         self.conf_legs.insert(
             leg_id,
-            ConfLeg {
-                leg,
-                caller: user.clone(),
-                port,
-                media,
-                local_sdp: String::new(),
-                sdp_version: 1,
-                session_id: 0,
-                joined_unix,
-                talking: false,
-                stats: LegStats::default(),
-            },
+            ConfLeg::new(leg, party, port, media, String::new(), 0, joined_unix),
         );
         self.rooms
-            .handle_invited(now, leg_id, &conference, &user.extension, is_admin);
+            .handle_invited(now, leg_id, &conference, &number, is_admin);
         self.drain_room_commands(now);
         self.events.push_back(EngineEvent::ConferencesChanged);
     }

@@ -269,6 +269,20 @@ pub struct TrunkView {
     pub has_password: bool,
     pub register: bool,
     pub caller_id: Option<String>,
+    pub dial_prefix: Option<String>,
+    /// Live: the registration as the engine sees it (absent until the trunk is applied).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<serde_json::Value>,
+}
+
+impl TrunkView {
+    fn with_live(t: Trunk, s: &ApiState) -> Self {
+        let live = s.live.trunk(t.id);
+        TrunkView {
+            live,
+            ..TrunkView::from(t)
+        }
+    }
 }
 
 impl From<Trunk> for TrunkView {
@@ -283,20 +297,28 @@ impl From<Trunk> for TrunkView {
             has_password: t.password.is_some(),
             register: t.register,
             caller_id: t.caller_id,
+            dial_prefix: t.dial_prefix,
+            live: None,
         }
     }
 }
 
 pub(super) async fn list_trunks(State(s): State<ApiState>) -> ApiResult<Json<Vec<TrunkView>>> {
     let trunks = s.store.list_trunks().await?;
-    Ok(Json(trunks.into_iter().map(TrunkView::from).collect()))
+    Ok(Json(
+        trunks
+            .into_iter()
+            .map(|t| TrunkView::with_live(t, &s))
+            .collect(),
+    ))
 }
 
 pub(super) async fn get_trunk(
     State(s): State<ApiState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TrunkView>> {
-    Ok(Json(s.store.get_trunk(parse_id(&id)?).await?.into()))
+    let trunk = s.store.get_trunk(parse_id(&id)?).await?;
+    Ok(Json(TrunkView::with_live(trunk, &s)))
 }
 
 pub(super) async fn create_trunk(

@@ -59,6 +59,10 @@ pub trait LiveView: Send + Sync + 'static {
     ) -> Option<tokio::sync::oneshot::Receiver<Result<serde_json::Value, String>>> {
         None
     }
+    /// A trunk's live registration state, once the engine has it.
+    fn trunk(&self, _id: i64) -> Option<serde_json::Value> {
+        None
+    }
     /// An invitation's progress, while it is remembered.
     fn invitation(&self, _id: u64) -> Option<serde_json::Value> {
         None

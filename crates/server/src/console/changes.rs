@@ -38,6 +38,7 @@ fn label(entity: EntityKind, field: &str) -> &'static str {
         (_, "password") => "Password",
         (_, "register") => "Register",
         (_, "caller_id") => "Caller ID",
+        (_, "dial_prefix") => "Dial prefix",
         _ => "Other",
     }
 }

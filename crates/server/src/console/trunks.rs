@@ -21,6 +21,7 @@ const LABELS: &[(&str, &str)] = &[
     ("password", "Password"),
     ("register", "Register"),
     ("caller_id", "Caller ID"),
+    ("dial_prefix", "Dial prefix"),
 ];
 const FIELDS: &[&str] = &[
     "name",
@@ -31,6 +32,7 @@ const FIELDS: &[&str] = &[
     "password",
     "register",
     "caller_id",
+    "dial_prefix",
 ];
 
 fn transport_value(t: TrunkTransport) -> &'static str {
@@ -63,6 +65,8 @@ pub(crate) async fn list(ctx: Ctx) -> Result<Response, PageError> {
                         th scope="col" { "Username" }
                         th scope="col" { "Register" }
                         th scope="col" { "Caller ID" }
+                        th scope="col" { "Dial prefix" }
+                        th scope="col" { "Status" }
                         th scope="col" { span.visually-hidden { "Actions" } }
                     } }
                     tbody {
@@ -73,6 +77,8 @@ pub(crate) async fn list(ctx: Ctx) -> Result<Response, PageError> {
                                 td.mono { @match &t.username { Some(u) => { (u) } None => { span.muted { "—" } } } }
                                 td { @if t.register { "Yes" } @else { "No" } }
                                 td.mono { @match &t.caller_id { Some(c) => { (c) } None => { span.muted { "—" } } } }
+                                td.mono { @match &t.dial_prefix { Some(p) => { (p) } None => { span.muted { "default" } } } }
+                                td { (status_cell(t.id, ctx.state.live.trunk(t.id).as_ref())) }
                                 td.actions {
                                     a.btn.btn-small href=(format!("/trunks/{}/edit", t.id)) { "Edit" }
                                     (row_action(&ctx, &format!("/trunks/{}/delete", t.id), "Delete", "btn-small btn-danger-quiet",
@@ -90,6 +96,20 @@ pub(crate) async fn list(ctx: Ctx) -> Result<Response, PageError> {
         .into_response())
 }
 
+/// The registration state in words, kept current by the script from `trunks` events.
+fn status_cell(id: i64, live: Option<&serde_json::Value>) -> Markup {
+    let (state, text) = match live {
+        Some(v) => (
+            v["registration"].as_str().unwrap_or("off").to_owned(),
+            v["summary"].as_str().unwrap_or("").to_owned(),
+        ),
+        None => ("pending".to_owned(), "Not applied yet".to_owned()),
+    };
+    html! {
+        span.trunk-status data-trunk-status=(id) data-state=(state) { (text) }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct TrunkForm {
     name: String,
@@ -100,6 +120,7 @@ struct TrunkForm {
     password: String,
     register: String,
     caller_id: String,
+    dial_prefix: String,
     has_password: bool,
 }
 
@@ -114,6 +135,7 @@ impl Default for TrunkForm {
             password: String::new(),
             register: "yes".into(),
             caller_id: String::new(),
+            dial_prefix: String::new(),
             has_password: false,
         }
     }
@@ -130,6 +152,7 @@ impl TrunkForm {
             password: String::new(),
             register: if t.register { "yes" } else { "no" }.into(),
             caller_id: t.caller_id.clone().unwrap_or_default(),
+            dial_prefix: t.dial_prefix.clone().unwrap_or_default(),
             has_password: t.password.is_some(),
         }
     }
@@ -144,6 +167,7 @@ impl TrunkForm {
             password: f.raw("password").to_owned(),
             register: f.get("register").to_owned(),
             caller_id: f.get("caller_id").to_owned(),
+            dial_prefix: f.get("dial_prefix").to_owned(),
             has_password: false,
         }
     }
@@ -179,6 +203,7 @@ impl TrunkForm {
             password: optional(&self.password),
             register,
             caller_id: optional(&self.caller_id),
+            dial_prefix: optional(&self.dial_prefix),
             ..NewTrunk::default()
         })
     }
@@ -209,7 +234,9 @@ fn trunk_form(ctx: &Ctx, title: &str, action: &str, form: &TrunkForm, errors: &E
                 (select("register", "Register", &form.register, &yes_no(), errors,
                     Some("Yes when the provider needs the PBX to register to route your numbers to it.")))
                 (Field::text("caller_id", "Caller ID", &form.caller_id).kind("tel").autocomplete("off")
-                    .hint("The number presented on outgoing calls, e.g. +3225551234").render(errors))
+                    .hint("The number presented on outgoing calls, e.g. +3225551234 (a user whose extension an incoming number rings presents that number instead)").render(errors))
+                (Field::text("dial_prefix", "Dial prefix", &form.dial_prefix).digits(4)
+                    .hint("Numbers dialled with this prefix go out through this trunk, prefix removed (e.g. 9). Leave empty for the default trunk, which takes every other outside number.").render(errors))
                 div.form-actions {
                     a.btn.btn-quiet href="/trunks" { "Cancel" }
                     button.btn.btn-primary type="submit" { "Save" }

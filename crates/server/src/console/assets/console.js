@@ -143,8 +143,17 @@
     }
   }
 
+  function onTrunks(list) {
+    for (const t of list) {
+      const cell = $(`[data-trunk-status="${t.trunk_id}"]`);
+      if (!cell) continue;
+      cell.textContent = t.summary;
+      cell.dataset.state = t.registration;
+    }
+  }
+
   let invitationsListener = null;
-  const wantsLive = $("[data-count-for]") || $("tr[data-aor]") || $("#invite-dialog");
+  const wantsLive = $("[data-count-for]") || $("tr[data-aor]") || $("#invite-dialog") || $("[data-trunk-status]");
   let source = null;
   function connect() {
     if (!wantsLive || typeof EventSource === "undefined") return;
@@ -171,6 +180,7 @@
     const parse = (fn) => (ev) => { try { fn(JSON.parse(ev.data)); } catch (_) { /* ignore */ } };
     source.addEventListener("participants", parse(onParticipants));
     source.addEventListener("registrations", parse(onRegistrations));
+    source.addEventListener("trunks", parse(onTrunks));
     source.addEventListener("invitations", parse((list) => { if (invitationsListener) invitationsListener(list); }));
   }
   connect();

@@ -1,0 +1,439 @@
+//! Anchored calls: a provider's call to a user, or a user calling a number through a
+//! trunk. Unlike calls between users (whose phones exchange media directly), the PBX
+//! stays in the media path: the caller's leg and the callee's leg each terminate on one
+//! of our RTP ports, and the media engine joins them in a private two-party mix — which
+//! also transcodes when the two sides chose different codecs, and keeps every phone's
+//! private address away from the provider.
+//!
+//! Life of a bridge: the caller's INVITE is held (100 Trying, then 180 when a callee
+//! rings) while the PBX calls the callee — every registered device of a user, or the
+//! provider (answering its digest challenge with the trunk's credentials). The first 2xx
+//! wins: the callee's leg and then the caller's (200 OK with our SDP) become two anchored
+//! legs of the kind conference rooms use, so re-INVITEs, BYE, RTP timeouts and call
+//! quality work the same. When either leg ends, the other gets BYE.
+
+use std::time::{Duration, Instant};
+
+use confero_sip::message::{response_for, Message, Request, Response};
+use confero_sip::sdp;
+use confero_sip::transaction::ServerTxId;
+use confero_sip::transport::Peer;
+use confero_sip::{Method, StatusCode};
+
+use super::conference::{ConfLeg, MediaCommand, Party, CODEC_PREFS};
+use super::fork::{self, OutFork, Provisional};
+use super::{
+    build_ack, callee_leg_from_2xx, our_via, CallInfo, ClientPurpose, Engine, EngineEvent,
+};
+use crate::room::{LegId, RoomCommand};
+
+/// How long an ended bridge is kept for late answers to its forks (a callee answering
+/// while we cancel gets its BYE).
+const KEEP_ENDED: Duration = Duration::from_secs(32);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum BridgeState {
+    Ringing,
+    Answered,
+    Ended,
+}
+
+#[derive(Debug)]
+pub(super) struct Bridge {
+    caller: Party,
+    callee: Party,
+    state: BridgeState,
+    started_unix: u64,
+    answered_unix: Option<u64>,
+    /// The caller's INVITE and, until its final response, its transaction.
+    invite: Request,
+    pub(super) invite_tx: Option<ServerTxId>,
+    caller_peer: Peer,
+    /// Our To tag toward the caller (in 180 and in the 200).
+    caller_tag: String,
+    /// Ports reserved for the two legs until they exist.
+    caller_port: Option<u16>,
+    callee_port: Option<u16>,
+    forks: Vec<OutFork>,
+    ringing_sent: bool,
+    ring_deadline: Instant,
+    ended_at: Option<Instant>,
+    legs: Option<(LegId, LegId)>,
+}
+
+/// The media engine's room number for a bridge: negative, so it never meets a
+/// conference's id.
+fn mix_room(id: u64) -> i64 {
+    -i64::try_from(id).unwrap_or(i64::MAX)
+}
+
+impl Engine {
+    /// Holds the caller's INVITE and reserves the two RTP ports of an anchored call; the
+    /// caller then adds the callee's forks with [`Engine::bridge_fork`] and arms it with
+    /// [`Engine::ring_bridge`]. Refuses the INVITE itself (488/503) when its offer is
+    /// unusable or no port is free. Returns the bridge and the callee port to offer.
+    pub(super) fn open_bridge(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: Request,
+        from: Peer,
+        caller: Party,
+        callee: Party,
+    ) -> Option<(u64, u16)> {
+        if let Err(err) = sdp::parse_audio(&req.body) {
+            self.refuse_sdp(now, tx, &req, &err);
+            return None;
+        }
+        let a = self.ports.allocate();
+        let b = self.ports.allocate();
+        let (Some(a), Some(b)) = (a, b) else {
+            // Whatever was taken goes back; the caller hears "try later".
+            for port in [a, b].into_iter().flatten() {
+                self.ports.release(port);
+            }
+            tracing::warn!("RTP port range exhausted");
+            self.respond(now, tx, &req, 503, "Service Unavailable");
+            return None;
+        };
+        let id = self.next_call_id;
+        self.next_call_id += 1;
+        let bridge = Bridge {
+            caller,
+            callee,
+            state: BridgeState::Ringing,
+            started_unix: self.unix(now),
+            answered_unix: None,
+            invite: req,
+            invite_tx: Some(tx),
+            caller_peer: from,
+            caller_tag: confero_sip::message::random_tag(),
+            caller_port: Some(a),
+            callee_port: Some(b),
+            forks: Vec::new(),
+            ringing_sent: false,
+            ring_deadline: now + self.settings.ring_timeout,
+            ended_at: None,
+            legs: None,
+        };
+        self.bridges.insert(id, bridge);
+        Some((id, b))
+    }
+
+    /// Sends one INVITE toward the callee of a bridge.
+    pub(super) fn bridge_fork(
+        &mut self,
+        now: Instant,
+        id: u64,
+        invite: Request,
+        peer: Peer,
+        trunk: Option<i64>,
+    ) {
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        let i = bridge.forks.len();
+        bridge.forks.push(OutFork::new(invite.clone(), peer, trunk));
+        let tx = self.tx.send_request(now, invite, peer);
+        self.client_txs.insert(tx, (id, ClientPurpose::Bridge(i)));
+    }
+
+    /// Starts the ring timer, or fails the call when no fork could be sent.
+    pub(super) fn ring_bridge(&mut self, now: Instant, id: u64) {
+        let Some(bridge) = self.bridges.get(&id) else {
+            return;
+        };
+        if bridge.forks.is_empty() {
+            return self.fail_bridge(now, id, 480, "Temporarily Unavailable");
+        }
+        self.timers
+            .push(std::cmp::Reverse((bridge.ring_deadline, id)));
+        self.events.push_back(EngineEvent::CallsChanged);
+    }
+
+    /// Ends a bridge that was not answered: the final response to the caller, CANCEL to
+    /// the forks, ports back.
+    pub(super) fn fail_bridge(&mut self, now: Instant, id: u64, code: u16, reason: &str) {
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        if bridge.state != BridgeState::Ringing {
+            return;
+        }
+        bridge.state = BridgeState::Ended;
+        bridge.ended_at = Some(now);
+        if let Some(tx) = bridge.invite_tx.take() {
+            let mut resp = response_for(
+                &bridge.invite,
+                StatusCode::from(code),
+                Some(&bridge.caller_tag),
+            );
+            resp.reason = Some(reason.to_owned());
+            let _ = self.tx.send_response(now, tx, resp);
+        }
+        for port in [bridge.caller_port.take(), bridge.callee_port.take()]
+            .into_iter()
+            .flatten()
+        {
+            self.ports.release(port);
+        }
+        for (cancel, peer) in fork::cancels(&mut bridge.forks, None) {
+            let tx = self.tx.send_request(now, cancel, peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+        }
+        self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
+        self.events.push_back(EngineEvent::CallsChanged);
+    }
+
+    pub(super) fn on_bridge_response(&mut self, now: Instant, id: u64, i: usize, resp: Response) {
+        let code = resp.code.into_u16();
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        let Some(fork) = bridge.forks.get_mut(i) else {
+            return;
+        };
+        if code < 200 {
+            match fork.on_provisional(code) {
+                Provisional::Cancel(cancel, peer) => {
+                    let tx = self.tx.send_request(now, *cancel, peer);
+                    self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+                }
+                Provisional::Ringing
+                    if bridge.state == BridgeState::Ringing && !bridge.ringing_sent =>
+                {
+                    bridge.ringing_sent = true;
+                    if let Some(tx) = bridge.invite_tx {
+                        let mut ringing = response_for(
+                            &bridge.invite,
+                            StatusCode::from(180),
+                            Some(&bridge.caller_tag),
+                        );
+                        ringing.reason = Some("Ringing".into());
+                        let _ = self.tx.send_response(now, tx, ringing);
+                    }
+                }
+                _ => {}
+            }
+            return;
+        }
+        if let Some(trunk) = fork.wants_auth_retry(&resp) {
+            let (original, transport) = (fork.invite.clone(), fork.peer.transport);
+            if let Some(retry) = self.authorized_retry(trunk, &original, &resp, transport) {
+                let Some(fork) = self.bridges.get_mut(&id).and_then(|b| b.forks.get_mut(i)) else {
+                    return;
+                };
+                fork.retried(retry.clone());
+                let tx = self.tx.send_request(now, retry, fork.peer);
+                self.client_txs.insert(tx, (id, ClientPurpose::Bridge(i)));
+                return;
+            }
+        }
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        let Some(fork) = bridge.forks.get_mut(i) else {
+            return;
+        };
+        fork.done = true;
+        fork.final_code = Some(code);
+        if code >= 300 {
+            if bridge.state == BridgeState::Ringing && bridge.forks.iter().all(|f| f.done) {
+                let (code, mut reason) = fork::failure_of(&bridge.forks);
+                if reason.is_empty() {
+                    reason = resp.reason.clone().unwrap_or_else(|| "Failed".into());
+                }
+                self.fail_bridge(now, id, code, &reason);
+            }
+            return;
+        }
+        self.bridge_answered(now, id, i, resp);
+    }
+
+    /// A 2xx from fork `i`: ACK it, then connect both sides — or hang up on a late one.
+    fn bridge_answered(&mut self, now: Instant, id: u64, i: usize, resp: Response) {
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        let Some(fork) = bridge.forks.get(i) else {
+            return;
+        };
+        let (invite, peer) = (fork.invite.clone(), fork.peer);
+        let Some(mut leg) = callee_leg_from_2xx(&invite, &resp, peer) else {
+            return;
+        };
+        let ack = build_ack(&leg, &invite, our_via(&self.settings, peer.transport));
+        self.tx.send_stateless(Message::Request(ack.clone()), peer);
+        leg.last_ack = Some(ack);
+        let media = sdp::parse_audio(&resp.body)
+            .and_then(|answer| sdp::negotiated_from_answer(&answer, CODEC_PREFS));
+        let ringing = bridge.state == BridgeState::Ringing;
+        let (true, Ok(media), Some(callee_port)) = (ringing, media, bridge.callee_port) else {
+            // Too late, or an answer we cannot use: this device is hung up on.
+            let bye = self.in_dialog_request(&mut leg, Method::BYE);
+            let tx = self.tx.send_request(now, bye, peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            if ringing
+                && self
+                    .bridges
+                    .get(&id)
+                    .is_some_and(|b| b.forks.iter().all(|f| f.done))
+            {
+                self.fail_bridge(now, id, 488, "Not Acceptable Here");
+            }
+            return;
+        };
+        bridge.callee_port = None;
+        let callee_party = bridge.callee.clone();
+        let callee_leg = self.next_call_id;
+        self.next_call_id += 1;
+        self.conf_dialogs
+            .insert((leg.call_id.clone(), leg.local_tag.clone()), callee_leg);
+        self.media_out.push_back(MediaCommand::Open {
+            leg: callee_leg,
+            port: callee_port,
+            media: media.clone(),
+            rtcp_mux: false,
+        });
+        let joined = self.unix(now);
+        let mut c = ConfLeg::new(
+            leg,
+            callee_party,
+            callee_port,
+            media,
+            String::new(),
+            0,
+            joined,
+        );
+        c.bridge = Some(id);
+        self.conf_legs.insert(callee_leg, c);
+
+        // Now the caller: our 200 OK with the SDP answer on the caller's port.
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        let invite = bridge.invite.clone();
+        let caller_peer = bridge.caller_peer;
+        let caller_party = bridge.caller.clone();
+        let caller_port = bridge.caller_port.take();
+        let caller_tag = bridge.caller_tag.clone();
+        let Some(tx) = bridge.invite_tx.take() else {
+            return self.end_conf_leg(now, callee_leg, true);
+        };
+        bridge.state = BridgeState::Answered;
+        bridge.answered_unix = Some(joined);
+        for (cancel, peer) in fork::cancels(&mut bridge.forks, Some(i)) {
+            let tx = self.tx.send_request(now, cancel, peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+        }
+        let caller_leg = self.answer_anchored(
+            now,
+            tx,
+            &invite,
+            caller_peer,
+            caller_party,
+            caller_port,
+            Some(caller_tag),
+        );
+        let Some(caller_leg) = caller_leg else {
+            // answer_anchored refused the caller (it was checked at the start, so this is
+            // a port or parse problem): the callee is hung up on.
+            if let Some(b) = self.bridges.get_mut(&id) {
+                b.state = BridgeState::Ended;
+                b.ended_at = Some(now);
+            }
+            return self.end_conf_leg(now, callee_leg, true);
+        };
+        if let Some(c) = self.conf_legs.get_mut(&caller_leg) {
+            c.bridge = Some(id);
+        }
+        if let Some(b) = self.bridges.get_mut(&id) {
+            b.legs = Some((caller_leg, callee_leg));
+        }
+        for leg in [caller_leg, callee_leg] {
+            self.media_out
+                .push_back(MediaCommand::Room(RoomCommand::Mix {
+                    leg,
+                    room: mix_room(id),
+                }));
+        }
+        self.events.push_back(EngineEvent::CallsChanged);
+    }
+
+    /// One leg of an answered bridge ended: the other is hung up, the bridge is over.
+    pub(super) fn bridge_leg_ended(&mut self, now: Instant, id: u64, leg: LegId) {
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        let other = bridge.legs.map(|(a, b)| if a == leg { b } else { a });
+        if bridge.state != BridgeState::Ended {
+            bridge.state = BridgeState::Ended;
+            bridge.ended_at = Some(now);
+            self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
+            self.events.push_back(EngineEvent::CallsChanged);
+        }
+        if let Some(other) = other {
+            if self.conf_legs.contains_key(&other) {
+                self.end_conf_leg(now, other, true);
+            }
+        }
+    }
+
+    /// Ring timeout, and forgetting an ended bridge.
+    pub(super) fn bridge_timers(&mut self, now: Instant, id: u64) {
+        let Some(bridge) = self.bridges.get(&id) else {
+            return;
+        };
+        match bridge.state {
+            BridgeState::Ringing if now >= bridge.ring_deadline => {
+                self.fail_bridge(now, id, 480, "No Answer");
+            }
+            BridgeState::Ended if bridge.ended_at.is_some_and(|t| now >= t + KEEP_ENDED) => {
+                self.bridges.remove(&id);
+                self.client_txs.retain(|_, (owner, _)| *owner != id);
+            }
+            _ => {}
+        }
+    }
+
+    /// The bridge whose caller's INVITE is `invite_tx` (for CANCEL).
+    pub(super) fn bridge_of_invite(&self, invite_tx: ServerTxId) -> Option<u64> {
+        self.bridges
+            .iter()
+            .find(|(_, b)| b.invite_tx == Some(invite_tx))
+            .map(|(id, _)| *id)
+    }
+
+    /// Anchored calls for live views.
+    pub(super) fn bridge_calls(&self) -> Vec<CallInfo> {
+        self.bridges
+            .iter()
+            .filter(|(_, b)| b.state != BridgeState::Ended)
+            .map(|(id, b)| CallInfo {
+                id: *id,
+                caller: b.caller.number.clone(),
+                callee: b.callee.number.clone(),
+                state: match b.state {
+                    BridgeState::Ringing => "ringing",
+                    _ => "answered",
+                },
+                started_unix: b.started_unix,
+                answered_unix: b.answered_unix,
+            })
+            .collect()
+    }
+
+    /// The server is stopping: callers still ringing get 503 (answered bridges end with
+    /// their legs).
+    pub(super) fn fail_ringing_bridges(&mut self, now: Instant) {
+        let ringing: Vec<u64> = self
+            .bridges
+            .iter()
+            .filter(|(_, b)| b.state == BridgeState::Ringing)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ringing {
+            self.fail_bridge(now, id, 503, "Service Unavailable");
+        }
+    }
+}

@@ -1,0 +1,675 @@
+//! Trunks: the PBX as a client of SIP providers.
+//!
+//! For each trunk of the production configuration the engine keeps a [`TrunkLink`]: the
+//! provider's address (an IP literal at once; a hostname once the IO shell has resolved
+//! it, see [`EngineEvent::ResolveTrunk`]), and, when the trunk registers, a REGISTER client
+//! that answers the provider's digest challenge, refreshes before expiry, and backs off
+//! after failures (30 s doubling to 10 min, so a provider that is down sees a trickle,
+//! not a storm). Its state is what the API and console show.
+//!
+//! A request comes *from* a trunk when it is addressed to the contact we registered (the
+//! provider routes calls for our numbers to it), or when it comes from the trunk's own
+//! address and port. Nothing else is treated as the provider: strangers must
+//! authenticate as users, and only users can reach a trunk (toll fraud).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use confero_sip::digest;
+use confero_sip::message::{self, Request, Response};
+use confero_sip::transaction::ClientTxId;
+use confero_sip::transport::{Peer, Transport};
+use confero_sip::{Method, Name, SipUri};
+
+use super::{our_via, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
+use crate::config::{Trunk, TrunkTransport};
+use crate::headers;
+
+/// Registration interval asked of providers.
+const REGISTER_EXPIRES: u32 = 3600;
+/// First wait after a failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+/// Challenges answered in a row before giving up on a request (a second one is normal
+/// when the first nonce went stale; a third means the credentials are wrong).
+const MAX_AUTH_TRIES: u8 = 2;
+
+/// Where a trunk's registration stands, as shown to administrators.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RegistrationState {
+    /// The trunk does not register (calls still flow, by address).
+    Off,
+    /// Waiting for the provider's host name to resolve.
+    Resolving,
+    Registering,
+    Registered,
+    /// The last attempt failed; another is scheduled.
+    Failed,
+}
+
+impl RegistrationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RegistrationState::Off => "off",
+            RegistrationState::Resolving => "resolving",
+            RegistrationState::Registering => "registering",
+            RegistrationState::Registered => "registered",
+            RegistrationState::Failed => "failed",
+        }
+    }
+}
+
+/// A trunk's live state for the API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrunkStatus {
+    pub id: i64,
+    pub name: String,
+    pub registration: RegistrationState,
+    /// The provider's address in use, once known.
+    pub address: Option<SocketAddr>,
+    /// SIP status of the last registration answer (or 408/503 for no answer / no route).
+    pub status: Option<u16>,
+    pub reason: Option<String>,
+    /// Unix time the registration runs out, while registered.
+    pub expires_unix: Option<u64>,
+    /// Unix time of the next attempt, after a failure.
+    pub retry_unix: Option<u64>,
+}
+
+/// The engine's side of one trunk.
+#[derive(Debug)]
+pub(super) struct TrunkLink {
+    pub(super) trunk: Trunk,
+    /// Names this trunk's timers and REGISTER transactions in the engine's maps.
+    timer_id: u64,
+    /// The user part of the Contact we register: calls to it are the provider's.
+    pub(super) contact_user: String,
+    pub(super) addresses: Vec<SocketAddr>,
+    state: RegistrationState,
+    register_tx: Option<ClientTxId>,
+    call_id: String,
+    from_tag: String,
+    cseq: u32,
+    auth_tries: u8,
+    /// When to refresh (registered) or retry (failed).
+    next_at: Option<Instant>,
+    failures: u32,
+    status: Option<u16>,
+    reason: Option<String>,
+    expires_at: Option<Instant>,
+}
+
+impl TrunkLink {
+    fn transport(&self) -> Transport {
+        match self.trunk.transport {
+            TrunkTransport::Udp => Transport::Udp,
+            TrunkTransport::Tcp => Transport::Tcp,
+            TrunkTransport::Tls => Transport::Tls,
+        }
+    }
+
+    /// Where requests for this trunk go.
+    pub(super) fn peer(&self) -> Option<Peer> {
+        Some(Peer {
+            transport: self.transport(),
+            addr: *self.addresses.first()?,
+            conn: None,
+        })
+    }
+
+    /// The provider's domain as written in URIs.
+    pub(super) fn domain(&self) -> String {
+        if self.trunk.port == 5060 || self.trunk.port == 5061 {
+            self.trunk.host.clone()
+        } else {
+            format!("{}:{}", self.trunk.host, self.trunk.port)
+        }
+    }
+}
+
+fn literal_address(host: &str, port: u16) -> Option<SocketAddr> {
+    let unbracketed = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    unbracketed
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| SocketAddr::new(ip, port))
+}
+
+fn backoff(failures: u32) -> Duration {
+    let doublings = failures.saturating_sub(1).min(8);
+    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
+}
+
+/// When to re-register: a minute before expiry for long intervals, half-way for short ones.
+fn refresh_after(expires: u32) -> Duration {
+    let secs = u64::from(expires);
+    Duration::from_secs(if secs > 120 {
+        secs - 60
+    } else {
+        (secs / 2).max(1)
+    })
+}
+
+impl Engine {
+    /// Brings the trunk links in line with the production configuration: new trunks are
+    /// looked up and registered, changed ones start over, removed ones unregister.
+    pub(super) fn reconcile_trunks(&mut self, now: Instant) {
+        let cfg = self.config.clone();
+        let wanted: Vec<Trunk> = cfg.config.trunks.clone();
+        let gone: Vec<i64> = self
+            .trunks
+            .keys()
+            .copied()
+            .filter(|id| !wanted.iter().any(|t| t.id == *id))
+            .collect();
+        for id in gone {
+            self.drop_trunk(now, id);
+        }
+        for trunk in wanted {
+            match self.trunks.get(&trunk.id) {
+                Some(link) if link.trunk == trunk => continue,
+                Some(_) => self.drop_trunk(now, trunk.id),
+                None => {}
+            }
+            self.add_trunk(now, trunk);
+        }
+    }
+
+    fn add_trunk(&mut self, now: Instant, trunk: Trunk) {
+        let timer_id = self.next_call_id;
+        self.next_call_id += 1;
+        let id = trunk.id;
+        let literal = literal_address(&trunk.host, trunk.port);
+        let mut link = TrunkLink {
+            timer_id,
+            contact_user: format!("confero-{}", message::random_tag().to_ascii_lowercase()),
+            addresses: literal.into_iter().collect(),
+            state: RegistrationState::Off,
+            register_tx: None,
+            call_id: message::new_call_id(&self.domain()),
+            from_tag: message::random_tag(),
+            cseq: 0,
+            auth_tries: 0,
+            next_at: None,
+            failures: 0,
+            status: None,
+            reason: None,
+            expires_at: None,
+            trunk,
+        };
+        if literal.is_none() {
+            link.state = if link.trunk.register {
+                RegistrationState::Resolving
+            } else {
+                RegistrationState::Off
+            };
+            self.events.push_back(EngineEvent::ResolveTrunk {
+                trunk: id,
+                host: link.trunk.host.clone(),
+                port: link.trunk.port,
+            });
+        }
+        self.trunk_timers.insert(timer_id, id);
+        self.trunks.insert(id, link);
+        if literal.is_some() {
+            self.register_trunk(now, id);
+        }
+        self.events.push_back(EngineEvent::TrunksChanged);
+    }
+
+    /// Forgets a trunk; a registration it holds is withdrawn (Expires: 0).
+    fn drop_trunk(&mut self, now: Instant, id: i64) {
+        let Some(link) = self.trunks.remove(&id) else {
+            return;
+        };
+        self.trunk_timers.remove(&link.timer_id);
+        self.client_txs
+            .retain(|_, (owner, _)| *owner != link.timer_id);
+        if link.state == RegistrationState::Registered {
+            if let Some(peer) = link.peer() {
+                let req = self.register_request(&link, 0, peer);
+                // Nobody listens for the answer: the link is gone.
+                let _ = self.tx.send_request(now, req, peer);
+            }
+        }
+        self.events.push_back(EngineEvent::TrunksChanged);
+    }
+
+    /// The shell's answer to [`EngineEvent::ResolveTrunk`].
+    pub fn set_trunk_addresses(
+        &mut self,
+        now: Instant,
+        trunk: i64,
+        result: Result<Vec<SocketAddr>, String>,
+    ) {
+        let Some(link) = self.trunks.get_mut(&trunk) else {
+            return;
+        };
+        match result {
+            Ok(addrs) if !addrs.is_empty() => {
+                link.addresses = addrs;
+                if link.trunk.register && link.register_tx.is_none() {
+                    self.register_trunk(now, trunk);
+                }
+            }
+            Ok(_) | Err(_) => {
+                let why = match result {
+                    Err(e) => format!("cannot resolve {}: {e}", link.trunk.host),
+                    Ok(_) => format!("{} has no address", link.trunk.host),
+                };
+                link.addresses.clear();
+                let failures = link.failures + 1;
+                // With no address, the retry timer asks the shell to resolve again.
+                self.trunk_failed(now, trunk, 503, &why, failures);
+            }
+        }
+        self.events.push_back(EngineEvent::TrunksChanged);
+    }
+
+    fn register_request(&self, link: &TrunkLink, expires: u32, peer: Peer) -> Request {
+        let domain = link.domain();
+        let uri: SipUri = format!("sip:{domain}")
+            .parse()
+            .unwrap_or_else(|_| SipUri::new(peer.addr.into()));
+        let user = link
+            .trunk
+            .username
+            .clone()
+            .unwrap_or_else(|| link.contact_user.clone());
+        let mut req = Request::new(Method::REGISTER, uri);
+        let h = &mut req.headers;
+        h.insert(Name::VIA, our_via(&self.settings, peer.transport));
+        h.insert(Name::MAX_FORWARDS, "70");
+        h.insert(
+            Name::FROM,
+            format!("<sip:{user}@{domain}>;tag={}", link.from_tag),
+        );
+        h.insert(Name::TO, format!("<sip:{user}@{domain}>"));
+        h.insert(Name::CALL_ID, link.call_id.clone());
+        h.insert(Name::CSEQ, format!("{} REGISTER", link.cseq + 1));
+        h.insert(Name::CONTACT, self.trunk_contact(link, peer.transport));
+        h.insert(Name::EXPIRES, expires.to_string());
+        h.insert(Name::ALLOW, ALLOW);
+        h.insert(Name::USER_AGENT, USER_AGENT);
+        req
+    }
+
+    /// Our Contact toward a trunk: the token that marks calls as the provider's.
+    pub(super) fn trunk_contact(&self, link: &TrunkLink, transport: Transport) -> String {
+        match transport {
+            Transport::Udp => format!("<sip:{}@{}>", link.contact_user, self.settings.advertised),
+            t => format!(
+                "<sip:{}@{};transport={}>",
+                link.contact_user,
+                self.settings.advertised,
+                t.via_name().to_ascii_lowercase()
+            ),
+        }
+    }
+
+    /// Sends a REGISTER (first, refresh or retry) when the trunk registers.
+    fn register_trunk(&mut self, now: Instant, id: i64) {
+        let Some(link) = self.trunks.get(&id) else {
+            return;
+        };
+        if !link.trunk.register {
+            return;
+        }
+        if link.trunk.transport == TrunkTransport::Tls {
+            let failures = link.failures + 1;
+            return self.trunk_failed(
+                now,
+                id,
+                503,
+                "TLS trunks are not supported yet: use UDP or TCP",
+                failures.max(9),
+            );
+        }
+        self.send_register(now, id, REGISTER_EXPIRES, None);
+    }
+
+    /// One REGISTER for `expires` seconds, answering `challenge` when given. False when it
+    /// could not be sent (no address, or a challenge we cannot answer).
+    fn send_register(
+        &mut self,
+        now: Instant,
+        id: i64,
+        expires: u32,
+        challenge: Option<&Response>,
+    ) -> bool {
+        let Some(link) = self.trunks.get(&id) else {
+            return false;
+        };
+        let Some(peer) = link.peer() else {
+            return false;
+        };
+        let mut req = self.register_request(link, expires, peer);
+        if let Some(challenge) = challenge {
+            if !self.authorize(id, &mut req, challenge) {
+                return false;
+            }
+        }
+        let timer_id = link.timer_id;
+        let tx = self.tx.send_request(now, req, peer);
+        self.client_txs
+            .insert(tx, (timer_id, ClientPurpose::TrunkRegister(id)));
+        if let Some(link) = self.trunks.get_mut(&id) {
+            link.cseq += 1;
+            link.register_tx = Some(tx);
+            if link.state != RegistrationState::Registered {
+                link.state = RegistrationState::Registering;
+            }
+        }
+        self.events.push_back(EngineEvent::TrunksChanged);
+        true
+    }
+
+    fn trunk_failed(&mut self, now: Instant, id: i64, code: u16, reason: &str, failures: u32) {
+        let Some(link) = self.trunks.get_mut(&id) else {
+            return;
+        };
+        tracing::warn!(trunk = %link.trunk.name, code, reason, "trunk registration failed");
+        link.register_tx = None;
+        link.state = RegistrationState::Failed;
+        link.status = Some(code);
+        link.reason = Some(reason.to_owned());
+        link.expires_at = None;
+        link.failures = failures;
+        link.auth_tries = 0;
+        let at = now + backoff(failures);
+        link.next_at = Some(at);
+        let timer = link.timer_id;
+        self.timers.push(std::cmp::Reverse((at, timer)));
+        self.events.push_back(EngineEvent::TrunksChanged);
+    }
+
+    pub(super) fn on_trunk_register_response(&mut self, now: Instant, id: i64, resp: Response) {
+        let code = resp.code.into_u16();
+        if code < 200 {
+            return;
+        }
+        let Some(link) = self.trunks.get_mut(&id) else {
+            return;
+        };
+        link.register_tx = None;
+        let reason = resp.reason.clone().unwrap_or_default();
+        match code {
+            200..=299 => {
+                let ours = link.contact_user.clone();
+                let granted = headers::contacts(&resp.headers)
+                    .unwrap_or_default()
+                    .iter()
+                    .find(|c| headers::contact_uri_text(c).contains(&ours))
+                    .and_then(headers::contact_expires)
+                    .or_else(|| headers::expires_header(&resp.headers))
+                    .unwrap_or(REGISTER_EXPIRES)
+                    .max(1);
+                link.state = RegistrationState::Registered;
+                link.status = Some(code);
+                link.reason = Some(reason);
+                link.failures = 0;
+                link.auth_tries = 0;
+                link.expires_at = Some(now + Duration::from_secs(u64::from(granted)));
+                let at = now + refresh_after(granted);
+                link.next_at = Some(at);
+                let timer = link.timer_id;
+                tracing::info!(trunk = %link.trunk.name, expires = granted, "trunk registered");
+                self.timers.push(std::cmp::Reverse((at, timer)));
+                self.events.push_back(EngineEvent::TrunksChanged);
+            }
+            401 | 407 if link.auth_tries < MAX_AUTH_TRIES => {
+                link.auth_tries += 1;
+                if !self.send_register(now, id, REGISTER_EXPIRES, Some(&resp)) {
+                    let failures = self.trunks.get(&id).map_or(1, |l| l.failures + 1);
+                    self.trunk_failed(
+                        now,
+                        id,
+                        code,
+                        "the provider's challenge cannot be answered (no credentials, or an algorithm we lack)",
+                        failures,
+                    );
+                }
+            }
+            423 => {
+                // Interval too brief: ask again with the provider's minimum.
+                let min = headers::first(&resp.headers, &Name::MIN_EXPIRES)
+                    .and_then(|v| v.trim().parse::<u32>().ok())
+                    .unwrap_or(REGISTER_EXPIRES)
+                    .max(1);
+                if !self.send_register(now, id, min, None) {
+                    let failures = self.trunks.get(&id).map_or(1, |l| l.failures + 1);
+                    self.trunk_failed(now, id, code, "interval too brief", failures);
+                }
+            }
+            _ => {
+                let failures = link.failures + 1;
+                let reason = if code == 408 {
+                    "no answer from the provider".to_owned()
+                } else if code == 503 && reason == "Cannot Connect" {
+                    format!(
+                        "cannot connect to {}",
+                        link.peer().map_or_else(String::new, |p| p.addr.to_string())
+                    )
+                } else if matches!(code, 401 | 407) {
+                    "the provider refused the credentials".to_owned()
+                } else {
+                    reason
+                };
+                self.trunk_failed(now, id, code, &reason, failures);
+            }
+        }
+    }
+
+    /// Adds the credentials answering `challenge` to `req` (a retry of a request the
+    /// provider challenged). False when the trunk has none or the challenge is unusable.
+    pub(super) fn authorize(&self, trunk: i64, req: &mut Request, challenge: &Response) -> bool {
+        let Some(link) = self.trunks.get(&trunk) else {
+            return false;
+        };
+        let (Some(user), Some(password)) = (&link.trunk.username, &link.trunk.password) else {
+            return false;
+        };
+        let proxy = challenge.code.into_u16() == 407;
+        let (ask, answer) = if proxy {
+            (Name::PROXY_AUTHENTICATE, Name::PROXY_AUTHORIZATION)
+        } else {
+            (Name::WWW_AUTHENTICATE, Name::AUTHORIZATION)
+        };
+        let uri = headers::uri_text(&req.uri);
+        let method = req.method.to_string();
+        let value = headers::all_values(&challenge.headers, &ask)
+            .into_iter()
+            .chain(challenge.headers.get_raw(&ask).map(|v| v.to_string()))
+            .find_map(|c| {
+                let cnonce = message::random_tag();
+                digest::answer_challenge(&c, &method, &uri, user, password, 1, &cnonce).ok()
+            });
+        match value {
+            Some(v) => {
+                req.headers.insert(answer, v);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A retry of `original` (an INVITE to a trunk that the provider challenged): same
+    /// dialog identifiers, next CSeq, new branch, with credentials.
+    pub(super) fn authorized_retry(
+        &self,
+        trunk: i64,
+        original: &Request,
+        challenge: &Response,
+        transport: Transport,
+    ) -> Option<Request> {
+        let mut retry = original.clone();
+        let cseq = original.cseq().map(|(n, _)| n).unwrap_or(1) + 1;
+        retry.headers.remove(&Name::VIA);
+        retry.headers.remove(&Name::CSEQ);
+        retry.headers.remove(&Name::AUTHORIZATION);
+        retry.headers.remove(&Name::PROXY_AUTHORIZATION);
+        retry
+            .headers
+            .insert(Name::VIA, our_via(&self.settings, transport));
+        retry
+            .headers
+            .insert(Name::CSEQ, format!("{cseq} {}", original.method));
+        self.authorize(trunk, &mut retry, challenge)
+            .then_some(retry)
+    }
+
+    /// Registration timers: refresh before expiry, retry after a failure (looking the
+    /// host up again when it has no address).
+    pub(super) fn trunk_timers(&mut self, now: Instant, id: i64) {
+        let Some(link) = self.trunks.get_mut(&id) else {
+            return;
+        };
+        let Some(at) = link.next_at else {
+            return;
+        };
+        if now < at || link.register_tx.is_some() {
+            return;
+        }
+        link.next_at = None;
+        if link.addresses.is_empty() {
+            link.state = RegistrationState::Resolving;
+            self.events.push_back(EngineEvent::ResolveTrunk {
+                trunk: id,
+                host: link.trunk.host.clone(),
+                port: link.trunk.port,
+            });
+            return;
+        }
+        self.register_trunk(now, id);
+    }
+
+    /// Which trunk a new request comes from, if any (see the module docs).
+    pub(super) fn trunk_of_request(&self, req: &Request, from: Peer) -> Option<i64> {
+        let user = headers::uri_user(&req.uri);
+        self.trunks
+            .values()
+            .find(|l| {
+                user.as_deref() == Some(l.contact_user.as_str()) || l.addresses.contains(&from.addr)
+            })
+            .map(|l| l.trunk.id)
+    }
+
+    /// An INVITE to `number` through trunk `trunk`, offering our media on `port`, with
+    /// `display` and `caller_number` as caller ID (From and P-Asserted-Identity). `None`
+    /// while the trunk has no address, or when its transport cannot be used.
+    pub(super) fn trunk_invite(
+        &self,
+        trunk: i64,
+        number: &str,
+        display: &str,
+        caller_number: &str,
+        port: u16,
+    ) -> Option<(Request, Peer)> {
+        let link = self.trunks.get(&trunk)?;
+        let peer = link.peer()?;
+        if peer.transport == Transport::Tls {
+            return None;
+        }
+        let domain = link.domain();
+        let uri: SipUri = format!("sip:{number}@{domain}").parse().ok()?;
+        let caller = format!("{} <sip:{caller_number}@{domain}>", super::quoted(display));
+        let mut invite = Request::new(Method::INVITE, uri);
+        let h = &mut invite.headers;
+        h.insert(Name::VIA, our_via(&self.settings, peer.transport));
+        h.insert(Name::MAX_FORWARDS, "70");
+        h.insert(
+            Name::FROM,
+            format!("{caller};tag={}", message::random_tag()),
+        );
+        h.insert(Name::TO, format!("<sip:{number}@{domain}>"));
+        h.insert(Name::CALL_ID, message::new_call_id(&self.domain()));
+        h.insert(Name::CSEQ, "1 INVITE");
+        h.insert(Name::CONTACT, self.trunk_contact(link, peer.transport));
+        h.insert(Name::from("P-Asserted-Identity"), caller);
+        h.insert(Name::ALLOW, ALLOW);
+        h.insert(Name::USER_AGENT, USER_AGENT);
+        h.insert(Name::CONTENT_TYPE, "application/sdp");
+        let local = confero_sip::sdp::LocalMedia {
+            addr: self.settings.advertised.ip(),
+            port,
+            session_id: u64::from(rand::random::<u32>()),
+            session_version: 1,
+            username: "confero".to_owned(),
+        };
+        let offer = confero_sip::sdp::offer(&local, super::conference::CODEC_PREFS);
+        invite.body = bytes::Bytes::from(offer.into_bytes());
+        Some((invite, peer))
+    }
+
+    /// Every trunk's live state.
+    pub fn trunk_statuses(&self, now: Instant) -> Vec<TrunkStatus> {
+        let mut v: Vec<TrunkStatus> = self
+            .trunks
+            .values()
+            .map(|l| TrunkStatus {
+                id: l.trunk.id,
+                name: l.trunk.name.clone(),
+                registration: if l.trunk.register {
+                    l.state
+                } else {
+                    RegistrationState::Off
+                },
+                address: l.addresses.first().copied(),
+                status: l.status,
+                reason: l.reason.clone(),
+                expires_unix: l.expires_at.map(|t| self.unix(t)),
+                retry_unix: (l.state == RegistrationState::Failed)
+                    .then_some(l.next_at)
+                    .flatten()
+                    .map(|t| self.unix(t).max(self.unix(now))),
+            })
+            .collect();
+        v.sort_by_key(|s| s.id);
+        v
+    }
+
+    /// Withdraws every registration (the server is stopping).
+    pub(super) fn unregister_trunks(&mut self, now: Instant) {
+        let ids: Vec<i64> = self.trunks.keys().copied().collect();
+        for id in ids {
+            self.drop_trunk(now, id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_to_ten_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(30));
+        assert_eq!(backoff(2), Duration::from_secs(60));
+        assert_eq!(backoff(5), Duration::from_secs(480));
+        assert_eq!(backoff(6), MAX_BACKOFF);
+        assert_eq!(backoff(60), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn refresh_comes_before_expiry() {
+        assert_eq!(refresh_after(3600), Duration::from_secs(3540));
+        assert_eq!(refresh_after(60), Duration::from_secs(30));
+        assert_eq!(refresh_after(1), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn literal_hosts_need_no_lookup() {
+        assert_eq!(
+            literal_address("192.0.2.7", 5070),
+            Some("192.0.2.7:5070".parse().unwrap())
+        );
+        assert_eq!(
+            literal_address("[2001:db8::1]", 5060),
+            Some("[2001:db8::1]:5060".parse().unwrap())
+        );
+        assert_eq!(literal_address("sip.example.net", 5060), None);
+    }
+}
