@@ -110,6 +110,14 @@ const MIGRATIONS: &[(i64, &[&str])] = &[
             "CREATE INDEX console_sessions_username ON console_sessions (username)",
         ],
     ),
+    (
+        3,
+        &[
+            // Numbers dialled with this prefix leave through this trunk (NULL: the default
+            // trunk's numbers).
+            "ALTER TABLE trunks ADD COLUMN dial_prefix TEXT",
+        ],
+    ),
 ];
 
 pub(crate) async fn run(pool: &AnyPool, backend: Backend) -> Result<(), StoreError> {
