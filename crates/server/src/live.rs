@@ -34,7 +34,9 @@ pub(crate) enum Control {
 }
 
 impl Control {
-    pub(crate) fn run(self, engine: &mut Engine, now: std::time::Instant) {
+    /// Carries the action out on the engine; returns the API's answer, to be sent once the
+    /// live state is published (a client may read what it just did at once).
+    pub(crate) fn run(self, engine: &mut Engine, now: std::time::Instant) -> Box<dyn FnOnce()> {
         match self {
             Control::Participant {
                 conference_id,
@@ -51,7 +53,9 @@ impl Control {
                         }
                         ParticipantAction::Kick => engine.kick_participant(now, participant),
                     };
-                let _ = reply.send(done);
+                Box::new(move || {
+                    let _ = reply.send(done);
+                })
             }
             Control::Invite {
                 conference_id,
@@ -68,10 +72,15 @@ impl Control {
                             .unwrap_or(Value::Null)
                     })
                     .map_err(|e| e.to_string());
-                let _ = reply.send(result);
+                Box::new(move || {
+                    let _ = reply.send(result);
+                })
             }
             Control::CancelInvitation { id, reply } => {
-                let _ = reply.send(engine.cancel_invitation(now, id));
+                let done = engine.cancel_invitation(now, id);
+                Box::new(move || {
+                    let _ = reply.send(done);
+                })
             }
         }
     }

@@ -320,7 +320,13 @@ impl SipShell {
                 },
                 _ = tokio::time::sleep_until(deadline) => self.engine.handle_timeout(Instant::now()),
                 Some(ev) = self.media_events.recv() => self.engine.handle_media_event(Instant::now(), ev),
-                Some(ctl) = self.control.recv() => ctl.run(&mut self.engine, Instant::now()),
+                Some(ctl) = self.control.recv() => {
+                    let answer = ctl.run(&mut self.engine, Instant::now());
+                    // The API reads the published state: what it just did (an invitation
+                    // whose id it returns) must be there for the client's next request.
+                    self.publish_live();
+                    answer();
+                }
                 r = self.production.changed() => {
                     if r.is_err() {
                         // The API (which holds the sender) is gone: we are shutting down.
