@@ -6,32 +6,11 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use common::baresip::*;
 use common::*;
-
-macro_rules! require {
-    ($cmd:expr, $pkg:expr) => {
-        if Command::new($cmd)
-            .arg("-h")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_err()
-        {
-            if std::env::var_os("CI").is_some() {
-                panic!(
-                    "{} is not installed but CI must run the conference tests",
-                    $cmd
-                );
-            }
-            eprintln!("SKIPPED: {} not installed (apt-get install {})", $cmd, $pkg);
-            return;
-        }
-    };
-}
 
 /// A PBX with Alice (101, a room administrator), Bob (102), Carol (103) and rooms:
 /// 800 open, 801 with access code 2468, 802 waiting for Alice.
@@ -72,67 +51,6 @@ fn pbx_with_rooms_and(args: &[&str]) -> Pbx {
     assert_eq!(status, 201, "{text}");
     pbx.apply();
     pbx
-}
-
-fn metric(pbx: &Pbx, name: &str) -> f64 {
-    let (_, text) = http(pbx.http, "GET", "/metrics", None, None);
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
-}
-
-fn wait_for_metric(pbx: &Pbx, name: &str, value: f64, within: Duration) -> f64 {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = metric(pbx, name);
-        if v == value || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn conference_id(pbx: &Pbx, extension: &str) -> i64 {
-    let (_, body) = pbx.api("GET", "/api/v1/conferences", None);
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["extension"] == extension)
-        .and_then(|c| c["id"].as_i64())
-        .unwrap()
-}
-
-fn participants(pbx: &Pbx, id: i64) -> Vec<serde_json::Value> {
-    let (status, body) = pbx.api(
-        "GET",
-        &format!("/api/v1/conferences/{id}/participants"),
-        None,
-    );
-    assert_eq!(status, 200, "{body}");
-    serde_json::from_str::<serde_json::Value>(&body)
-        .unwrap()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Polls the room until `pred` holds for its participant list (bounded).
-fn wait_for_room(
-    pbx: &Pbx,
-    id: i64,
-    within: Duration,
-    pred: impl Fn(&[serde_json::Value]) -> bool,
-) -> Vec<serde_json::Value> {
-    let deadline = Instant::now() + within;
-    loop {
-        let list = participants(pbx, id);
-        if pred(&list) || Instant::now() > deadline {
-            return list;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 // ---- SIPp callers ----------------------------------------------------------------------
@@ -535,109 +453,6 @@ fn write_dtmf_pcap(path: &Path, digits: &str) {
     write_pcap(path, &packets, 20_000);
 }
 
-// ---- baresip phones that send a tone and record what they hear --------------------------
-
-struct Baresip {
-    child: Child,
-    dir: tempfile::TempDir,
-    ctrl: u16,
-}
-
-impl Baresip {
-    fn start(user: &str, password: &str, pbx: &Pbx, tone_hz: u32) -> Baresip {
-        Self::start_with_codec(user, password, pbx, tone_hz, "PCMU")
-    }
-
-    /// `codec`: "PCMU" or "G722" (the only codec the phone offers).
-    fn start_with_codec(
-        user: &str,
-        password: &str,
-        pbx: &Pbx,
-        tone_hz: u32,
-        codec: &str,
-    ) -> Baresip {
-        let dir = tempfile::tempdir().unwrap();
-        let ctrl = free_tcp_port();
-        let sip = free_udp_port();
-        std::fs::create_dir_all(dir.path().join("rec")).unwrap();
-        let config = format!(
-            "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nrtp_ports 30000-32000\naudio_player alsa,null\naudio_alert alsa,null\naudio_source ausine,{tone_hz}\nausrc_srate 48000\nausrc_channels 2\nmodule_path /usr/lib/baresip/modules\nmodule g711.so\nmodule g722.so\nmodule ausine.so\nmodule alsa.so\nmodule sndfile.so\nmodule_app account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{ctrl}\nsnd_path {}\n",
-            dir.path().join("rec").display()
-        );
-        std::fs::write(dir.path().join("config"), config).unwrap();
-        std::fs::write(
-            dir.path().join("accounts"),
-            format!(
-                "<sip:{user}@127.0.0.1:{}>;auth_pass={password};regint=0;audio_codecs={codec}\n",
-                pbx.sip.port()
-            ),
-        )
-        .unwrap();
-        let log = std::fs::File::create(dir.path().join("baresip.log")).unwrap();
-        let child = Command::new("baresip")
-            .arg("-f")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start baresip");
-        let b = Baresip { child, dir, ctrl };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", ctrl)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "baresip did not start: {}",
-                b.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        b
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("baresip.log")).unwrap_or_default()
-    }
-
-    fn command(&self, command: &str, params: &str) {
-        let body =
-            serde_json::json!({"command": command, "params": params, "token": "t"}).to_string();
-        let mut s = TcpStream::connect(("127.0.0.1", self.ctrl)).unwrap();
-        s.write_all(format!("{}:{},", body.len(), body).as_bytes())
-            .unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let mut buf = [0u8; 4096];
-        let _ = s.read(&mut buf);
-    }
-
-    fn dial(&self, pbx: &Pbx, room: &str) {
-        self.command("dial", &format!("sip:{room}@127.0.0.1:{}", pbx.sip.port()));
-    }
-
-    fn hangup(&self) {
-        self.command("hangup", "");
-    }
-
-    /// What the phone heard (decoded), as 16-bit samples and their rate.
-    fn heard(&self) -> (u32, Vec<i16>) {
-        let dir = self.dir.path().join("rec");
-        let file: PathBuf = std::fs::read_dir(&dir)
-            .unwrap()
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-            .unwrap_or_else(|| panic!("no recording in {}: {}", dir.display(), self.log()));
-        read_wav(&std::fs::read(file).unwrap())
-    }
-}
-
-impl Drop for Baresip {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Sends what a hostile or broken peer might to an RTP port, from other addresses.
 fn attack_rtp_port(port: u16) {
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
@@ -665,66 +480,6 @@ fn attack_rtp_port(port: u16) {
         foreign[3] = foreign[3].wrapping_add(1);
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-fn read_wav(bytes: &[u8]) -> (u32, Vec<i16>) {
-    let rate = u32::from_le_bytes(bytes[24..28].try_into().unwrap());
-    let channels = u16::from_le_bytes(bytes[22..24].try_into().unwrap()) as usize;
-    let mut pos = 12;
-    while pos + 8 <= bytes.len() {
-        let id = &bytes[pos..pos + 4];
-        let len = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap()) as usize;
-        if id == b"data" {
-            let end = (pos + 8 + len).min(bytes.len());
-            let samples: Vec<i16> = bytes[pos + 8..end]
-                .chunks_exact(2)
-                .map(|c| i16::from_le_bytes([c[0], c[1]]))
-                .step_by(channels.max(1))
-                .collect();
-            return (rate, samples);
-        }
-        pos += 8 + len + (len & 1);
-    }
-    panic!("no data chunk in WAV");
-}
-
-/// Share of the signal's energy at `hz` (Goertzel), 0..1.
-fn tone_share(samples: &[i16], rate: u32, hz: f64) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    let n = samples.len() as f64;
-    let k = (n * hz / f64::from(rate)).round();
-    let w = 2.0 * std::f64::consts::PI * k / n;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    let mut energy = 0.0;
-    for &x in samples {
-        let x = f64::from(x);
-        energy += x * x;
-        let s0 = x + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    if energy == 0.0 {
-        0.0
-    } else {
-        (2.0 * power / n / energy).min(1.0)
-    }
-}
-
-fn rms(samples: &[i16]) -> f64 {
-    if samples.is_empty() {
-        return 0.0;
-    }
-    (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
-}
-
-fn window(samples: &[i16], rate: u32, from_s: f64, to_s: f64) -> &[i16] {
-    let a = ((from_s * f64::from(rate)) as usize).min(samples.len());
-    let b = ((to_s * f64::from(rate)) as usize).min(samples.len());
-    &samples[a..b]
 }
 
 #[test]
@@ -837,26 +592,6 @@ fn phone_in_open_room(pbx: &Pbx, dir: &Path, name: &str) -> (Sipp, i64, Vec<serd
     });
     assert!(list.iter().any(|p| p["state"] == "in_room"), "{list:?}");
     (caller, id, list)
-}
-
-/// Each phone heard the other's tone and not its own, over the last seconds of the call.
-fn assert_each_hears_the_other(phones: [(&str, &Baresip, f64, f64); 2]) {
-    for (who, phone, hear, own_hz) in phones {
-        let (rate, samples) = phone.heard();
-        let secs = samples.len() as f64 / f64::from(rate);
-        let last = window(&samples, rate, secs - 2.0, secs - 0.3);
-        let heard = tone_share(last, rate, hear);
-        let own = tone_share(last, rate, own_hz);
-        assert!(
-            heard > 0.5,
-            "{who} ({rate} Hz) should hear {hear} Hz: share {heard:.3}, own {own:.3}, rms {:.0}",
-            rms(last)
-        );
-        assert!(
-            own < 0.05,
-            "{who} must not hear their own {own_hz} Hz: {own:.3}"
-        );
-    }
 }
 
 #[test]

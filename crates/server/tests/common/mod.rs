@@ -1,5 +1,5 @@
 //! Test harness: runs the real `confero` binary on free loopback ports and drives it with
-//! its REST API and third-party SIP peers (SIPp).
+//! its REST API and third-party SIP peers (SIPp; baresip phones in [`baresip`]).
 
 // Shared by several test binaries, each using a part; children are reaped in Drop.
 #![allow(dead_code, unreachable_pub, clippy::zombie_processes)]
@@ -9,7 +9,35 @@ use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+pub mod baresip;
+
+/// Skips the test (returns) with a message when `$cmd` is not installed — unless `CI` is
+/// set, where the peer must be there and its absence fails the test.
+#[allow(unused_macros)]
+macro_rules! require {
+    ($cmd:expr, $pkg:expr) => {
+        if std::process::Command::new($cmd)
+            .arg("-h")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_err()
+        {
+            if std::env::var_os("CI").is_some() {
+                panic!(
+                    "{} is not installed but CI must run the tests needing it",
+                    $cmd
+                );
+            }
+            eprintln!("SKIPPED: {} not installed (apt-get install {})", $cmd, $pkg);
+            return;
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use require;
 
 pub const ADMIN_PASSWORD: &str = "test-admin-password";
 
@@ -23,6 +51,8 @@ pub struct Pbx {
     logs: mpsc::Receiver<String>,
     /// Lines read while waiting for the ready line, handed out by the first `logs()`.
     startup: std::sync::Mutex<Vec<String>>,
+    /// The admin's API token, made on first use by [`Pbx::api`].
+    token: std::sync::OnceLock<String>,
 }
 
 impl Pbx {
@@ -92,6 +122,7 @@ impl Pbx {
                     data_dir,
                     logs,
                     startup: std::sync::Mutex::new(startup),
+                    token: std::sync::OnceLock::new(),
                 };
             }
         }
@@ -138,14 +169,30 @@ impl Pbx {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// One HTTP/1.1 request with admin Basic auth; returns (status, body).
+    /// One HTTP/1.1 request as the admin; returns (status, body). It carries a bearer
+    /// token made with the admin's Basic credentials on first use: each Basic request
+    /// costs an argon2 check (most of a second in a debug build), too slow to poll with.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
-        http(
+        let token = self.token.get_or_init(|| {
+            let (status, text) = http(
+                self.http,
+                "POST",
+                "/api/v1/tokens",
+                Some(r#"{"name":"integration tests"}"#),
+                Some(("admin", ADMIN_PASSWORD)),
+            );
+            assert_eq!(status, 201, "create an API token: {text}");
+            serde_json::from_str::<serde_json::Value>(&text).unwrap()["token"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        });
+        request(
             self.http,
             method,
             path,
             body,
-            Some(("admin", ADMIN_PASSWORD)),
+            Some(&format!("Bearer {token}")),
         )
     }
 
@@ -183,12 +230,26 @@ pub fn http(
     basic: Option<(&str, &str)>,
 ) -> (u16, String) {
     use base64::Engine as _;
+    let authorization = basic.map(|(u, p)| {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
+        format!("Basic {token}")
+    });
+    request(addr, method, path, body, authorization.as_deref())
+}
+
+/// [`http`] with any `Authorization` header value.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    authorization: Option<&str>,
+) -> (u16, String) {
     let mut s = TcpStream::connect(addr).expect("connect http");
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some((u, p)) = basic {
-        let token = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{p}"));
-        req.push_str(&format!("Authorization: Basic {token}\r\n"));
+    if let Some(value) = authorization {
+        req.push_str(&format!("Authorization: {value}\r\n"));
     }
     let body = body.unwrap_or("");
     if !body.is_empty() || method != "GET" {
@@ -262,15 +323,26 @@ pub fn scenario(dir: &Path, base: &str, part: &str, vars: &[(&str, &str)]) -> Pa
         let answers = std::fs::read_to_string(sdir.join("callee_answers.part")).unwrap();
         part_text = part_text.replace("@ANSWERS@", &answers);
     }
-    let mut text = std::fs::read_to_string(sdir.join(base))
+    let text = std::fs::read_to_string(sdir.join(base))
         .unwrap()
         .replace("@OUTCOME@", &part_text);
+    let name = format!("{}-{}.xml", base.trim_end_matches(".xml.in"), part);
+    write_filled(&dir.join(name), text, vars)
+}
+
+/// A whole scenario file of `tests/sipp` (no outcome part) with `@NAME@` placeholders
+/// replaced, written to `dir` as `name`.
+pub fn template(dir: &Path, file: &str, name: &str, vars: &[(&str, &str)]) -> PathBuf {
+    let text = std::fs::read_to_string(scenario_dir().join(file)).unwrap();
+    write_filled(&dir.join(name), text, vars)
+}
+
+fn write_filled(path: &Path, mut text: String, vars: &[(&str, &str)]) -> PathBuf {
     for (k, v) in vars {
         text = text.replace(&format!("@{k}@"), v);
     }
-    let path = dir.join(format!("{}-{}.xml", base.trim_end_matches(".xml.in"), part));
-    std::fs::write(&path, text).unwrap();
-    path
+    std::fs::write(path, text).unwrap();
+    path.to_path_buf()
 }
 
 /// A SIPp run. `args` come after the common ones.
@@ -292,6 +364,10 @@ impl Sipp {
     pub fn spawn(name: &str, scenario: &Path, local_port: u16, args: &[&str]) -> Sipp {
         let log_dir = std::env::temp_dir().join("confero-sipp-logs");
         std::fs::create_dir_all(&log_dir).unwrap();
+        for kind in ["errors", "messages"] {
+            // A log left by an earlier run must not pass for this one's.
+            let _ = std::fs::remove_file(log_dir.join(format!("{name}-{kind}.log")));
+        }
         let child = Command::new("sipp")
             .arg("-sf")
             .arg(scenario)
@@ -328,12 +404,8 @@ impl Sipp {
             std::thread::sleep(Duration::from_millis(50));
         };
         if !status.success() {
-            let log_dir = std::env::temp_dir().join("confero-sipp-logs");
-            let errors = std::fs::read_to_string(log_dir.join(format!("{}-errors.log", self.name)))
-                .unwrap_or_default();
-            let messages =
-                std::fs::read_to_string(log_dir.join(format!("{}-messages.log", self.name)))
-                    .unwrap_or_default();
+            let errors = sipp_log(&self.name, "errors");
+            let messages = sipp_log(&self.name, "messages");
             let mut stderr = String::new();
             if let Some(mut e) = self.child.stderr.take() {
                 let _ = e.read_to_string(&mut stderr);
@@ -344,6 +416,13 @@ impl Sipp {
             );
         }
     }
+}
+
+/// A log of the SIPp run called `name`: `"messages"` (every message sent and received,
+/// with `-trace_msg`) or `"errors"`.
+pub fn sipp_log(name: &str, kind: &str) -> String {
+    let log_dir = std::env::temp_dir().join("confero-sipp-logs");
+    std::fs::read_to_string(log_dir.join(format!("{name}-{kind}.log"))).unwrap_or_default()
 }
 
 impl Drop for Sipp {
@@ -386,4 +465,67 @@ pub fn register(
         ],
     )
     .expect_success();
+}
+
+// ---- live state through the API -----------------------------------------------------
+
+pub fn metric(pbx: &Pbx, name: &str) -> f64 {
+    let (_, text) = http(pbx.http, "GET", "/metrics", None, None);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+}
+
+pub fn wait_for_metric(pbx: &Pbx, name: &str, value: f64, within: Duration) -> f64 {
+    let deadline = Instant::now() + within;
+    loop {
+        let v = metric(pbx, name);
+        if v == value || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn conference_id(pbx: &Pbx, extension: &str) -> i64 {
+    let (_, body) = pbx.api("GET", "/api/v1/conferences", None);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["extension"] == extension)
+        .and_then(|c| c["id"].as_i64())
+        .unwrap()
+}
+
+pub fn participants(pbx: &Pbx, id: i64) -> Vec<serde_json::Value> {
+    let (status, body) = pbx.api(
+        "GET",
+        &format!("/api/v1/conferences/{id}/participants"),
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body)
+        .unwrap()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Polls the room until `pred` holds for its participant list (bounded).
+pub fn wait_for_room(
+    pbx: &Pbx,
+    id: i64,
+    within: Duration,
+    pred: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let list = participants(pbx, id);
+        if pred(&list) || Instant::now() > deadline {
+            return list;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
