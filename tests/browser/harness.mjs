@@ -356,11 +356,14 @@ export class Pbx {
   /**
    * SIGTERM, then starts again on the same data dir; by default on the same ports (what an
    * operator's restart does: phones and open browser pages keep their address).
+   * `whileDown`: an async function run once the process has exited and before it starts
+   * again (to look at what clients show while the PBX is away).
    */
-  async restart({ samePorts = true } = {}) {
+  async restart({ samePorts = true, whileDown } = {}) {
     const sip = this.sip;
     const http = this.http;
     await this.stop();
+    if (whileDown) await whileDown();
     if (samePorts && !this.baseArgs) {
       // A TCP listener can take a moment to be re-bindable; retry briefly.
       for (let attempt = 0; ; attempt++) {

@@ -82,9 +82,13 @@ pub(crate) async fn page(
                         div.topbar-actions {
                             a.pending-link href="/changes" data-testid="pending-link"
                                 aria-current=[(section == Section::Changes).then_some("page")] {
-                                @if pending == 0 { "No pending changes" }
-                                @else if pending == 1 { "1 pending change" }
-                                @else { (pending) " pending changes" }
+                                span.long {
+                                    @if pending == 0 { "No pending changes" }
+                                    @else if pending == 1 { "1 pending change" }
+                                    @else { (pending) " pending changes" }
+                                }
+                                " "
+                                span.short { "Changes" }
                             }
                             form method="post" action="/changes/apply" {
                                 (csrf_field(ctx))

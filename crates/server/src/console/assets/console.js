@@ -256,6 +256,16 @@
       target.focus();
     }
 
+    // Invite is a link (it works without the script) that acts as a button: a button
+    // also answers the space bar.
+    document.addEventListener("keydown", (ev) => {
+      if (ev.key !== " ") return;
+      const button = ev.target.closest?.("[data-invite]");
+      if (!button) return;
+      ev.preventDefault();
+      button.click();
+    });
+
     document.addEventListener("click", (ev) => {
       const button = ev.target.closest?.("[data-invite]");
       if (!button || typeof inviteDialog.showModal !== "function") return;
