@@ -13,6 +13,8 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
+  checker,
+  openSignedIn,
   CHROMIUM,
   dial,
   eventually,
@@ -215,44 +217,10 @@ describe('console live', { skip: chromiumMissing }, () => {
     await pbx?.close();
   });
 
-  /** A test that, on failure, saves screenshots of the open pages and the PBX log tail. */
-  function check(name, options, fn) {
-    if (typeof options === 'function') [fn, options] = [options, {}];
-    test(name, { timeout: 45_000, ...options }, async (t) => {
-      assert.ok(b && pbx, 'the PBX and the browser started (see the before hook)');
-      const errorsBefore = b.pageErrors.length;
-      try {
-        await fn(t);
-      } catch (err) {
-        const slug = name.replace(/[^A-Za-z0-9]+/g, '-').slice(0, 60);
-        const pages = b.browser.contexts().flatMap((c) => c.pages());
-        const where = [];
-        for (const [i, p] of pages.entries()) {
-          try {
-            where.push(`${p.url()} → ${await b.shot(`FAILED-${slug}-${i}`, p)}`);
-          } catch {
-            // page closed
-          }
-        }
-        if (err instanceof Error) {
-          err.message += `\n--- open pages ---\n${where.join('\n')}\n--- confero log (tail) ---\n${pbx.logTail(25)}`;
-        }
-        throw err;
-      }
-      assert.deepEqual(b.pageErrors.slice(errorsBefore), [], 'uncaught script errors in the console pages');
-    });
-  }
+  const check = checker(test, () => ({ b, pbx }), 45_000);
 
-  /** Opens `path` in `p`, signing in first when the console sends us to /login. */
-  async function open(urlPath, p = page) {
-    const res = await p.goto(urlPath);
-    assert.ok(res.status() < 400, `GET ${urlPath} → ${res.status()} (${new URL(p.url()).pathname})`);
-    if (new URL(p.url()).pathname === '/login') {
-      const status = await signIn(p, { next: urlPath });
-      assert.ok([302, 303].includes(status), `sign-in: a redirect, got ${status}`);
-    }
-    assert.equal(new URL(p.url()).pathname, urlPath.split('?')[0], `${urlPath} after sign-in`);
-  }
+  /** Opens `path` in `p` (the main tab by default), signing in when asked to. */
+  const open = (path, p = page) => openSignedIn(p, path);
 
   /** A room created and applied through the API. */
   async function appliedRoom(name, extension) {

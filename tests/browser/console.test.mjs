@@ -12,6 +12,8 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 
 import {
+  checker,
+  openSignedIn,
   answeringPhone,
   CHROMIUM,
   dial,
@@ -57,44 +59,10 @@ describe('console', { skip: chromiumMissing }, () => {
     await pbx?.close();
   });
 
-  /** A test that, on failure, saves screenshots of the open pages and the PBX log tail. */
-  function check(name, options, fn) {
-    if (typeof options === 'function') [fn, options] = [options, {}];
-    test(name, { timeout: 60_000, ...options }, async (t) => {
-      assert.ok(b && pbx, 'the PBX and the browser started (see the before hook)');
-      const errorsBefore = b.pageErrors.length;
-      try {
-        await fn(t);
-      } catch (err) {
-        const slug = name.replace(/[^A-Za-z0-9]+/g, '-').slice(0, 60);
-        const pages = b.browser.contexts().flatMap((c) => c.pages());
-        const where = [];
-        for (const [i, p] of pages.entries()) {
-          try {
-            where.push(`${p.url()} → ${await b.shot(`FAILED-${slug}-${i}`, p)}`);
-          } catch {
-            // page closed
-          }
-        }
-        if (err instanceof Error) {
-          err.message += `\n--- open pages ---\n${where.join('\n')}\n--- confero log (tail) ---\n${pbx.logTail(25)}`;
-        }
-        throw err;
-      }
-      assert.deepEqual(b.pageErrors.slice(errorsBefore), [], 'uncaught script errors in the console pages');
-    });
-  }
+  const check = checker(test, () => ({ b, pbx }), 60_000);
 
-  /** Opens `path` in `p`, signing in first when the console sends us to /login. */
-  async function open(path, p = page) {
-    const res = await p.goto(path);
-    assert.ok(res.status() < 400, `GET ${path} → ${res.status()} (${new URL(p.url()).pathname})`);
-    if (new URL(p.url()).pathname === '/login') {
-      const status = await signIn(p, { next: path });
-      assertRedirect(status, 'sign-in');
-    }
-    assert.equal(new URL(p.url()).pathname, path.split('?')[0], `${path} after sign-in`);
-  }
+  /** Opens `path` in `p` (the main tab by default), signing in when asked to. */
+  const open = (path, p = page) => openSignedIn(p, path);
 
   // ---- small page helpers (the contract's names) --------------------------------------
 

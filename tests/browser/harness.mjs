@@ -756,8 +756,64 @@ export async function submitAndWait(page, action) {
   const responded = page.waitForResponse(
     (r) => r.request().method() === 'POST' && r.request().isNavigationRequest() && r.frame() === page.mainFrame(),
   );
+  // The page that results (the redirect's target, or the form again) must have replaced
+  // the old one before we look: waiting for 'load' alone can see the old document.
+  const committed = page.waitForEvent('framenavigated', (f) => f === page.mainFrame());
   await action();
   const response = await responded;
+  await committed;
   await page.waitForLoadState('load');
   return response;
+}
+
+/**
+ * Declares browser tests that, on failure, save screenshots of every open page and add
+ * the PBX's log tail to the error, and that fail on any uncaught script error of the
+ * console. `env()` returns `{ b, pbx }` (the launchBrowser() result and the PBX) once the
+ * suite's before hook has run.
+ */
+export function checker(test, env, defaultTimeout = 60_000) {
+  return function check(name, options, fn) {
+    if (typeof options === 'function') [fn, options] = [options, {}];
+    test(name, { timeout: defaultTimeout, ...options }, async (t) => {
+      const { b, pbx } = env();
+      if (!b || !pbx) throw new Error('the PBX and the browser started (see the before hook)');
+      const errorsBefore = b.pageErrors.length;
+      try {
+        await fn(t);
+      } catch (err) {
+        const slug = name.replace(/[^A-Za-z0-9]+/g, '-').slice(0, 60);
+        const pages = b.browser.contexts().flatMap((c) => c.pages());
+        const where = [];
+        for (const [i, p] of pages.entries()) {
+          try {
+            where.push(`${p.url()} → ${await b.shot(`FAILED-${slug}-${i}`, p)}`);
+          } catch {
+            // page closed
+          }
+        }
+        if (err instanceof Error) {
+          err.message += `\n--- open pages ---\n${where.join('\n')}\n--- confero log (tail) ---\n${pbx.logTail(25)}`;
+        }
+        throw err;
+      }
+      const fresh = b.pageErrors.slice(errorsBefore);
+      if (fresh.length) throw new Error(`uncaught script errors in the console pages: ${fresh.join('; ')}`);
+    });
+  };
+}
+
+/**
+ * Opens `urlPath` in page `p`, signing in first when the console sends it to /login; fails
+ * unless it ends on that path.
+ */
+export async function openSignedIn(p, urlPath) {
+  const res = await p.goto(urlPath);
+  if (res.status() >= 400) throw new Error(`GET ${urlPath} → ${res.status()} (${new URL(p.url()).pathname})`);
+  if (new URL(p.url()).pathname === '/login') {
+    const status = await signIn(p, { next: urlPath });
+    if (![302, 303].includes(status)) throw new Error(`sign-in: a redirect was expected, got ${status}`);
+  }
+  const at = new URL(p.url()).pathname;
+  if (at !== urlPath.split('?')[0]) throw new Error(`${urlPath} after sign-in: ended on ${at}`);
 }

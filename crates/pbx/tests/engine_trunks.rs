@@ -495,6 +495,23 @@ fn an_invitation_to_a_number_goes_out_with_the_room_as_caller_and_joins_on_answe
     assert_eq!(people[0].caller, "0475123456");
     // "You are the first participant", then the mix: no access code for the invited.
     assert_eq!(people[0].state, "joining");
+
+    // A session refresh without an offer is answered with the PBX's own description.
+    let offered = sdp_port(&invite.body);
+    let from = header_of(&invite, "From").unwrap();
+    let to = header_of(&invite, "To").unwrap();
+    let refresh = format!(
+        "INVITE sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:{CARRIER};branch=z9hG4bKrefresh\nFrom: {to};tag=gw\nTo: {from}\nCall-ID: {}\nCSeq: 5 INVITE\nContact: <sip:gw@127.0.0.1:7000>\nContent-Length: 0\n\n",
+        invite.call_id().unwrap()
+    );
+    h.send(CARRIER, &refresh);
+    let ok = h
+        .out()
+        .into_iter()
+        .find(|(p, m)| *p == CARRIER && status(m) == Some(200))
+        .map(|(_, m)| response(&m).clone())
+        .expect("the refresh is answered");
+    assert_eq!(sdp_port(&ok.body), offered);
 }
 
 #[test]

@@ -21,7 +21,7 @@ use confero_sip::transport::Peer;
 use confero_sip::{Method, StatusCode};
 
 use super::conference::{ConfLeg, MediaCommand, Party, CODEC_PREFS};
-use super::fork::{self, OutFork, Provisional};
+use super::fork::{self, ForkStep, OutFork};
 use super::{
     build_ack, callee_leg_from_2xx, our_via, CallInfo, ClientPurpose, Engine, EngineEvent,
 };
@@ -54,7 +54,7 @@ pub(super) struct Bridge {
     /// Ports reserved for the two legs until they exist.
     caller_port: Option<u16>,
     callee_port: Option<u16>,
-    forks: Vec<OutFork>,
+    pub(super) forks: Vec<OutFork>,
     ringing_sent: bool,
     ring_deadline: Instant,
     ended_at: Option<Instant>,
@@ -187,56 +187,14 @@ impl Engine {
 
     pub(super) fn on_bridge_response(&mut self, now: Instant, id: u64, i: usize, resp: Response) {
         let code = resp.code.into_u16();
-        let Some(bridge) = self.bridges.get_mut(&id) else {
-            return;
-        };
-        let Some(fork) = bridge.forks.get_mut(i) else {
-            return;
-        };
-        if code < 200 {
-            match fork.on_provisional(code) {
-                Provisional::Cancel(cancel, peer) => {
-                    let tx = self.tx.send_request(now, *cancel, peer);
-                    self.client_txs.insert(tx, (id, ClientPurpose::Fire));
-                }
-                Provisional::Ringing
-                    if bridge.state == BridgeState::Ringing && !bridge.ringing_sent =>
-                {
-                    bridge.ringing_sent = true;
-                    if let Some(tx) = bridge.invite_tx {
-                        let mut ringing = response_for(
-                            &bridge.invite,
-                            StatusCode::from(180),
-                            Some(&bridge.caller_tag),
-                        );
-                        ringing.reason = Some("Ringing".into());
-                        let _ = self.tx.send_response(now, tx, ringing);
-                    }
-                }
-                _ => {}
-            }
-            return;
-        }
-        if let Some(trunk) = fork.wants_auth_retry(&resp) {
-            let (original, transport) = (fork.invite.clone(), fork.peer.transport);
-            if let Some(retry) = self.authorized_retry(trunk, &original, &resp, transport) {
-                let Some(fork) = self.bridges.get_mut(&id).and_then(|b| b.forks.get_mut(i)) else {
-                    return;
-                };
-                fork.retried(retry.clone());
-                let tx = self.tx.send_request(now, retry, fork.peer);
-                self.client_txs.insert(tx, (id, ClientPurpose::Bridge(i)));
-                return;
-            }
+        match self.fork_step(now, id, i, &resp, ClientPurpose::Bridge(i)) {
+            ForkStep::Final => {}
+            ForkStep::Ringing => return self.bridge_ringing(now, id),
+            ForkStep::Handled | ForkStep::Gone => return,
         }
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
-        let Some(fork) = bridge.forks.get_mut(i) else {
-            return;
-        };
-        fork.done = true;
-        fork.final_code = Some(code);
         if code >= 300 {
             if bridge.state == BridgeState::Ringing && bridge.forks.iter().all(|f| f.done) {
                 let (code, mut reason) = fork::failure_of(&bridge.forks);
@@ -248,6 +206,26 @@ impl Engine {
             return;
         }
         self.bridge_answered(now, id, i, resp);
+    }
+
+    /// The first ringing callee: the caller hears 180.
+    fn bridge_ringing(&mut self, now: Instant, id: u64) {
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        if bridge.state != BridgeState::Ringing || bridge.ringing_sent {
+            return;
+        }
+        bridge.ringing_sent = true;
+        if let Some(tx) = bridge.invite_tx {
+            let mut ringing = response_for(
+                &bridge.invite,
+                StatusCode::from(180),
+                Some(&bridge.caller_tag),
+            );
+            ringing.reason = Some("Ringing".into());
+            let _ = self.tx.send_response(now, tx, ringing);
+        }
     }
 
     /// A 2xx from fork `i`: ACK it, then connect both sides — or hang up on a late one.
@@ -296,15 +274,7 @@ impl Engine {
             rtcp_mux: false,
         });
         let joined = self.unix(now);
-        let mut c = ConfLeg::new(
-            leg,
-            callee_party,
-            callee_port,
-            media,
-            String::new(),
-            0,
-            joined,
-        );
+        let mut c = ConfLeg::offered(leg, callee_party, callee_port, media, &invite.body, joined);
         c.bridge = Some(id);
         self.conf_legs.insert(callee_leg, c);
 

@@ -173,6 +173,28 @@ impl ConfLeg {
     }
 }
 
+impl ConfLeg {
+    /// A leg the PBX called: `offer` is the SDP we sent, which stays ours (a re-INVITE
+    /// without an offer is answered with it, and later answers keep its session id).
+    pub(super) fn offered(
+        leg: Leg,
+        caller: Party,
+        port: u16,
+        media: Negotiated,
+        offer: &[u8],
+        joined_unix: u64,
+    ) -> Self {
+        let local_sdp = String::from_utf8_lossy(offer).into_owned();
+        let session_id = local_sdp
+            .lines()
+            .find_map(|l| l.strip_prefix("o="))
+            .and_then(|o| o.split_whitespace().nth(1))
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(0);
+        ConfLeg::new(leg, caller, port, media, local_sdp, session_id, joined_unix)
+    }
+}
+
 /// Codecs we offer and accept, best first: wideband when the phone has it.
 pub(super) const CODEC_PREFS: &[&str] = &["G722/8000", "PCMU/8000", "PCMA/8000"];
 

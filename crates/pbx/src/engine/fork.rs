@@ -2,10 +2,17 @@
 //! registered device, or to a trunk (which may challenge it). Ringing several devices at
 //! once makes several forks; the first to answer wins and the others are cancelled.
 
-use confero_sip::message::{Request, Response};
-use confero_sip::transport::Peer;
+use std::time::Instant;
 
-use super::build_cancel;
+use confero_sip::message::{Request, Response};
+use confero_sip::sdp::{self, LocalMedia};
+use confero_sip::transport::Peer;
+use confero_sip::{Name, SipUri};
+
+use super::conference::CODEC_PREFS;
+use super::{binding_peer, build_cancel, ClientPurpose, Engine};
+use crate::config::User;
+use crate::registrar::Binding;
 
 /// Challenges answered on one fork before its failure stands.
 const MAX_FORK_AUTH_TRIES: u8 = 2;
@@ -115,4 +122,114 @@ pub(super) fn failure_of(forks: &[OutFork]) -> (u16, String) {
     }
     let (code, reason) = super::pick_failure(codes.into_iter());
     (code, reason.to_owned())
+}
+
+/// Where a fork's response leaves its owner, once the steps every fork takes are done.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum ForkStep {
+    /// The fork or its owner is gone.
+    Gone,
+    /// Nothing for the owner to do (a 100, a CANCEL sent, a challenge answered).
+    Handled,
+    /// The callee rings.
+    Ringing,
+    /// A final response: the fork is done and its code recorded.
+    Final,
+}
+
+impl Engine {
+    /// The fork `i` of an invitation or an anchored call (their ids never collide).
+    fn fork_mut(&mut self, owner: u64, i: usize) -> Option<&mut OutFork> {
+        if self.invitations.contains_key(&owner) {
+            return self.invitations.get_mut(&owner)?.forks.get_mut(i);
+        }
+        self.bridges.get_mut(&owner)?.forks.get_mut(i)
+    }
+
+    /// The steps every outgoing fork takes with a response: a CANCEL waiting for a
+    /// provisional goes out, a trunk's challenge is answered (the retry becomes the fork's
+    /// INVITE and its answers come back as `again`), a final response marks the fork done.
+    pub(super) fn fork_step(
+        &mut self,
+        now: Instant,
+        owner: u64,
+        i: usize,
+        resp: &Response,
+        again: ClientPurpose,
+    ) -> ForkStep {
+        let code = resp.code.into_u16();
+        let Some(fork) = self.fork_mut(owner, i) else {
+            return ForkStep::Gone;
+        };
+        if code < 200 {
+            return match fork.on_provisional(code) {
+                Provisional::Cancel(cancel, peer) => {
+                    let tx = self.tx.send_request(now, *cancel, peer);
+                    self.client_txs.insert(tx, (owner, ClientPurpose::Fire));
+                    ForkStep::Handled
+                }
+                Provisional::Ringing => ForkStep::Ringing,
+                Provisional::Nothing => ForkStep::Handled,
+            };
+        }
+        if let Some(trunk) = fork.wants_auth_retry(resp) {
+            let (original, transport) = (fork.invite.clone(), fork.peer.transport);
+            if let Some(retry) = self.authorized_retry(trunk, &original, resp, transport) {
+                let Some(fork) = self.fork_mut(owner, i) else {
+                    return ForkStep::Gone;
+                };
+                fork.retried(retry.clone());
+                let peer = fork.peer;
+                let tx = self.tx.send_request(now, retry, peer);
+                self.client_txs.insert(tx, (owner, again));
+                return ForkStep::Handled;
+            }
+        }
+        let Some(fork) = self.fork_mut(owner, i) else {
+            return ForkStep::Gone;
+        };
+        fork.done = true;
+        fork.final_code = Some(code);
+        ForkStep::Final
+    }
+
+    /// Our SDP offer of the media port `port` (a fresh session).
+    pub(super) fn offer_on(&self, port: u16) -> String {
+        let local = LocalMedia {
+            addr: self.settings.advertised.ip(),
+            port,
+            session_id: u64::from(rand::random::<u32>()),
+            session_version: 1,
+            username: "confero".to_owned(),
+        };
+        sdp::offer(&local, CODEC_PREFS)
+    }
+
+    /// One INVITE carrying `offer` to each registered device of `user`, from `caller`
+    /// (display name, number), with where each goes.
+    pub(super) fn device_invites(
+        &self,
+        bindings: &[Binding],
+        caller: (&str, &str),
+        user: &User,
+        offer: &str,
+    ) -> Vec<(Request, Peer)> {
+        bindings
+            .iter()
+            .filter_map(|binding| {
+                let uri = binding.contact.parse::<SipUri>().ok()?;
+                let peer = binding_peer(binding);
+                let mut invite = self.new_invite(
+                    uri,
+                    peer.transport,
+                    caller,
+                    (&user.name, &user.extension),
+                    70,
+                );
+                invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+                invite.body = bytes::Bytes::from(offer.to_owned().into_bytes());
+                Some((invite, peer))
+            })
+            .collect()
+    }
 }

@@ -9,14 +9,12 @@
 use std::time::{Duration, Instant};
 
 use confero_sip::message::{Message, Response};
-use confero_sip::sdp::{self, LocalMedia};
-use confero_sip::{Method, Name, SipUri};
+use confero_sip::sdp;
+use confero_sip::Method;
 
 use super::conference::{ConfLeg, MediaCommand, Party, CODEC_PREFS};
-use super::fork::{self, OutFork, Provisional};
-use super::{
-    binding_peer, build_ack, callee_leg_from_2xx, our_via, ClientPurpose, Engine, EngineEvent,
-};
+use super::fork::{self, ForkStep, OutFork};
+use super::{build_ack, callee_leg_from_2xx, our_via, ClientPurpose, Engine, EngineEvent};
 use crate::room::LegId;
 
 /// How long a finished invitation stays queryable.
@@ -84,7 +82,7 @@ pub enum InviteError {
 pub(super) struct Invitation {
     info: InvitationInfo,
     port: Option<u16>,
-    forks: Vec<OutFork>,
+    pub(super) forks: Vec<OutFork>,
     deadline: Instant,
     finished_at: Option<Instant>,
     callee_name: String,
@@ -173,29 +171,10 @@ impl Engine {
             return Ok(id);
         };
         inv.port = Some(port);
-        let local = LocalMedia {
-            addr: self.settings.advertised.ip(),
-            port,
-            session_id: u64::from(rand::random::<u32>()),
-            session_version: 1,
-            username: "confero".to_owned(),
-        };
-        let offer = sdp::offer(&local, CODEC_PREFS);
-        for binding in bindings {
-            let Ok(uri) = binding.contact.parse::<SipUri>() else {
-                continue;
-            };
-            let peer = binding_peer(&binding);
-            // The room's name and extension as caller ID.
-            let mut invite = self.new_invite(
-                uri,
-                peer.transport,
-                (&conference.name, &conference.extension),
-                (&user.name, &user.extension),
-                70,
-            );
-            invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-            invite.body = bytes::Bytes::from(offer.clone().into_bytes());
+        let offer = self.offer_on(port);
+        // The room's name and extension as caller ID.
+        let caller = (conference.name.as_str(), conference.extension.as_str());
+        for (invite, peer) in self.device_invites(&bindings, caller, &user, &offer) {
             let tx = self.tx.send_request(now, invite.clone(), peer);
             self.client_txs
                 .insert(tx, (id, ClientPurpose::Invitation(inv.forks.len())));
@@ -334,51 +313,25 @@ impl Engine {
         resp: Response,
     ) {
         let code = resp.code.into_u16();
-        let Some(inv) = self.invitations.get_mut(&id) else {
-            return;
-        };
-        let Some(fork) = inv.forks.get_mut(i) else {
-            return;
-        };
-        if code < 200 {
-            match fork.on_provisional(code) {
-                Provisional::Cancel(cancel, peer) => {
-                    let tx = self.tx.send_request(now, *cancel, peer);
-                    self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+        match self.fork_step(now, id, i, &resp, ClientPurpose::Invitation(i)) {
+            ForkStep::Final => {}
+            ForkStep::Ringing => {
+                if let Some(inv) = self.invitations.get_mut(&id) {
+                    if inv.info.state == InvitationState::Calling {
+                        inv.info.state = InvitationState::Ringing;
+                        self.events.push_back(EngineEvent::ConferencesChanged);
+                    }
                 }
-                Provisional::Ringing if inv.info.state == InvitationState::Calling => {
-                    inv.info.state = InvitationState::Ringing;
-                    self.events.push_back(EngineEvent::ConferencesChanged);
-                }
-                _ => {}
-            }
-            return;
-        }
-        if let Some(trunk) = fork.wants_auth_retry(&resp) {
-            let (original, transport) = (fork.invite.clone(), fork.peer.transport);
-            if let Some(retry) = self.authorized_retry(trunk, &original, &resp, transport) {
-                let Some(fork) = self
-                    .invitations
-                    .get_mut(&id)
-                    .and_then(|inv| inv.forks.get_mut(i))
-                else {
-                    return;
-                };
-                fork.retried(retry.clone());
-                let tx = self.tx.send_request(now, retry, fork.peer);
-                self.client_txs
-                    .insert(tx, (id, ClientPurpose::Invitation(i)));
                 return;
             }
+            ForkStep::Handled | ForkStep::Gone => return,
         }
         let Some(inv) = self.invitations.get_mut(&id) else {
             return;
         };
-        let Some(fork) = inv.forks.get_mut(i) else {
+        let Some(fork) = inv.forks.get(i) else {
             return;
         };
-        fork.done = true;
-        fork.final_code = Some(code);
         if code >= 300 {
             if !inv.info.state.is_final() && inv.forks.iter().all(|f| f.done) {
                 let codes: Vec<u16> = inv.forks.iter().filter_map(|f| f.final_code).collect();
@@ -477,7 +430,7 @@ impl Engine {
         let number = party.number.clone();
         self.conf_legs.insert(
             leg_id,
-            ConfLeg::new(leg, party, port, media, String::new(), 0, joined_unix),
+            ConfLeg::offered(leg, party, port, media, &invite.body, joined_unix),
         );
         self.rooms
             .handle_invited(now, leg_id, &conference, &number, is_admin);

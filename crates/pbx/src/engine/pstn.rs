@@ -11,13 +11,12 @@
 use std::time::Instant;
 
 use confero_sip::message::Request;
-use confero_sip::sdp::{self, LocalMedia};
 use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
-use confero_sip::{Name, SipUri};
+use confero_sip::Name;
 
-use super::conference::{Party, CODEC_PREFS};
-use super::{binding_peer, Engine};
+use super::conference::Party;
+use super::Engine;
 use crate::config::{Destination, User};
 use crate::headers::{self, uri_user};
 
@@ -129,28 +128,9 @@ impl Engine {
         else {
             return;
         };
-        let local = LocalMedia {
-            addr: self.settings.advertised.ip(),
-            port,
-            session_id: u64::from(rand::random::<u32>()),
-            session_version: 1,
-            username: "confero".to_owned(),
-        };
-        let offer = sdp::offer(&local, CODEC_PREFS);
-        for binding in targets {
-            let Ok(uri) = binding.contact.parse::<SipUri>() else {
-                continue;
-            };
-            let peer = binding_peer(&binding);
-            let mut invite = self.new_invite(
-                uri,
-                peer.transport,
-                (&display, &caller.number),
-                (&user.name, &user.extension),
-                70,
-            );
-            invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-            invite.body = bytes::Bytes::from(offer.clone().into_bytes());
+        let offer = self.offer_on(port);
+        let caller_id = (display.as_str(), caller.number.as_str());
+        for (invite, peer) in self.device_invites(&targets, caller_id, user, &offer) {
             self.bridge_fork(now, id, invite, peer, None);
         }
         self.ring_bridge(now, id);

@@ -592,14 +592,7 @@ impl Engine {
         h.insert(Name::ALLOW, ALLOW);
         h.insert(Name::USER_AGENT, USER_AGENT);
         h.insert(Name::CONTENT_TYPE, "application/sdp");
-        let local = confero_sip::sdp::LocalMedia {
-            addr: self.settings.advertised.ip(),
-            port,
-            session_id: u64::from(rand::random::<u32>()),
-            session_version: 1,
-            username: "confero".to_owned(),
-        };
-        let offer = confero_sip::sdp::offer(&local, super::conference::CODEC_PREFS);
+        let offer = self.offer_on(port);
         invite.body = bytes::Bytes::from(offer.into_bytes());
         Some((invite, peer))
     }

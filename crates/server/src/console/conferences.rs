@@ -11,8 +11,8 @@ use maud::{html, Markup, PreEscaped};
 use serde_json::Value;
 
 use super::layout::{
-    csrf_field, field_errors, form_error, page, row_action, select, store_error, yes_no, Errors,
-    Field, Section,
+    csrf_field, field_errors, form_error, form_page, page, row_action, select, store_error, yes_no,
+    Errors, Field, Section,
 };
 use super::session::{Ctx, Posted};
 use super::{done, parse_id, PageError};
@@ -349,11 +349,7 @@ async fn form_again(
 ) -> Result<Response, PageError> {
     let users = ctx.state.store.list_users().await?;
     let body = conference_form(ctx, title, action, form, &errors, &users, editing);
-    Ok((
-        axum::http::StatusCode::BAD_REQUEST,
-        page(ctx, Section::Conferences, title, body).await?,
-    )
-        .into_response())
+    form_page(ctx, Section::Conferences, title, body, &errors).await
 }
 
 /// `POST /conferences/new`.
@@ -742,11 +738,7 @@ async fn invite_again(
     errors: Errors,
 ) -> Result<Response, PageError> {
     let body = invite_page_body(ctx, room, target, &errors);
-    Ok((
-        axum::http::StatusCode::BAD_REQUEST,
-        page(ctx, Section::Conferences, "Invite", body).await?,
-    )
-        .into_response())
+    form_page(ctx, Section::Conferences, "Invite", body, &errors).await
 }
 
 /// How an invitation's state reads in the console.

@@ -120,6 +120,24 @@ pub(crate) async fn page(
     ))
 }
 
+/// A page holding a form: 200, or 400 when it comes back with errors (so scripts and
+/// tests can tell a refused save from a fresh form).
+pub(crate) async fn form_page(
+    ctx: &Ctx,
+    section: Section,
+    title: &str,
+    body: Markup,
+    errors: &Errors,
+) -> Result<axum::response::Response, PageError> {
+    use axum::response::IntoResponse;
+    let status = if errors.is_empty() {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::BAD_REQUEST
+    };
+    Ok((status, page(ctx, section, title, body).await?).into_response())
+}
+
 /// The bare HTML document: head, assets, and `body` inside `<body>`.
 pub(crate) fn document(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
     html! {

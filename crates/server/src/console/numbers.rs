@@ -7,7 +7,8 @@ use confero_store::{IncomingNumberPatch, NewIncomingNumber};
 use maud::{html, Markup};
 
 use super::layout::{
-    csrf_field, form_error, page, row_action, select, store_error, Errors, Field, Section,
+    csrf_field, form_error, form_page, page, row_action, select, store_error, Errors, Field,
+    Section,
 };
 use super::session::{Ctx, FormFields, Posted};
 use super::{done, parse_id, PageError};
@@ -234,17 +235,8 @@ async fn render(
 ) -> Result<Response, PageError> {
     let rooms = ctx.state.store.list_conferences().await?;
     let users = ctx.state.store.list_users().await?;
-    let status = if errors.is_empty() {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::BAD_REQUEST
-    };
     let body = number_form(ctx, title, action, form, &errors, &rooms, &users);
-    Ok((
-        status,
-        page(ctx, Section::IncomingNumbers, title, body).await?,
-    )
-        .into_response())
+    form_page(ctx, Section::IncomingNumbers, title, body, &errors).await
 }
 
 /// `GET /incoming-numbers/new`.

@@ -253,17 +253,12 @@ async fn form_page(
     form: &TrunkForm,
     errors: Errors,
 ) -> Result<Response, PageError> {
-    let status = if errors.is_empty() {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::BAD_REQUEST
-    };
     let form = TrunkForm {
         password: String::new(),
         ..form.clone()
     };
     let body = trunk_form(ctx, title, action, &form, &errors);
-    Ok((status, page(ctx, Section::Trunks, title, body).await?).into_response())
+    super::layout::form_page(ctx, Section::Trunks, title, body, &errors).await
 }
 
 /// `GET /trunks/new`.

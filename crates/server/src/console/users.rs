@@ -204,18 +204,13 @@ async fn form_page(
     errors: Errors,
     editing: bool,
 ) -> Result<Response, PageError> {
-    let status = if errors.is_empty() {
-        axum::http::StatusCode::OK
-    } else {
-        axum::http::StatusCode::BAD_REQUEST
-    };
     // Never send a typed password back into the page.
     let form = UserForm {
         sip_password: String::new(),
         ..form.clone()
     };
     let body = user_form(ctx, title, action, &form, &errors, editing);
-    Ok((status, page(ctx, Section::Users, title, body).await?).into_response())
+    super::layout::form_page(ctx, Section::Users, title, body, &errors).await
 }
 
 /// `GET /users/new`.
