@@ -455,17 +455,17 @@ impl Engine {
         }
     }
 
-    /// The shell could not deliver to `peer` (a TCP connection refused, or closed under a
-    /// request): requests in flight toward it fail at once with 503, as RFC 3261 §8.1.3.1
-    /// wants for transport errors, instead of timing out 32 s later.
-    pub fn handle_unreachable(&mut self, now: Instant, peer: Peer) {
+    /// The shell could not deliver to `peer` (a TCP connection refused, a TLS handshake
+    /// failed): requests in flight toward it fail at once with 503 and `why` as the reason,
+    /// as RFC 3261 §8.1.3.1 wants for transport errors, instead of timing out 32 s later.
+    pub fn handle_unreachable(&mut self, now: Instant, peer: Peer, why: &str) {
         self.tx.handle_transport_error(peer);
         while let Some(ev) = self.tx.poll_event() {
             match ev {
                 TransactionEvent::ClientTimeout { tx } => {
                     let unreachable = Response {
                         code: StatusCode::from(503),
-                        reason: Some("Cannot Connect".into()),
+                        reason: Some(why.to_owned()),
                         headers: confero_sip::Headers::new(),
                         body: Bytes::new(),
                     };

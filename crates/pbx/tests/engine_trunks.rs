@@ -531,10 +531,12 @@ fn an_unreachable_tcp_trunk_fails_an_invitation_at_once() {
             addr: SocketAddr::from(([127, 0, 0, 1], CARRIER)),
             conn: None,
         },
+        "cannot connect to 127.0.0.1:7000: Connection refused",
     );
     let inv = h.engine.invitation(id).unwrap();
     assert_eq!(inv.state, InvitationState::Failed);
     assert_eq!(inv.status, Some(503));
+    assert!(inv.reason.unwrap().contains("Connection refused"));
     assert_eq!(h.engine.rtp_ports_in_use(), 0);
 }
 

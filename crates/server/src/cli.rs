@@ -72,6 +72,10 @@ pub(crate) struct ServeArgs {
     /// phones (and SIP.js) handle only MD5 and some fail when offered another one.
     #[arg(long, env = "CONFERO_DIGEST", value_delimiter = ',')]
     pub(crate) digest: Option<Vec<String>>,
+    /// PEM file of certificate authorities trusted for TLS trunks, besides the public web
+    /// authorities built in (for a provider with a private CA).
+    #[arg(long, env = "CONFERO_TRUNK_CA")]
+    pub(crate) trunk_ca: Option<PathBuf>,
 }
 
 /// Why the settings could not be put together.
@@ -109,6 +113,7 @@ pub(crate) struct Settings {
     pub(crate) domains: Vec<String>,
     pub(crate) digest: Vec<confero_sip::digest::Algorithm>,
     pub(crate) rtp_timeout: std::time::Duration,
+    pub(crate) trunk_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -135,6 +140,7 @@ impl ServeArgs {
             domain: self.domain.or(file.domain),
             digest: self.digest.or(file.digest),
             rtp_timeout: self.rtp_timeout.or(file.rtp_timeout),
+            trunk_ca: self.trunk_ca.or(file.trunk_ca),
         }
     }
 
@@ -164,6 +170,7 @@ impl ServeArgs {
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Settings {
             digest,
+            trunk_ca: args.trunk_ca.clone(),
             rtp_timeout: std::time::Duration::from_secs(args.rtp_timeout.unwrap_or(60).max(1)),
             data_dir: args
                 .data_dir

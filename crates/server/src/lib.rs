@@ -234,6 +234,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         control: control_rx,
         live_dirty: false,
         live_published_at: now,
+        tls: Some(trunk_tls(settings.trunk_ca.as_deref())?),
     };
     let engine_task = tokio::spawn(shell.run());
 
@@ -270,6 +271,37 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     media_stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = media_thread.join();
     Ok(())
+}
+
+/// The TLS client for trunks: the public web authorities (Mozilla's list, built in, so a
+/// fresh machine needs no CA package), plus the operator's own from `--trunk-ca`.
+fn trunk_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<tokio_rustls::TlsConnector> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = extra_ca {
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path)
+            .with_context(|| format!("cannot read trunk CA file {}", path.display()))?
+        {
+            let cert = cert.with_context(|| format!("bad PEM in {}", path.display()))?;
+            roots
+                .add(cert)
+                .with_context(|| format!("unusable CA certificate in {}", path.display()))?;
+            added += 1;
+        }
+        anyhow::ensure!(
+            added > 0,
+            "no certificate in trunk CA file {}",
+            path.display()
+        );
+    }
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
 /// Serves the same router over TLS with the operator's PEM certificate and key.

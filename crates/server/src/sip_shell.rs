@@ -44,8 +44,8 @@ pub(crate) enum Input {
         from: Peer,
     },
     Closed(ConnId),
-    /// An outbound connection could not be made.
-    Unreachable(Peer),
+    /// An outbound connection could not be made, and why.
+    Unreachable(Peer, String),
     /// A trunk's host name, looked up.
     Resolved {
         trunk: i64,
@@ -65,15 +65,39 @@ pub(crate) struct ConnTable {
     inner: Arc<Mutex<Connections>>,
     next_id: Arc<AtomicU64>,
     input: mpsc::Sender<Input>,
+    /// Opens TLS connections to trunks (certificates checked against `tls_names`).
+    tls: Option<tokio_rustls::TlsConnector>,
+    /// The host name a TLS peer's certificate must carry, by address (the trunk's host as
+    /// configured: a name, or an IP literal).
+    tls_names: Arc<Mutex<HashMap<SocketAddr, String>>>,
 }
 
 impl ConnTable {
-    fn new(input: mpsc::Sender<Input>) -> Self {
+    fn new(input: mpsc::Sender<Input>, tls: Option<tokio_rustls::TlsConnector>) -> Self {
         Self {
             inner: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             input,
+            tls,
+            tls_names: Arc::default(),
         }
+    }
+
+    /// Remembers that TLS connections to `addr` must present a certificate for `host`.
+    fn expect_tls_name(&self, addr: SocketAddr, host: &str) {
+        self.tls_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, host.to_owned());
+    }
+
+    fn tls_name(&self, addr: SocketAddr) -> String {
+        self.tls_names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .cloned()
+            .unwrap_or_else(|| addr.ip().to_string())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
@@ -82,8 +106,11 @@ impl ConnTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Starts the reader and writer tasks of a connected stream.
-    fn attach(&self, stream: TcpStream, addr: SocketAddr, transport: Transport) -> Option<ConnId> {
+    /// Starts the reader and writer tasks of a connected stream (TCP, or TLS over it).
+    fn attach<S>(&self, stream: S, addr: SocketAddr, transport: Transport) -> Option<ConnId>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
         let id = ConnId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         {
@@ -94,7 +121,7 @@ impl ConnTable {
             c.writers.insert(id, tx.clone());
             c.by_addr.insert((transport, addr), id);
         }
-        let (read_half, write_half) = stream.into_split();
+        let (read_half, write_half) = tokio::io::split(stream);
         tokio::spawn(write_loop(write_half, rx));
         let table = self.clone();
         tokio::spawn(async move {
@@ -136,34 +163,72 @@ impl ConnTable {
             }
             return;
         }
-        if peer.transport != Transport::Tcp {
-            // WebSocket and TLS peers can only be reached over the connection they opened.
-            tracing::debug!(peer = %peer.addr, "no connection to {:?} peer; message dropped", peer.transport);
-            return;
+        match peer.transport {
+            Transport::Tcp | Transport::Tls => {}
+            _ => {
+                // WebSocket peers can only be reached over the connection they opened.
+                tracing::debug!(peer = %peer.addr, "no connection to {:?} peer; message dropped", peer.transport);
+                return;
+            }
         }
         let table = self.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer.addr)).await
-            {
+            let connected =
+                tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer.addr)).await;
+            let id = match connected {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    if let Some(id) = table.attach(stream, peer.addr, Transport::Tcp) {
-                        let w = table.lock().writers.get(&id).cloned();
-                        if let Some(w) = w {
-                            let _ = w.send(data).await;
-                        }
+                    if peer.transport == Transport::Tls {
+                        table.attach_tls(stream, peer.addr).await
+                    } else {
+                        table
+                            .attach(stream, peer.addr, Transport::Tcp)
+                            .ok_or_else(|| "too many connections".to_owned())
                     }
                 }
-                _ => {
-                    tracing::info!(peer = %peer.addr, "cannot connect to TCP peer; message dropped");
-                    let _ = table.input.send(Input::Unreachable(peer)).await;
+                Ok(Err(err)) => Err(format!("cannot connect to {}: {err}", peer.addr)),
+                Err(_) => Err(format!("cannot connect to {}: timed out", peer.addr)),
+            };
+            let writer = id.map(|id| table.lock().writers.get(&id).cloned());
+            match writer {
+                Ok(Some(w)) => {
+                    let _ = w.send(data).await;
+                }
+                Ok(None) => {}
+                Err(why) => {
+                    tracing::info!(peer = %peer.addr, transport = ?peer.transport, %why, "message dropped");
+                    let _ = table.input.send(Input::Unreachable(peer, why)).await;
                 }
             }
         });
     }
+
+    /// The TLS handshake over a fresh TCP connection, checking the peer's certificate
+    /// against the name it must have.
+    async fn attach_tls(&self, stream: TcpStream, addr: SocketAddr) -> Result<ConnId, String> {
+        let connector = self
+            .tls
+            .clone()
+            .ok_or_else(|| "TLS is not available".to_owned())?;
+        let name = self.tls_name(addr);
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|err| format!("{name:?} cannot be checked against a certificate: {err}"))?;
+        let handshake = tokio::time::timeout(
+            Duration::from_secs(10),
+            connector.connect(server_name, stream),
+        )
+        .await;
+        match handshake {
+            Ok(Ok(tls)) => self
+                .attach(tls, addr, Transport::Tls)
+                .ok_or_else(|| "too many connections".to_owned()),
+            Ok(Err(err)) => Err(format!("TLS with {addr} ({name}) failed: {err}")),
+            Err(_) => Err(format!("TLS with {addr} ({name}) timed out")),
+        }
+    }
 }
 
-async fn write_loop(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiver<Bytes>) {
+async fn write_loop<W: tokio::io::AsyncWrite + Unpin>(mut w: W, mut rx: mpsc::Receiver<Bytes>) {
     while let Some(data) = rx.recv().await {
         if w.write_all(&data).await.is_err() {
             break;
@@ -171,8 +236,8 @@ async fn write_loop(mut w: tokio::net::tcp::OwnedWriteHalf, mut rx: mpsc::Receiv
     }
 }
 
-async fn read_loop(
-    mut r: tokio::net::tcp::OwnedReadHalf,
+async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
+    mut r: R,
     peer: Peer,
     input: &mpsc::Sender<Input>,
     pong: mpsc::Sender<Bytes>,
@@ -225,6 +290,8 @@ pub(crate) struct SipShell {
     /// Something changed since the live view was last published.
     pub(crate) live_dirty: bool,
     pub(crate) live_published_at: Instant,
+    /// The client side of TLS trunks.
+    pub(crate) tls: Option<tokio_rustls::TlsConnector>,
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -280,7 +347,8 @@ impl SipShell {
     /// Runs until shutdown is signalled.
     pub(crate) async fn run(mut self) {
         let (input_tx, mut input_rx) = mpsc::channel::<Input>(4096);
-        let conns = ConnTable::new(input_tx);
+        let conns = ConnTable::new(input_tx, self.tls.clone());
+        self.learn_tls_names(&conns);
         let (persist_tx, persist_rx) = mpsc::unbounded_channel::<BindingChange>();
         tokio::spawn(persist_loop(self.store.clone(), persist_rx));
         self.publish_live();
@@ -313,8 +381,15 @@ impl SipShell {
                 Some(input) = input_rx.recv() => match input {
                     Input::Message { data, from } => self.engine.handle_datagram(Instant::now(), &data, from),
                     Input::Closed(id) => self.engine.connection_closed(id),
-                    Input::Unreachable(peer) => self.engine.handle_unreachable(Instant::now(), peer),
+                    Input::Unreachable(peer, why) => {
+                        self.engine.handle_unreachable(Instant::now(), peer, &why)
+                    }
                     Input::Resolved { trunk, result } => {
+                        if let (Ok(addrs), Some(host)) = (&result, self.trunk_host(trunk)) {
+                            for addr in addrs {
+                                conns.expect_tls_name(*addr, &host);
+                            }
+                        }
                         self.engine.set_trunk_addresses(Instant::now(), trunk, result)
                     }
                 },
@@ -336,6 +411,7 @@ impl SipShell {
                     let snap = self.production.borrow_and_update().clone();
                     tracing::info!(revision = snap.revision, "engine picked up a new production revision");
                     self.engine.set_config(Instant::now(), snap);
+                    self.learn_tls_names(&conns);
                 },
                 _ = self.shutdown.changed() => {
                     self.stop(&conns, &persist_tx).await;
@@ -343,6 +419,26 @@ impl SipShell {
                 }
             }
             self.flush(&conns, &persist_tx).await;
+        }
+    }
+
+    /// The configured host of trunk `id`.
+    fn trunk_host(&self, id: i64) -> Option<String> {
+        self.production
+            .borrow()
+            .config
+            .trunk(id)
+            .map(|t| t.host.clone())
+    }
+
+    /// TLS trunks given by IP address: their certificate must carry that address.
+    fn learn_tls_names(&self, conns: &ConnTable) {
+        let snapshot = self.production.borrow().clone();
+        for t in &snapshot.config.trunks {
+            let unbracketed = t.host.trim_start_matches('[').trim_end_matches(']');
+            if let Ok(ip) = unbracketed.parse::<std::net::IpAddr>() {
+                conns.expect_tls_name(SocketAddr::new(ip, t.port), unbracketed);
+            }
         }
     }
 

@@ -318,16 +318,6 @@ impl Engine {
         if !link.trunk.register {
             return;
         }
-        if link.trunk.transport == TrunkTransport::Tls {
-            let failures = link.failures + 1;
-            return self.trunk_failed(
-                now,
-                id,
-                503,
-                "TLS trunks are not supported yet: use UDP or TCP",
-                failures.max(9),
-            );
-        }
         self.send_register(now, id, REGISTER_EXPIRES, None);
     }
 
@@ -559,7 +549,7 @@ impl Engine {
 
     /// An INVITE to `number` through trunk `trunk`, offering our media on `port`, with
     /// `display` and `caller_number` as caller ID (From and P-Asserted-Identity). `None`
-    /// while the trunk has no address, or when its transport cannot be used.
+    /// while the trunk has no address.
     pub(super) fn trunk_invite(
         &self,
         trunk: i64,
@@ -570,9 +560,6 @@ impl Engine {
     ) -> Option<(Request, Peer)> {
         let link = self.trunks.get(&trunk)?;
         let peer = link.peer()?;
-        if peer.transport == Transport::Tls {
-            return None;
-        }
         let domain = link.domain();
         let uri: SipUri = format!("sip:{number}@{domain}").parse().ok()?;
         let caller = format!("{} <sip:{caller_number}@{domain}>", super::quoted(display));
