@@ -12,6 +12,7 @@ mod live;
 mod media_shell;
 mod sip_shell;
 mod throttle;
+mod ws;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::process::ExitCode;
@@ -73,7 +74,9 @@ pub fn main() -> ExitCode {
 /// Everything the HTTP listeners serve: the REST API, `/healthz`, `/metrics` and the
 /// management console.
 pub fn app(state: api::ApiState) -> axum::Router {
-    api::router(state.clone()).merge(console::router(state))
+    api::router(state.clone())
+        .merge(console::router(state.clone()))
+        .merge(ws::router(state))
 }
 
 /// Binds UDP and TCP on the same port (port 0 picks one free for both).
@@ -221,6 +224,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .name("confero-media".into())
         .spawn(move || media.run())
         .context("cannot start the media thread")?;
+    // Stream connections are shared: the SIP task owns TCP and TLS, the HTTP server
+    // accepts WebSockets (`/ws`) and hands their messages to the same engine.
+    let (input_tx, input_rx) = tokio::sync::mpsc::channel(4096);
+    let conns = sip_shell::ConnTable::new(input_tx, Some(trunk_tls(settings.trunk_ca.as_deref())?));
     let shell = SipShell {
         udp: Arc::new(udp),
         tcp,
@@ -234,12 +241,15 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         control: control_rx,
         live_dirty: false,
         live_published_at: now,
-        tls: Some(trunk_tls(settings.trunk_ca.as_deref())?),
+        conns: conns.clone(),
+        input: input_rx,
     };
     let engine_task = tokio::spawn(shell.run());
 
     let (closing_tx, closing_rx) = watch::channel(false);
-    let router = app(api::ApiState::new(store, live, production_tx).with_shutdown(closing_rx));
+    let router = app(api::ApiState::new(store, live, production_tx)
+        .with_shutdown(closing_rx)
+        .with_websocket(conns));
     let https = match &settings.https {
         Some(https) => Some(start_https(https, router.clone()).await?),
         None => None,

@@ -73,7 +73,7 @@ pub(crate) struct ConnTable {
 }
 
 impl ConnTable {
-    fn new(input: mpsc::Sender<Input>, tls: Option<tokio_rustls::TlsConnector>) -> Self {
+    pub(crate) fn new(input: mpsc::Sender<Input>, tls: Option<tokio_rustls::TlsConnector>) -> Self {
         Self {
             inner: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
@@ -106,21 +106,47 @@ impl ConnTable {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Files a new connection; returns its id and the queue of what to send on it (`None`
+    /// when the connection limit is reached).
+    pub(crate) fn register(
+        &self,
+        addr: SocketAddr,
+        transport: Transport,
+    ) -> Option<(ConnId, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)> {
+        let id = ConnId(self.next_id.fetch_add(1, Ordering::Relaxed));
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
+        let mut c = self.lock();
+        if c.writers.len() >= MAX_CONNECTIONS {
+            return None;
+        }
+        c.writers.insert(id, tx.clone());
+        c.by_addr.insert((transport, addr), id);
+        Some((id, tx, rx))
+    }
+
+    /// Forgets a connection and tells the engine (a WebSocket's registrations go with it).
+    pub(crate) async fn closed(&self, id: ConnId, addr: SocketAddr, transport: Transport) {
+        {
+            let mut c = self.lock();
+            c.writers.remove(&id);
+            if c.by_addr.get(&(transport, addr)) == Some(&id) {
+                c.by_addr.remove(&(transport, addr));
+            }
+        }
+        let _ = self.input.send(Input::Closed(id)).await;
+    }
+
+    /// Hands one received message to the engine; false when the engine is gone.
+    pub(crate) async fn received(&self, data: Bytes, from: Peer) -> bool {
+        self.input.send(Input::Message { data, from }).await.is_ok()
+    }
+
     /// Starts the reader and writer tasks of a connected stream (TCP, or TLS over it).
     fn attach<S>(&self, stream: S, addr: SocketAddr, transport: Transport) -> Option<ConnId>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
-        let id = ConnId(self.next_id.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::channel::<Bytes>(256);
-        {
-            let mut c = self.lock();
-            if c.writers.len() >= MAX_CONNECTIONS {
-                return None;
-            }
-            c.writers.insert(id, tx.clone());
-            c.by_addr.insert((transport, addr), id);
-        }
+        let (id, tx, rx) = self.register(addr, transport)?;
         let (read_half, write_half) = tokio::io::split(stream);
         tokio::spawn(write_loop(write_half, rx));
         let table = self.clone();
@@ -131,14 +157,7 @@ impl ConnTable {
                 conn: Some(id),
             };
             read_loop(read_half, peer, &table.input, tx).await;
-            {
-                let mut c = table.lock();
-                c.writers.remove(&id);
-                if c.by_addr.get(&(transport, addr)) == Some(&id) {
-                    c.by_addr.remove(&(transport, addr));
-                }
-            }
-            let _ = table.input.send(Input::Closed(id)).await;
+            table.closed(id, addr, transport).await;
         });
         Some(id)
     }
@@ -290,8 +309,9 @@ pub(crate) struct SipShell {
     /// Something changed since the live view was last published.
     pub(crate) live_dirty: bool,
     pub(crate) live_published_at: Instant,
-    /// The client side of TLS trunks.
-    pub(crate) tls: Option<tokio_rustls::TlsConnector>,
+    /// Stream connections (TCP, TLS, WebSocket) and the queue their tasks feed.
+    pub(crate) conns: ConnTable,
+    pub(crate) input: mpsc::Receiver<Input>,
 }
 
 pub(crate) fn unix_now() -> u64 {
@@ -346,8 +366,8 @@ fn stored(b: &Binding) -> StoredBinding {
 impl SipShell {
     /// Runs until shutdown is signalled.
     pub(crate) async fn run(mut self) {
-        let (input_tx, mut input_rx) = mpsc::channel::<Input>(4096);
-        let conns = ConnTable::new(input_tx, self.tls.clone());
+        let conns = self.conns.clone();
+        let mut input_rx = std::mem::replace(&mut self.input, mpsc::channel(1).1);
         self.learn_tls_names(&conns);
         let (persist_tx, persist_rx) = mpsc::unbounded_channel::<BindingChange>();
         tokio::spawn(persist_loop(self.store.clone(), persist_rx));

@@ -110,7 +110,9 @@ pub struct ApiState {
     throttle: Arc<Mutex<LoginThrottle>>,
     /// Becomes true when the server shuts down: long-lived responses (event streams)
     /// end, so that graceful shutdown does not wait for browsers to close them.
-    closing: watch::Receiver<bool>,
+    pub(crate) closing: watch::Receiver<bool>,
+    /// Where SIP-over-WebSocket connections go (absent in tests without a SIP engine).
+    pub(crate) websocket: Option<crate::sip_shell::ConnTable>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -131,7 +133,14 @@ impl ApiState {
             production,
             throttle: Arc::default(),
             closing: watch::channel(false).1,
+            websocket: None,
         }
+    }
+
+    /// Accepts SIP over WebSocket on `/ws`, feeding `conns`.
+    pub(crate) fn with_websocket(mut self, conns: crate::sip_shell::ConnTable) -> Self {
+        self.websocket = Some(conns);
+        self
     }
 
     /// Ends event streams when `closing` turns true.
