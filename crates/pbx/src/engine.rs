@@ -41,6 +41,7 @@ mod fork;
 mod invite;
 mod pstn;
 mod trunk;
+mod webrtc;
 use crate::headers::{self, uri_user};
 use crate::registrar::{
     Binding, BindingChange, ContactRequest, RegisterError, RegisterUpdate, Registrar,
@@ -311,6 +312,8 @@ pub struct Engine {
     trunks: HashMap<i64, TrunkLink>,
     /// Timer id → trunk id (trunk timers share the engine's timer heap).
     trunk_timers: HashMap<u64, i64>,
+    /// Browser INVITEs waiting for the media engine's WebRTC answer.
+    pending_webrtc: HashMap<u64, webrtc::PendingWebRtc>,
     ports: PortPool,
     media_out: VecDeque<MediaCommand>,
     transmits: VecDeque<Transmit>,
@@ -348,6 +351,7 @@ impl Engine {
             bridges: HashMap::new(),
             trunks: HashMap::new(),
             trunk_timers: HashMap::new(),
+            pending_webrtc: HashMap::new(),
             ports,
             media_out: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -431,6 +435,7 @@ impl Engine {
             self.cancel_invitation(now, id);
         }
         self.fail_ringing_bridges(now);
+        self.refuse_pending_webrtc(now);
         self.unregister_trunks(now);
         self.drain_tx_transmits();
     }
@@ -512,6 +517,8 @@ impl Engine {
                 self.bridge_timers(now, id);
             } else if let Some(&trunk) = self.trunk_timers.get(&id) {
                 self.trunk_timers(now, trunk);
+            } else if self.pending_webrtc.contains_key(&id) {
+                self.webrtc_timers(now, id);
             } else {
                 self.conf_leg_timers(now, id);
             }
@@ -935,6 +942,9 @@ impl Engine {
         if call_id.is_none() {
             if let Some(bridge) = self.bridge_of_invite(invite_tx) {
                 return self.fail_bridge(now, bridge, 487, "Request Terminated");
+            }
+            if self.webrtc_cancelled(now, invite_tx) {
+                return;
             }
         }
         let Some(id) = call_id else {

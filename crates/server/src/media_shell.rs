@@ -456,6 +456,10 @@ impl State {
                 }
             }
             MediaCommand::Room(cmd) => self.apply_room(cmd),
+            MediaCommand::OpenWebRtc { leg, .. } => self.send_event(MediaEvent::Failed {
+                leg,
+                reason: "WebRTC media is not available in this build yet".into(),
+            }),
         }
     }
 

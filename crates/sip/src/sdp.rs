@@ -160,6 +160,14 @@ pub struct RemoteAudio {
 }
 
 impl RemoteAudio {
+    /// Whether this is a WebRTC description (DTLS-SRTP: `UDP/TLS/RTP/SAVP[F]`), which a
+    /// WebRTC stack must answer rather than this module.
+    pub fn is_webrtc(&self) -> bool {
+        self.protocol
+            .to_ascii_uppercase()
+            .starts_with("UDP/TLS/RTP/SAVP")
+    }
+
     /// The direction that counts for media: as written, except that an RFC 2543-style hold
     /// (connection address `0.0.0.0`) means the remote side cannot receive.
     pub fn effective_direction(&self) -> Direction {

@@ -20,7 +20,7 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
 use confero_sip::{Method, StatusCode};
 
-use super::conference::{ConfLeg, MediaCommand, Party, CODEC_PREFS};
+use super::conference::{AfterAnswer, ConfLeg, MediaCommand, Party, CODEC_PREFS};
 use super::fork::{self, ForkStep, OutFork};
 use super::{
     build_ack, callee_leg_from_2xx, our_via, CallInfo, ClientPurpose, Engine, EngineEvent,
@@ -296,7 +296,11 @@ impl Engine {
             let tx = self.tx.send_request(now, cancel, peer);
             self.client_txs.insert(tx, (id, ClientPurpose::Fire));
         }
-        let caller_leg = self.answer_anchored(
+        let then = AfterAnswer::BridgeCaller {
+            bridge: id,
+            callee: callee_leg,
+        };
+        self.answer_anchored(
             now,
             tx,
             &invite,
@@ -304,23 +308,20 @@ impl Engine {
             caller_party,
             caller_port,
             Some(caller_tag),
+            then,
         );
-        let Some(caller_leg) = caller_leg else {
-            // answer_anchored refused the caller (it was checked at the start, so this is
-            // a port or parse problem): the callee is hung up on.
-            if let Some(b) = self.bridges.get_mut(&id) {
-                b.state = BridgeState::Ended;
-                b.ended_at = Some(now);
-            }
-            return self.end_conf_leg(now, callee_leg, true);
-        };
-        if let Some(c) = self.conf_legs.get_mut(&caller_leg) {
+    }
+
+    /// Both halves are answered: they hear each other through a private mix.
+    pub(super) fn bridge_connected(&mut self, now: Instant, id: u64, caller: LegId, callee: LegId) {
+        let _ = now;
+        if let Some(c) = self.conf_legs.get_mut(&caller) {
             c.bridge = Some(id);
         }
         if let Some(b) = self.bridges.get_mut(&id) {
-            b.legs = Some((caller_leg, callee_leg));
+            b.legs = Some((caller, callee));
         }
-        for leg in [caller_leg, callee_leg] {
+        for leg in [caller, callee] {
             self.media_out
                 .push_back(MediaCommand::Room(RoomCommand::Mix {
                     leg,
@@ -328,6 +329,17 @@ impl Engine {
                 }));
         }
         self.events.push_back(EngineEvent::CallsChanged);
+    }
+
+    /// The caller could not be answered after all (a port or an offer problem): the
+    /// callee, already answered, is hung up on.
+    pub(super) fn bridge_refused(&mut self, now: Instant, id: u64, callee: LegId) {
+        if let Some(b) = self.bridges.get_mut(&id) {
+            b.state = BridgeState::Ended;
+            b.ended_at = Some(now);
+            self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
+        }
+        self.end_conf_leg(now, callee, true);
     }
 
     /// One leg of an answered bridge ended: the other is hung up, the bridge is over.

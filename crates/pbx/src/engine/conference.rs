@@ -32,6 +32,13 @@ pub enum MediaCommand {
         /// RTCP shares the RTP port (RFC 5761), as offered.
         rtcp_mux: bool,
     },
+    /// Start a WebRTC leg (ICE-lite, DTLS-SRTP) on `port` answering the browser's `offer`;
+    /// the media engine answers with [`MediaEvent::WebRtcAnswer`] (or `Failed`).
+    OpenWebRtc {
+        leg: LegId,
+        port: u16,
+        offer: String,
+    },
     /// Play prompts to one leg (see [`RoomCommand::Play`]); `seq` comes back in
     /// [`MediaEvent::PlaybackDone`] so a stale end is told from the current one.
     Play {
@@ -66,6 +73,12 @@ pub enum MediaEvent {
     Stats {
         leg: LegId,
         stats: LegStats,
+    },
+    /// The SDP answer for a [`MediaCommand::OpenWebRtc`] offer, and what it agreed on.
+    WebRtcAnswer {
+        leg: LegId,
+        answer: String,
+        media: Negotiated,
     },
     /// No RTP for too long, or the port could not be bound: end the call.
     Failed {
@@ -198,6 +211,20 @@ impl ConfLeg {
 /// Codecs we offer and accept, best first: wideband when the phone has it.
 pub(super) const CODEC_PREFS: &[&str] = &["G722/8000", "PCMU/8000", "PCMA/8000"];
 
+/// What happens to a leg once its INVITE is answered (at once for plain RTP, when the
+/// media engine has answered for WebRTC).
+#[derive(Clone, Debug)]
+pub(super) enum AfterAnswer {
+    /// Into a conference room's flow (receptionist, waiting, mix).
+    Room {
+        conference: Conference,
+        number: String,
+        is_admin: bool,
+    },
+    /// The caller's half of an anchored call whose callee leg is `callee`.
+    BridgeCaller { bridge: u64, callee: LegId },
+}
+
 impl Engine {
     /// The caller dialled a room's extension (and authenticated, or came from a trunk).
     pub(super) fn answer_conference(
@@ -209,23 +236,48 @@ impl Engine {
         caller: Party,
         conference: Conference,
     ) {
-        let number = caller.number.clone();
         let is_admin =
             caller.is_user && conference.admin_extension.as_deref() == Some(caller.number.as_str());
-        let Some(id) = self.answer_anchored(now, tx, &req, from, caller, None, None) else {
-            return;
+        let then = AfterAnswer::Room {
+            number: caller.number.clone(),
+            conference,
+            is_admin,
         };
-        self.rooms
-            .handle_join(now, id, &conference, &number, is_admin);
-        self.drain_room_commands(now);
-        self.events.push_back(EngineEvent::ConferencesChanged);
+        self.answer_anchored(now, tx, &req, from, caller, None, None, then);
+    }
+
+    /// A leg is answered: it goes where `then` says.
+    pub(super) fn after_answer(&mut self, now: Instant, id: LegId, then: AfterAnswer) {
+        match then {
+            AfterAnswer::Room {
+                conference,
+                number,
+                is_admin,
+            } => {
+                self.rooms
+                    .handle_join(now, id, &conference, &number, is_admin);
+                self.drain_room_commands(now);
+                self.events.push_back(EngineEvent::ConferencesChanged);
+            }
+            AfterAnswer::BridgeCaller { bridge, callee } => {
+                self.bridge_connected(now, bridge, id, callee)
+            }
+        }
+    }
+
+    /// The INVITE could not be answered: whatever waited for it gives up.
+    pub(super) fn after_refusal(&mut self, now: Instant, then: AfterAnswer) {
+        if let AfterAnswer::BridgeCaller { bridge, callee } = then {
+            self.bridge_refused(now, bridge, callee);
+        }
     }
 
     /// Answers an INVITE with media anchored here: SDP answer on one of our RTP ports
     /// (`port`, or a fresh one), 200 OK retransmitted until ACKed, the leg opened in the
-    /// media engine. `local_tag` is the To tag already used in provisional responses, if
-    /// any. Refuses the INVITE itself (and frees `port`) when that cannot be done.
-    /// Returns the new leg.
+    /// media engine, then `then`. `local_tag` is the To tag already used in provisional
+    /// responses, if any. A WebRTC offer is handed to the media engine, and the answer
+    /// goes out when it comes back. Refuses the INVITE itself (and frees `port`) when that
+    /// cannot be done.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn answer_anchored(
         &mut self,
@@ -236,15 +288,19 @@ impl Engine {
         caller: Party,
         port: Option<u16>,
         local_tag: Option<String>,
-    ) -> Option<LegId> {
+        then: AfterAnswer,
+    ) {
+        let refuse = |engine: &mut Engine, then: AfterAnswer| {
+            if let Some(p) = port {
+                engine.ports.release(p);
+            }
+            engine.after_refusal(now, then);
+        };
         let offer = match sdp::parse_audio(&req.body) {
             Ok(offer) => offer,
             Err(err) => {
-                if let Some(p) = port {
-                    self.ports.release(p);
-                }
                 self.refuse_sdp(now, tx, req, &err);
-                return None;
+                return refuse(self, then);
             }
         };
         let parts = (
@@ -253,27 +309,39 @@ impl Engine {
             req.call_id(),
         );
         let (Some(from_hdr), Some(to_hdr), Some(call_id)) = parts else {
-            if let Some(p) = port {
-                self.ports.release(p);
-            }
             self.respond(now, tx, req, 400, "Bad Request");
-            return None;
+            return refuse(self, then);
         };
         let remote_tag = from_hdr.tag.as_ref().map(|t| t.to_string());
         let remote_target =
             headers::contacts(&req.headers).and_then(|c| c.first().map(headers::contact_uri_text));
         let (Some(remote_tag), Some(remote_target)) = (remote_tag, remote_target) else {
-            if let Some(p) = port {
-                self.ports.release(p);
-            }
             self.respond(now, tx, req, 400, "Missing From Tag Or Contact");
-            return None;
+            return refuse(self, then);
         };
         let Some(port) = port.or_else(|| self.ports.allocate()) else {
             tracing::warn!("RTP port range exhausted");
             self.respond(now, tx, req, 503, "Service Unavailable");
-            return None;
+            return self.after_refusal(now, then);
         };
+        let id = self.next_call_id;
+        self.next_call_id += 1;
+        let leg = Leg {
+            call_id,
+            local_tag: local_tag.unwrap_or_else(message::random_tag),
+            remote_tag,
+            local_uri: headers::name_addr_text(&to_hdr),
+            remote_uri: headers::name_addr_text(&from_hdr),
+            remote_target,
+            route_set: headers::all_values(&req.headers, &Name::RECORD_ROUTE),
+            local_cseq: 1,
+            peer: from,
+            last_ack: None,
+            unacked_2xx: None,
+        };
+        if offer.is_webrtc() {
+            return self.defer_to_webrtc(now, tx, req, leg, caller, id, port, then);
+        }
         let session_id = u64::from(rand::random::<u32>());
         let local = LocalMedia {
             addr: self.settings.advertised.ip(),
@@ -287,27 +355,41 @@ impl Engine {
             Err(err) => {
                 self.ports.release(port);
                 self.refuse_sdp(now, tx, req, &err);
-                return None;
+                return self.after_refusal(now, then);
             }
         };
-        let id = self.next_call_id;
-        self.next_call_id += 1;
-        let mut leg = Leg {
-            call_id,
-            local_tag: local_tag.unwrap_or_else(message::random_tag),
-            remote_tag,
-            local_uri: headers::name_addr_text(&to_hdr),
-            remote_uri: headers::name_addr_text(&from_hdr),
-            remote_target,
-            route_set: headers::all_values(&req.headers, &Name::RECORD_ROUTE),
-            local_cseq: 1,
-            peer: from,
-            last_ack: None,
-            unacked_2xx: None,
-        };
+        self.media_out.push_back(MediaCommand::Open {
+            leg: id,
+            port,
+            media: media.clone(),
+            rtcp_mux: offer.rtcp_mux,
+        });
+        self.send_answer(
+            now, tx, req, leg, caller, id, port, media, answer, session_id,
+        );
+        self.after_answer(now, id, then);
+    }
+
+    /// The 200 OK carrying our SDP answer (retransmitted until ACKed), and the leg filed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_answer(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Request,
+        mut leg: Leg,
+        caller: Party,
+        id: LegId,
+        port: u16,
+        media: Negotiated,
+        answer: String,
+        session_id: u64,
+    ) {
         let mut ok = response_for(req, StatusCode::from(200), Some(&leg.local_tag));
-        ok.headers
-            .insert(Name::CONTACT, our_contact(&self.settings, from.transport));
+        ok.headers.insert(
+            Name::CONTACT,
+            our_contact(&self.settings, leg.peer.transport),
+        );
         ok.headers.insert(Name::ALLOW, ALLOW);
         ok.headers.insert(Name::SERVER, USER_AGENT);
         ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
@@ -323,18 +405,11 @@ impl Engine {
         }
         self.conf_dialogs
             .insert((leg.call_id.clone(), leg.local_tag.clone()), id);
-        self.media_out.push_back(MediaCommand::Open {
-            leg: id,
-            port,
-            media: media.clone(),
-            rtcp_mux: offer.rtcp_mux,
-        });
         let joined_unix = self.unix(now);
         self.conf_legs.insert(
             id,
             ConfLeg::new(leg, caller, port, media, answer, session_id, joined_unix),
         );
-        Some(id)
     }
 
     pub(super) fn refuse_sdp(
@@ -562,9 +637,14 @@ impl Engine {
                     c.stats = stats;
                 }
             }
+            MediaEvent::WebRtcAnswer { leg, answer, media } => {
+                self.webrtc_answered(now, leg, answer, media)
+            }
             MediaEvent::Failed { leg, reason } => {
-                tracing::info!(leg, %reason, "media failed; ending the leg");
-                self.end_conf_leg(now, leg, true);
+                if !self.webrtc_refused(now, leg, &reason) {
+                    tracing::info!(leg, %reason, "media failed; ending the leg");
+                    self.end_conf_leg(now, leg, true);
+                }
             }
         }
         self.drain_room_commands(now);

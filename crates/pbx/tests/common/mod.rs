@@ -211,11 +211,25 @@ pub fn register(h: &mut Harness, user: &str, port: u16) -> Message {
     out.into_iter().next().unwrap().1
 }
 
+/// A plain-RTP offer of PCMU at 127.0.0.1:4000.
+pub const PLAIN_SDP: &str = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+
 pub fn invite_text(port: u16, dial: &str, cseq: u32, branch: &str, auth: Option<&str>) -> String {
+    invite_text_with(port, dial, cseq, branch, auth, PLAIN_SDP)
+}
+
+/// An INVITE from Alice's phone offering `sdp` (written with CRLF line ends).
+pub fn invite_text_with(
+    port: u16,
+    dial: &str,
+    cseq: u32,
+    branch: &str,
+    auth: Option<&str>,
+    sdp: &str,
+) -> String {
     let auth = auth
         .map(|a| format!("Proxy-Authorization: {a}\n"))
         .unwrap_or_default();
-    let sdp = "v=0\r\no=a 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
     format!(
         "INVITE sip:{dial}@127.0.0.1 SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport
@@ -237,7 +251,15 @@ Content-Length: {}
 /// Alice (port 5000) dials `dial` and authenticates; returns what the engine sent after
 /// the authenticated INVITE.
 pub fn dial(h: &mut Harness, dial: &str) -> Vec<(u16, Message)> {
-    h.send(5000, &invite_text(5000, dial, 1, "z9hG4bKi1", None));
+    dial_offering(h, dial, PLAIN_SDP)
+}
+
+/// As [`dial`], offering `sdp`.
+pub fn dial_offering(h: &mut Harness, dial: &str, sdp: &str) -> Vec<(u16, Message)> {
+    h.send(
+        5000,
+        &invite_text_with(5000, dial, 1, "z9hG4bKi1", None, sdp),
+    );
     let out = h.out();
     let challenge = out
         .iter()
@@ -264,7 +286,7 @@ pub fn dial(h: &mut Harness, dial: &str) -> Vec<(u16, Message)> {
     .unwrap();
     h.send(
         5000,
-        &invite_text(5000, dial, 2, "z9hG4bKi2", Some(&answer)),
+        &invite_text_with(5000, dial, 2, "z9hG4bKi2", Some(&answer), sdp),
     );
     h.out()
 }

@@ -1,0 +1,118 @@
+//! Browser offers on a virtual clock: a DTLS-SRTP offer is handed to the media engine,
+//! the INVITE waits for its answer, and the 200 OK carries exactly that answer; a refusal
+//! gives 488, a CANCEL meanwhile gives 487, and nothing leaks.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use confero_pbx::engine::{MediaCommand, MediaEvent};
+use confero_sip::sdp::{Direction, Negotiated, RtpMap};
+
+/// Chrome's audio offer, trimmed to what matters here.
+const CHROME_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 9 0 8 126\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdefghijklmn\r\na=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\na=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:126 telephone-event/8000\r\n";
+
+fn negotiated() -> Negotiated {
+    Negotiated {
+        codec: RtpMap {
+            payload_type: 9,
+            encoding: "G722".into(),
+            clock_rate: 8000,
+            channels: 1,
+            fmtp: None,
+        },
+        telephone_event: Some(126),
+        remote: "0.0.0.0:0".parse().unwrap(),
+        direction: Direction::SendRecv,
+    }
+}
+
+/// The OpenWebRtc command the engine sent: (leg, port, offer).
+fn open_webrtc(h: &mut Harness) -> (u64, u16, String) {
+    media(h)
+        .into_iter()
+        .find_map(|c| match c {
+            MediaCommand::OpenWebRtc { leg, port, offer } => Some((leg, port, offer)),
+            _ => None,
+        })
+        .expect("the offer goes to the media engine")
+}
+
+#[test]
+fn a_browser_offer_is_answered_with_the_media_engines_answer_then_joins_the_room() {
+    let mut h = Harness::new();
+    let out = dial_offering(&mut h, "800", CHROME_OFFER);
+    assert!(
+        !out.iter().any(|(_, m)| status(m).is_some_and(|c| c >= 200)),
+        "nothing final before the answer: {out:?}"
+    );
+    let (leg, port, offer) = open_webrtc(&mut h);
+    assert!(offer.contains("UDP/TLS/RTP/SAVPF"));
+    let answer = format!("v=0\r\no=str0m 99 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio {port} UDP/TLS/RTP/SAVPF 9 126\r\n");
+    h.engine.handle_media_event(
+        h.now,
+        MediaEvent::WebRtcAnswer {
+            leg,
+            answer: answer.clone(),
+            media: negotiated(),
+        },
+    );
+    let out = h.out();
+    let ok = out
+        .iter()
+        .find(|(p, m)| *p == 5000 && status(m) == Some(200))
+        .map(|(_, m)| response(m).clone())
+        .expect("the browser gets 200");
+    assert_eq!(String::from_utf8_lossy(&ok.body), answer);
+    let people = h.engine.conference_participants();
+    assert_eq!(people.len(), 1);
+    assert_eq!(people[0].codec, "G722");
+    assert_eq!(
+        people[0].state, "entering_code",
+        "the receptionist asks, as for anyone"
+    );
+}
+
+#[test]
+fn a_refused_or_cancelled_browser_offer_frees_its_port() {
+    let mut h = Harness::new();
+    dial_offering(&mut h, "800", CHROME_OFFER);
+    let (leg, _, _) = open_webrtc(&mut h);
+    h.engine.handle_media_event(
+        h.now,
+        MediaEvent::Failed {
+            leg,
+            reason: "no codec in common".into(),
+        },
+    );
+    assert_eq!(final_code(&h.out()), Some(488));
+    assert!(media(&mut h)
+        .iter()
+        .any(|c| matches!(c, MediaCommand::Close { leg: l } if *l == leg)));
+    assert_eq!(h.engine.rtp_ports_in_use(), 0);
+    assert!(h.engine.conference_participants().is_empty());
+
+    // A second try, cancelled while the media engine works.
+    let mut h = Harness::new();
+    dial_offering(&mut h, "800", CHROME_OFFER);
+    open_webrtc(&mut h);
+    h.send(5000, "CANCEL sip:800@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKi2;rport\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:800@127.0.0.1>\nCall-ID: call-1\nCSeq: 2 CANCEL\nMax-Forwards: 70\nContent-Length: 0\n\n");
+    let out = h.out();
+    assert!(out.iter().any(|(_, m)| status(m) == Some(487)), "{out:?}");
+    assert_eq!(h.engine.rtp_ports_in_use(), 0);
+
+    // And one the media engine never answers: 488 after the guard.
+    let mut h = Harness::new();
+    dial_offering(&mut h, "800", CHROME_OFFER);
+    open_webrtc(&mut h);
+    h.advance(Duration::from_secs(11));
+    assert_eq!(final_code(&h.out()), Some(488));
+    assert_eq!(h.engine.rtp_ports_in_use(), 0);
+}
+
+fn final_code(out: &[(u16, confero_sip::message::Message)]) -> Option<u16> {
+    out.iter()
+        .filter_map(|(_, m)| status(m))
+        .find(|c| *c >= 200)
+}
