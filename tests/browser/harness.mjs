@@ -11,10 +11,14 @@
 //   SCREENSHOT_DIR   where PNGs go (default: <repo>/target/browser-screenshots)
 //   KEEP_TMP=1       keep data dirs, scenarios and SIPp logs (their folder is printed)
 //   CI               set: a missing sipp/chromium fails the tests instead of skipping them
+//
+// Browser phones (SIP.js, JsSIP) load from node_modules through servePhoneLibs(), a static
+// server on a loopback port: no bundler, nothing fetched from outside.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import dgram from 'node:dgram';
 import os from 'node:os';
@@ -201,7 +205,9 @@ async function waitForBinary(bin, timeoutMs) {
 /**
  * Starts `confero` and resolves once it printed `confero ready: …`.
  * Options: dataDir (default: a fresh temp dir), args (default: SIP and HTTP on
- * 127.0.0.1:0, public address 127.0.0.1), extraArgs, env, adminPassword.
+ * 127.0.0.1:0, public address 127.0.0.1), extraArgs (e.g. `--https-listen 127.0.0.1:0
+ * --tls-cert C --tls-key K`, see selfSignedCert(); the PBX then has `https`), env,
+ * adminPassword.
  */
 export async function startPbx(options = {}) {
   const pbx = new Pbx(options);
@@ -228,9 +234,10 @@ export class Pbx {
     this.lines = [];
     this.child = null;
     this.token = null;
-    /** Filled by start(): `host:port` strings and the console/API base URL. */
+    /** Filled by start(): `host:port` strings (https null unless enabled) and the console/API base URL. */
     this.sip = null;
     this.http = null;
+    this.https = null;
     this.url = null;
   }
 
@@ -319,6 +326,16 @@ export class Pbx {
     this.httpPort = Number(this.http.split(':').pop());
     this.url = `http://${this.http}`;
     return this;
+  }
+
+  /** SIP over WebSocket (RFC 7118) on the HTTP listener. */
+  get wsUrl() {
+    return `ws://${this.http}/ws`;
+  }
+
+  /** SIP over secure WebSocket on the HTTPS listener (null without --https-listen). */
+  get wssUrl() {
+    return this.https ? `wss://${this.https}/ws` : null;
   }
 
   get running() {
@@ -492,6 +509,11 @@ export class Pbx {
 
   async participants(conferenceId) {
     return this.apiExpect(200, 'GET', `/api/v1/conferences/${conferenceId}/participants`);
+  }
+
+  /** The live registrar bindings (GET /api/v1/registrations). */
+  async registrations() {
+    return this.apiExpect(200, 'GET', '/api/v1/registrations');
   }
 }
 
@@ -679,14 +701,27 @@ export const CHROMIUM_ARGS = [
  * `baseURL` (so page.goto('/conferences') works), the default timeouts set and page
  * errors recorded in `pageErrors`.
  * Options: baseURL, extraArgs (e.g. fake media devices for WebRTC), contextOptions
- * (permissions, viewport…), timeout (default 10 s per action, 15 s per navigation).
+ * (permissions, viewport…), timeout (default 10 s per action, 15 s per navigation),
+ * ignoreCertificateErrors (Chromium's --ignore-certificate-errors: a self-signed
+ * certificate on wss:// is accepted).
  */
-export async function launchBrowser({ baseURL, extraArgs = [], contextOptions = {}, timeout = 10_000 } = {}) {
+export async function launchBrowser({
+  baseURL,
+  extraArgs = [],
+  contextOptions = {},
+  timeout = 10_000,
+  ignoreCertificateErrors = false,
+} = {}) {
   const { chromium } = await import('playwright-core');
   if (!fs.existsSync(CHROMIUM)) throw new Error(`${CHROMIUM} is missing: apt-get install chromium (or run tests/browser/run.sh)`);
   const browser = await chromium.launch({
     executablePath: CHROMIUM,
-    args: [...CHROMIUM_ARGS, ...extraArgs],
+    args: [
+      ...CHROMIUM_ARGS,
+      // A self-signed certificate (selfSignedCert()) on wss:// and https:// is accepted.
+      ...(ignoreCertificateErrors ? ['--ignore-certificate-errors'] : []),
+      ...extraArgs,
+    ],
     timeout: 30_000,
   });
   const pageErrors = [];
@@ -720,6 +755,184 @@ export async function launchBrowser({ baseURL, extraArgs = [], contextOptions = 
     },
     close: () => browser.close(),
   };
+}
+
+// ---- browser phones: SIP.js and JsSIP from node_modules, certificates -----------------
+
+/**
+ * A self-signed certificate for 127.0.0.1 (subjectAltName IP and DNS localhost), made
+ * with openssl in `dir`; returns { cert, key } (PEM file paths) for --tls-cert/--tls-key.
+ */
+export function selfSignedCert(dir = tmpDir('tls'), { ip = LOOPBACK, days = 2 } = {}) {
+  const cert = path.join(dir, 'cert.pem');
+  const key = path.join(dir, 'key.pem');
+  const run = spawnSync('openssl', [
+    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-sha256',
+    '-days', String(days),
+    '-subj', `/CN=${ip}`,
+    '-addext', `subjectAltName=IP:${ip},DNS:localhost`,
+    '-keyout', key,
+    '-out', cert,
+  ], { encoding: 'utf8' });
+  if (run.error) throw new Error(`openssl could not run (apt-get install openssl): ${run.error.message}`);
+  if (run.status !== 0) throw new Error(`openssl req -x509 failed (${run.status}): ${run.stderr}`);
+  return { cert, key };
+}
+
+/**
+ * A CommonJS `require` for the page (a function run there, from its source): resolves
+ * relative and bare ids against the static server's /node_modules the way Node does
+ * (package.json `browser` when it is a string, else `main`, then `.js`, `.json`,
+ * `/index.js`), loads each file once with a synchronous request and evaluates it. Enough for
+ * packages published as CommonJS only (JsSIP 3.13 and its dependencies), without a bundler.
+ */
+function pageCommonJs() {
+  const cache = new Map();
+  const get = (url) => {
+    const req = new XMLHttpRequest();
+    req.open('GET', url, false);
+    req.send();
+    return req.status === 200 ? req.responseText : null;
+  };
+  const normalize = (p) => {
+    const out = [];
+    for (const part of p.split('/')) {
+      if (part === '..') out.pop();
+      else if (part !== '.' && part !== '') out.push(part);
+    }
+    return `/${out.join('/')}`;
+  };
+  const asFile = (p) => {
+    for (const candidate of [p, `${p}.js`, `${p}.json`, `${p}/index.js`]) {
+      if (cache.has(candidate)) return candidate;
+      const text = get(candidate);
+      if (text !== null) return { url: candidate, text };
+    }
+    return null;
+  };
+  const resolve = (id, fromDir) => {
+    if (id.startsWith('./') || id.startsWith('../') || id.startsWith('/')) {
+      return asFile(normalize(id.startsWith('/') ? id : `${fromDir}/${id}`));
+    }
+    const parts = id.split('/');
+    const name = id.startsWith('@') ? parts.slice(0, 2).join('/') : parts[0];
+    const sub = id.slice(name.length + 1);
+    const base = `/node_modules/${name}`;
+    if (sub) return asFile(`${base}/${sub}`);
+    const pkgText = get(`${base}/package.json`);
+    if (pkgText === null) return null;
+    const pkg = JSON.parse(pkgText);
+    const main = (typeof pkg.browser === 'string' && pkg.browser) || pkg.main || 'index.js';
+    return asFile(normalize(`${base}/${main}`));
+  };
+  const load = (id, fromDir) => {
+    const found = resolve(id, fromDir);
+    if (found === null) throw new Error(`require('${id}') from ${fromDir}: not found`);
+    const url = typeof found === 'string' ? found : found.url;
+    if (cache.has(url)) return cache.get(url).exports;
+    const module = { exports: {} };
+    cache.set(url, module);
+    if (url.endsWith('.json')) {
+      module.exports = JSON.parse(found.text);
+      return module.exports;
+    }
+    const dir = url.slice(0, url.lastIndexOf('/'));
+    // eslint-disable-next-line no-new-func
+    const fn = new Function('require', 'module', 'exports', '__filename', '__dirname', `${found.text}\n//# sourceURL=${location.origin}${url}`);
+    fn((next) => load(next, dir), module, module.exports, url, dir);
+    return module.exports;
+  };
+  globalThis.global ??= globalThis;
+  globalThis.require = (id) => load(id, '/');
+}
+
+/** The pages servePhoneLibs() serves: each sets `window.<global>` and `window.libraryReady`. */
+const PHONE_PAGES = {
+  'sipjs.html': `<!doctype html><meta charset="utf-8"><title>SIP.js phone</title>
+<script type="module">
+import * as SIP from '/node_modules/sip.js/lib/index.js';
+window.SIP = SIP;
+window.libraryReady = SIP.version;
+</script>`,
+  'jssip.html': `<!doctype html><meta charset="utf-8"><title>JsSIP phone</title>
+<script src="/commonjs.js"></script>
+<script>
+window.JsSIP = require('jssip');
+window.libraryReady = window.JsSIP.version;
+</script>`,
+  'blank.html': '<!doctype html><meta charset="utf-8"><title>blank</title>',
+};
+
+const CONTENT_TYPES = {
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.json': 'application/json; charset=utf-8',
+  '.html': 'text/html; charset=utf-8',
+};
+
+/**
+ * A static HTTP server on a free loopback port for browser phone pages: /node_modules/… of
+ * tests/browser (read-only, nothing outside it), /commonjs.js (pageCommonJs) and the pages
+ * /sipjs.html (SIP.js 0.21's ES modules as `window.SIP`), /jssip.html (JsSIP as
+ * `window.JsSIP`) and /blank.html. Returns { url, close() }.
+ */
+export async function servePhoneLibs() {
+  const modules = path.join(BROWSER_DIR, 'node_modules');
+  const server = http.createServer((req, res) => {
+    const send = (status, type, body) => {
+      res.writeHead(status, { 'content-type': type, 'cache-control': 'no-store' });
+      res.end(body);
+    };
+    const urlPath = decodeURIComponent(new URL(req.url, 'http://x').pathname);
+    if (req.method !== 'GET') return send(405, 'text/plain', 'GET only');
+    if (urlPath === '/commonjs.js') return send(200, CONTENT_TYPES['.js'], `(${pageCommonJs})();\n`);
+    const page = PHONE_PAGES[urlPath.slice(1)];
+    if (page) return send(200, CONTENT_TYPES['.html'], page);
+    if (urlPath.startsWith('/node_modules/')) {
+      const file = path.resolve(modules, `.${urlPath.slice('/node_modules'.length)}`);
+      if (file.startsWith(`${modules}${path.sep}`)) {
+        try {
+          if (fs.statSync(file).isFile()) {
+            return send(200, CONTENT_TYPES[path.extname(file)] ?? 'application/octet-stream', fs.readFileSync(file));
+          }
+        } catch {
+          // not there: 404 below
+        }
+      }
+    }
+    return send(404, 'text/plain', 'not found');
+  });
+  server.listen(0, LOOPBACK);
+  await once(server, 'listening');
+  const { port } = server.address();
+  return {
+    url: `http://${LOOPBACK}:${port}`,
+    close: () => new Promise((resolve) => {
+      server.closeAllConnections();
+      server.close(resolve);
+    }),
+  };
+}
+
+/**
+ * A new page in `b` (a launchBrowser() result) with a phone library loaded from `libs`
+ * (servePhoneLibs()): `library` is 'sip.js' (window.SIP) or 'jssip' (window.JsSIP).
+ * Resolves with the page once the library reports its version; its console messages
+ * collect in `page.consoleLines`.
+ */
+export async function openPhonePage(b, libs, library) {
+  const file = { 'sip.js': 'sipjs.html', jssip: 'jssip.html' }[library];
+  if (!file) throw new Error(`unknown phone library ${library}`);
+  const page = await b.newPage();
+  // What the library logs, for failure messages (the static server's 404s are the in-page
+  // require probing file names, not errors).
+  page.consoleLines = [];
+  page.on('console', (m) => {
+    if (!/Failed to load resource: .* 404/.test(m.text())) page.consoleLines.push(`${m.type()}: ${m.text()}`);
+  });
+  await page.goto(`${libs.url}/${file}`);
+  await page.waitForFunction(() => window.libraryReady, null, { timeout: 10_000, polling: 100 });
+  return page;
 }
 
 // ---- console helpers (docs: the console's page contract) ------------------------------

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The browser end-to-end tests (console, later SIP.js/WebRTC) in Debian's Chromium, driven
 # by playwright-core under node's test runner. On a fresh Debian 12 machine it installs
-# what is missing (chromium, sip-tester for SIPp, npm, the node modules with `npm ci`),
+# what is missing (chromium, sip-tester for SIPp, npm, openssl, the node modules with `npm ci`),
 # then runs every tests/browser/*.test.mjs against target/debug/confero (or CONFERO_BIN).
 # Fails when Node.js (20 or later) is absent: a suite that silently does not run proves
 # nothing. Extra arguments go to `node --test` (e.g. --test-name-pattern=invite).
@@ -25,6 +25,7 @@ missing=()
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # phones.test.mjs: a self-signed certificate for wss://
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing ${missing[*]}"
   sudo=""
