@@ -50,3 +50,4 @@ pub mod resample;
 pub mod rtp;
 pub mod stream;
 pub mod tone;
+pub mod webrtc;

@@ -214,6 +214,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let media_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let media = media_shell::MediaShell {
         bind_ip: sip_bound.ip(),
+        public_ip: advertised.ip(),
         prompts: Arc::new(prompts),
         commands: media_cmd_rx,
         events: media_ev_tx,

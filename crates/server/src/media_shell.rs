@@ -27,9 +27,10 @@ use confero_media::mixer::Mixer;
 use confero_media::resample::{Downsampler2x, Upsampler2x};
 use confero_media::stream::{MediaStream, StreamConfig};
 use confero_media::tone::read_wav;
+use confero_media::webrtc::{WebRtcLeg, WebRtcOutput};
 use confero_pbx::engine::{LegStats, MediaCommand, MediaEvent};
 use confero_pbx::room::{LegId, Prompt, RoomCommand};
-use confero_sip::sdp::Negotiated;
+use confero_sip::sdp::{Direction, Negotiated, RtpMap};
 use tokio::sync::mpsc::UnboundedSender;
 
 const TICK: Duration = Duration::from_millis(20);
@@ -242,6 +243,8 @@ struct LegState {
     expect_since: Instant,
     /// A failure was reported; the engine will close the leg.
     failed: bool,
+    /// A browser's leg: str0m carries the media over `rtp` (ICE, DTLS-SRTP, rtcp-mux).
+    webrtc: Option<Box<WebRtcLeg>>,
 }
 
 struct RoomMix {
@@ -264,6 +267,8 @@ impl RoomMix {
 
 pub(crate) struct MediaShell {
     pub(crate) bind_ip: IpAddr,
+    /// The address browsers are told to send to (our one ICE candidate).
+    pub(crate) public_ip: IpAddr,
     pub(crate) prompts: Arc<PromptLibrary>,
     pub(crate) commands: Receiver<MediaCommand>,
     pub(crate) events: UnboundedSender<MediaEvent>,
@@ -281,6 +286,38 @@ struct State {
     pcm: Vec<i16>,
     payload: Vec<u8>,
     packet: Vec<u8>,
+}
+
+/// The source address media of browser legs is filed under in their stream (str0m has
+/// already checked where it came from).
+const WEBRTC_SOURCE: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 9);
+
+/// Acts on what a browser leg's WebRTC stack produced: datagrams out, media into the
+/// stream, the end of the leg to the engine.
+fn webrtc_outputs(
+    id: LegId,
+    leg: &mut LegState,
+    now: Instant,
+    events: &UnboundedSender<MediaEvent>,
+) {
+    let Some(rtc) = leg.webrtc.as_mut() else {
+        return;
+    };
+    while let Some(out) = rtc.poll_output() {
+        match out {
+            WebRtcOutput::Transmit { to, data } => {
+                let _ = leg.rtp.send_to(&data, to);
+            }
+            WebRtcOutput::Rtp(packet) => leg.stream.handle_packet(now, &packet, WEBRTC_SOURCE),
+            WebRtcOutput::Connected => tracing::debug!(leg = id, "WebRTC connected"),
+            WebRtcOutput::Gone(reason) => {
+                if !leg.failed {
+                    leg.failed = true;
+                    let _ = events.send(MediaEvent::Failed { leg: id, reason });
+                }
+            }
+        }
+    }
 }
 
 fn codec_of(media: &Negotiated) -> Option<CodecKind> {
@@ -408,6 +445,7 @@ impl State {
                         expect_rtp: media.direction.receives(),
                         expect_since: now,
                         failed: false,
+                        webrtc: None,
                     },
                 );
             }
@@ -415,6 +453,10 @@ impl State {
                 let Some(l) = self.legs.get_mut(&leg) else {
                     return;
                 };
+                if l.webrtc.is_some() {
+                    // str0m renegotiates browser legs itself.
+                    return;
+                }
                 l.expect_rtp = media.direction.receives();
                 l.expect_since = now;
                 let Some(codec) = codec_of(&media) else {
@@ -456,11 +498,67 @@ impl State {
                 }
             }
             MediaCommand::Room(cmd) => self.apply_room(cmd),
-            MediaCommand::OpenWebRtc { leg, .. } => self.send_event(MediaEvent::Failed {
-                leg,
-                reason: "WebRTC media is not available in this build yet".into(),
-            }),
+            MediaCommand::OpenWebRtc { leg, port, offer } => {
+                self.open_webrtc(now, leg, port, &offer)
+            }
         }
+    }
+
+    /// A browser's leg: the socket, then str0m's answer to the offer, which goes back to
+    /// the engine for the 200 OK.
+    fn open_webrtc(&mut self, now: Instant, leg: LegId, port: u16, offer: &str) {
+        let fail = |st: &Self, reason: String| st.send_event(MediaEvent::Failed { leg, reason });
+        let socket = match bind_pair(self.shell.bind_ip, port, true) {
+            Ok((sock, _)) => sock,
+            Err(err) => return fail(self, format!("cannot bind WebRTC port {port}: {err}")),
+        };
+        let local = SocketAddr::new(self.shell.public_ip, port);
+        let (rtc, answer) = match WebRtcLeg::accept(now, local, offer) {
+            Ok(x) => x,
+            Err(err) => return fail(self, err.to_string()),
+        };
+        let codec = answer.codec;
+        let media = Negotiated {
+            codec: RtpMap {
+                payload_type: answer.payload_type,
+                encoding: codec.encoding_name().to_owned(),
+                clock_rate: codec.rtp_clock_rate(),
+                channels: 1,
+                fmtp: None,
+            },
+            telephone_event: answer.dtmf_payload_type,
+            remote: WEBRTC_SOURCE,
+            direction: Direction::SendRecv,
+        };
+        let mut stream = stream_for(codec, &media, now);
+        stream.enable_inband(true);
+        self.legs.insert(
+            leg,
+            LegState {
+                rtp: socket,
+                rtcp: None,
+                stream,
+                codec,
+                encoder: Encoder::new(codec),
+                player: Player {
+                    reported: true,
+                    ..Player::default()
+                },
+                room: None,
+                talking: false,
+                last_stats: now,
+                rtcp_mux: true,
+                expect_rtp: true,
+                expect_since: now,
+                failed: false,
+                webrtc: Some(Box::new(rtc)),
+            },
+        );
+        self.send_event(MediaEvent::WebRtcAnswer {
+            leg,
+            answer: answer.sdp,
+            media,
+        });
     }
 
     fn leave_room(&mut self, leg: LegId, room: i64) {
@@ -523,7 +621,10 @@ impl State {
             for sock in std::iter::once(&leg.rtp).chain(leg.rtcp.as_ref()) {
                 for _ in 0..MAX_READS_PER_TICK {
                     match sock.recv_from(&mut self.buf) {
-                        Ok((n, from)) => leg.stream.handle_packet(now, &self.buf[..n], from),
+                        Ok((n, from)) => match leg.webrtc.as_mut() {
+                            Some(rtc) => rtc.handle_datagram(now, from, &self.buf[..n]),
+                            None => leg.stream.handle_packet(now, &self.buf[..n], from),
+                        },
                         Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                         Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
                         Err(err) => {
@@ -533,6 +634,10 @@ impl State {
                     }
                 }
             }
+            if let Some(rtc) = leg.webrtc.as_mut() {
+                rtc.handle_timeout(now);
+            }
+            webrtc_outputs(id, leg, now, &self.shell.events);
         }
         // Pull one frame per leg into its room; collect digits.
         // Events go straight to the (unbounded) channel: nothing is collected per tick.
@@ -592,10 +697,16 @@ impl State {
                 }
             }
             self.packet.clear();
-            leg.stream.packetize(&self.payload, &mut self.packet);
-            let _ = leg.rtp.send_to(&self.packet, leg.stream.remote());
+            if let Some(rtc) = leg.webrtc.as_mut() {
+                // str0m packetizes, encrypts and reports (RTCP) for browser legs.
+                rtc.send_frame(now, &self.payload);
+                webrtc_outputs(id, leg, now, events);
+            } else {
+                leg.stream.packetize(&self.payload, &mut self.packet);
+                let _ = leg.rtp.send_to(&self.packet, leg.stream.remote());
+            }
             self.packet.clear();
-            if leg.stream.poll_rtcp(now, &mut self.packet) {
+            if leg.webrtc.is_none() && leg.stream.poll_rtcp(now, &mut self.packet) {
                 let to = leg.stream.remote();
                 if leg.rtcp_mux {
                     let _ = leg.rtp.send_to(&self.packet, to);

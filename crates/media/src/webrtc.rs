@@ -1,0 +1,352 @@
+//! A browser's audio leg: WebRTC through str0m (ICE-lite, DTLS-SRTP, BUNDLE, rtcp-mux),
+//! sans-IO like the rest of this crate.
+//!
+//! str0m does the transport: ICE connectivity checks, the DTLS handshake, SRTP, RTCP. What
+//! comes out of it is turned back into plain RTP packets for a [`MediaStream`]
+//! (crate::stream::MediaStream) — so browsers get the same jitter buffer, concealment,
+//! RFC 4733 digits and statistics as desk phones — and what the mixer encodes for the leg
+//! goes in as one frame per tick.
+//!
+//! # Driving a leg
+//! [`WebRtcLeg::accept`] answers the browser's offer (the SDP answer goes into the 200 OK).
+//! The shell then feeds every datagram of the leg's UDP port to
+//! [`handle_datagram`](WebRtcLeg::handle_datagram), calls
+//! [`handle_timeout`](WebRtcLeg::handle_timeout) when [`poll_timeout`](WebRtcLeg::poll_timeout)
+//! is due, gives each encoded frame to [`send_frame`](WebRtcLeg::send_frame), and drains
+//! [`poll_output`](WebRtcLeg::poll_output) after each of these.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use str0m::change::SdpOffer;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Frequency, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+
+use crate::codec::CodecKind;
+use crate::rtp::{write_rtp, RtpHeader};
+
+/// The payload type we would pick for telephone-event at 8 kHz (the browser's number wins).
+const TELEPHONE_EVENT_PT: u8 = 101;
+
+/// Why a browser's offer could not be answered, or a leg broke.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebRtcError {
+    #[error("unreadable WebRTC offer: {0}")]
+    BadOffer(String),
+    #[error("cannot answer the offer: {0}")]
+    Refused(String),
+    #[error("no audio codec in common (we take G.722, PCMU, PCMA)")]
+    NoCommonCodec,
+    #[error("our address cannot be a candidate: {0}")]
+    BadCandidate(String),
+}
+
+/// What the answer agreed on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The SDP answer for the 200 OK.
+    pub sdp: String,
+    /// The audio codec the browser sends and we send.
+    pub codec: CodecKind,
+    pub payload_type: u8,
+    /// telephone-event at the codec's RTP clock, if the browser offered it.
+    pub dtmf_payload_type: Option<u8>,
+}
+
+/// What the shell must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WebRtcOutput {
+    /// A datagram to send from the leg's port.
+    Transmit { to: SocketAddr, data: Vec<u8> },
+    /// A received media packet, decrypted, as a plain RTP packet for the leg's stream.
+    Rtp(Vec<u8>),
+    /// ICE, DTLS and SRTP are up: media flows.
+    Connected,
+    /// The browser is gone (ICE lost it, or it closed DTLS); the leg should end.
+    Gone(String),
+}
+
+/// One browser audio leg.
+pub struct WebRtcLeg {
+    rtc: Rtc,
+    local: SocketAddr,
+    mid: Option<Mid>,
+    codec: CodecKind,
+    payload_type: Pt,
+    dtmf_payload_type: Option<u8>,
+    /// Our media time, in str0m's units for the codec.
+    send_time: u64,
+    send_clock: Frequency,
+    /// The SSRC written in the RTP packets handed to the stream (any constant will do:
+    /// the stream locks onto it).
+    recv_ssrc: u32,
+    timeout: Instant,
+    out: VecDeque<WebRtcOutput>,
+    gone: bool,
+}
+
+impl std::fmt::Debug for WebRtcLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebRtcLeg")
+            .field("local", &self.local)
+            .field("codec", &self.codec)
+            .finish_non_exhaustive()
+    }
+}
+
+/// str0m's view of each codec: its codec id and the clock its media times use.
+fn str0m_codec(kind: CodecKind) -> (Codec, Frequency) {
+    match kind {
+        CodecKind::Pcmu => (Codec::PCMU, Frequency::EIGHT_KHZ),
+        CodecKind::Pcma => (Codec::PCMA, Frequency::EIGHT_KHZ),
+        // str0m counts G.722 in 16 kHz units and writes the 8 kHz RTP clock (RFC 3551).
+        CodecKind::G722 => (Codec::G722, Frequency::SIXTEEN_KHZ),
+    }
+}
+
+fn kind_of(codec: Codec) -> Option<CodecKind> {
+    match codec {
+        Codec::PCMU => Some(CodecKind::Pcmu),
+        Codec::PCMA => Some(CodecKind::Pcma),
+        Codec::G722 => Some(CodecKind::G722),
+        _ => None,
+    }
+}
+
+impl WebRtcLeg {
+    /// Answers `offer` for a leg whose media arrives at `local` (our advertised address
+    /// and the leg's UDP port: the one ICE candidate we announce).
+    pub fn accept(
+        now: Instant,
+        local: SocketAddr,
+        offer: &str,
+    ) -> Result<(WebRtcLeg, Answer), WebRtcError> {
+        let mut cfg = RtcConfig::new()
+            .set_ice_lite(true)
+            .clear_codecs()
+            // Our order is the answer's order, and the browser sends the first: wideband
+            // first, G.711 for old browsers.
+            .enable_g722(true, false)
+            .enable_pcmu(true, false)
+            .enable_pcma(true, false)
+            // Our own jitter buffer orders packets; str0m must not hold them back.
+            .set_reordering_size_audio(0);
+        cfg.codec_config().add_config(
+            Pt::from(TELEPHONE_EVENT_PT),
+            None,
+            Codec::Tele,
+            Frequency::EIGHT_KHZ,
+            None,
+            FormatParams::default(),
+        );
+        let mut rtc = cfg.build(now);
+        let candidate =
+            Candidate::host(local, "udp").map_err(|e| WebRtcError::BadCandidate(e.to_string()))?;
+        rtc.add_local_candidate(candidate);
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| WebRtcError::Refused(e.to_string()))?;
+        let sdp = answer.to_sdp_string();
+        let mut leg = WebRtcLeg {
+            rtc,
+            local,
+            mid: None,
+            codec: CodecKind::Pcmu,
+            payload_type: Pt::from(0),
+            dtmf_payload_type: None,
+            send_time: 0,
+            send_clock: Frequency::EIGHT_KHZ,
+            recv_ssrc: 0x5eed_ca11,
+            timeout: now,
+            out: VecDeque::new(),
+            gone: false,
+        };
+        leg.drain(now);
+        let mid = leg
+            .mid
+            .or_else(|| first_audio_mid(&sdp))
+            .ok_or(WebRtcError::NoCommonCodec)?;
+        leg.mid = Some(mid);
+        let writer = leg.rtc.writer(mid).ok_or(WebRtcError::NoCommonCodec)?;
+        let mut audio = None;
+        let mut dtmf = None;
+        for p in writer.payload_params() {
+            let spec = p.spec();
+            if spec.codec == Codec::Tele {
+                if spec.clock_rate == Frequency::EIGHT_KHZ && dtmf.is_none() {
+                    dtmf = Some(*p.pt());
+                }
+            } else if audio.is_none() {
+                audio = kind_of(spec.codec).map(|k| (k, p.pt()));
+            }
+        }
+        let (codec, pt) = audio.ok_or(WebRtcError::NoCommonCodec)?;
+        leg.codec = codec;
+        leg.payload_type = pt;
+        leg.dtmf_payload_type = dtmf;
+        leg.send_clock = str0m_codec(codec).1;
+        let answer = Answer {
+            sdp,
+            codec,
+            payload_type: *pt,
+            dtmf_payload_type: dtmf,
+        };
+        Ok((leg, answer))
+    }
+
+    /// Where the browser must send: the candidate we announced.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// One datagram received on the leg's port.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let Ok(contents) = data.try_into() else {
+            return; // not STUN, DTLS or SRTP: a stranger's noise
+        };
+        let input = Input::Receive(
+            now,
+            Receive {
+                proto: Protocol::Udp,
+                source: from,
+                destination: self.local,
+                contents,
+            },
+        );
+        if !self.rtc.accepts(&input) {
+            return;
+        }
+        if let Err(err) = self.rtc.handle_input(input) {
+            tracing::debug!(%err, "WebRTC input refused");
+        }
+        self.drain(now);
+    }
+
+    /// Time passes (call when [`poll_timeout`](Self::poll_timeout) is due, or every tick).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if now >= self.timeout {
+            if let Err(err) = self.rtc.handle_input(Input::Timeout(now)) {
+                tracing::debug!(%err, "WebRTC timeout handling failed");
+            }
+            self.drain(now);
+        }
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Instant {
+        self.timeout
+    }
+
+    /// One encoded 20 ms frame for the browser (dropped by str0m until connected).
+    pub fn send_frame(&mut self, now: Instant, payload: &[u8]) {
+        let Some(mid) = self.mid else { return };
+        let ticks = 20 * u64::from(self.send_clock.get()) / 1000;
+        let time = MediaTime::new(self.send_time, self.send_clock);
+        self.send_time += ticks;
+        if let Some(writer) = self.rtc.writer(mid) {
+            if let Err(err) = writer.write(self.payload_type, now, time, payload.to_vec()) {
+                tracing::debug!(%err, "WebRTC write failed");
+            }
+        }
+        self.drain(now);
+    }
+
+    #[must_use]
+    pub fn poll_output(&mut self) -> Option<WebRtcOutput> {
+        self.out.pop_front()
+    }
+
+    pub fn codec(&self) -> CodecKind {
+        self.codec
+    }
+
+    /// Runs str0m until it wants time to pass, turning what it says into outputs.
+    fn drain(&mut self, now: Instant) {
+        loop {
+            let output = match self.rtc.poll_output() {
+                Ok(o) => o,
+                Err(err) => {
+                    self.fail(format!("WebRTC failed: {err}"));
+                    return;
+                }
+            };
+            match output {
+                Output::Timeout(t) => {
+                    self.timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => self.out.push_back(WebRtcOutput::Transmit {
+                    to: t.destination,
+                    data: t.contents.to_vec(),
+                }),
+                Output::Event(e) => self.on_event(now, e),
+            }
+        }
+    }
+
+    fn fail(&mut self, why: String) {
+        if !self.gone {
+            self.gone = true;
+            self.out.push_back(WebRtcOutput::Gone(why));
+        }
+    }
+
+    fn on_event(&mut self, _now: Instant, event: Event) {
+        match event {
+            Event::Connected => self.out.push_back(WebRtcOutput::Connected),
+            Event::MediaAdded(m) if self.mid.is_none() => self.mid = Some(m.mid),
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.fail("the browser stopped answering ICE checks".into());
+            }
+            Event::MediaData(d) => {
+                let pt = *d.pt;
+                let is_dtmf = Some(pt) == self.dtmf_payload_type;
+                let clock = if is_dtmf {
+                    8000
+                } else {
+                    self.codec.rtp_clock_rate()
+                };
+                let timestamp = rebase(d.time, clock);
+                let header = RtpHeader {
+                    payload_type: pt,
+                    marker: false,
+                    sequence: d.seq_range.start().as_u16(),
+                    timestamp,
+                    ssrc: self.recv_ssrc,
+                };
+                let mut packet = Vec::with_capacity(12 + d.data.len());
+                write_rtp(&header, &d.data, &mut packet);
+                self.out.push_back(WebRtcOutput::Rtp(packet));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A media time in `clock` units, as a (wrapping) RTP timestamp.
+fn rebase(t: MediaTime, clock: u32) -> u32 {
+    let denom = u128::from(t.denom().max(1));
+    (u128::from(t.numer()) * u128::from(clock) / denom) as u32
+}
+
+/// The first audio m-line's mid in an SDP answer.
+fn first_audio_mid(sdp: &str) -> Option<Mid> {
+    let mut in_audio = false;
+    for line in sdp.lines() {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_audio = m.starts_with("audio");
+        } else if in_audio {
+            if let Some(mid) = line.strip_prefix("a=mid:") {
+                return Some(Mid::from(mid.trim()));
+            }
+        }
+    }
+    None
+}

@@ -1,0 +1,249 @@
+//! A browser-like str0m peer (full ICE, Chrome's audio codec list) against our ICE-lite
+//! leg, in memory on a virtual clock: the answer picks G.722 with telephone-event, ICE and
+//! DTLS come up, frames flow both ways, a digit arrives as an RFC 4733 packet, and a
+//! browser that falls silent is reported gone.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use confero_media::codec::CodecKind;
+use confero_media::rtp::parse_rtp;
+use confero_media::webrtc::{WebRtcLeg, WebRtcOutput};
+use str0m::change::SdpAnswer;
+use str0m::format::{Codec, FormatParams};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+
+const BROWSER: &str = "127.0.0.1:50001";
+const PBX: &str = "127.0.0.1:40000";
+
+fn browser(now: Instant) -> Rtc {
+    let mut cfg = RtcConfig::new()
+        .clear_codecs()
+        .enable_opus(true, false)
+        .enable_g722(true, false)
+        .enable_pcmu(true, false)
+        .enable_pcma(true, false);
+    cfg.codec_config().add_config(
+        Pt::from(126),
+        None,
+        Codec::Tele,
+        Frequency::EIGHT_KHZ,
+        None,
+        FormatParams::default(),
+    );
+    let mut rtc = cfg.build(now);
+    rtc.add_local_candidate(Candidate::host(BROWSER.parse().unwrap(), "udp").unwrap());
+    rtc
+}
+
+struct Pair {
+    now: Instant,
+    browser: Rtc,
+    browser_timeout: Instant,
+    leg: WebRtcLeg,
+    to_leg: Vec<Vec<u8>>,
+    browser_got: Vec<str0m::media::MediaData>,
+    leg_rtp: Vec<Vec<u8>>,
+    connected: bool,
+    gone: Option<String>,
+    mid: Mid,
+}
+
+impl Pair {
+    fn new() -> Pair {
+        let now = Instant::now();
+        let mut browser = browser(now);
+        let mut api = browser.sdp_api();
+        let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api.apply().unwrap();
+        let (leg, answer) =
+            WebRtcLeg::accept(now, PBX.parse().unwrap(), &offer.to_sdp_string()).unwrap();
+        assert_eq!(answer.codec, CodecKind::G722, "wideband first");
+        assert_eq!(answer.payload_type, 9);
+        assert_eq!(answer.dtmf_payload_type, Some(126), "the browser's number");
+        assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
+        browser
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer.sdp).unwrap())
+            .unwrap();
+        Pair {
+            now,
+            browser,
+            browser_timeout: now,
+            leg,
+            to_leg: Vec::new(),
+            browser_got: Vec::new(),
+            leg_rtp: Vec::new(),
+            connected: false,
+            gone: None,
+            mid,
+        }
+    }
+
+    fn drain_browser(&mut self) {
+        loop {
+            match self.browser.poll_output().unwrap() {
+                Output::Timeout(t) => {
+                    self.browser_timeout = t;
+                    return;
+                }
+                Output::Transmit(t) => self.to_leg.push(t.contents.to_vec()),
+                Output::Event(Event::MediaData(d)) => self.browser_got.push(d),
+                Output::Event(_) => {}
+            }
+        }
+    }
+
+    fn drain_leg(&mut self, deliver: bool) {
+        while let Some(o) = self.leg.poll_output() {
+            match o {
+                WebRtcOutput::Transmit { to, data } => {
+                    assert_eq!(to, BROWSER.parse::<SocketAddr>().unwrap());
+                    if deliver {
+                        let input = Input::Receive(
+                            self.now,
+                            Receive {
+                                proto: Protocol::Udp,
+                                source: PBX.parse().unwrap(),
+                                destination: BROWSER.parse().unwrap(),
+                                contents: data.as_slice().try_into().unwrap(),
+                            },
+                        );
+                        self.browser.handle_input(input).unwrap();
+                        self.drain_browser();
+                    }
+                }
+                WebRtcOutput::Rtp(p) => self.leg_rtp.push(p),
+                WebRtcOutput::Connected => self.connected = true,
+                WebRtcOutput::Gone(why) => self.gone = Some(why),
+            }
+        }
+    }
+
+    /// One millisecond of virtual time: timeouts, then datagrams both ways.
+    fn step(&mut self, browser_online: bool) {
+        self.now += Duration::from_millis(1);
+        if browser_online && self.now >= self.browser_timeout {
+            self.browser.handle_input(Input::Timeout(self.now)).unwrap();
+            self.drain_browser();
+        }
+        self.leg.handle_timeout(self.now);
+        self.drain_leg(browser_online);
+        for data in std::mem::take(&mut self.to_leg) {
+            if browser_online {
+                self.leg
+                    .handle_datagram(self.now, BROWSER.parse().unwrap(), &data);
+            }
+        }
+        self.drain_leg(browser_online);
+    }
+}
+
+#[test]
+fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
+    let mut p = Pair::new();
+    p.drain_browser();
+    let deadline = p.now + Duration::from_secs(5);
+    while !(p.connected && p.browser.is_connected()) {
+        assert!(p.now < deadline, "ICE and DTLS did not come up");
+        p.step(true);
+    }
+    // 20 frames each way (G.722 payloads of 160 bytes).
+    let pt9 = p
+        .browser
+        .writer(p.mid)
+        .unwrap()
+        .payload_params()
+        .find(|pp| pp.spec().codec == Codec::G722)
+        .unwrap()
+        .pt();
+    for n in 0..20u64 {
+        let frame = vec![n as u8; 160];
+        p.browser
+            .writer(p.mid)
+            .unwrap()
+            .write(
+                pt9,
+                p.now,
+                MediaTime::new(n * 320, Frequency::SIXTEEN_KHZ),
+                frame,
+            )
+            .unwrap();
+        p.drain_browser();
+        p.leg.send_frame(p.now, &[0xAB; 160]);
+        for _ in 0..20 {
+            p.step(true);
+        }
+    }
+    let audio: Vec<_> = p
+        .leg_rtp
+        .iter()
+        .map(|b| parse_rtp(b).unwrap())
+        .filter(|(h, _)| h.payload_type == 9)
+        .collect();
+    assert!(audio.len() >= 19, "{} audio packets", audio.len());
+    // RTP timestamps in the 8 kHz clock of RFC 3551, 160 per 20 ms.
+    assert_eq!(audio[1].0.timestamp.wrapping_sub(audio[0].0.timestamp), 160);
+    assert_eq!(audio[3].1, &[3u8; 160][..]);
+    let heard = p
+        .browser_got
+        .iter()
+        .filter(|d| d.params.spec().codec == Codec::G722)
+        .count();
+    assert!(heard >= 19, "the browser got {heard} frames");
+
+    // A digit from the browser comes out as RFC 4733 on its payload type.
+    p.browser
+        .writer(p.mid)
+        .unwrap()
+        .telephone_event(TelephoneEvent {
+            event: 5,
+            end: true,
+            volume: 10,
+            duration: Duration::from_millis(100),
+        })
+        .write(
+            pt9,
+            p.now,
+            MediaTime::new(20 * 320, Frequency::SIXTEEN_KHZ),
+            Vec::<u8>::new(),
+        )
+        .unwrap();
+    p.drain_browser();
+    for _ in 0..200 {
+        p.step(true);
+    }
+    let digits: Vec<_> = p
+        .leg_rtp
+        .iter()
+        .map(|b| parse_rtp(b).unwrap())
+        .filter(|(h, _)| h.payload_type == 126)
+        .collect();
+    assert!(!digits.is_empty(), "no telephone-event packet");
+    assert_eq!(digits[0].1[0], 5, "event 5");
+
+    // The browser vanishes: the leg says so within ICE's consent timeout.
+    let gone_by = p.now + Duration::from_secs(40);
+    while p.gone.is_none() && p.now < gone_by {
+        p.step(false);
+    }
+    assert!(p.gone.is_some(), "a silent browser must be reported gone");
+}
+
+#[test]
+fn offers_without_webrtc_or_without_a_common_codec_are_refused() {
+    let now = Instant::now();
+    let pbx: SocketAddr = PBX.parse().unwrap();
+    assert!(WebRtcLeg::accept(now, pbx, "v=0\r\nnot sdp").is_err());
+    // An Opus-only browser: nothing in common with G.722/G.711.
+    let mut cfg = RtcConfig::new().clear_codecs().enable_opus(true, false);
+    let _ = &mut cfg;
+    let mut rtc = cfg.build(now);
+    rtc.add_local_candidate(Candidate::host(BROWSER.parse().unwrap(), "udp").unwrap());
+    let mut api = rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+    let (offer, _) = api.apply().unwrap();
+    assert!(WebRtcLeg::accept(now, pbx, &offer.to_sdp_string()).is_err());
+}
