@@ -19,9 +19,9 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use str0m::change::SdpOffer;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::{Codec, FormatParams};
-use str0m::media::{Frequency, MediaTime, Mid, Pt};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
@@ -87,6 +87,8 @@ pub struct WebRtcLeg {
     timeout: Instant,
     out: VecDeque<WebRtcOutput>,
     gone: bool,
+    /// Our offer, while the browser has not answered it.
+    pending: Option<SdpPendingOffer>,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -117,44 +119,36 @@ fn kind_of(codec: Codec) -> Option<CodecKind> {
     }
 }
 
+/// The Rtc of a leg: ICE-lite, our codecs in our order, no reordering hold-back.
+fn new_rtc(now: Instant, local: SocketAddr) -> Result<Rtc, WebRtcError> {
+    let mut cfg = RtcConfig::new()
+        .set_ice_lite(true)
+        .clear_codecs()
+        // Our order is the answer's order, and the browser sends the first: wideband
+        // first, G.711 for old browsers.
+        .enable_g722(true, false)
+        .enable_pcmu(true, false)
+        .enable_pcma(true, false)
+        // Our own jitter buffer orders packets; str0m must not hold them back.
+        .set_reordering_size_audio(0);
+    cfg.codec_config().add_config(
+        Pt::from(TELEPHONE_EVENT_PT),
+        None,
+        Codec::Tele,
+        Frequency::EIGHT_KHZ,
+        None,
+        FormatParams::default(),
+    );
+    let mut rtc = cfg.build(now);
+    let candidate =
+        Candidate::host(local, "udp").map_err(|e| WebRtcError::BadCandidate(e.to_string()))?;
+    rtc.add_local_candidate(candidate);
+    Ok(rtc)
+}
+
 impl WebRtcLeg {
-    /// Answers `offer` for a leg whose media arrives at `local` (our advertised address
-    /// and the leg's UDP port: the one ICE candidate we announce).
-    pub fn accept(
-        now: Instant,
-        local: SocketAddr,
-        offer: &str,
-    ) -> Result<(WebRtcLeg, Answer), WebRtcError> {
-        let mut cfg = RtcConfig::new()
-            .set_ice_lite(true)
-            .clear_codecs()
-            // Our order is the answer's order, and the browser sends the first: wideband
-            // first, G.711 for old browsers.
-            .enable_g722(true, false)
-            .enable_pcmu(true, false)
-            .enable_pcma(true, false)
-            // Our own jitter buffer orders packets; str0m must not hold them back.
-            .set_reordering_size_audio(0);
-        cfg.codec_config().add_config(
-            Pt::from(TELEPHONE_EVENT_PT),
-            None,
-            Codec::Tele,
-            Frequency::EIGHT_KHZ,
-            None,
-            FormatParams::default(),
-        );
-        let mut rtc = cfg.build(now);
-        let candidate =
-            Candidate::host(local, "udp").map_err(|e| WebRtcError::BadCandidate(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
-        let offer =
-            SdpOffer::from_sdp_string(offer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| WebRtcError::Refused(e.to_string()))?;
-        let sdp = answer.to_sdp_string();
-        let mut leg = WebRtcLeg {
+    fn new(rtc: Rtc, local: SocketAddr, now: Instant) -> WebRtcLeg {
+        WebRtcLeg {
             rtc,
             local,
             mid: None,
@@ -167,14 +161,70 @@ impl WebRtcLeg {
             timeout: now,
             out: VecDeque::new(),
             gone: false,
-        };
+            pending: None,
+        }
+    }
+
+    /// Answers `offer` for a leg whose media arrives at `local` (our advertised address
+    /// and the leg's UDP port: the one ICE candidate we announce).
+    pub fn accept(
+        now: Instant,
+        local: SocketAddr,
+        offer: &str,
+    ) -> Result<(WebRtcLeg, Answer), WebRtcError> {
+        let mut rtc = new_rtc(now, local)?;
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| WebRtcError::Refused(e.to_string()))?;
+        let sdp = answer.to_sdp_string();
+        let mut leg = WebRtcLeg::new(rtc, local, now);
         leg.drain(now);
-        let mid = leg
-            .mid
-            .or_else(|| first_audio_mid(&sdp))
-            .ok_or(WebRtcError::NoCommonCodec)?;
+        if leg.mid.is_none() {
+            leg.mid = first_audio_mid(&sdp);
+        }
+        let agreed = leg.agreed(sdp)?;
+        Ok((leg, agreed))
+    }
+
+    /// Our offer to a browser the PBX calls (the SDP goes into the INVITE); the browser's
+    /// answer comes back through [`accept_answer`](Self::accept_answer).
+    pub fn offer(now: Instant, local: SocketAddr) -> Result<(WebRtcLeg, String), WebRtcError> {
+        let rtc = new_rtc(now, local)?;
+        let mut leg = WebRtcLeg::new(rtc, local, now);
+        let mut api = leg.rtc.sdp_api();
+        let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api
+            .apply()
+            .ok_or_else(|| WebRtcError::Refused("nothing to offer".into()))?;
         leg.mid = Some(mid);
-        let writer = leg.rtc.writer(mid).ok_or(WebRtcError::NoCommonCodec)?;
+        leg.pending = Some(pending);
+        leg.drain(now);
+        Ok((leg, offer.to_sdp_string()))
+    }
+
+    /// The browser's answer to our offer.
+    pub fn accept_answer(&mut self, now: Instant, answer: &str) -> Result<Answer, WebRtcError> {
+        let pending = self
+            .pending
+            .take()
+            .ok_or_else(|| WebRtcError::Refused("no offer is waiting for an answer".into()))?;
+        let parsed =
+            SdpAnswer::from_sdp_string(answer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, parsed)
+            .map_err(|e| WebRtcError::Refused(e.to_string()))?;
+        self.drain(now);
+        self.agreed(answer.to_owned())
+    }
+
+    /// What was agreed for the audio (read from str0m once the exchange is done).
+    fn agreed(&mut self, sdp: String) -> Result<Answer, WebRtcError> {
+        let mid = self.mid.ok_or(WebRtcError::NoCommonCodec)?;
+        let writer = self.rtc.writer(mid).ok_or(WebRtcError::NoCommonCodec)?;
         let mut audio = None;
         let mut dtmf = None;
         for p in writer.payload_params() {
@@ -188,17 +238,16 @@ impl WebRtcLeg {
             }
         }
         let (codec, pt) = audio.ok_or(WebRtcError::NoCommonCodec)?;
-        leg.codec = codec;
-        leg.payload_type = pt;
-        leg.dtmf_payload_type = dtmf;
-        leg.send_clock = str0m_codec(codec).1;
-        let answer = Answer {
+        self.codec = codec;
+        self.payload_type = pt;
+        self.dtmf_payload_type = dtmf;
+        self.send_clock = str0m_codec(codec).1;
+        Ok(Answer {
             sdp,
             codec,
             payload_type: *pt,
             dtmf_payload_type: dtmf,
-        };
-        Ok((leg, answer))
+        })
     }
 
     /// Where the browser must send: the candidate we announced.

@@ -52,6 +52,40 @@ struct Pair {
 }
 
 impl Pair {
+    /// The PBX calls the browser: our offer, the browser's answer.
+    fn pbx_offers() -> Pair {
+        let now = Instant::now();
+        let mut browser = browser(now);
+        let (mut leg, offer) = WebRtcLeg::offer(now, PBX.parse().unwrap()).unwrap();
+        assert!(
+            offer.contains("a=ice-lite") && offer.contains("UDP/TLS/RTP/SAVPF"),
+            "{offer}"
+        );
+        let answer = browser
+            .sdp_api()
+            .accept_offer(str0m::change::SdpOffer::from_sdp_string(&offer).unwrap())
+            .unwrap()
+            .to_sdp_string();
+        let agreed = leg.accept_answer(now, &answer).unwrap();
+        assert_eq!(agreed.codec, CodecKind::G722);
+        let mid = browser
+            .media(str0m::media::Mid::from(first_mid(&answer).as_str()))
+            .map(|m| m.mid())
+            .unwrap();
+        Pair {
+            now,
+            browser,
+            browser_timeout: now,
+            leg,
+            to_leg: Vec::new(),
+            browser_got: Vec::new(),
+            leg_rtp: Vec::new(),
+            connected: false,
+            gone: None,
+            mid,
+        }
+    }
+
     fn new() -> Pair {
         let now = Instant::now();
         let mut browser = browser(now);
@@ -230,6 +264,37 @@ fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
         p.step(false);
     }
     assert!(p.gone.is_some(), "a silent browser must be reported gone");
+}
+
+fn first_mid(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.strip_prefix("a=mid:"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+#[test]
+fn the_pbx_calls_a_browser_with_its_own_offer() {
+    let mut p = Pair::pbx_offers();
+    p.drain_browser();
+    let deadline = p.now + Duration::from_secs(5);
+    while !(p.connected && p.browser.is_connected()) {
+        assert!(p.now < deadline, "ICE and DTLS did not come up");
+        p.step(true);
+    }
+    for _ in 0..10 {
+        p.leg.send_frame(p.now, &[0xCD; 160]);
+        for _ in 0..20 {
+            p.step(true);
+        }
+    }
+    let heard = p
+        .browser_got
+        .iter()
+        .filter(|d| d.params.spec().codec == Codec::G722 && d.data[0] == 0xCD)
+        .count();
+    assert!(heard >= 9, "the browser got {heard} frames");
 }
 
 #[test]

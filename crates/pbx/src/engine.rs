@@ -29,7 +29,7 @@ use confero_sip::transaction::{
     ClientTxId, ServerTxId, TimerConfig, TransactionEvent, TransactionLayer,
 };
 use confero_sip::transport::{Peer, Transmit, Transport};
-use confero_sip::{Method, Name, SipUri, StatusCode};
+use confero_sip::{sdp, Method, Name, SipUri, StatusCode};
 
 use crate::config::{self, Snapshot, User};
 use crate::ports::PortPool;
@@ -314,6 +314,8 @@ pub struct Engine {
     trunk_timers: HashMap<u64, i64>,
     /// Browser INVITEs waiting for the media engine's WebRTC answer.
     pending_webrtc: HashMap<u64, webrtc::PendingWebRtc>,
+    /// Browsers about to be rung, waiting for the media engine's WebRTC offer.
+    pending_offers: HashMap<u64, webrtc::PendingOffer>,
     ports: PortPool,
     media_out: VecDeque<MediaCommand>,
     transmits: VecDeque<Transmit>,
@@ -352,6 +354,7 @@ impl Engine {
             trunks: HashMap::new(),
             trunk_timers: HashMap::new(),
             pending_webrtc: HashMap::new(),
+            pending_offers: HashMap::new(),
             ports,
             media_out: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -853,6 +856,13 @@ impl Engine {
             .collect();
         if targets.is_empty() {
             return self.respond(now, tx, &req, 480, "Temporarily Unavailable");
+        }
+        // A browser on either side cannot exchange media with a desk phone directly
+        // (DTLS-SRTP against plain RTP): the PBX anchors and, if need be, transcodes.
+        let caller_is_browser = sdp::parse_audio(&req.body).is_ok_and(|o| o.is_webrtc());
+        if caller_is_browser || targets.iter().any(webrtc::is_browser) {
+            let callee = callee.clone();
+            return self.ring_user_anchored(now, tx, req, from, Party::user(&caller), &callee);
         }
         let id = self.next_call_id;
         self.next_call_id += 1;

@@ -8,7 +8,12 @@ use std::time::Duration;
 
 use common::*;
 use confero_pbx::engine::{MediaCommand, MediaEvent};
+use confero_pbx::room::RoomCommand;
+use confero_sip::digest;
+use confero_sip::message::Message;
 use confero_sip::sdp::{Direction, Negotiated, RtpMap};
+use confero_sip::transport::{ConnId, Peer, Transport};
+use confero_sip::Name;
 
 /// Chrome's audio offer, trimmed to what matters here.
 const CHROME_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 9 0 8 126\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdefghijklmn\r\na=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\na=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:126 telephone-event/8000\r\n";
@@ -115,4 +120,105 @@ fn final_code(out: &[(u16, confero_sip::message::Message)]) -> Option<u16> {
     out.iter()
         .filter_map(|(_, m)| status(m))
         .find(|c| *c >= 200)
+}
+
+/// Bob's browser, registered over a WebSocket (connection 1, from port 61000).
+fn browser_peer() -> Peer {
+    Peer {
+        transport: Transport::Ws,
+        addr: "127.0.0.1:61000".parse().unwrap(),
+        conn: Some(ConnId(1)),
+    }
+}
+
+fn ws_register(h: &mut Harness) {
+    let text = |cseq: u32, auth: &str| {
+        format!("REGISTER sip:127.0.0.1 SIP/2.0\nVia: SIP/2.0/WS abc.invalid;branch=z9hG4bKws{cseq}\nFrom: <sip:bob@127.0.0.1>;tag=b1\nTo: <sip:bob@127.0.0.1>\nCall-ID: ws-reg\nCSeq: {cseq} REGISTER\nContact: <sip:q7w8e9@192.0.2.9;transport=ws>\nExpires: 3600\n{auth}Content-Length: 0\n\n")
+    };
+    h.send_via(browser_peer(), &text(1, ""));
+    let out = h.out();
+    let challenge = challenge_of(&out[0].1, Name::WWW_AUTHENTICATE, "MD5");
+    let answer = digest::answer_challenge(
+        &challenge,
+        "REGISTER",
+        "sip:127.0.0.1",
+        "bob",
+        "bob-pw",
+        1,
+        "c",
+    )
+    .unwrap();
+    h.send_via(
+        browser_peer(),
+        &text(2, &format!("Authorization: {answer}\n")),
+    );
+    assert_eq!(status(&h.out()[0].1), Some(200));
+}
+
+#[test]
+fn a_desk_phone_calling_a_browser_user_is_anchored_and_the_browser_gets_a_webrtc_offer() {
+    let mut h = Harness::new();
+    ws_register(&mut h);
+    let out = dial(&mut h, "102");
+    assert!(
+        requests_to(&out, 61000, "INVITE").is_empty(),
+        "the browser's INVITE waits for the media engine's offer"
+    );
+    let (leg, port) = media(&mut h)
+        .into_iter()
+        .find_map(|c| match c {
+            MediaCommand::OfferWebRtc { leg, port } => Some((leg, port)),
+            _ => None,
+        })
+        .expect("a WebRTC offer is asked for");
+    let offer = format!("v=0\r\no=str0m 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio {port} UDP/TLS/RTP/SAVPF 9 0 8 101\r\nc=IN IP4 127.0.0.1\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\n");
+    h.engine.handle_media_event(
+        h.now,
+        MediaEvent::WebRtcOffer {
+            leg,
+            offer: offer.clone(),
+        },
+    );
+    let out = h.out();
+    let invite = requests_to(&out, 61000, "INVITE").remove(0);
+    assert_eq!(String::from_utf8_lossy(&invite.body), offer);
+    // The browser answers: its SDP goes to the media engine, Alice's phone gets our
+    // plain answer, and both legs share a private mix.
+    let answer = "v=0\r\no=- 5 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 9 101\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
+    let raw = |n: Name| invite.headers.get_raw(&n).next().unwrap().to_string();
+    let ok = format!(
+        "SIP/2.0 200 OK\nVia: {}\nFrom: {}\nTo: {};tag=br\nCall-ID: {}\nCSeq: {}\nContact: <sip:q7w8e9@192.0.2.9;transport=ws>\nContent-Type: application/sdp\nContent-Length: {}\n\n{}",
+        raw(Name::VIA),
+        raw(Name::FROM),
+        raw(Name::TO),
+        raw(Name::CALL_ID),
+        raw(Name::CSEQ),
+        answer.len(),
+        answer.replace("\r\n", "\n")
+    );
+    h.send_via(browser_peer(), &ok);
+    let out = h.out();
+    assert!(out
+        .iter()
+        .any(|(p, m)| *p == 5000 && status(m) == Some(200)
+            && matches!(m, Message::Response(r) if String::from_utf8_lossy(&r.body).contains("RTP/AVP"))));
+    let cmds = media(&mut h);
+    assert!(
+        cmds.iter()
+            .any(|c| matches!(c, MediaCommand::AnswerWebRtc { leg: l, .. } if *l == leg)),
+        "{cmds:?}"
+    );
+    let mixes: Vec<_> = cmds
+        .iter()
+        .filter_map(|c| match c {
+            MediaCommand::Room(RoomCommand::Mix { leg, room }) => Some((*leg, *room)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(mixes.len(), 2, "{cmds:?}");
+    assert!(
+        mixes.iter().any(|(l, _)| *l == leg),
+        "the browser's leg is the offered one"
+    );
+    assert_eq!(h.engine.calls()[0].state, "answered");
 }

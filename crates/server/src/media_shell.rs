@@ -281,6 +281,8 @@ pub(crate) struct MediaShell {
 struct State {
     shell: MediaShell,
     legs: HashMap<LegId, LegState>,
+    /// Legs calling a browser, waiting for its answer to our offer.
+    offering: HashMap<LegId, (UdpSocket, Box<WebRtcLeg>)>,
     rooms: HashMap<i64, RoomMix>,
     buf: Vec<u8>,
     pcm: Vec<i16>,
@@ -359,6 +361,7 @@ impl MediaShell {
         let mut st = State {
             shell: self,
             legs: HashMap::new(),
+            offering: HashMap::new(),
             rooms: HashMap::new(),
             buf: vec![0u8; 2048],
             pcm: Vec::with_capacity(320),
@@ -491,6 +494,7 @@ impl State {
                 }
             }
             MediaCommand::Close { leg } => {
+                self.offering.remove(&leg);
                 if let Some(l) = self.legs.remove(&leg) {
                     if let Some(room) = l.room {
                         self.leave_room(leg, room);
@@ -501,6 +505,8 @@ impl State {
             MediaCommand::OpenWebRtc { leg, port, offer } => {
                 self.open_webrtc(now, leg, port, &offer)
             }
+            MediaCommand::OfferWebRtc { leg, port } => self.offer_webrtc(now, leg, port),
+            MediaCommand::AnswerWebRtc { leg, answer } => self.answer_webrtc(now, leg, &answer),
         }
     }
 
@@ -517,6 +523,58 @@ impl State {
             Ok(x) => x,
             Err(err) => return fail(self, err.to_string()),
         };
+        let sdp = answer.sdp.clone();
+        let media = self.add_webrtc_leg(now, leg, socket, rtc, &answer);
+        self.send_event(MediaEvent::WebRtcAnswer {
+            leg,
+            answer: sdp,
+            media,
+        });
+    }
+
+    /// A leg that will call a browser: our offer goes back to the engine for the INVITE;
+    /// the leg waits (its datagrams queue in the socket) until the answer.
+    fn offer_webrtc(&mut self, now: Instant, leg: LegId, port: u16) {
+        let fail = |st: &Self, reason: String| st.send_event(MediaEvent::Failed { leg, reason });
+        let socket = match bind_pair(self.shell.bind_ip, port, true) {
+            Ok((sock, _)) => sock,
+            Err(err) => return fail(self, format!("cannot bind WebRTC port {port}: {err}")),
+        };
+        let local = SocketAddr::new(self.shell.public_ip, port);
+        match WebRtcLeg::offer(now, local) {
+            Ok((rtc, offer)) => {
+                self.offering.insert(leg, (socket, Box::new(rtc)));
+                self.send_event(MediaEvent::WebRtcOffer { leg, offer });
+            }
+            Err(err) => fail(self, err.to_string()),
+        }
+    }
+
+    /// The browser answered our offer: the leg starts.
+    fn answer_webrtc(&mut self, now: Instant, leg: LegId, answer: &str) {
+        let Some((socket, mut rtc)) = self.offering.remove(&leg) else {
+            return;
+        };
+        match rtc.accept_answer(now, answer) {
+            Ok(agreed) => {
+                self.add_webrtc_leg(now, leg, socket, *rtc, &agreed);
+            }
+            Err(err) => self.send_event(MediaEvent::Failed {
+                leg,
+                reason: err.to_string(),
+            }),
+        }
+    }
+
+    /// Files a browser leg whose codec is agreed; returns what was negotiated.
+    fn add_webrtc_leg(
+        &mut self,
+        now: Instant,
+        leg: LegId,
+        socket: UdpSocket,
+        rtc: WebRtcLeg,
+        answer: &confero_media::webrtc::Answer,
+    ) -> Negotiated {
         let codec = answer.codec;
         let media = Negotiated {
             codec: RtpMap {
@@ -554,11 +612,7 @@ impl State {
                 webrtc: Some(Box::new(rtc)),
             },
         );
-        self.send_event(MediaEvent::WebRtcAnswer {
-            leg,
-            answer: answer.sdp,
-            media,
-        });
+        media
     }
 
     fn leave_room(&mut self, leg: LegId, room: i64) {

@@ -20,7 +20,7 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
 use confero_sip::{Method, StatusCode};
 
-use super::conference::{AfterAnswer, ConfLeg, MediaCommand, Party, CODEC_PREFS};
+use super::conference::{AfterAnswer, ConfLeg, MediaCommand, Party};
 use super::fork::{self, ForkStep, OutFork};
 use super::{
     build_ack, callee_leg_from_2xx, our_via, CallInfo, ClientPurpose, Engine, EngineEvent,
@@ -129,13 +129,13 @@ impl Engine {
         peer: Peer,
         trunk: Option<i64>,
     ) {
-        let Some(bridge) = self.bridges.get_mut(&id) else {
-            return;
-        };
-        let i = bridge.forks.len();
-        bridge.forks.push(OutFork::new(invite.clone(), peer, trunk));
-        let tx = self.tx.send_request(now, invite, peer);
-        self.client_txs.insert(tx, (id, ClientPurpose::Bridge(i)));
+        self.push_fork(now, id, OutFork::new(invite, peer, trunk));
+    }
+
+    pub(super) fn bridge_is_ringing(&self, id: u64) -> bool {
+        self.bridges
+            .get(&id)
+            .is_some_and(|b| b.state == BridgeState::Ringing)
     }
 
     /// Starts the ring timer, or fails the call when no fork could be sent.
@@ -143,7 +143,7 @@ impl Engine {
         let Some(bridge) = self.bridges.get(&id) else {
             return;
         };
-        if bridge.forks.is_empty() {
+        if bridge.forks.is_empty() && !self.offers_pending_for(id) {
             return self.fail_bridge(now, id, 480, "Temporarily Unavailable");
         }
         self.timers
@@ -236,18 +236,23 @@ impl Engine {
         let Some(fork) = bridge.forks.get(i) else {
             return;
         };
-        let (invite, peer) = (fork.invite.clone(), fork.peer);
+        let (invite, peer, webrtc) = (fork.invite.clone(), fork.peer, fork.webrtc);
         let Some(mut leg) = callee_leg_from_2xx(&invite, &resp, peer) else {
             return;
         };
         let ack = build_ack(&leg, &invite, our_via(&self.settings, peer.transport));
         self.tx.send_stateless(Message::Request(ack.clone()), peer);
         leg.last_ack = Some(ack);
-        let media = sdp::parse_audio(&resp.body)
-            .and_then(|answer| sdp::negotiated_from_answer(&answer, CODEC_PREFS));
         let ringing = bridge.state == BridgeState::Ringing;
-        let (true, Ok(media), Some(callee_port)) = (ringing, media, bridge.callee_port) else {
+        let plain_port = bridge.callee_port;
+        let opened = if ringing {
+            self.open_fork_media(webrtc, plain_port, &resp.body)
+        } else {
+            None
+        };
+        let Some(opened) = opened else {
             // Too late, or an answer we cannot use: this device is hung up on.
+            self.drop_fork_media(webrtc);
             let bye = self.in_dialog_request(&mut leg, Method::BYE);
             let tx = self.tx.send_request(now, bye, peer);
             self.client_txs.insert(tx, (id, ClientPurpose::Fire));
@@ -261,20 +266,36 @@ impl Engine {
             }
             return;
         };
-        bridge.callee_port = None;
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        if let Some(f) = bridge.forks.get_mut(i) {
+            f.webrtc = None; // the leg's now
+        }
+        if webrtc.is_some() {
+            // A browser answered: the plain port offered to the other devices is free.
+            if let Some(p) = bridge.callee_port.take() {
+                self.ports.release(p);
+            }
+        } else {
+            bridge.callee_port = None;
+        }
+        let Some(bridge) = self.bridges.get(&id) else {
+            return;
+        };
         let callee_party = bridge.callee.clone();
-        let callee_leg = self.next_call_id;
-        self.next_call_id += 1;
+        let callee_leg = opened.leg;
         self.conf_dialogs
             .insert((leg.call_id.clone(), leg.local_tag.clone()), callee_leg);
-        self.media_out.push_back(MediaCommand::Open {
-            leg: callee_leg,
-            port: callee_port,
-            media: media.clone(),
-            rtcp_mux: false,
-        });
         let joined = self.unix(now);
-        let mut c = ConfLeg::offered(leg, callee_party, callee_port, media, &invite.body, joined);
+        let mut c = ConfLeg::offered(
+            leg,
+            callee_party,
+            opened.port,
+            opened.media,
+            &invite.body,
+            joined,
+        );
         c.bridge = Some(id);
         self.conf_legs.insert(callee_leg, c);
 

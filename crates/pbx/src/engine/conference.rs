@@ -39,6 +39,11 @@ pub enum MediaCommand {
         port: u16,
         offer: String,
     },
+    /// Prepare a WebRTC leg on `port` that calls a browser: the media engine makes the
+    /// offer and reports it with [`MediaEvent::WebRtcOffer`].
+    OfferWebRtc { leg: LegId, port: u16 },
+    /// The browser's answer to the offer of [`MediaCommand::OfferWebRtc`].
+    AnswerWebRtc { leg: LegId, answer: String },
     /// Play prompts to one leg (see [`RoomCommand::Play`]); `seq` comes back in
     /// [`MediaEvent::PlaybackDone`] so a stale end is told from the current one.
     Play {
@@ -73,6 +78,11 @@ pub enum MediaEvent {
     Stats {
         leg: LegId,
         stats: LegStats,
+    },
+    /// The SDP offer for a [`MediaCommand::OfferWebRtc`] leg.
+    WebRtcOffer {
+        leg: LegId,
+        offer: String,
     },
     /// The SDP answer for a [`MediaCommand::OpenWebRtc`] offer, and what it agreed on.
     WebRtcAnswer {
@@ -640,8 +650,9 @@ impl Engine {
             MediaEvent::WebRtcAnswer { leg, answer, media } => {
                 self.webrtc_answered(now, leg, answer, media)
             }
+            MediaEvent::WebRtcOffer { leg, offer } => self.webrtc_offered(now, leg, offer),
             MediaEvent::Failed { leg, reason } => {
-                if !self.webrtc_refused(now, leg, &reason) {
+                if !self.webrtc_refused(now, leg, &reason) && !self.webrtc_offer_failed(leg) {
                     tracing::info!(leg, %reason, "media failed; ending the leg");
                     self.end_conf_leg(now, leg, true);
                 }

@@ -9,10 +9,19 @@ use confero_sip::sdp::{self, LocalMedia};
 use confero_sip::transport::Peer;
 use confero_sip::{Name, SipUri};
 
-use super::conference::CODEC_PREFS;
+use super::conference::{MediaCommand, CODEC_PREFS};
 use super::{binding_peer, build_cancel, ClientPurpose, Engine};
 use crate::config::User;
 use crate::registrar::Binding;
+use crate::room::LegId;
+
+/// The media of an answered fork, opened.
+#[derive(Debug)]
+pub(super) struct ForkMedia {
+    pub(super) leg: LegId,
+    pub(super) port: u16,
+    pub(super) media: sdp::Negotiated,
+}
 
 /// Challenges answered on one fork before its failure stands.
 const MAX_FORK_AUTH_TRIES: u8 = 2;
@@ -31,6 +40,8 @@ pub(super) struct OutFork {
     pub(super) final_code: Option<u16>,
     /// The trunk this fork goes through, whose credentials answer challenges.
     pub(super) trunk: Option<i64>,
+    /// A browser's fork: the media leg and port of the WebRTC offer it carries.
+    pub(super) webrtc: Option<(LegId, u16)>,
     auth_tries: u8,
 }
 
@@ -54,7 +65,16 @@ impl OutFork {
             cancel_wanted: false,
             final_code: None,
             trunk,
+            webrtc: None,
             auth_tries: 0,
+        }
+    }
+
+    /// A fork to a browser, carrying the WebRTC offer of media leg `leg` on `port`.
+    pub(super) fn browser(invite: Request, peer: Peer, leg: LegId, port: u16) -> Self {
+        OutFork {
+            webrtc: Some((leg, port)),
+            ..OutFork::new(invite, peer, None)
         }
     }
 
@@ -190,7 +210,65 @@ impl Engine {
         };
         fork.done = true;
         fork.final_code = Some(code);
+        if code >= 300 {
+            let webrtc = fork.webrtc.take();
+            self.drop_fork_media(webrtc);
+        }
         ForkStep::Final
+    }
+
+    /// Opens the media of a fork's 2xx: a plain answer is negotiated against our offer
+    /// on `plain_port` (a new leg); a browser's answer goes to the media engine, which
+    /// completes ICE and DTLS on the leg its offer made. `None` for an unusable answer.
+    pub(super) fn open_fork_media(
+        &mut self,
+        webrtc: Option<(LegId, u16)>,
+        plain_port: Option<u16>,
+        answer: &[u8],
+    ) -> Option<ForkMedia> {
+        let remote = sdp::parse_audio(answer).ok()?;
+        if let Some((leg, port)) = webrtc {
+            let codec = remote
+                .formats
+                .iter()
+                .find(|f| f.encoding != "TELEPHONE-EVENT")?
+                .clone();
+            let telephone_event = remote
+                .formats
+                .iter()
+                .find(|f| f.encoding == "TELEPHONE-EVENT" && f.clock_rate == 8000)
+                .map(|f| f.payload_type);
+            self.media_out.push_back(MediaCommand::AnswerWebRtc {
+                leg,
+                answer: String::from_utf8_lossy(answer).into_owned(),
+            });
+            let media = sdp::Negotiated {
+                codec,
+                telephone_event,
+                remote: std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
+                direction: sdp::Direction::SendRecv,
+            };
+            return Some(ForkMedia { leg, port, media });
+        }
+        let port = plain_port?;
+        let media = sdp::negotiated_from_answer(&remote, CODEC_PREFS).ok()?;
+        let leg = self.next_call_id;
+        self.next_call_id += 1;
+        self.media_out.push_back(MediaCommand::Open {
+            leg,
+            port,
+            media: media.clone(),
+            rtcp_mux: false,
+        });
+        Some(ForkMedia { leg, port, media })
+    }
+
+    /// A browser fork that will not be used: its media leg closes, its port is freed.
+    pub(super) fn drop_fork_media(&mut self, webrtc: Option<(LegId, u16)>) {
+        if let Some((leg, port)) = webrtc {
+            self.media_out.push_back(MediaCommand::Close { leg });
+            self.ports.release(port);
+        }
     }
 
     /// Our SDP offer of the media port `port` (a fresh session).

@@ -9,10 +9,9 @@
 use std::time::{Duration, Instant};
 
 use confero_sip::message::{Message, Response};
-use confero_sip::sdp;
 use confero_sip::Method;
 
-use super::conference::{ConfLeg, MediaCommand, Party, CODEC_PREFS};
+use super::conference::{ConfLeg, Party};
 use super::fork::{self, ForkStep, OutFork};
 use super::{build_ack, callee_leg_from_2xx, our_via, ClientPurpose, Engine, EngineEvent};
 use crate::room::LegId;
@@ -172,26 +171,31 @@ impl Engine {
         };
         inv.port = Some(port);
         let offer = self.offer_on(port);
+        let deadline = inv.deadline;
+        self.invitations.insert(id, inv);
         // The room's name and extension as caller ID.
         let caller = (conference.name.as_str(), conference.extension.as_str());
-        for (invite, peer) in self.device_invites(&bindings, caller, &user, &offer) {
-            let tx = self.tx.send_request(now, invite.clone(), peer);
-            self.client_txs
-                .insert(tx, (id, ClientPurpose::Invitation(inv.forks.len())));
-            inv.forks.push(OutFork::new(invite, peer, None));
+        self.ring_devices(now, id, &bindings, caller, &user, &offer);
+        let nothing_rings = self
+            .invitations
+            .get(&id)
+            .is_some_and(|i| i.forks.is_empty())
+            && !self.offers_pending_for(id);
+        if nothing_rings {
+            self.release_invite_port(id);
+            if let Some(inv) = self.invitations.get_mut(&id) {
+                finish(
+                    inv,
+                    now,
+                    InvitationState::Failed,
+                    Some(480),
+                    "no usable contact",
+                );
+            }
         }
-        if inv.forks.is_empty() {
-            self.ports.release(port);
-            inv.port = None;
-            finish(
-                &mut inv,
-                now,
-                InvitationState::Failed,
-                Some(480),
-                "no usable contact",
-            );
-        }
-        Ok(self.keep_invitation(id, inv))
+        self.timers.push(std::cmp::Reverse((deadline, id)));
+        self.events.push_back(EngineEvent::ConferencesChanged);
+        Ok(id)
     }
 
     /// Files an invitation (ringing or already over) and arms its timer.
@@ -277,6 +281,12 @@ impl Engine {
         true
     }
 
+    pub(super) fn invitation_is_ringing(&self, id: u64) -> bool {
+        self.invitations
+            .get(&id)
+            .is_some_and(|i| !i.info.state.is_final())
+    }
+
     pub fn invitation(&self, id: u64) -> Option<InvitationInfo> {
         self.invitations.get(&id).map(|i| i.info.clone())
     }
@@ -350,47 +360,19 @@ impl Engine {
             return;
         }
         // 2xx: ACK it, then either bring the callee in or hang up on a late answer.
-        let invite = fork.invite.clone();
-        let peer = fork.peer;
+        let (invite, peer, webrtc) = (fork.invite.clone(), fork.peer, fork.webrtc);
+        let via_trunk = fork.trunk.is_some();
         let Some(mut leg) = callee_leg_from_2xx(&invite, &resp, peer) else {
             return;
         };
         let ack = build_ack(&leg, &invite, our_via(&self.settings, peer.transport));
         self.tx.send_stateless(Message::Request(ack.clone()), peer);
         leg.last_ack = Some(ack);
-        let media = sdp::parse_audio(&resp.body)
-            .and_then(|answer| sdp::negotiated_from_answer(&answer, CODEC_PREFS));
-        let (Some(port), false, Ok(media)) = (inv.port, inv.info.state.is_final(), media) else {
-            // Too late (someone else answered, cancelled, timed out) or an unusable answer.
-            let bye = self.in_dialog_request(&mut leg, Method::BYE);
-            let tx = self.tx.send_request(now, bye, peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
-            if let Some(inv) = self.invitations.get_mut(&id) {
-                if !inv.info.state.is_final() {
-                    finish(
-                        inv,
-                        now,
-                        InvitationState::Failed,
-                        Some(488),
-                        "unusable SDP answer",
-                    );
-                    self.release_invite_port(id);
-                    self.cancel_invite_forks(now, id, None);
-                    self.events.push_back(EngineEvent::ConferencesChanged);
-                }
-            }
-            return;
-        };
-        inv.port = None; // now owned by the conference leg
-        let leg_id = self.next_call_id;
-        self.next_call_id += 1;
-        inv.info.participant = Some(leg_id);
-        finish(inv, now, InvitationState::Answered, Some(code), "answered");
-        let conference_id = inv.info.conference_id;
-        let callee_ext = inv.callee_extension.clone();
-        let callee_name = inv.callee_name.clone();
-        let via_trunk = inv.forks.get(i).is_some_and(|f| f.trunk.is_some());
-        self.cancel_invite_forks(now, id, Some(i));
+        let (conference_id, callee_ext, callee_name) = (
+            inv.info.conference_id,
+            inv.callee_extension.clone(),
+            inv.callee_name.clone(),
+        );
         let cfg = self.config.clone();
         let conference = cfg
             .config
@@ -410,30 +392,67 @@ impl Engine {
                 (Party::user(u), admin)
             })
         };
-        let (Some(conference), Some((party, is_admin))) = (conference, party) else {
-            // The room or the user went away while ringing.
-            self.ports.release(port);
+        let late = inv.info.state.is_final();
+        let plain_port = inv.port;
+        let opened = match (late, &conference, &party) {
+            (false, Some(_), Some(_)) => self.open_fork_media(webrtc, plain_port, &resp.body),
+            _ => None,
+        };
+        let (Some(opened), Some(conference), Some((party, is_admin))) = (opened, conference, party)
+        else {
+            // Too late (someone else answered, cancelled, timed out), the room or the user
+            // went away, or an unusable answer: hang up on this device.
+            self.drop_fork_media(webrtc);
             let bye = self.in_dialog_request(&mut leg, Method::BYE);
             let tx = self.tx.send_request(now, bye, peer);
             self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            if let Some(inv) = self.invitations.get_mut(&id) {
+                if !inv.info.state.is_final() {
+                    finish(
+                        inv,
+                        now,
+                        InvitationState::Failed,
+                        Some(488),
+                        "unusable SDP answer",
+                    );
+                    self.release_invite_port(id);
+                    self.cancel_invite_forks(now, id, None);
+                    self.events.push_back(EngineEvent::ConferencesChanged);
+                }
+            }
             return;
         };
+        let Some(inv) = self.invitations.get_mut(&id) else {
+            return;
+        };
+        if let Some(f) = inv.forks.get_mut(i) {
+            f.webrtc = None; // the conference leg's now
+        }
+        if webrtc.is_none() {
+            inv.port = None; // now owned by the conference leg
+        }
+        inv.info.participant = Some(opened.leg);
+        finish(inv, now, InvitationState::Answered, Some(code), "answered");
+        // A browser answered: the plain port offered to the desk phones is free.
+        self.release_invite_port(id);
+        self.cancel_invite_forks(now, id, Some(i));
         self.conf_dialogs
-            .insert((leg.call_id.clone(), leg.local_tag.clone()), leg_id);
-        self.media_out.push_back(MediaCommand::Open {
-            leg: leg_id,
-            port,
-            media: media.clone(),
-            rtcp_mux: false,
-        });
+            .insert((leg.call_id.clone(), leg.local_tag.clone()), opened.leg);
         let joined_unix = self.unix(now);
         let number = party.number.clone();
         self.conf_legs.insert(
-            leg_id,
-            ConfLeg::offered(leg, party, port, media, &invite.body, joined_unix),
+            opened.leg,
+            ConfLeg::offered(
+                leg,
+                party,
+                opened.port,
+                opened.media,
+                &invite.body,
+                joined_unix,
+            ),
         );
         self.rooms
-            .handle_invited(now, leg_id, &conference, &number, is_admin);
+            .handle_invited(now, opened.leg, &conference, &number, is_admin);
         self.drain_room_commands(now);
         self.events.push_back(EngineEvent::ConferencesChanged);
     }

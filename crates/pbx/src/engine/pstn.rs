@@ -99,9 +99,9 @@ impl Engine {
         }
     }
 
-    /// Rings every registered device of `user` for a caller from the phone network, with
-    /// media through the PBX.
-    fn ring_user_anchored(
+    /// Rings every registered device of `user` with media through the PBX: for callers
+    /// from the phone network, and for calls where a browser is one of the sides.
+    pub(super) fn ring_user_anchored(
         &mut self,
         now: Instant,
         tx: ServerTxId,
@@ -130,9 +130,7 @@ impl Engine {
         };
         let offer = self.offer_on(port);
         let caller_id = (display.as_str(), caller.number.as_str());
-        for (invite, peer) in self.device_invites(&targets, caller_id, user, &offer) {
-            self.bridge_fork(now, id, invite, peer, None);
-        }
+        self.ring_devices(now, id, &targets, caller_id, user, &offer);
         self.ring_bridge(now, id);
     }
 

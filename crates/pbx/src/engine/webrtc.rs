@@ -11,7 +11,10 @@ use confero_sip::sdp::Negotiated;
 use confero_sip::transaction::ServerTxId;
 
 use super::conference::{AfterAnswer, MediaCommand, Party};
-use super::{Engine, Leg};
+use super::fork::OutFork;
+use super::{ClientPurpose, Engine, Leg};
+use crate::config::User;
+use crate::registrar::Binding;
 use crate::room::LegId;
 
 /// The media engine answers at once; this only bounds a bug.
@@ -29,7 +32,127 @@ pub(super) struct PendingWebRtc {
     deadline: Instant,
 }
 
+/// A browser the PBX is about to ring, waiting for the media engine's offer.
+#[derive(Debug)]
+pub(super) struct PendingOffer {
+    /// The anchored call or invitation the fork belongs to.
+    owner: u64,
+    binding: Binding,
+    /// Display name and number shown to the callee.
+    caller: (String, String),
+    user: User,
+    port: u16,
+}
+
+/// Whether a registered device is a browser (registered over a WebSocket): it can only be
+/// offered WebRTC.
+pub(super) fn is_browser(b: &Binding) -> bool {
+    matches!(
+        b.peer.transport,
+        confero_sip::transport::Transport::Ws | confero_sip::transport::Transport::Wss
+    )
+}
+
 impl Engine {
+    /// Rings a browser on behalf of `owner`: the media engine first makes a WebRTC offer
+    /// on a port of its own; the fork goes out when the offer comes back.
+    fn ring_browser(&mut self, owner: u64, binding: Binding, caller: (&str, &str), user: &User) {
+        let Some(port) = self.ports.allocate() else {
+            tracing::warn!("RTP port range exhausted; a browser is not rung");
+            return;
+        };
+        let leg = self.next_call_id;
+        self.next_call_id += 1;
+        self.media_out
+            .push_back(MediaCommand::OfferWebRtc { leg, port });
+        self.pending_offers.insert(
+            leg,
+            PendingOffer {
+                owner,
+                binding,
+                caller: (caller.0.to_owned(), caller.1.to_owned()),
+                user: user.clone(),
+                port,
+            },
+        );
+    }
+
+    /// Rings every device of `user` for `owner` (an anchored call or an invitation): desk
+    /// phones get `plain_offer` at once, browsers a WebRTC offer of their own each.
+    pub(super) fn ring_devices(
+        &mut self,
+        now: Instant,
+        owner: u64,
+        bindings: &[Binding],
+        caller: (&str, &str),
+        user: &User,
+        plain_offer: &str,
+    ) {
+        let (browsers, phones): (Vec<Binding>, Vec<Binding>) =
+            bindings.iter().cloned().partition(is_browser);
+        for (invite, peer) in self.device_invites(&phones, caller, user, plain_offer) {
+            self.push_fork(now, owner, OutFork::new(invite, peer, None));
+        }
+        for binding in browsers {
+            self.ring_browser(owner, binding, caller, user);
+        }
+    }
+
+    /// Whether `owner` still has browser offers in the making.
+    pub(super) fn offers_pending_for(&self, owner: u64) -> bool {
+        self.pending_offers.values().any(|p| p.owner == owner)
+    }
+
+    /// The media engine's offer for a browser: the INVITE goes out as a fork of its owner,
+    /// unless the owner has moved on meanwhile.
+    pub(super) fn webrtc_offered(&mut self, now: Instant, leg: LegId, offer: String) {
+        let Some(p) = self.pending_offers.remove(&leg) else {
+            self.media_out.push_back(MediaCommand::Close { leg });
+            return;
+        };
+        let ringing = self.bridge_is_ringing(p.owner) || self.invitation_is_ringing(p.owner);
+        let invite = self
+            .device_invites(
+                std::slice::from_ref(&p.binding),
+                (&p.caller.0, &p.caller.1),
+                &p.user,
+                &offer,
+            )
+            .pop();
+        let (true, Some((invite, peer))) = (ringing, invite) else {
+            self.drop_fork_media(Some((leg, p.port)));
+            return;
+        };
+        self.push_fork(now, p.owner, OutFork::browser(invite, peer, leg, p.port));
+    }
+
+    /// The media engine could not make an offer (the port could not be bound…).
+    pub(super) fn webrtc_offer_failed(&mut self, leg: LegId) -> bool {
+        match self.pending_offers.remove(&leg) {
+            Some(p) => {
+                self.ports.release(p.port);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends `fork` as the next fork of an anchored call or an invitation.
+    pub(super) fn push_fork(&mut self, now: Instant, owner: u64, fork: OutFork) {
+        let (invite, peer) = (fork.invite.clone(), fork.peer);
+        let purpose = if let Some(b) = self.bridges.get_mut(&owner) {
+            b.forks.push(fork);
+            ClientPurpose::Bridge(b.forks.len() - 1)
+        } else if let Some(inv) = self.invitations.get_mut(&owner) {
+            inv.forks.push(fork);
+            ClientPurpose::Invitation(inv.forks.len() - 1)
+        } else {
+            return self.drop_fork_media(fork.webrtc);
+        };
+        let tx = self.tx.send_request(now, invite, peer);
+        self.client_txs.insert(tx, (owner, purpose));
+    }
+
     /// Hands a WebRTC offer to the media engine; the INVITE is answered when it replies.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn defer_to_webrtc(

@@ -82,6 +82,12 @@ impl Harness {
         }
     }
 
+    /// A message from `peer` (a WebSocket or TCP connection, say).
+    pub fn send_via(&mut self, peer: Peer, text: &str) {
+        let text = text.replace('\n', "\r\n");
+        self.engine.handle_datagram(self.now, text.as_bytes(), peer);
+    }
+
     pub fn send(&mut self, from: u16, text: &str) {
         let text = text.replace('\n', "\r\n");
         self.engine
