@@ -28,6 +28,10 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use crate::codec::CodecKind;
 use crate::rtp::{write_rtp, RtpHeader};
 
+/// A browser that has not completed ICE and DTLS this long after the offer/answer (a
+/// handshake that never finishes, a firewall in the way) is given up on.
+const CONNECT_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
+
 /// The payload type we would pick for telephone-event at 8 kHz (the browser's number wins).
 const TELEPHONE_EVENT_PT: u8 = 101;
 
@@ -89,6 +93,8 @@ pub struct WebRtcLeg {
     gone: bool,
     /// Our offer, while the browser has not answered it.
     pending: Option<SdpPendingOffer>,
+    /// ICE and DTLS must be up by then, or the leg is given up.
+    connect_by: Option<Instant>,
 }
 
 impl std::fmt::Debug for WebRtcLeg {
@@ -162,6 +168,7 @@ impl WebRtcLeg {
             out: VecDeque::new(),
             gone: false,
             pending: None,
+            connect_by: Some(now + CONNECT_WITHIN),
         }
     }
 
@@ -189,6 +196,20 @@ impl WebRtcLeg {
         Ok((leg, agreed))
     }
 
+    /// A new offer from the browser on this leg (hold, resume, a codec change): str0m
+    /// answers it. The answer's direction says whether the browser still sends.
+    pub fn reoffer(&mut self, now: Instant, offer: &str) -> Result<Answer, WebRtcError> {
+        let offer =
+            SdpOffer::from_sdp_string(offer).map_err(|e| WebRtcError::BadOffer(e.to_string()))?;
+        let answer = self
+            .rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| WebRtcError::Refused(e.to_string()))?;
+        self.drain(now);
+        self.agreed(answer.to_sdp_string())
+    }
+
     /// Our offer to a browser the PBX calls (the SDP goes into the INVITE); the browser's
     /// answer comes back through [`accept_answer`](Self::accept_answer).
     pub fn offer(now: Instant, local: SocketAddr) -> Result<(WebRtcLeg, String), WebRtcError> {
@@ -201,6 +222,8 @@ impl WebRtcLeg {
             .ok_or_else(|| WebRtcError::Refused("nothing to offer".into()))?;
         leg.mid = Some(mid);
         leg.pending = Some(pending);
+        // The callee may ring for a minute: the clock starts at the answer.
+        leg.connect_by = None;
         leg.drain(now);
         Ok((leg, offer.to_sdp_string()))
     }
@@ -217,6 +240,7 @@ impl WebRtcLeg {
             .sdp_api()
             .accept_answer(pending, parsed)
             .map_err(|e| WebRtcError::Refused(e.to_string()))?;
+        self.connect_by = Some(now + CONNECT_WITHIN);
         self.drain(now);
         self.agreed(answer.to_owned())
     }
@@ -280,6 +304,10 @@ impl WebRtcLeg {
 
     /// Time passes (call when [`poll_timeout`](Self::poll_timeout) is due, or every tick).
     pub fn handle_timeout(&mut self, now: Instant) {
+        if self.connect_by.is_some_and(|t| now >= t) {
+            self.connect_by = None;
+            self.fail("ICE and DTLS did not complete".into());
+        }
         if now >= self.timeout {
             if let Err(err) = self.rtc.handle_input(Input::Timeout(now)) {
                 tracing::debug!(%err, "WebRTC timeout handling failed");
@@ -290,7 +318,8 @@ impl WebRtcLeg {
 
     #[must_use]
     pub fn poll_timeout(&self) -> Instant {
-        self.timeout
+        self.connect_by
+            .map_or(self.timeout, |t| t.min(self.timeout))
     }
 
     /// One encoded 20 ms frame for the browser (dropped by str0m until connected).
@@ -349,7 +378,10 @@ impl WebRtcLeg {
 
     fn on_event(&mut self, _now: Instant, event: Event) {
         match event {
-            Event::Connected => self.out.push_back(WebRtcOutput::Connected),
+            Event::Connected => {
+                self.connect_by = None;
+                self.out.push_back(WebRtcOutput::Connected);
+            }
             Event::MediaAdded(m) if self.mid.is_none() => self.mid = Some(m.mid),
             Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
                 self.fail("the browser stopped answering ICE checks".into());

@@ -312,3 +312,50 @@ fn offers_without_webrtc_or_without_a_common_codec_are_refused() {
     let (offer, _) = api.apply().unwrap();
     assert!(WebRtcLeg::accept(now, pbx, &offer.to_sdp_string()).is_err());
 }
+
+#[test]
+fn a_browser_that_never_completes_the_handshake_is_given_up() {
+    let mut p = Pair::new();
+    // Nothing from the browser ever reaches the leg.
+    let until = p.now + Duration::from_secs(25);
+    while p.gone.is_none() && p.now < until {
+        p.step(false);
+    }
+    // ICE notices first when nothing at all arrives; the connect deadline covers a
+    // browser that passes ICE but never finishes DTLS.
+    let why = p.gone.expect("the leg gives up");
+    assert!(
+        why.contains("did not complete") || why.contains("ICE"),
+        "{why}"
+    );
+}
+
+#[test]
+fn a_browser_puts_the_call_on_hold_and_resumes() {
+    let mut p = Pair::new();
+    p.drain_browser();
+    let deadline = p.now + Duration::from_secs(5);
+    while !(p.connected && p.browser.is_connected()) {
+        assert!(p.now < deadline, "ICE and DTLS did not come up");
+        p.step(true);
+    }
+    for (dir, want) in [
+        (Direction::SendOnly, "a=recvonly"),
+        (Direction::SendRecv, "a=sendrecv"),
+    ] {
+        let mut api = p.browser.sdp_api();
+        api.set_direction(p.mid, dir);
+        let (offer, pending) = api.apply().unwrap();
+        let answer = p.leg.reoffer(p.now, &offer.to_sdp_string()).unwrap();
+        assert!(answer.sdp.contains(want), "{dir:?}: {}", answer.sdp);
+        p.browser
+            .sdp_api()
+            .accept_answer(pending, SdpAnswer::from_sdp_string(&answer.sdp).unwrap())
+            .unwrap();
+        p.drain_browser();
+        for _ in 0..50 {
+            p.step(true);
+        }
+        assert!(p.gone.is_none());
+    }
+}

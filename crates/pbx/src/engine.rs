@@ -316,6 +316,8 @@ pub struct Engine {
     pending_webrtc: HashMap<u64, webrtc::PendingWebRtc>,
     /// Browsers about to be rung, waiting for the media engine's WebRTC offer.
     pending_offers: HashMap<u64, webrtc::PendingOffer>,
+    /// Browsers' re-INVITEs waiting for the media engine's answer, by leg.
+    pending_reinvites: HashMap<u64, (ServerTxId, Request)>,
     ports: PortPool,
     media_out: VecDeque<MediaCommand>,
     transmits: VecDeque<Transmit>,
@@ -355,6 +357,7 @@ impl Engine {
             trunk_timers: HashMap::new(),
             pending_webrtc: HashMap::new(),
             pending_offers: HashMap::new(),
+            pending_reinvites: HashMap::new(),
             ports,
             media_out: VecDeque::new(),
             transmits: VecDeque::new(),
@@ -454,13 +457,28 @@ impl Engine {
     }
 
     /// A connection closed: WebSocket bindings on it are gone (the phone cannot be reached
-    /// any other way); TCP phones are called back by opening a new connection.
-    pub fn connection_closed(&mut self, conn: confero_sip::transport::ConnId) {
+    /// any other way), and so are the calls of a browser that talked over it (its tab was
+    /// closed: no BYE will ever come, and none can be sent). TCP phones are called back by
+    /// opening a new connection.
+    pub fn connection_closed(&mut self, now: Instant, conn: confero_sip::transport::ConnId) {
         for change in self.registrar.connection_closed(conn, |b| {
             matches!(b.peer.transport, Transport::Ws | Transport::Wss)
         }) {
             self.events.push_back(EngineEvent::Binding(change));
         }
+        let orphaned: Vec<u64> = self
+            .conf_legs
+            .iter()
+            .filter(|(_, c)| {
+                c.leg.peer.conn == Some(conn)
+                    && matches!(c.leg.peer.transport, Transport::Ws | Transport::Wss)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in orphaned {
+            self.end_conf_leg(now, id, false);
+        }
+        self.drain_tx_transmits();
     }
 
     /// The shell could not deliver to `peer` (a TCP connection refused, a TLS handshake

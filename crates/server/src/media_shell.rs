@@ -294,6 +294,23 @@ struct State {
 /// already checked where it came from).
 const WEBRTC_SOURCE: SocketAddr = SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 9);
 
+/// What a browser leg agreed, in the engine's terms.
+fn webrtc_media(answer: &confero_media::webrtc::Answer, direction: Direction) -> Negotiated {
+    let codec = answer.codec;
+    Negotiated {
+        codec: RtpMap {
+            payload_type: answer.payload_type,
+            encoding: codec.encoding_name().to_owned(),
+            clock_rate: codec.rtp_clock_rate(),
+            channels: 1,
+            fmtp: None,
+        },
+        telephone_event: answer.dtmf_payload_type,
+        remote: WEBRTC_SOURCE,
+        direction,
+    }
+}
+
 /// Acts on what a browser leg's WebRTC stack produced: datagrams out, media into the
 /// stream, the end of the leg to the engine.
 fn webrtc_outputs(
@@ -506,6 +523,7 @@ impl State {
                 self.open_webrtc(now, leg, port, &offer)
             }
             MediaCommand::OfferWebRtc { leg, port } => self.offer_webrtc(now, leg, port),
+            MediaCommand::ReofferWebRtc { leg, offer } => self.reoffer_webrtc(now, leg, &offer),
             MediaCommand::AnswerWebRtc { leg, answer } => self.answer_webrtc(now, leg, &answer),
         }
     }
@@ -566,6 +584,43 @@ impl State {
         }
     }
 
+    /// A browser's new offer on a running leg (hold, resume): str0m answers; whether the
+    /// browser still sends decides whether its silence counts toward the RTP timeout.
+    fn reoffer_webrtc(&mut self, now: Instant, leg: LegId, offer: &str) {
+        let refused =
+            |st: &Self, reason: String| st.send_event(MediaEvent::WebRtcRefused { leg, reason });
+        let Some(l) = self.legs.get_mut(&leg) else {
+            return refused(self, "no such leg".into());
+        };
+        let Some(rtc) = l.webrtc.as_mut() else {
+            return refused(self, "not a browser leg".into());
+        };
+        let answer = match rtc.reoffer(now, offer) {
+            Ok(a) => a,
+            Err(err) => return refused(self, err.to_string()),
+        };
+        let direction = confero_sip::sdp::parse_audio(answer.sdp.as_bytes())
+            .map(|a| a.direction)
+            .unwrap_or(Direction::SendRecv);
+        let media = webrtc_media(&answer, direction);
+        l.expect_rtp = direction.receives();
+        l.expect_since = now;
+        if answer.codec != l.codec {
+            l.stream = stream_for(answer.codec, &media, now);
+            l.stream.enable_inband(l.room.is_none());
+            l.codec = answer.codec;
+            l.encoder = Encoder::new(answer.codec);
+            if let Some(r) = l.room.and_then(|room| self.rooms.get_mut(&room)) {
+                r.mixer.add(leg, answer.codec);
+            }
+        }
+        self.send_event(MediaEvent::WebRtcAnswer {
+            leg,
+            answer: answer.sdp,
+            media,
+        });
+    }
+
     /// Files a browser leg whose codec is agreed; returns what was negotiated.
     fn add_webrtc_leg(
         &mut self,
@@ -576,18 +631,7 @@ impl State {
         answer: &confero_media::webrtc::Answer,
     ) -> Negotiated {
         let codec = answer.codec;
-        let media = Negotiated {
-            codec: RtpMap {
-                payload_type: answer.payload_type,
-                encoding: codec.encoding_name().to_owned(),
-                clock_rate: codec.rtp_clock_rate(),
-                channels: 1,
-                fmtp: None,
-            },
-            telephone_event: answer.dtmf_payload_type,
-            remote: WEBRTC_SOURCE,
-            direction: Direction::SendRecv,
-        };
+        let media = webrtc_media(answer, Direction::SendRecv);
         let mut stream = stream_for(codec, &media, now);
         stream.enable_inband(true);
         self.legs.insert(

@@ -400,7 +400,7 @@ impl SipShell {
                 },
                 Some(input) = input_rx.recv() => match input {
                     Input::Message { data, from } => self.engine.handle_datagram(Instant::now(), &data, from),
-                    Input::Closed(id) => self.engine.connection_closed(id),
+                    Input::Closed(id) => self.engine.connection_closed(Instant::now(), id),
                     Input::Unreachable(peer, why) => {
                         self.engine.handle_unreachable(Instant::now(), peer, &why)
                     }

@@ -42,6 +42,9 @@ pub enum MediaCommand {
     /// Prepare a WebRTC leg on `port` that calls a browser: the media engine makes the
     /// offer and reports it with [`MediaEvent::WebRtcOffer`].
     OfferWebRtc { leg: LegId, port: u16 },
+    /// A browser's new offer on an existing leg (hold, resume): answered with
+    /// [`MediaEvent::WebRtcAnswer`] or refused with [`MediaEvent::WebRtcRefused`].
+    ReofferWebRtc { leg: LegId, offer: String },
     /// The browser's answer to the offer of [`MediaCommand::OfferWebRtc`].
     AnswerWebRtc { leg: LegId, answer: String },
     /// Play prompts to one leg (see [`RoomCommand::Play`]); `seq` comes back in
@@ -89,6 +92,11 @@ pub enum MediaEvent {
         leg: LegId,
         answer: String,
         media: Negotiated,
+    },
+    /// A browser's new offer could not be answered; the leg goes on as it was.
+    WebRtcRefused {
+        leg: LegId,
+        reason: String,
     },
     /// No RTP for too long, or the port could not be bound: end the call.
     Failed {
@@ -468,6 +476,9 @@ impl Engine {
         let Some(mut c) = self.conf_legs.remove(&id) else {
             return;
         };
+        if let Some((tx, req)) = self.pending_reinvites.remove(&id) {
+            self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
+        }
         self.conf_dialogs
             .remove(&(c.leg.call_id.clone(), c.leg.local_tag.clone()));
         self.ports.release(c.port);
@@ -555,6 +566,14 @@ impl Engine {
                     return self.refuse_sdp(now, tx, &req, &err);
                 }
             };
+            if offer.is_webrtc() {
+                // A browser's new offer (hold, resume): its WebRTC stack answers.
+                let offer = String::from_utf8_lossy(&req.body).into_owned();
+                self.media_out
+                    .push_back(MediaCommand::ReofferWebRtc { leg: id, offer });
+                self.pending_reinvites.insert(id, (tx, req));
+                return;
+            }
             c.sdp_version += 1;
             let local = LocalMedia {
                 addr: self.settings.advertised.ip(),
@@ -576,10 +595,23 @@ impl Engine {
                 }
             }
         };
+        self.answer_reinvite(now, tx, &req, id, body);
+    }
+
+    /// The 200 OK to a re-INVITE on a conference (or anchored) leg, retransmitted until
+    /// ACKed.
+    pub(super) fn answer_reinvite(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Request,
+        id: LegId,
+        body: String,
+    ) {
         let Some(c) = self.conf_legs.get_mut(&id) else {
             return;
         };
-        let mut ok = response_for(&req, StatusCode::from(200), Some(&c.leg.local_tag));
+        let mut ok = response_for(req, StatusCode::from(200), Some(&c.leg.local_tag));
         ok.headers.insert(
             Name::CONTACT,
             our_contact(&self.settings, c.leg.peer.transport),
@@ -651,6 +683,12 @@ impl Engine {
                 self.webrtc_answered(now, leg, answer, media)
             }
             MediaEvent::WebRtcOffer { leg, offer } => self.webrtc_offered(now, leg, offer),
+            MediaEvent::WebRtcRefused { leg, reason } => {
+                if let Some((tx, req)) = self.pending_reinvites.remove(&leg) {
+                    tracing::info!(leg, %reason, "a browser's new offer is refused");
+                    self.respond(now, tx, &req, 488, "Not Acceptable Here");
+                }
+            }
             MediaEvent::Failed { leg, reason } => {
                 if !self.webrtc_refused(now, leg, &reason) && !self.webrtc_offer_failed(leg) {
                     tracing::info!(leg, %reason, "media failed; ending the leg");

@@ -196,6 +196,14 @@ impl Engine {
         answer: String,
         media: Negotiated,
     ) {
+        if let Some((tx, req)) = self.pending_reinvites.remove(&id) {
+            // The answer to a browser's re-offer (hold, resume).
+            if let Some(c) = self.conf_legs.get_mut(&id) {
+                c.media = media;
+                c.local_sdp = answer.clone();
+            }
+            return self.answer_reinvite(now, tx, &req, id, answer);
+        }
         let Some(p) = self.pending_webrtc.remove(&id) else {
             // Cancelled meanwhile: the media side was told to close.
             return;
