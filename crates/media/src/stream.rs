@@ -139,7 +139,7 @@ impl MediaStream {
     pub fn new(cfg: StreamConfig, now: Instant) -> Self {
         let kind = cfg.codec;
         let mut jitter = JitterBuffer::new(kind.rtp_clock_rate(), kind.rtp_ticks_per_frame());
-        jitter.set_bytes_per_frame(Some(kind.payload_bytes_per_frame()));
+        jitter.set_bytes_per_frame(kind.payload_bytes_per_frame());
         let mut rng = u64::from(cfg.local_ssrc) ^ 0x9e37_79b9_7f4a_7c15;
         let first = next_random(&mut rng);
         let mut stream = MediaStream {

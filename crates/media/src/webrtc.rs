@@ -34,6 +34,9 @@ const CONNECT_WITHIN: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The payload type we would pick for telephone-event at 8 kHz (the browser's number wins).
 const TELEPHONE_EVENT_PT: u8 = 101;
+/// RFC 4733 events at Opus's clock: browsers send digits at the clock of the audio
+/// codec when they can, and str0m will only send them that way.
+const TELEPHONE_EVENT_48K_PT: u8 = 110;
 
 /// Why a browser's offer could not be answered, or a leg broke.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,7 +46,7 @@ pub enum WebRtcError {
     BadOffer(String),
     #[error("cannot answer the offer: {0}")]
     Refused(String),
-    #[error("no audio codec in common (we take G.722, PCMU, PCMA)")]
+    #[error("no audio codec in common (we take Opus, G.722, PCMU, PCMA)")]
     NoCommonCodec,
     #[error("our address cannot be a candidate: {0}")]
     BadCandidate(String),
@@ -113,6 +116,7 @@ fn str0m_codec(kind: CodecKind) -> (Codec, Frequency) {
         CodecKind::Pcma => (Codec::PCMA, Frequency::EIGHT_KHZ),
         // str0m counts G.722 in 16 kHz units and writes the 8 kHz RTP clock (RFC 3551).
         CodecKind::G722 => (Codec::G722, Frequency::SIXTEEN_KHZ),
+        CodecKind::Opus => (Codec::Opus, Frequency::FORTY_EIGHT_KHZ),
     }
 }
 
@@ -121,6 +125,7 @@ fn kind_of(codec: Codec) -> Option<CodecKind> {
         Codec::PCMU => Some(CodecKind::Pcmu),
         Codec::PCMA => Some(CodecKind::Pcma),
         Codec::G722 => Some(CodecKind::G722),
+        Codec::Opus => Some(CodecKind::Opus),
         _ => None,
     }
 }
@@ -130,21 +135,27 @@ fn new_rtc(now: Instant, local: SocketAddr) -> Result<Rtc, WebRtcError> {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
         .clear_codecs()
-        // Our order is the answer's order, and the browser sends the first: wideband
-        // first, G.711 for old browsers.
+        // Our order is the answer's order, and the browser sends the first: Opus (what
+        // browsers do best, with in-band FEC), then G.722, G.711 for the rest.
+        .enable_opus(true, false)
         .enable_g722(true, false)
         .enable_pcmu(true, false)
         .enable_pcma(true, false)
         // Our own jitter buffer orders packets; str0m must not hold them back.
         .set_reordering_size_audio(0);
-    cfg.codec_config().add_config(
-        Pt::from(TELEPHONE_EVENT_PT),
-        None,
-        Codec::Tele,
-        Frequency::EIGHT_KHZ,
-        None,
-        FormatParams::default(),
-    );
+    for (pt, clock) in [
+        (TELEPHONE_EVENT_48K_PT, Frequency::FORTY_EIGHT_KHZ),
+        (TELEPHONE_EVENT_PT, Frequency::EIGHT_KHZ),
+    ] {
+        cfg.codec_config().add_config(
+            Pt::from(pt),
+            None,
+            Codec::Tele,
+            clock,
+            None,
+            FormatParams::default(),
+        );
+    }
     let mut rtc = cfg.build(now);
     let candidate =
         Candidate::host(local, "udp").map_err(|e| WebRtcError::BadCandidate(e.to_string()))?;
@@ -250,18 +261,23 @@ impl WebRtcLeg {
         let mid = self.mid.ok_or(WebRtcError::NoCommonCodec)?;
         let writer = self.rtc.writer(mid).ok_or(WebRtcError::NoCommonCodec)?;
         let mut audio = None;
-        let mut dtmf = None;
+        let mut events = Vec::new();
         for p in writer.payload_params() {
             let spec = p.spec();
             if spec.codec == Codec::Tele {
-                if spec.clock_rate == Frequency::EIGHT_KHZ && dtmf.is_none() {
-                    dtmf = Some(*p.pt());
-                }
+                events.push((spec.clock_rate, *p.pt()));
             } else if audio.is_none() {
                 audio = kind_of(spec.codec).map(|k| (k, p.pt()));
             }
         }
         let (codec, pt) = audio.ok_or(WebRtcError::NoCommonCodec)?;
+        // The events at the audio clock if agreed, else at 8 kHz.
+        let clock = str0m_codec(codec).1;
+        let dtmf = events
+            .iter()
+            .find(|(c, _)| *c == clock)
+            .or_else(|| events.iter().find(|(c, _)| *c == Frequency::EIGHT_KHZ))
+            .map(|(_, pt)| *pt);
         self.codec = codec;
         self.payload_type = pt;
         self.dtmf_payload_type = dtmf;
@@ -387,12 +403,13 @@ impl WebRtcLeg {
                 self.fail("the browser stopped answering ICE checks".into());
             }
             Event::MediaData(d) => {
-                let pt = *d.pt;
-                let is_dtmf = Some(pt) == self.dtmf_payload_type;
-                let clock = if is_dtmf {
-                    8000
-                } else {
-                    self.codec.rtp_clock_rate()
+                let spec = d.params.spec();
+                // Digits on whichever events number the browser used go out on the one
+                // the stream knows, in their own clock.
+                let (pt, clock) = match (spec.codec, self.dtmf_payload_type) {
+                    (Codec::Tele, Some(pt)) => (pt, spec.clock_rate.get()),
+                    (Codec::Tele, None) => return,
+                    _ => (*d.pt, self.codec.rtp_clock_rate()),
                 };
                 let timestamp = rebase(d.time, clock);
                 let header = RtpHeader {

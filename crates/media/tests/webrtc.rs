@@ -25,14 +25,20 @@ fn browser(now: Instant) -> Rtc {
         .enable_g722(true, false)
         .enable_pcmu(true, false)
         .enable_pcma(true, false);
-    cfg.codec_config().add_config(
-        Pt::from(126),
-        None,
-        Codec::Tele,
-        Frequency::EIGHT_KHZ,
-        None,
-        FormatParams::default(),
-    );
+    // Chrome's numbers: events at Opus's clock and at 8 kHz.
+    for (pt, clock) in [
+        (110, Frequency::FORTY_EIGHT_KHZ),
+        (126, Frequency::EIGHT_KHZ),
+    ] {
+        cfg.codec_config().add_config(
+            Pt::from(pt),
+            None,
+            Codec::Tele,
+            clock,
+            None,
+            FormatParams::default(),
+        );
+    }
     let mut rtc = cfg.build(now);
     rtc.add_local_candidate(Candidate::host(BROWSER.parse().unwrap(), "udp").unwrap());
     rtc
@@ -67,7 +73,7 @@ impl Pair {
             .unwrap()
             .to_sdp_string();
         let agreed = leg.accept_answer(now, &answer).unwrap();
-        assert_eq!(agreed.codec, CodecKind::G722);
+        assert_eq!(agreed.codec, CodecKind::Opus);
         let mid = browser
             .media(str0m::media::Mid::from(first_mid(&answer).as_str()))
             .map(|m| m.mid())
@@ -94,9 +100,13 @@ impl Pair {
         let (offer, pending) = api.apply().unwrap();
         let (leg, answer) =
             WebRtcLeg::accept(now, PBX.parse().unwrap(), &offer.to_sdp_string()).unwrap();
-        assert_eq!(answer.codec, CodecKind::G722, "wideband first");
-        assert_eq!(answer.payload_type, 9);
-        assert_eq!(answer.dtmf_payload_type, Some(126), "the browser's number");
+        assert_eq!(answer.codec, CodecKind::Opus, "Opus first");
+        assert_eq!(answer.payload_type, 111, "the browser's number");
+        assert_eq!(
+            answer.dtmf_payload_type,
+            Some(110),
+            "the browser's number, at the audio clock"
+        );
         assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
         browser
             .sdp_api()
@@ -184,29 +194,29 @@ fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
         assert!(p.now < deadline, "ICE and DTLS did not come up");
         p.step(true);
     }
-    // 20 frames each way (G.722 payloads of 160 bytes).
-    let pt9 = p
+    // 20 frames each way (Opus payloads of 80 bytes: 32 kbit/s).
+    let pt_opus = p
         .browser
         .writer(p.mid)
         .unwrap()
         .payload_params()
-        .find(|pp| pp.spec().codec == Codec::G722)
+        .find(|pp| pp.spec().codec == Codec::Opus)
         .unwrap()
         .pt();
     for n in 0..20u64 {
-        let frame = vec![n as u8; 160];
+        let frame = vec![n as u8; 80];
         p.browser
             .writer(p.mid)
             .unwrap()
             .write(
-                pt9,
+                pt_opus,
                 p.now,
-                MediaTime::new(n * 320, Frequency::SIXTEEN_KHZ),
+                MediaTime::new(n * 960, Frequency::FORTY_EIGHT_KHZ),
                 frame,
             )
             .unwrap();
         p.drain_browser();
-        p.leg.send_frame(p.now, &[0xAB; 160]);
+        p.leg.send_frame(p.now, &[0xAB; 80]);
         for _ in 0..20 {
             p.step(true);
         }
@@ -215,16 +225,16 @@ fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
         .leg_rtp
         .iter()
         .map(|b| parse_rtp(b).unwrap())
-        .filter(|(h, _)| h.payload_type == 9)
+        .filter(|(h, _)| h.payload_type == 111)
         .collect();
     assert!(audio.len() >= 19, "{} audio packets", audio.len());
-    // RTP timestamps in the 8 kHz clock of RFC 3551, 160 per 20 ms.
-    assert_eq!(audio[1].0.timestamp.wrapping_sub(audio[0].0.timestamp), 160);
-    assert_eq!(audio[3].1, &[3u8; 160][..]);
+    // RTP timestamps in Opus's 48 kHz clock (RFC 7587), 960 per 20 ms.
+    assert_eq!(audio[1].0.timestamp.wrapping_sub(audio[0].0.timestamp), 960);
+    assert_eq!(audio[3].1, &[3u8; 80][..]);
     let heard = p
         .browser_got
         .iter()
-        .filter(|d| d.params.spec().codec == Codec::G722)
+        .filter(|d| d.params.spec().codec == Codec::Opus)
         .count();
     assert!(heard >= 19, "the browser got {heard} frames");
 
@@ -239,9 +249,9 @@ fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
             duration: Duration::from_millis(100),
         })
         .write(
-            pt9,
+            pt_opus,
             p.now,
-            MediaTime::new(20 * 320, Frequency::SIXTEEN_KHZ),
+            MediaTime::new(20 * 960, Frequency::FORTY_EIGHT_KHZ),
             Vec::<u8>::new(),
         )
         .unwrap();
@@ -253,7 +263,7 @@ fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
         .leg_rtp
         .iter()
         .map(|b| parse_rtp(b).unwrap())
-        .filter(|(h, _)| h.payload_type == 126)
+        .filter(|(h, _)| h.payload_type == 110)
         .collect();
     assert!(!digits.is_empty(), "no telephone-event packet");
     assert_eq!(digits[0].1[0], 5, "event 5");
@@ -284,7 +294,7 @@ fn the_pbx_calls_a_browser_with_its_own_offer() {
         p.step(true);
     }
     for _ in 0..10 {
-        p.leg.send_frame(p.now, &[0xCD; 160]);
+        p.leg.send_frame(p.now, &[0xCD; 80]);
         for _ in 0..20 {
             p.step(true);
         }
@@ -292,7 +302,7 @@ fn the_pbx_calls_a_browser_with_its_own_offer() {
     let heard = p
         .browser_got
         .iter()
-        .filter(|d| d.params.spec().codec == Codec::G722 && d.data[0] == 0xCD)
+        .filter(|d| d.params.spec().codec == Codec::Opus && d.data[0] == 0xCD)
         .count();
     assert!(heard >= 9, "the browser got {heard} frames");
 }
@@ -302,15 +312,35 @@ fn offers_without_webrtc_or_without_a_common_codec_are_refused() {
     let now = Instant::now();
     let pbx: SocketAddr = PBX.parse().unwrap();
     assert!(WebRtcLeg::accept(now, pbx, "v=0\r\nnot sdp").is_err());
-    // An Opus-only browser: nothing in common with G.722/G.711.
-    let mut cfg = RtcConfig::new().clear_codecs().enable_opus(true, false);
-    let _ = &mut cfg;
-    let mut rtc = cfg.build(now);
-    rtc.add_local_candidate(Candidate::host(BROWSER.parse().unwrap(), "udp").unwrap());
+    // A browser offering only a codec we do not take (iLBC), written by hand since
+    // str0m cannot make one.
+    let mut rtc = browser(now);
     let mut api = rtc.sdp_api();
     api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
     let (offer, _) = api.apply().unwrap();
-    assert!(WebRtcLeg::accept(now, pbx, &offer.to_sdp_string()).is_err());
+    let sdp = offer.to_sdp_string();
+    let ilbc_only: String = sdp
+        .lines()
+        .filter(|l| {
+            !(l.starts_with("a=rtpmap:") || l.starts_with("a=fmtp:") || l.starts_with("a=rtcp-fb:"))
+        })
+        .map(|l| {
+            if l.starts_with("m=audio ") {
+                let head: Vec<&str> = l.split(' ').take(3).collect();
+                format!("{} 97", head.join(" "))
+            } else if l.starts_with("a=mid:") {
+                format!("{l}\r\na=rtpmap:97 iLBC/8000")
+            } else {
+                l.to_owned()
+            }
+        })
+        .map(|l| l + "\r\n")
+        .collect();
+    assert!(
+        ilbc_only.contains("m=audio") && !ilbc_only.contains("opus"),
+        "{ilbc_only}"
+    );
+    assert!(WebRtcLeg::accept(now, pbx, &ilbc_only).is_err());
 }
 
 #[test]
