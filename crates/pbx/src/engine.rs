@@ -40,6 +40,7 @@ mod conference;
 mod fork;
 mod invite;
 mod pstn;
+mod transfer;
 mod trunk;
 mod webrtc;
 use crate::headers::{self, uri_user};
@@ -57,7 +58,8 @@ use trunk::TrunkLink;
 pub use trunk::{RegistrationState, TrunkStatus};
 
 /// Methods we answer; also sent in `Allow`.
-const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY";
+const ALLOW: &str =
+    "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY, REFER";
 const USER_AGENT: &str = concat!("Confero/", env!("CARGO_PKG_VERSION"));
 /// Failed authentications per source address and window before we stop challenging.
 const AUTH_FAILURES_ALLOWED: u32 = 20;

@@ -9,112 +9,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
-use confero_pbx::config::{Config, Destination, IncomingNumber, Trunk, TrunkTransport};
+use confero_pbx::config::TrunkTransport;
 use confero_pbx::engine::{InvitationState, MediaCommand, RegistrationState};
 use confero_pbx::room::RoomCommand;
-use confero_sip::digest::{self, Algorithm};
+use confero_sip::digest;
 use confero_sip::message::{Message, Request};
 use confero_sip::transport::{Peer, Transport};
-use confero_sip::Name;
-
-const CARRIER: u16 = 7000;
-const TRUNK_PASSWORD: &str = "trunk-secret";
-
-fn trunk(transport: TrunkTransport, register: bool) -> Trunk {
-    Trunk {
-        id: 3,
-        name: "Carrier".into(),
-        host: "127.0.0.1".into(),
-        port: CARRIER,
-        transport,
-        username: Some("acct".into()),
-        password: Some(TRUNK_PASSWORD.into()),
-        register,
-        caller_id: Some("+3225550100".into()),
-        dial_prefix: None,
-    }
-}
-
-fn numbers(c: &mut Config) {
-    for (id, number, destination) in [
-        (
-            20,
-            "+3225550100",
-            Destination::Conference { conference_id: 7 },
-        ),
-        (
-            21,
-            "+3225550101",
-            Destination::Extension {
-                extension: "102".into(),
-            },
-        ),
-        (22, "+3225550102", Destination::HangUp),
-        (23, "+3225550103", Destination::NotConfigured),
-    ] {
-        c.incoming_numbers.push(IncomingNumber {
-            id,
-            number: number.into(),
-            destination,
-        });
-    }
-}
-
-fn with_trunk(transport: TrunkTransport, register: bool) -> Harness {
-    Harness::configured(
-        |c| {
-            c.trunks.push(trunk(transport, register));
-            numbers(c);
-        },
-        |_| {},
-    )
-}
-
-/// A response to `req` from the provider, with `extra` header lines and an optional body.
-fn reply(req: &Request, code: u16, tag: &str, extra: &str, body: &str) -> String {
-    let raw = |n: Name| req.headers.get_raw(&n).next().unwrap().to_string();
-    let ctype = if body.is_empty() {
-        String::new()
-    } else {
-        "Content-Type: application/sdp\n".to_owned()
-    };
-    // Bodies are written with CRLF; the harness turns every LF into CRLF on sending.
-    format!(
-        "SIP/2.0 {code} Whatever\nVia: {}\nFrom: {}\nTo: {};tag={tag}\nCall-ID: {}\nCSeq: {}\n{extra}{ctype}Content-Length: {}\n\n{body}",
-        raw(Name::VIA),
-        raw(Name::FROM),
-        raw(Name::TO),
-        raw(Name::CALL_ID),
-        raw(Name::CSEQ),
-        body.len()
-    )
-    .replace("\r\n", "\n")
-}
-
-fn challenge(realm: &str) -> String {
-    let nonce = "carrier-nonce-1";
-    digest::challenges(realm, nonce, false, &[Algorithm::Md5]).remove(0)
-}
-
-fn sdp(port: u16) -> String {
-    format!("v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
-}
-
-fn sdp_port(body: &[u8]) -> u16 {
-    let text = String::from_utf8_lossy(body);
-    let m = text
-        .lines()
-        .find(|l| l.starts_with("m=audio "))
-        .expect("m=audio");
-    m.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
-fn header_of(req: &Request, name: &str) -> Option<String> {
-    req.headers
-        .get_raw(&Name::from(name.to_owned()))
-        .next()
-        .map(|v| v.to_string())
-}
 
 /// REGISTERs sent to the provider, retransmissions counted once.
 fn registers(out: &[(u16, Message)]) -> Vec<Request> {
@@ -203,35 +103,6 @@ fn a_silent_provider_fails_after_the_transaction_timeout_and_is_retried_later() 
     h.out();
     h.advance(Duration::from_secs(31));
     assert_eq!(registers(&h.out()).len(), 1, "one retry");
-}
-
-/// A call from the provider for `number`, from `port`, to `ruri_user`.
-fn carrier_invite(port: u16, ruri_user: &str, to_number: &str, call_id: &str) -> String {
-    let body = sdp(40000);
-    format!(
-        "INVITE sip:{ruri_user}@127.0.0.1:5060 SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK{call_id}
-From: \"Anonymous\" <sip:anonymous@carrier.example>;tag=carrier
-To: <sip:{to_number}@127.0.0.1>
-Call-ID: {call_id}
-CSeq: 1 INVITE
-Contact: <sip:gw@127.0.0.1:{port}>
-P-Asserted-Identity: \"Jane Roe\" <sip:+3247555123@carrier.example>
-Max-Forwards: 70
-Content-Type: application/sdp
-Content-Length: {}
-
-{body}",
-        body.len()
-    )
-    .replace("\r\n", "\n")
-}
-
-fn final_status(out: &[(u16, Message)], port: u16) -> Option<u16> {
-    out.iter()
-        .filter(|(p, _)| *p == port)
-        .filter_map(|(_, m)| status(m))
-        .find(|c| *c >= 200)
 }
 
 #[test]

@@ -45,20 +45,33 @@ pub(super) struct Bridge {
     state: BridgeState,
     started_unix: u64,
     answered_unix: Option<u64>,
-    /// The caller's INVITE and, until its final response, its transaction.
-    invite: Request,
-    pub(super) invite_tx: Option<ServerTxId>,
-    caller_peer: Peer,
-    /// Our To tag toward the caller (in 180 and in the 200).
-    caller_tag: String,
-    /// Ports reserved for the two legs until they exist.
-    caller_port: Option<u16>,
+    caller_side: CallerSide,
+    /// The port reserved for the callee's leg until it exists.
     callee_port: Option<u16>,
     pub(super) forks: Vec<OutFork>,
     ringing_sent: bool,
     ring_deadline: Instant,
     ended_at: Option<Instant>,
     legs: Option<(LegId, LegId)>,
+}
+
+/// Where the caller of a bridge stands while the callee rings.
+#[derive(Debug)]
+enum CallerSide {
+    /// Their INVITE waits for the callee's answer.
+    Invite {
+        invite: Box<Request>,
+        /// Until its final response.
+        tx: Option<ServerTxId>,
+        peer: Peer,
+        /// Our To tag toward the caller (in 180 and in the 200).
+        tag: String,
+        /// Reserved for the caller's leg until it exists.
+        port: Option<u16>,
+    },
+    /// Already on one of our legs, handed over by a blind transfer: hears hold music
+    /// until the callee answers, is hung up on if nobody does.
+    Transferee { leg: LegId },
 }
 
 /// The media engine's room number for a bridge: negative, so it never meets a
@@ -104,11 +117,13 @@ impl Engine {
             state: BridgeState::Ringing,
             started_unix: self.unix(now),
             answered_unix: None,
-            invite: req,
-            invite_tx: Some(tx),
-            caller_peer: from,
-            caller_tag: confero_sip::message::random_tag(),
-            caller_port: Some(a),
+            caller_side: CallerSide::Invite {
+                invite: Box::new(req),
+                tx: Some(tx),
+                peer: from,
+                tag: confero_sip::message::random_tag(),
+                port: Some(a),
+            },
             callee_port: Some(b),
             forks: Vec::new(),
             ringing_sent: false,
@@ -118,6 +133,68 @@ impl Engine {
         };
         self.bridges.insert(id, bridge);
         Some((id, b))
+    }
+
+    /// A bridge for a blind transfer: `transferee` is already on one of our legs, so only
+    /// the callee's port is reserved. Returns the bridge and that port (None when no port
+    /// is free). The transferee's leg belongs to the new bridge from now on, so that its
+    /// hanging up cancels the ringing.
+    pub(super) fn open_transfer_bridge(
+        &mut self,
+        now: Instant,
+        transferee: LegId,
+        caller: Party,
+        callee: Party,
+    ) -> Option<(u64, u16)> {
+        let Some(port) = self.ports.allocate() else {
+            tracing::warn!("RTP port range exhausted; a transfer fails");
+            return None;
+        };
+        let id = self.next_call_id;
+        self.next_call_id += 1;
+        let bridge = Bridge {
+            caller,
+            callee,
+            state: BridgeState::Ringing,
+            started_unix: self.unix(now),
+            answered_unix: None,
+            caller_side: CallerSide::Transferee { leg: transferee },
+            callee_port: Some(port),
+            forks: Vec::new(),
+            ringing_sent: false,
+            ring_deadline: now + self.settings.ring_timeout,
+            ended_at: None,
+            legs: None,
+        };
+        self.bridges.insert(id, bridge);
+        if let Some(c) = self.conf_legs.get_mut(&transferee) {
+            c.bridge = Some(id);
+        }
+        Some((id, port))
+    }
+
+    /// The other leg of an answered bridge.
+    pub(super) fn bridge_other_leg(&self, id: u64, leg: LegId) -> Option<LegId> {
+        let bridge = self.bridges.get(&id)?;
+        match (bridge.state, bridge.legs) {
+            (BridgeState::Answered, Some((a, b))) if a == leg => Some(b),
+            (BridgeState::Answered, Some((a, b))) if b == leg => Some(a),
+            _ => None,
+        }
+    }
+
+    /// An answered bridge ends without hanging up its legs (they are being transferred).
+    pub(super) fn bridge_dissolved(&mut self, now: Instant, id: u64) {
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        bridge.legs = None;
+        if bridge.state != BridgeState::Ended {
+            bridge.state = BridgeState::Ended;
+            bridge.ended_at = Some(now);
+            self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
+            self.events.push_back(EngineEvent::CallsChanged);
+        }
     }
 
     /// Sends one INVITE toward the callee of a bridge.
@@ -162,19 +239,27 @@ impl Engine {
         }
         bridge.state = BridgeState::Ended;
         bridge.ended_at = Some(now);
-        if let Some(tx) = bridge.invite_tx.take() {
-            let mut resp = response_for(
-                &bridge.invite,
-                StatusCode::from(code),
-                Some(&bridge.caller_tag),
-            );
-            resp.reason = Some(reason.to_owned());
-            let _ = self.tx.send_response(now, tx, resp);
+        let mut transferee = None;
+        match &mut bridge.caller_side {
+            CallerSide::Invite {
+                invite,
+                tx,
+                tag,
+                port,
+                ..
+            } => {
+                if let Some(tx) = tx.take() {
+                    let mut resp = response_for(invite, StatusCode::from(code), Some(tag));
+                    resp.reason = Some(reason.to_owned());
+                    let _ = self.tx.send_response(now, tx, resp);
+                }
+                if let Some(port) = port.take() {
+                    self.ports.release(port);
+                }
+            }
+            CallerSide::Transferee { leg } => transferee = Some(*leg),
         }
-        for port in [bridge.caller_port.take(), bridge.callee_port.take()]
-            .into_iter()
-            .flatten()
-        {
+        if let Some(port) = bridge.callee_port.take() {
             self.ports.release(port);
         }
         for (cancel, peer) in fork::cancels(&mut bridge.forks, None) {
@@ -183,6 +268,10 @@ impl Engine {
         }
         self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
         self.events.push_back(EngineEvent::CallsChanged);
+        if let Some(leg) = transferee {
+            tracing::info!(leg, code, reason, "transfer target not reached");
+            self.end_conf_leg(now, leg, true);
+        }
     }
 
     pub(super) fn on_bridge_response(&mut self, now: Instant, id: u64, i: usize, resp: Response) {
@@ -217,14 +306,16 @@ impl Engine {
             return;
         }
         bridge.ringing_sent = true;
-        if let Some(tx) = bridge.invite_tx {
-            let mut ringing = response_for(
-                &bridge.invite,
-                StatusCode::from(180),
-                Some(&bridge.caller_tag),
-            );
+        if let CallerSide::Invite {
+            invite,
+            tx: Some(tx),
+            tag,
+            ..
+        } = &bridge.caller_side
+        {
+            let mut ringing = response_for(invite, StatusCode::from(180), Some(tag));
             ringing.reason = Some("Ringing".into());
-            let _ = self.tx.send_response(now, tx, ringing);
+            let _ = self.tx.send_response(now, *tx, ringing);
         }
     }
 
@@ -299,24 +390,33 @@ impl Engine {
         c.bridge = Some(id);
         self.conf_legs.insert(callee_leg, c);
 
-        // Now the caller: our 200 OK with the SDP answer on the caller's port.
+        // Now the caller: our 200 OK with the SDP answer on the caller's port, or a
+        // transferee joined at once.
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
-        let invite = bridge.invite.clone();
-        let caller_peer = bridge.caller_peer;
         let caller_party = bridge.caller.clone();
-        let caller_port = bridge.caller_port.take();
-        let caller_tag = bridge.caller_tag.clone();
-        let Some(tx) = bridge.invite_tx.take() else {
+        let (invite, tx, caller_peer, caller_tag, caller_port) = match &mut bridge.caller_side {
+            CallerSide::Invite {
+                invite,
+                tx,
+                peer,
+                tag,
+                port,
+            } => ((**invite).clone(), tx.take(), *peer, tag.clone(), port.take()),
+            CallerSide::Transferee { leg } => {
+                let transferee = *leg;
+                if !self.conf_legs.contains_key(&transferee) {
+                    return self.end_conf_leg(now, callee_leg, true);
+                }
+                self.answered_now(now, id, i, joined);
+                return self.bridge_connected(now, id, transferee, callee_leg);
+            }
+        };
+        let Some(tx) = tx else {
             return self.end_conf_leg(now, callee_leg, true);
         };
-        bridge.state = BridgeState::Answered;
-        bridge.answered_unix = Some(joined);
-        for (cancel, peer) in fork::cancels(&mut bridge.forks, Some(i)) {
-            let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
-        }
+        self.answered_now(now, id, i, joined);
         let then = AfterAnswer::BridgeCaller {
             bridge: id,
             callee: callee_leg,
@@ -331,6 +431,19 @@ impl Engine {
             Some(caller_tag),
             then,
         );
+    }
+
+    /// Fork `i` won: the bridge is answered, the other forks are cancelled.
+    fn answered_now(&mut self, now: Instant, id: u64, i: usize, joined: u64) {
+        let Some(bridge) = self.bridges.get_mut(&id) else {
+            return;
+        };
+        bridge.state = BridgeState::Answered;
+        bridge.answered_unix = Some(joined);
+        for (cancel, peer) in fork::cancels(&mut bridge.forks, Some(i)) {
+            let tx = self.tx.send_request(now, cancel, peer);
+            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+        }
     }
 
     /// Both halves are answered: they hear each other through a private mix.
@@ -368,6 +481,10 @@ impl Engine {
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
+        if bridge.state == BridgeState::Ringing {
+            // A transferee hung up while the target rang.
+            return self.fail_bridge(now, id, 487, "Request Terminated");
+        }
         let other = bridge.legs.map(|(a, b)| if a == leg { b } else { a });
         if bridge.state != BridgeState::Ended {
             bridge.state = BridgeState::Ended;
@@ -403,7 +520,9 @@ impl Engine {
     pub(super) fn bridge_of_invite(&self, invite_tx: ServerTxId) -> Option<u64> {
         self.bridges
             .iter()
-            .find(|(_, b)| b.invite_tx == Some(invite_tx))
+            .find(|(_, b)| {
+                matches!(b.caller_side, CallerSide::Invite { tx: Some(tx), .. } if tx == invite_tx)
+            })
             .map(|(id, _)| *id)
     }
 

@@ -534,6 +534,9 @@ impl Engine {
         if req.method == Method::UPDATE && req.body.is_empty() {
             return self.send_response(now, tx, ok(&req));
         }
+        if req.method == Method::REFER {
+            return self.conf_refer(now, tx, req, id);
+        }
         self.respond(now, tx, &req, 501, "Not Implemented")
     }
 
