@@ -47,7 +47,8 @@ pub(crate) struct ServeArgs {
     /// Console, REST API and SIP over WebSocket at /ws [default: 0.0.0.0:8080].
     #[arg(long, env = "CONFERO_HTTP_LISTEN")]
     pub(crate) http_listen: Option<SocketAddr>,
-    /// The same over TLS; needs --tls-cert and --tls-key.
+    /// The same over TLS (wss://…/ws for browsers); with --tls-cert and --tls-key, or,
+    /// without them, a self-signed certificate made once in the data directory (for trials).
     #[arg(long, env = "CONFERO_HTTPS_LISTEN")]
     pub(crate) https_listen: Option<SocketAddr>,
     /// PEM certificate chain for --https-listen.
@@ -94,7 +95,9 @@ pub(crate) enum SettingsError {
     },
     #[error("rtp-ports: {0}")]
     RtpPorts(String),
-    #[error("https-listen needs both tls-cert and tls-key")]
+    #[error(
+        "tls-cert and tls-key go together: give both, or neither for a self-signed certificate"
+    )]
     TlsIncomplete,
     #[error("digest: unknown algorithm {0:?} (md5, sha-256)")]
     Digest(String),
@@ -121,6 +124,8 @@ pub(crate) struct HttpsSettings {
     pub(crate) listen: SocketAddr,
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
+    /// `cert` and `key` are ours to make (once) when missing.
+    pub(crate) self_signed: bool,
 }
 
 impl ServeArgs {
@@ -153,9 +158,24 @@ impl ServeArgs {
             }
             None => self,
         };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("./confero-data"));
         let https = match (args.https_listen, args.tls_cert, args.tls_key) {
             (None, _, _) => None,
-            (Some(listen), Some(cert), Some(key)) => Some(HttpsSettings { listen, cert, key }),
+            (Some(listen), Some(cert), Some(key)) => Some(HttpsSettings {
+                listen,
+                cert,
+                key,
+                self_signed: false,
+            }),
+            (Some(listen), None, None) => Some(HttpsSettings {
+                listen,
+                cert: data_dir.join("tls").join("self-signed-cert.pem"),
+                key: data_dir.join("tls").join("self-signed-key.pem"),
+                self_signed: true,
+            }),
             (Some(_), _, _) => return Err(SettingsError::TlsIncomplete),
         };
         let digest = args
@@ -172,9 +192,7 @@ impl ServeArgs {
             digest,
             trunk_ca: args.trunk_ca.clone(),
             rtp_timeout: std::time::Duration::from_secs(args.rtp_timeout.unwrap_or(60).max(1)),
-            data_dir: args
-                .data_dir
-                .unwrap_or_else(|| PathBuf::from("./confero-data")),
+            data_dir,
             database_url: args.database_url,
             sip_listen: args
                 .sip_listen
@@ -276,14 +294,23 @@ mod tests {
         for bad in ["", "5-", "20000-10000", "0-10", "a-b"] {
             assert!(parse_port_range(bad).is_err(), "{bad}");
         }
-        let https_only = ServeArgs {
+        let half = ServeArgs {
             https_listen: Some("127.0.0.1:8443".parse().unwrap()),
+            tls_cert: Some("/etc/ssl/pbx.pem".into()),
             ..Default::default()
         };
-        assert!(matches!(
-            https_only.resolve(),
-            Err(SettingsError::TlsIncomplete)
-        ));
+        assert!(matches!(half.resolve(), Err(SettingsError::TlsIncomplete)));
+        let trial = ServeArgs {
+            https_listen: Some("127.0.0.1:8443".parse().unwrap()),
+            data_dir: Some("/var/lib/confero".into()),
+            ..Default::default()
+        };
+        let https = trial.resolve().unwrap().https.unwrap();
+        assert!(https.self_signed);
+        assert_eq!(
+            https.cert,
+            PathBuf::from("/var/lib/confero/tls/self-signed-cert.pem")
+        );
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod throttle;
 mod ws;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
@@ -252,7 +253,17 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_shutdown(closing_rx)
         .with_websocket(conns));
     let https = match &settings.https {
-        Some(https) => Some(start_https(https, router.clone()).await?),
+        Some(https) => {
+            if https.self_signed {
+                let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+                names.push(advertised.ip().to_string());
+                names.extend(settings.domains.iter().cloned());
+                names.sort();
+                names.dedup();
+                ensure_self_signed(https, names)?;
+            }
+            Some(start_https(https, router.clone()).await?)
+        }
         None => None,
     };
     let https_text = https
@@ -313,6 +324,44 @@ fn trunk_tls(extra_ca: Option<&std::path::Path>) -> anyhow::Result<tokio_rustls:
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// Makes the trial certificate once (kept, so a browser's exception for it holds across
+/// restarts), for the names browsers may use to reach this server.
+fn ensure_self_signed(https: &cli::HttpsSettings, names: Vec<String>) -> anyhow::Result<()> {
+    if https.cert.exists() && https.key.exists() {
+        return Ok(());
+    }
+    let made = rcgen::generate_simple_self_signed(names.clone())
+        .context("cannot make a self-signed certificate")?;
+    let dir = https.cert.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    write_private(&https.key, made.signing_key.serialize_pem().as_bytes())?;
+    write_private(&https.cert, made.cert.pem().as_bytes())?;
+    tracing::warn!(
+        cert = %https.cert.display(),
+        ?names,
+        "HTTPS uses a self-signed certificate made for trials: browsers must accept it once \
+         (open the console over https:// first); give --tls-cert and --tls-key in production"
+    );
+    Ok(())
+}
+
+/// Writes a file whole or not at all (temporary file, then rename), readable by us only.
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("tmp");
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut f = options
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
 }
 
 /// Serves the same router over TLS with the operator's PEM certificate and key.

@@ -33,7 +33,10 @@ fn config_file_and_environment_are_honoured() {
 fn bad_settings_are_refused_with_a_clear_message() {
     for (args, needle) in [
         (vec!["--rtp-ports", "9-3"], "rtp-ports"),
-        (vec!["--https-listen", "127.0.0.1:0"], "tls-cert"),
+        (
+            vec!["--https-listen", "127.0.0.1:0", "--tls-key", "/nonexistent"],
+            "tls-cert",
+        ),
         (vec!["--sip-listen", "not-an-address"], "sip-listen"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_confero"))
@@ -93,12 +96,52 @@ fn https_serves_the_same_api_over_tls() {
         &[],
     );
     let https = pbx.https.expect("https address in the ready line");
+    let text = https_get(https, "/healthz").expect("openssl runs");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+#[test]
+fn https_without_a_certificate_makes_a_self_signed_one_once_and_keeps_it() {
+    let args = [
+        "--sip-listen",
+        "127.0.0.1:0",
+        "--http-listen",
+        "127.0.0.1:0",
+        "--https-listen",
+        "127.0.0.1:0",
+    ];
+    let pbx = Pbx::start_with(tempfile::tempdir().unwrap(), &args, &[]);
+    let https = pbx.https.expect("https address in the ready line");
+    let got = https_get(https, "/healthz").expect("openssl runs");
+    assert!(got.starts_with("HTTP/1.1 200"), "{got}");
+    let dir = pbx.stop();
+    let cert = dir.path().join("tls").join("self-signed-cert.pem");
+    let key = dir.path().join("tls").join("self-signed-key.pem");
+    let pem = std::fs::read_to_string(&cert).unwrap();
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"), "{pem}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key is private: {mode:o}");
+    }
+    // A restart keeps it: browsers that accepted it once keep working.
+    let pbx = Pbx::start_with(dir, &args, &[]);
+    assert_eq!(
+        std::fs::read_to_string(pbx.data_dir.path().join("tls").join("self-signed-cert.pem"))
+            .unwrap(),
+        pem
+    );
+}
+
+/// GET over TLS with `openssl s_client` (certificate not verified); None without openssl.
+fn https_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
     let mut client = Command::new("openssl")
         .args([
             "s_client",
             "-quiet",
             "-connect",
-            &https.to_string(),
+            &addr.to_string(),
             "-servername",
             "localhost",
         ])
@@ -106,16 +149,18 @@ fn https_serves_the_same_api_over_tls() {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .unwrap();
+        .ok()?;
     client
         .stdin
         .take()
         .unwrap()
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .unwrap();
     let out = client.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 #[test]
