@@ -249,10 +249,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let engine_task = tokio::spawn(shell.run());
 
     let (closing_tx, closing_rx) = watch::channel(false);
-    let router = app(api::ApiState::new(store, live, production_tx)
-        .with_shutdown(closing_rx)
-        .with_websocket(conns));
-    let https = match &settings.https {
+    let https_listener = match &settings.https {
         Some(https) => {
             if https.self_signed {
                 let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
@@ -262,8 +259,28 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
                 names.dedup();
                 ensure_self_signed(https, names)?;
             }
-            Some(start_https(https, router.clone()).await?)
+            let listener = std::net::TcpListener::bind(https.listen)
+                .with_context(|| format!("cannot bind HTTPS on {}", https.listen))?;
+            Some((https, listener))
         }
+        None => None,
+    };
+    let endpoints = console::Endpoints {
+        http: http_bound,
+        https: match &https_listener {
+            Some((_, l)) => Some(l.local_addr()?),
+            None => None,
+        },
+        self_signed: settings.https.as_ref().is_some_and(|h| h.self_signed),
+        advertised: advertised.ip(),
+        domains: settings.domains.clone(),
+    };
+    let router = app(api::ApiState::new(store, live, production_tx)
+        .with_shutdown(closing_rx)
+        .with_websocket(conns)
+        .with_endpoints(endpoints));
+    let https = match https_listener {
+        Some((https, listener)) => Some(start_https(https, listener, router.clone()).await?),
         None => None,
     };
     let https_text = https
@@ -367,6 +384,7 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 /// Serves the same router over TLS with the operator's PEM certificate and key.
 async fn start_https(
     https: &cli::HttpsSettings,
+    listener: std::net::TcpListener,
     router: axum::Router,
 ) -> anyhow::Result<(SocketAddr, axum_server::Handle)> {
     // ring is the provider compiled in; installing fails only if one is already set.
@@ -380,8 +398,6 @@ async fn start_https(
                 https.key.display()
             )
         })?;
-    let listener = std::net::TcpListener::bind(https.listen)
-        .with_context(|| format!("cannot bind HTTPS on {}", https.listen))?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let handle = axum_server::Handle::new();

@@ -113,6 +113,8 @@ pub struct ApiState {
     pub(crate) closing: watch::Receiver<bool>,
     /// Where SIP-over-WebSocket connections go (absent in tests without a SIP engine).
     pub(crate) websocket: Option<crate::sip_shell::ConnTable>,
+    /// The addresses this server listens on, for the "Connect Odoo" page.
+    pub(crate) endpoints: Option<Arc<crate::console::Endpoints>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -134,7 +136,14 @@ impl ApiState {
             throttle: Arc::default(),
             closing: watch::channel(false).1,
             websocket: None,
+            endpoints: None,
         }
+    }
+
+    /// Tells the console where browsers can reach this server.
+    pub(crate) fn with_endpoints(mut self, endpoints: crate::console::Endpoints) -> Self {
+        self.endpoints = Some(Arc::new(endpoints));
+        self
     }
 
     /// Accepts SIP over WebSocket on `/ws`, feeding `conns`.

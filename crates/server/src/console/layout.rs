@@ -13,6 +13,7 @@ pub(crate) enum Section {
     IncomingNumbers,
     Users,
     Trunks,
+    ConnectOdoo,
     Changes,
     Settings,
 }
@@ -26,6 +27,7 @@ const MENU: &[(Section, &str, &str)] = &[
     ),
     (Section::Users, "/users", "Users"),
     (Section::Trunks, "/trunks", "Trunks"),
+    (Section::ConnectOdoo, "/connect-odoo", "Connect Odoo"),
     (Section::Settings, "/settings", "Settings"),
 ];
 
@@ -36,6 +38,7 @@ fn icon(section: Section) -> Markup {
         Section::IncomingNumbers => "M6.6 10.8a15.1 15.1 0 0 0 6.6 6.6l2.2-2.2a1 1 0 0 1 1-.25 11.4 11.4 0 0 0 3.6.57 1 1 0 0 1 1 1V20a1 1 0 0 1-1 1A17 17 0 0 1 3 4a1 1 0 0 1 1-1h3.5a1 1 0 0 1 1 1c0 1.25.2 2.45.57 3.57a1 1 0 0 1-.25 1Z",
         Section::Users => "M12 12a5 5 0 1 0-5-5 5 5 0 0 0 5 5Zm0 2c-3.3 0-10 1.7-10 5v3h20v-3c0-3.3-6.7-5-10-5Z",
         Section::Trunks => "M4 5h16v4H4Zm0 10h16v4H4Zm3-8.5h2V8H7Zm0 10h2V18H7ZM11 9v6h2V9Z",
+        Section::ConnectOdoo => "M10.6 13.4a1 1 0 0 1 0-1.4l3.5-3.5a3 3 0 0 1 4.2 4.2l-2 2-1.4-1.4 2-2a1 1 0 0 0-1.4-1.4L12 13.4a1 1 0 0 1-1.4 0ZM7.8 11.6l1.4 1.4-2 2a1 1 0 0 0 1.4 1.4l3.5-3.5 1.4 1.4-3.5 3.5a3 3 0 0 1-4.2-4.2Z",
         Section::Changes => "M5 4h14v2H5Zm0 7h14v2H5Zm0 7h9v2H5Z",
         Section::Settings => "M19.4 13a7.5 7.5 0 0 0 0-2l2.1-1.6-2-3.5-2.5 1a7.6 7.6 0 0 0-1.7-1L15 3h-4l-.4 2.9a7.6 7.6 0 0 0-1.7 1l-2.5-1-2 3.5L6.6 11a7.5 7.5 0 0 0 0 2l-2.1 1.6 2 3.5 2.5-1a7.6 7.6 0 0 0 1.7 1L11 21h4l.4-2.9a7.6 7.6 0 0 0 1.7-1l2.5 1 2-3.5ZM13 15.5A3.5 3.5 0 1 1 16.5 12 3.5 3.5 0 0 1 13 15.5Z",
     };

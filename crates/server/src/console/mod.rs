@@ -16,6 +16,7 @@ mod conferences;
 mod layout;
 pub(crate) mod login;
 mod numbers;
+mod odoo;
 pub(crate) mod session;
 mod settings;
 mod trunks;
@@ -31,6 +32,7 @@ use maud::html;
 
 use crate::api::{ApiState, MAX_BODY_BYTES};
 use layout::document;
+pub(crate) use odoo::Endpoints;
 
 /// The console's routes, to merge beside the API's.
 pub(crate) fn router(state: ApiState) -> Router {
@@ -88,6 +90,7 @@ pub(crate) fn router(state: ApiState) -> Router {
             get(trunks::edit_form).post(trunks::update),
         )
         .route("/trunks/{id}/delete", post(trunks::delete))
+        .route("/connect-odoo", get(odoo::show))
         .route("/changes", get(changes::list))
         .route("/changes/apply", post(changes::apply))
         .route("/changes/discard", post(changes::discard))

@@ -25,6 +25,8 @@ impl LiveView for FakeLive {
         vec![
             json!({"user": "alice", "contact": "sip:alice@192.0.2.1", "transport": "udp",
                     "source": "192.0.2.1:5060", "user_agent": "Yealink T46U"}),
+            json!({"user": "bob", "contact": "sip:x8k2@192.0.2.7;transport=ws", "transport": "WSS",
+                    "source": "192.0.2.7:50312", "user_agent": "Odoo VoIP"}),
         ]
     }
     fn calls(&self) -> Vec<Value> {
@@ -83,7 +85,15 @@ async fn console() -> Console {
         .await
         .expect("admin");
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let router = crate::app(ApiState::new(store.clone(), Arc::new(FakeLive), tx));
+    let endpoints = super::Endpoints {
+        http: "0.0.0.0:8080".parse().unwrap(),
+        https: None,
+        self_signed: false,
+        advertised: "192.0.2.1".parse().unwrap(),
+        domains: Vec::new(),
+    };
+    let router =
+        crate::app(ApiState::new(store.clone(), Arc::new(FakeLive), tx).with_endpoints(endpoints));
     Console {
         router,
         store,
@@ -745,5 +755,59 @@ async fn settings_manage_accounts_and_tokens() {
     assert_eq!(
         c.get("/conferences", Some(&cookie)).await.status,
         StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn connect_odoo_lists_the_values_for_odoo_and_who_is_connected() {
+    let c = console().await;
+    let cookie = c.sign_in().await;
+    let csrf = c.csrf(&cookie).await;
+    for (name, ext, username) in [("Alice", "101", "alice"), ("Bob", "102", "bob")] {
+        let made = c
+            .post(
+                "/users/new",
+                Some(&cookie),
+                &[
+                    ("_csrf", &csrf),
+                    ("name", name),
+                    ("extension", ext),
+                    ("sip_username", username),
+                ],
+            )
+            .await;
+        assert!(
+            made.status.is_success() || made.status.is_redirection(),
+            "{}",
+            made.text
+        );
+    }
+    // Not applied yet: Odoo could not use them, and the page says so.
+    let page = c.get("/connect-odoo", Some(&cookie)).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page.text.contains("No users in production yet"));
+    c.post("/changes/apply", Some(&cookie), &[("_csrf", &csrf)])
+        .await;
+
+    let page = c.get("/connect-odoo", Some(&cookie)).await;
+    let t = &page.text;
+    assert!(
+        t.contains("data-testid=\"odoo-domain\">pbx.test<"),
+        "the name the console was reached by"
+    );
+    assert!(t.contains("data-testid=\"odoo-websocket\">ws://pbx.test:8080/ws<"));
+    assert!(
+        t.contains("data-testid=\"odoo-no-tls\""),
+        "without HTTPS, Odoo over https:// cannot connect"
+    );
+    assert!(t.contains("data-user=\"alice\""));
+    // Bob has a browser registered over wss://; Alice only a desk phone.
+    let bob = &t[t.find("data-user=\"bob\"").unwrap()..];
+    assert!(bob[..bob.find("</tr>").unwrap()].contains("odoo-connected"));
+    let alice = &t[t.find("data-user=\"alice\"").unwrap()..];
+    assert!(!alice[..alice.find("</tr>").unwrap()].contains("odoo-connected"));
+    assert!(
+        t.contains("aria-current=\"page\""),
+        "the menu shows where we are"
     );
 }

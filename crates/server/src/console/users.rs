@@ -116,7 +116,7 @@ fn secret_card(user: &User, what: &str) -> Markup {
     html! {
         div.card.secret role="status" data-testid="flash" {
             h2 { (what) }
-            p { "Set up " strong { (user.name) } "’s phone with these credentials. The password is shown this once; it takes effect after " strong { "Apply changes" } "." }
+            p { "Set up " strong { (user.name) } "’s phone with these credentials (in Odoo: " em { "VoIP username" } " and " em { "VoIP secret" } ", see " a href="/connect-odoo" { "Connect Odoo" } "). The password is shown this once; it takes effect after " strong { "Apply changes" } "." }
             dl.facts {
                 div { dt { "Extension" } dd.mono { (user.extension) } }
                 div { dt { "SIP username" } dd.mono { (user.sip_username) } }
