@@ -57,7 +57,12 @@ fn audio(rate: u32, frames: usize) -> Vec<Vec<i16>> {
 }
 
 fn codecs() {
-    for kind in [CodecKind::Pcmu, CodecKind::Pcma, CodecKind::G722] {
+    for kind in [
+        CodecKind::Pcmu,
+        CodecKind::Pcma,
+        CodecKind::G722,
+        CodecKind::Opus,
+    ] {
         let frames = audio(kind.sample_rate(), 16);
         let mut enc = Encoder::new(kind);
         let mut out = Vec::with_capacity(400);

@@ -58,6 +58,8 @@ const TIMELINE_JUMP_MS: u32 = 2000;
 pub enum Pulled<'a> {
     /// The payload to decode for this tick.
     Frame(&'a [u8]),
+    /// A frame its sender marked as silence (RFC 6464 audio level): not worth decoding.
+    Quiet,
     /// Audio is flowing but this frame is missing (or the buffer is growing): conceal.
     Lost,
     /// Nothing to play: not started, still filling to the target, or the stream is idle.
@@ -87,6 +89,8 @@ pub struct JitterStats {
     pub stretched: u64,
     /// Restarts (SSRC change, timestamp jump).
     pub resets: u64,
+    /// Frames played as silence without decoding, on the sender's word (RFC 6464).
+    pub quiet: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -94,6 +98,7 @@ struct Slot {
     /// Frame number stored, if any.
     frame: Option<i64>,
     data: Vec<u8>,
+    quiet: bool,
 }
 
 /// Adaptive jitter buffer keyed by RTP timestamp; see the module documentation.
@@ -141,7 +146,8 @@ impl JitterBuffer {
             slots: vec![
                 Slot {
                     frame: None,
-                    data: Vec::new()
+                    data: Vec::new(),
+                    quiet: false,
                 };
                 CAPACITY
             ],
@@ -212,6 +218,12 @@ impl JitterBuffer {
     /// Buffers one packet that arrived at `now`. Drops duplicates, packets too late to play
     /// and packets too far ahead; restarts on a new SSRC or a timestamp jump.
     pub fn insert(&mut self, now: Instant, h: &RtpHeader, payload: &[u8]) {
+        self.insert_hinted(now, h, payload, false);
+    }
+
+    /// As [`insert`](Self::insert), for a packet the sender marked as silence: it keeps
+    /// its place in the timeline but is played as [`Pulled::Quiet`].
+    pub fn insert_hinted(&mut self, now: Instant, h: &RtpHeader, payload: &[u8], quiet: bool) {
         if self.ssrc.is_some_and(|s| s != h.ssrc) {
             self.restart();
         }
@@ -247,10 +259,10 @@ impl JitterBuffer {
         match split {
             Some(b) => {
                 for (k, chunk) in payload.chunks_exact(b).enumerate() {
-                    self.store(frame + k as i64, h.marker && k == 0, chunk);
+                    self.store(frame + k as i64, h.marker && k == 0, chunk, quiet);
                 }
             }
-            None => self.store(frame, h.marker, payload),
+            None => self.store(frame, h.marker, payload, quiet),
         }
     }
 
@@ -276,7 +288,7 @@ impl JitterBuffer {
         self.target = self.target_f.round() as i64;
     }
 
-    fn store(&mut self, frame: i64, marker: bool, payload: &[u8]) {
+    fn store(&mut self, frame: i64, marker: bool, payload: &[u8], quiet: bool) {
         match self.cursor {
             Some(cursor) if frame < cursor => {
                 self.stats.late += 1;
@@ -326,8 +338,11 @@ impl JitterBuffer {
             return;
         }
         slot.frame = Some(frame);
+        slot.quiet = quiet;
         slot.data.clear();
-        slot.data.extend_from_slice(payload);
+        if !quiet {
+            slot.data.extend_from_slice(payload);
+        }
     }
 
     /// Current delay in ticks of frame `frame`: how far it lies behind the freshest frame a
@@ -415,6 +430,10 @@ impl JitterBuffer {
         if self.slots[idx].frame == Some(cursor) {
             self.slots[idx].frame = None;
             self.stats.played += 1;
+            if self.slots[idx].quiet {
+                self.stats.quiet += 1;
+                return Pulled::Quiet;
+            }
             Pulled::Frame(&self.slots[idx].data)
         } else {
             self.stats.lost += 1;
@@ -463,6 +482,7 @@ mod tests {
         match jb.pop(now) {
             Pulled::Frame(p) => p.first().map_or("?".into(), |b| b.to_string()),
             Pulled::Lost => "L".into(),
+            Pulled::Quiet => "Q".into(),
             Pulled::Empty => "E".into(),
         }
     }
@@ -742,7 +762,7 @@ mod tests {
                     played.push(u32::from_be_bytes(p.try_into().unwrap()));
                 }
                 Pulled::Lost => lost_ticks += 1,
-                Pulled::Empty => {}
+                Pulled::Quiet | Pulled::Empty => {}
             }
             if tick == 1200 {
                 max_target = jb.stats().target_delay_ms;

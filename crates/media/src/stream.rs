@@ -108,6 +108,8 @@ pub struct MediaStream {
 
     jitter: JitterBuffer,
     decoder: Decoder,
+    /// The last frame was skipped as quiet: the decoder's state is stale.
+    after_quiet: bool,
     frame: Vec<i16>,
     events: EventReceiver,
     last_event_at: Option<Instant>,
@@ -149,6 +151,7 @@ impl MediaStream {
             last_rtp_at: None,
             jitter,
             decoder: Decoder::new(kind),
+            after_quiet: false,
             frame: Vec::with_capacity(kind.samples_per_frame()),
             events: EventReceiver::new(),
             last_event_at: None,
@@ -230,6 +233,19 @@ impl MediaStream {
     /// RTCP is accepted from the source's IP address on any port, since without rtcp-mux it
     /// comes from the RTP port + 1.
     pub fn handle_packet(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
+        self.handle_packet_hinted(now, data, from, false);
+    }
+
+    /// As [`handle_packet`](Self::handle_packet), for an audio packet its sender marked as
+    /// silence (the RFC 6464 level browsers send): it is counted and timed as any other,
+    /// but never decoded, and the mixer does not hear it.
+    pub fn handle_packet_hinted(
+        &mut self,
+        now: Instant,
+        data: &[u8],
+        from: SocketAddr,
+        quiet: bool,
+    ) {
         if is_rtcp(data) {
             self.handle_rtcp(now, data, from);
             return;
@@ -276,7 +292,7 @@ impl MediaStream {
                 self.push_digit(d);
             }
         } else {
-            self.jitter.insert(now, &h, payload);
+            self.jitter.insert_hinted(now, &h, payload, quiet);
         }
     }
 
@@ -363,8 +379,20 @@ impl MediaStream {
         let n = self.cfg.codec.samples_per_frame();
         self.frame.clear();
         match self.jitter.pop(now) {
-            Pulled::Frame(payload) => self.decoder.decode(payload, &mut self.frame),
+            Pulled::Frame(payload) => {
+                if std::mem::take(&mut self.after_quiet) {
+                    // A talkspurt after skipped frames starts from a clean decoder rather
+                    // than one that still expects the frames it never saw.
+                    self.decoder.reset();
+                }
+                self.decoder.decode(payload, &mut self.frame);
+            }
+            Pulled::Lost if self.after_quiet => return None,
             Pulled::Lost => self.decoder.conceal(&mut self.frame),
+            Pulled::Quiet => {
+                self.after_quiet = true;
+                return None;
+            }
             Pulled::Empty => return None,
         }
         // A peer's odd packet size must not change the frame size the mixer sees.
@@ -621,6 +649,32 @@ mod tests {
         s.handle_packet(at(t0, 2100), &new_phone.audio(), addr(NAT));
         assert_eq!(s.stats().packets_received, 51);
         assert_eq!(s.idle_for(at(t0, 2150)), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn frames_the_sender_called_quiet_are_not_decoded_nor_mixed() {
+        let t0 = Instant::now();
+        let mut s = MediaStream::new(config(1), t0);
+        let mut phone = Phone::new(0xaaaa);
+        let mut heard = String::new();
+        // 20 loud frames, 20 the browser marked as silence, 20 loud again.
+        for i in 0..60u64 {
+            let quiet = (20..40).contains(&i);
+            s.handle_packet_hinted(at(t0, i * 20), &phone.audio(), addr(PHONE), quiet);
+            heard.push(match s.pull_frame(at(t0, i * 20 + 10)) {
+                Some(_) => 'f',
+                None => '.',
+            });
+        }
+        let st = s.stats();
+        assert_eq!(
+            st.packets_received, 60,
+            "quiet packets still count as received"
+        );
+        assert_eq!(st.jitter_buffer.quiet, 20, "{heard}");
+        // Played in order after the start delay: the 20 quiet frames produce nothing.
+        assert!(heard.contains(&".".repeat(20)), "{heard}");
+        assert!(heard.ends_with("fff"), "audio comes back: {heard}");
     }
 
     #[test]

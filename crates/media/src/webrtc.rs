@@ -69,8 +69,9 @@ pub struct Answer {
 pub enum WebRtcOutput {
     /// A datagram to send from the leg's port.
     Transmit { to: SocketAddr, data: Vec<u8> },
-    /// A received media packet, decrypted, as a plain RTP packet for the leg's stream.
-    Rtp(Vec<u8>),
+    /// A received media packet, decrypted, as a plain RTP packet for the leg's stream;
+    /// `quiet` when the browser's RFC 6464 audio level says it carries only silence.
+    Rtp { packet: Vec<u8>, quiet: bool },
     /// ICE, DTLS and SRTP are up: media flows.
     Connected,
     /// The browser is gone (ICE lost it, or it closed DTLS); the leg should end.
@@ -421,11 +422,21 @@ impl WebRtcLeg {
                 };
                 let mut packet = Vec::with_capacity(12 + d.data.len());
                 write_rtp(&header, &d.data, &mut packet);
-                self.out.push_back(WebRtcOutput::Rtp(packet));
+                let quiet = spec.codec != Codec::Tele && is_quiet(&d.ext_vals);
+                self.out.push_back(WebRtcOutput::Rtp { packet, quiet });
             }
             _ => {}
         }
     }
+}
+
+/// Below this level (dBov) a frame cannot be heard in a mix of voices; browsers measure it
+/// before encoding, so it is known without decoding (RFC 6464).
+const QUIET_DBOV: i8 = -50;
+
+/// Whether the browser said this frame is silence: a low level and no voice detected.
+fn is_quiet(ext: &str0m::rtp::ExtensionValues) -> bool {
+    ext.audio_level.is_some_and(|l| l <= QUIET_DBOV) && ext.voice_activity != Some(true)
 }
 
 /// A media time in `clock` units, as a (wrapping) RTP timestamp.

@@ -52,6 +52,8 @@ struct Pair {
     to_leg: Vec<Vec<u8>>,
     browser_got: Vec<str0m::media::MediaData>,
     leg_rtp: Vec<Vec<u8>>,
+    /// Per packet in `leg_rtp`: whether the leg called it quiet.
+    leg_quiet: Vec<bool>,
     connected: bool,
     gone: Option<String>,
     mid: Mid,
@@ -86,6 +88,7 @@ impl Pair {
             to_leg: Vec::new(),
             browser_got: Vec::new(),
             leg_rtp: Vec::new(),
+            leg_quiet: Vec::new(),
             connected: false,
             gone: None,
             mid,
@@ -120,6 +123,7 @@ impl Pair {
             to_leg: Vec::new(),
             browser_got: Vec::new(),
             leg_rtp: Vec::new(),
+            leg_quiet: Vec::new(),
             connected: false,
             gone: None,
             mid,
@@ -159,7 +163,10 @@ impl Pair {
                         self.drain_browser();
                     }
                 }
-                WebRtcOutput::Rtp(p) => self.leg_rtp.push(p),
+                WebRtcOutput::Rtp { packet, quiet } => {
+                    self.leg_rtp.push(packet);
+                    self.leg_quiet.push(quiet);
+                }
                 WebRtcOutput::Connected => self.connected = true,
                 WebRtcOutput::Gone(why) => self.gone = Some(why),
             }
@@ -194,7 +201,8 @@ fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
         assert!(p.now < deadline, "ICE and DTLS did not come up");
         p.step(true);
     }
-    // 20 frames each way (Opus payloads of 80 bytes: 32 kbit/s).
+    // 20 frames each way (Opus payloads of 80 bytes: 32 kbit/s), the browser measuring
+    // speech in the first ten and silence in the others (RFC 6464).
     let pt_opus = p
         .browser
         .writer(p.mid)
@@ -205,9 +213,11 @@ fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
         .pt();
     for n in 0..20u64 {
         let frame = vec![n as u8; 80];
+        let (level, voice) = if n < 10 { (-25, true) } else { (-80, false) };
         p.browser
             .writer(p.mid)
             .unwrap()
+            .audio_level(level, voice)
             .write(
                 pt_opus,
                 p.now,
@@ -224,8 +234,18 @@ fn a_browser_connects_and_audio_and_digits_flow_both_ways() {
     let audio: Vec<_> = p
         .leg_rtp
         .iter()
-        .map(|b| parse_rtp(b).unwrap())
-        .filter(|(h, _)| h.payload_type == 111)
+        .zip(&p.leg_quiet)
+        .map(|(b, q)| (parse_rtp(b).unwrap(), *q))
+        .filter(|((h, _), _)| h.payload_type == 111)
+        .map(|((h, payload), quiet)| {
+            assert_eq!(
+                quiet,
+                payload[0] >= 10,
+                "frame {}: quiet {quiet}",
+                payload[0]
+            );
+            (h, payload)
+        })
         .collect();
     assert!(audio.len() >= 19, "{} audio packets", audio.len());
     // RTP timestamps in Opus's 48 kHz clock (RFC 7587), 960 per 20 ms.

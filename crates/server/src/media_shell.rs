@@ -327,7 +327,10 @@ fn webrtc_outputs(
             WebRtcOutput::Transmit { to, data } => {
                 let _ = leg.rtp.send_to(&data, to);
             }
-            WebRtcOutput::Rtp(packet) => leg.stream.handle_packet(now, &packet, WEBRTC_SOURCE),
+            WebRtcOutput::Rtp { packet, quiet } => {
+                leg.stream
+                    .handle_packet_hinted(now, &packet, WEBRTC_SOURCE, quiet);
+            }
             WebRtcOutput::Connected => tracing::debug!(leg = id, "WebRTC connected"),
             WebRtcOutput::Gone(reason) => {
                 if !leg.failed {
