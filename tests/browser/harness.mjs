@@ -678,6 +678,256 @@ export async function dial(pbx, { target, user, password, part = 'caller_is_hung
   ], { timeoutMs });
 }
 
+// ---- baresip: a desk phone that sends a sine tone and records what it hears ------------
+
+/**
+ * A baresip phone (a separate process, killed when the test process ends) driven through
+ * its `ctrl_tcp` module (JSON in netstrings), as crates/server/tests/common/baresip.rs: it
+ * sends a sine of `toneHz` (ausine) and records what it decodes (sndfile, `*-dec.wav`).
+ * `Baresip.start(pbx, { user, password, toneHz, codec })` makes one with an account that
+ * authenticates its calls without registering (codec: 'PCMU' or 'G722', the only one it
+ * offers); `Baresip.withAccount(accountLine, sipPort, toneHz)` takes a line of baresip's
+ * `accounts` file.
+ */
+export class Baresip {
+  static start(pbx, { user, password, toneHz, codec = 'PCMU', sipPort }) {
+    return Baresip.withAccount(
+      `<sip:${user}@${LOOPBACK}:${pbx.sipPort}>;auth_pass=${password};regint=0;audio_codecs=${codec}`,
+      sipPort,
+      toneHz,
+    );
+  }
+
+  static async withAccount(account, sipPort, toneHz) {
+    sipPort ??= await freeUdpPort();
+    const ctrl = await freeTcpPort();
+    const dir = tmpDir('baresip');
+    const rec = path.join(dir, 'rec');
+    fs.mkdirSync(rec);
+    fs.writeFileSync(path.join(dir, 'config'), [
+      'poll_method epoll',
+      // Media on loopback: without it baresip takes the default route's address, and in
+      // a network namespace with only loopback (run.sh) it finds none at all.
+      `net_interface ${LOOPBACK}`,
+      `sip_listen ${LOOPBACK}:${sipPort}`,
+      'rtp_ports 30000-32000',
+      'audio_player alsa,null',
+      'audio_alert alsa,null',
+      `audio_source ausine,${toneHz}`,
+      'ausrc_srate 48000',
+      'ausrc_channels 2',
+      'module_path /usr/lib/baresip/modules',
+      'module g711.so',
+      'module g722.so',
+      'module ausine.so',
+      'module alsa.so',
+      'module sndfile.so',
+      'module_app account.so',
+      'module_app menu.so',
+      'module_app ctrl_tcp.so',
+      `ctrl_tcp_listen ${LOOPBACK}:${ctrl}`,
+      `snd_path ${rec}`,
+      '',
+    ].join('\n'));
+    fs.writeFileSync(path.join(dir, 'accounts'), `${account}\n`);
+    const phone = new Baresip(dir, ctrl, toneHz);
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      if (!phone.running) throw new Error(`baresip exited at start:\n${phone.log()}`);
+      const ok = await new Promise((resolve) => {
+        const s = net.connect(ctrl, LOOPBACK);
+        s.once('connect', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.once('error', () => resolve(false));
+      });
+      if (ok) return phone;
+      if (Date.now() > deadline) throw new Error(`baresip did not open its control port in 10 s:\n${phone.log()}`);
+      await sleep(50);
+    }
+  }
+
+  constructor(dir, ctrl, toneHz) {
+    this.dir = dir;
+    this.ctrl = ctrl;
+    this.toneHz = toneHz;
+    const log = fs.openSync(path.join(dir, 'baresip.log'), 'a');
+    this.child = track(spawn('baresip', ['-f', dir], { stdio: ['ignore', log, log] }));
+    fs.closeSync(log);
+    this.exited = new Promise((resolve) => {
+      this.child.once('error', (error) => resolve({ error }));
+      this.child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+  }
+
+  get running() {
+    return this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  log() {
+    try {
+      return fs.readFileSync(path.join(this.dir, 'baresip.log'), 'utf8');
+    } catch {
+      return '';
+    }
+  }
+
+  /** One ctrl_tcp command; resolves with its reply (the JSON with `response: true`), or null after 2 s. */
+  command(command, params = '') {
+    const body = JSON.stringify({ command, params, token: 't' });
+    return new Promise((resolve) => {
+      const s = net.connect(this.ctrl, LOOPBACK);
+      let buf = Buffer.alloc(0);
+      let reply = null;
+      const done = () => {
+        clearTimeout(timer);
+        s.destroy();
+        resolve(reply);
+      };
+      const timer = setTimeout(done, 2000);
+      s.once('connect', () => s.write(`${Buffer.byteLength(body)}:${body},`));
+      s.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        // Netstrings: LEN:JSON, — events (event: true) may come before the reply.
+        for (;;) {
+          const colon = buf.indexOf(':');
+          if (colon < 0) return;
+          const len = Number(buf.toString('latin1', 0, colon));
+          if (buf.length < colon + 1 + len + 1) return;
+          const json = buf.toString('utf8', colon + 1, colon + 1 + len);
+          buf = buf.subarray(colon + 1 + len + 1);
+          try {
+            const msg = JSON.parse(json);
+            if (msg.response) {
+              reply = msg;
+              done();
+              return;
+            }
+          } catch {
+            // not JSON: skip it
+          }
+        }
+      });
+      s.once('error', done);
+      s.once('close', done);
+    });
+  }
+
+  dial(pbx, target) {
+    return this.command('dial', `sip:${target}@${LOOPBACK}:${pbx.sipPort}`);
+  }
+
+  /** Keys `digits` in the current call as RFC 4733 events, one key press per digit. */
+  async sendDigits(digits) {
+    for (const d of digits) {
+      await this.command('sndcode', d);
+      await sleep(250);
+    }
+  }
+
+  hangup() {
+    return this.command('hangup');
+  }
+
+  /** The recording of what it decoded (*-dec.wav, finished once the call ended): { rate, samples }. */
+  heard() {
+    const rec = path.join(this.dir, 'rec');
+    const file = fs.readdirSync(rec).find((f) => f.endsWith('-dec.wav'));
+    if (!file) throw new Error(`no recording in ${rec}:\n${this.log()}`);
+    return readWav(fs.readFileSync(path.join(rec, file)));
+  }
+
+  async kill() {
+    if (this.running) this.child.kill('SIGKILL');
+    await this.exited;
+  }
+}
+
+// ---- audio: WAV files and tone analysis (as crates/server/tests/common/baresip.rs) -----
+
+/** A 16-bit PCM mono WAV of a `hz` sine (`seconds` long at `rate`, amplitude `amplitude`). */
+export function writeSineWav(file, { hz, seconds, rate = 48_000, amplitude = 8000 }) {
+  const n = Math.round(seconds * rate);
+  const data = Buffer.alloc(n * 2);
+  for (let i = 0; i < n; i++) data.writeInt16LE(Math.round(amplitude * Math.sin((2 * Math.PI * hz * i) / rate)), i * 2);
+  const header = Buffer.alloc(44);
+  header.write('RIFF', 0);
+  header.writeUInt32LE(36 + data.length, 4);
+  header.write('WAVE', 8);
+  header.write('fmt ', 12);
+  header.writeUInt32LE(16, 16);
+  header.writeUInt16LE(1, 20); // PCM
+  header.writeUInt16LE(1, 22); // mono
+  header.writeUInt32LE(rate, 24);
+  header.writeUInt32LE(rate * 2, 28);
+  header.writeUInt16LE(2, 32);
+  header.writeUInt16LE(16, 34);
+  header.write('data', 36);
+  header.writeUInt32LE(data.length, 40);
+  fs.writeFileSync(file, Buffer.concat([header, data]));
+  return file;
+}
+
+/**
+ * The first channel of a 16-bit PCM WAV as { rate, samples: Int16Array }. A data chunk
+ * whose length was never filled in (0, or past the end) runs to the end of the file.
+ */
+export function readWav(bytes) {
+  const rate = bytes.readUInt32LE(24);
+  const channels = Math.max(1, bytes.readUInt16LE(22));
+  let pos = 12;
+  while (pos + 8 <= bytes.length) {
+    const id = bytes.toString('latin1', pos, pos + 4);
+    let len = bytes.readUInt32LE(pos + 4);
+    if (id === 'data') {
+      if (len === 0 || pos + 8 + len > bytes.length) len = bytes.length - pos - 8;
+      const frames = Math.floor(len / 2 / channels);
+      const samples = new Int16Array(frames);
+      for (let i = 0; i < frames; i++) samples[i] = bytes.readInt16LE(pos + 8 + i * 2 * channels);
+      return { rate, samples };
+    }
+    pos += 8 + len + (len & 1);
+  }
+  throw new Error('no data chunk in WAV');
+}
+
+/** Share of the signal's energy at `hz` (Goertzel), 0..1. */
+export function toneShare(samples, rate, hz) {
+  const n = samples.length;
+  if (n === 0) return 0;
+  const k = Math.round((n * hz) / rate);
+  const w = (2 * Math.PI * k) / n;
+  const coeff = 2 * Math.cos(w);
+  let s1 = 0;
+  let s2 = 0;
+  let energy = 0;
+  for (let i = 0; i < n; i++) {
+    const x = samples[i];
+    energy += x * x;
+    const s0 = x + coeff * s1 - s2;
+    s2 = s1;
+    s1 = s0;
+  }
+  const power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+  return energy === 0 ? 0 : Math.min(1, (2 * power) / n / energy);
+}
+
+/** Root mean square of 16-bit samples. */
+export function rms(samples) {
+  if (samples.length === 0) return 0;
+  let sum = 0;
+  for (let i = 0; i < samples.length; i++) sum += samples[i] * samples[i];
+  return Math.sqrt(sum / samples.length);
+}
+
+/** The samples between `fromS` and `toS` seconds. */
+export function audioWindow(samples, rate, fromS, toS) {
+  const a = Math.min(samples.length, Math.max(0, Math.floor(fromS * rate)));
+  const b = Math.min(samples.length, Math.max(0, Math.floor(toS * rate)));
+  return samples.subarray(a, b);
+}
+
 // ---- the browser -----------------------------------------------------------------------
 
 export const CHROMIUM_ARGS = [

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The browser end-to-end tests (console, later SIP.js/WebRTC) in Debian's Chromium, driven
+# The browser end-to-end tests (console, SIP.js/JsSIP phones, WebRTC) in Debian's Chromium, driven
 # by playwright-core under node's test runner. On a fresh Debian 12 machine it installs
-# what is missing (chromium, sip-tester for SIPp, npm, openssl, the node modules with `npm ci`),
+# what is missing (chromium, sip-tester for SIPp, baresip-core, npm, openssl, the node modules with `npm ci`),
 # then runs every tests/browser/*.test.mjs against target/debug/confero (or CONFERO_BIN).
 # Fails when Node.js (20 or later) is absent: a suite that silently does not run proves
 # nothing. Extra arguments go to `node --test` (e.g. --test-name-pattern=invite).
@@ -24,6 +24,7 @@ fi
 missing=()
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)   # webrtc.test.mjs: the desk phone that sends a tone and records
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # phones.test.mjs: a self-signed certificate for wss://
 if [ ${#missing[@]} -gt 0 ]; then
@@ -56,7 +57,24 @@ log "confero: $CONFERO_BIN; screenshots: $SCREENSHOT_DIR"
 
 cd "$root"
 status=0
-node --test --test-concurrency=1 "$@" tests/browser/*.test.mjs || status=$?
+# Chromium gathers ICE candidates on every interface of the machine: as root, run the
+# tests (and so the PBX, the SIP peers and Chromium they start) in a network namespace
+# with only loopback, so that all media stays on 127.0.0.1. Everything that needs the
+# network (apt-get, npm ci) happened above, outside it. CONFERO_NETNS=0 skips it.
+if [ "${CONFERO_NETNS:-1}" != 0 ] && [ "$(id -u)" = 0 ] && command -v unshare >/dev/null 2>&1 \
+  && command -v ip >/dev/null 2>&1 && unshare --net sh -c 'ip link set lo up' 2>/dev/null; then
+  log "running in a network namespace with only loopback (unshare --net)"
+  unshare --net sh -c 'ip link set lo up && exec "$@"' sh \
+    node --test --test-concurrency=1 "$@" tests/browser/*.test.mjs || status=$?
+else
+  if [ "${CONFERO_NETNS:-1}" = 0 ]; then
+    why="CONFERO_NETNS=0"
+  else
+    why="needs root, unshare and ip, and the right to make one"
+  fi
+  log "not in a network namespace ($why): Chromium may gather candidates on every interface"
+  node --test --test-concurrency=1 "$@" tests/browser/*.test.mjs || status=$?
+fi
 if [ "$status" -ne 0 ]; then
   log "FAILED (exit $status); screenshots, including FAILED-*.png, in $SCREENSHOT_DIR"
 fi
