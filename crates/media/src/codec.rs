@@ -177,6 +177,18 @@ impl Encoder {
             }
         }
     }
+
+    /// The signal this encoder followed has ended (a talker went quiet, a prompt gave way
+    /// to the mix): its state is dropped, and the next frame starts from the reset state.
+    /// For Opus that gives back the encoder's memory until it is needed again.
+    pub fn release(&mut self) {
+        if let Some(enc) = &mut self.opus {
+            enc.release();
+        }
+        if self.g722.is_some() {
+            self.g722 = Some(g722::Encoder::new());
+        }
+    }
 }
 
 /// Decodes one incoming stream and conceals its lost frames.

@@ -370,12 +370,17 @@ impl Mixer {
             group.listeners = 0;
         }
         for part in &mut self.parts {
+            let was = part.heard;
             part.heard = if part.mixed {
                 Heard::MixMinus
             } else {
                 self.groups[part.group].listeners += 1;
                 Heard::FullMix
             };
+            if was == Heard::MixMinus && part.heard == Heard::FullMix {
+                // Back to the shared mix: the private encoder's memory is not needed.
+                part.encoder.release();
+            }
         }
 
         // The shared full mix: one encode per codec that has listeners.

@@ -623,6 +623,30 @@ impl Engine {
         self.send_response(now, tx, resp);
     }
 
+    /// A refusal with the detail in a Warning header (RFC 3261 §20.43): phones show or log
+    /// it, and the administrator reading a trace sees why without our log.
+    fn respond_warning(
+        &mut self,
+        now: Instant,
+        tx: ServerTxId,
+        req: &Request,
+        (code, reason): (u16, &str),
+        detail: &str,
+    ) {
+        let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
+        resp.reason = Some(reason.to_owned());
+        let text: String = detail
+            .chars()
+            .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+            .take(200)
+            .collect();
+        resp.headers.insert(
+            Name::WARNING,
+            format!("399 {} \"{text}\"", self.settings.advertised.ip()),
+        );
+        self.send_response(now, tx, resp);
+    }
+
     fn send_response(&mut self, now: Instant, tx: ServerTxId, mut resp: Response) {
         resp.headers.insert(Name::SERVER, USER_AGENT);
         // The transaction may already be gone (e.g. CANCEL raced the answer): nothing to do.

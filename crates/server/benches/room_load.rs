@@ -23,6 +23,14 @@
 //!    /proc/<pid>/stat (per thread too), RSS idle vs loaded, packets out of the server per
 //!    second, lost and late frames; then hangs everyone up with BYE and kills the server.
 //!
+//! With `ROOM_LOAD_WEBRTC=1` every participant is a browser instead: the INVITE carries a
+//! str0m offer (ICE, DTLS-SRTP, BUNDLE, rtcp-mux, Opus first) as Chrome's would, media is
+//! Opus at 48 kHz RTP clock through str0m with the RFC 6464 audio level on every packet
+//! (talkers about −20 dBov with the voice flag, listeners' −60 dBFS noise marked as
+//! silence, as Chrome marks a quiet room), and the content check decodes the Opus the
+//! server sends. Signalling stays on UDP: the server treats an offer as a browser's by its
+//! SDP, and WebSocket framing is not what this measures.
+//!
 //! Knobs (environment variables, all optional): `ROOM_LOAD_PARTICIPANTS` (200),
 //! `ROOM_LOAD_ROOMS` (2), `ROOM_LOAD_SECONDS` (20, the measured window), `ROOM_LOAD_RATE` (50
 //! calls per second), `ROOM_LOAD_SETTLE` (5 s between the last join and the window),
@@ -43,9 +51,15 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use confero_media::codec::{CodecKind, Decoder, Encoder};
+use confero_media::resample::Downsampler2x;
 use confero_media::rtp::{is_rtcp, parse_rtp, write_rtp, RtpHeader};
 use confero_sip::digest::answer_challenge;
 use confero_sip::sdp::parse_audio;
+use str0m::change::{SdpAnswer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 /// First room extension; room r is `ROOM_BASE + r`.
 const ROOM_BASE: usize = 7000;
@@ -90,6 +104,7 @@ struct Knobs {
     settle: u64,
     rtcp_mux: bool,
     perf: Option<String>,
+    webrtc: bool,
 }
 
 impl Knobs {
@@ -103,6 +118,7 @@ impl Knobs {
             rate: env_or("ROOM_LOAD_RATE", 50.0f64).clamp(1.0, 1_000.0),
             settle: env_or("ROOM_LOAD_SETTLE", 5u64),
             rtcp_mux: env_or("ROOM_LOAD_RTCP_MUX", 0u8) == 1,
+            webrtc: env_or("ROOM_LOAD_WEBRTC", 0u8) == 1,
             perf: std::env::var("ROOM_LOAD_PERF")
                 .ok()
                 .filter(|p| !p.is_empty()),
@@ -384,12 +400,10 @@ struct SipUa {
     hung_up_by_server: Vec<String>,
     /// Other requests from the server (answered 200 unless INVITE or ACK).
     other_requests: u64,
-    /// Offer `a=rtcp-mux` (RTCP on the RTP port: the server binds one socket per leg).
-    rtcp_mux: bool,
 }
 
 impl SipUa {
-    fn new(server: SocketAddr, rtcp_mux: bool) -> SipUa {
+    fn new(server: SocketAddr) -> SipUa {
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind the SIP socket");
         let local = sock.local_addr().expect("local addr");
         SipUa {
@@ -400,7 +414,6 @@ impl SipUa {
             branches: 0,
             hung_up_by_server: Vec::new(),
             other_requests: 0,
-            rtcp_mux,
         }
     }
 
@@ -510,14 +523,9 @@ impl SipUa {
         }
     }
 
-    /// Dials room extension `room` as participant `i`, offering PCMU on `rtp_port`; returns
-    /// the dialog and where the server wants the RTP.
-    fn place_call(
-        &mut self,
-        i: usize,
-        room: usize,
-        rtp_port: u16,
-    ) -> Result<(Dialog, SocketAddr), String> {
+    /// Dials room extension `room` as participant `i` with the SDP `sdp`; returns the
+    /// dialog and the server's SDP answer.
+    fn place_call(&mut self, i: usize, room: usize, sdp: &str) -> Result<(Dialog, String), String> {
         let host = self.server.ip();
         let ext = ROOM_BASE + room;
         let ruri = format!("sip:{ext}@{}", self.server);
@@ -525,12 +533,6 @@ impl SipUa {
         let call_id = format!("rl-{i}-{}@127.0.0.1", self.local.port());
         let from = format!("<sip:{user}@{host}>;tag=rl{i}");
         let to = format!("<sip:{ext}@{host}>");
-        let sdp = format!(
-            "v=0\r\no=bench {i} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
-             m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
-             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n{}",
-            if self.rtcp_mux { "a=rtcp-mux\r\n" } else { "" }
-        );
         let local = self.local;
         let invite = |branch: &str, cseq: u32, auth: Option<&str>| {
             let mut m = format!(
@@ -600,9 +602,7 @@ impl SipUa {
             .map(|v| v.trim().to_owned())
             .collect();
         routes.reverse();
-        let remote = parse_audio(body(&ok).as_bytes())
-            .map_err(|e| format!("answer SDP: {e}"))?
-            .addr;
+        let answer = body(&ok).to_owned();
         let dialog = Dialog {
             call_id,
             from,
@@ -612,7 +612,7 @@ impl SipUa {
         };
         let ack = self.in_dialog(&dialog, "ACK", 2);
         self.send(&ack);
-        Ok((dialog, remote))
+        Ok((dialog, answer))
     }
 
     fn in_dialog(&mut self, d: &Dialog, method: &str, cseq: u32) -> String {
@@ -691,6 +691,16 @@ impl SipUa {
     }
 }
 
+/// A desk phone's offer: PCMU and telephone-event on `rtp_port`.
+fn plain_offer(i: usize, rtp_port: u16, rtcp_mux: bool) -> String {
+    format!(
+        "v=0\r\no=bench {i} 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {rtp_port} RTP/AVP 0 101\r\na=rtpmap:0 PCMU/8000\r\n\
+         a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=sendrecv\r\n{}",
+        if rtcp_mux { "a=rtcp-mux\r\n" } else { "" }
+    )
+}
+
 // ==== the media thread ====
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -749,9 +759,109 @@ struct Rx {
     w_reordered: u64,
 }
 
+/// How a participant's media travels.
+enum Wire {
+    /// PCMU in plain RTP on a connected socket.
+    Plain,
+    /// A browser: str0m on an unconnected socket.
+    Browser(Box<Browser>),
+}
+
+/// A browser's WebRTC session and what it needs to hear Opus.
+struct Browser {
+    rtc: Rtc,
+    mid: Mid,
+    pt: Pt,
+    local: SocketAddr,
+    next_timeout: Instant,
+    decoder: Decoder,
+    down: Downsampler2x,
+    wide: Vec<i16>,
+    connected: bool,
+    /// Media str0m handed over, not looked at yet: (sequence number, payload).
+    inbox: Vec<(u16, Vec<u8>)>,
+}
+
+/// Runs str0m until it waits: datagrams out, media into the inbox.
+fn drain_browser(b: &mut Browser, sock: &UdpSocket) {
+    loop {
+        match b.rtc.poll_output() {
+            Ok(Output::Timeout(t)) => {
+                b.next_timeout = t;
+                return;
+            }
+            Ok(Output::Transmit(t)) => {
+                let _ = sock.send_to(&t.contents, t.destination);
+            }
+            Ok(Output::Event(Event::Connected)) => b.connected = true,
+            Ok(Output::Event(Event::MediaData(d))) => {
+                b.inbox
+                    .push((d.seq_range.start().as_u16(), d.data.to_vec()));
+            }
+            Ok(Output::Event(_)) => {}
+            Err(_) => {
+                b.next_timeout = Instant::now() + Duration::from_secs(3600);
+                return;
+            }
+        }
+    }
+}
+
+impl Browser {
+    /// A browser-like peer on `sock`'s address and its SDP offer (Chrome's shape: Opus
+    /// first, G.722, G.711, telephone-event; the audio-level extension).
+    fn offer(local: SocketAddr) -> (Browser, SdpPendingOffer, String) {
+        let now = Instant::now();
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_g722(true, false)
+            .enable_pcmu(true, false)
+            .enable_pcma(true, false)
+            .set_reordering_size_audio(0)
+            .build(now);
+        rtc.add_local_candidate(Candidate::host(local, "udp").expect("host candidate"));
+        let mut api = rtc.sdp_api();
+        let mid = api.add_media(MediaKind::Audio, Direction::SendRecv, None, None, None);
+        let (offer, pending) = api.apply().expect("an offer");
+        let browser = Browser {
+            rtc,
+            mid,
+            pt: Pt::from(0),
+            local,
+            next_timeout: now,
+            decoder: Decoder::new(CodecKind::Opus),
+            down: Downsampler2x::new(),
+            wide: Vec::with_capacity(960),
+            connected: false,
+            inbox: Vec::new(),
+        };
+        (browser, pending, offer.to_sdp_string())
+    }
+
+    fn accept(&mut self, pending: SdpPendingOffer, answer: &str) -> Result<(), String> {
+        let answer = SdpAnswer::from_sdp_string(answer).map_err(|e| format!("answer: {e}"))?;
+        self.rtc
+            .sdp_api()
+            .accept_answer(pending, answer)
+            .map_err(|e| format!("answer refused: {e}"))?;
+        let writer = self
+            .rtc
+            .writer(self.mid)
+            .ok_or("no audio after the answer")?;
+        let opus = writer
+            .payload_params()
+            .find(|p| p.spec().codec == Codec::Opus)
+            .ok_or("the server did not take Opus")?;
+        self.pt = opus.pt();
+        Ok(())
+    }
+}
+
 struct Part {
     index: usize,
     sock: UdpSocket,
+    wire: Wire,
     role: Role,
     seq: u16,
     timestamp: u32,
@@ -807,6 +917,10 @@ struct Payloads {
     tones: [[u8; SAMPLES]; TALKERS_PER_ROOM],
     /// One second of noise; listener i starts at a different frame.
     noise: Vec<u8>,
+    /// Browsers: one second of each tone and of the noise as Opus frames (encoded in a
+    /// row, so a decoder follows them), sent in a loop.
+    opus_tones: Vec<Vec<Vec<u8>>>,
+    opus_noise: Vec<Vec<u8>>,
 }
 
 impl Payloads {
@@ -836,7 +950,47 @@ impl Payloads {
         }));
         let mut noise = Vec::with_capacity(8_000);
         enc.encode(&pcm, &mut noise);
-        Payloads { tones, noise }
+        Payloads {
+            tones,
+            noise,
+            opus_tones: Vec::new(),
+            opus_noise: Vec::new(),
+        }
+    }
+
+    /// Adds the browsers' Opus frames (16 kHz inside, like the server's).
+    fn with_opus(mut self) -> Payloads {
+        let second = |f: &dyn Fn(usize) -> i16| -> Vec<Vec<u8>> {
+            let mut enc = Encoder::new(CodecKind::Opus);
+            let pcm: Vec<i16> = (0..16_000).map(f).collect();
+            pcm.chunks(320)
+                .map(|frame| {
+                    let mut out = Vec::new();
+                    enc.encode(frame, &mut out);
+                    out
+                })
+                .collect()
+        };
+        self.opus_tones = TALKER_HZ
+            .iter()
+            .map(|&hz| {
+                second(&|n| {
+                    let t = n as f64 / 16_000.0;
+                    (TONE_AMPLITUDE * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+                })
+            })
+            .collect();
+        let mut x: u32 = 0x9e37_79b9;
+        let noise: Vec<i16> = (0..16_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                ((x % (2 * NOISE_PEAK as u32 + 1)) as i32 - NOISE_PEAK) as i16
+            })
+            .collect();
+        self.opus_noise = second(&|n| noise[n]);
+        self
     }
 }
 
@@ -855,6 +1009,8 @@ struct MediaThread {
     pcm: Vec<i16>,
     packet: Vec<u8>,
     buf: Vec<u8>,
+    /// The payload being looked at (copied out of `buf`, or a browser's media).
+    payload: Vec<u8>,
     in_window: bool,
     window_start: Instant,
     ticks_at_start: u64,
@@ -910,7 +1066,35 @@ impl MediaThread {
 
     fn send_all(&mut self) {
         let in_window = self.in_window;
+        let now = Instant::now();
         for p in &mut self.parts {
+            if let Wire::Browser(b) = &mut p.wire {
+                if !b.connected {
+                    continue;
+                }
+                let k = (p.sent % 50) as usize;
+                let (payload, level, voice) = match p.role {
+                    Role::Talker(t) if p.sent % PAUSE_EVERY != PAUSE_EVERY - 1 => {
+                        (&self.payloads.opus_tones[t][k], -20, true)
+                    }
+                    _ => (&self.payloads.opus_noise[(k + p.index) % 50], -60, false),
+                };
+                let time = MediaTime::new(p.sent * 960, Frequency::FORTY_EIGHT_KHZ);
+                let failed = match b.rtc.writer(b.mid) {
+                    Some(w) => w
+                        .audio_level(level, voice)
+                        .write(b.pt, now, time, payload.clone())
+                        .is_err(),
+                    None => true,
+                };
+                p.sent += 1;
+                drain_browser(b, &p.sock);
+                if in_window {
+                    self.report.sent += 1;
+                    self.report.send_errors += u64::from(failed);
+                }
+                continue;
+            }
             let payload: &[u8] = match p.role {
                 Role::Talker(k) if p.sent % PAUSE_EVERY != PAUSE_EVERY - 1 => {
                     &self.payloads.tones[k]
@@ -946,17 +1130,25 @@ impl MediaThread {
 
     /// Drains the sockets whose next packet is due (or that have had none yet).
     fn receive_due(&mut self) {
-        let now_us = self.us(Instant::now());
+        let now = Instant::now();
+        let now_us = self.us(now);
         for i in 0..self.parts.len() {
+            let p = &mut self.parts[i];
+            if let Wire::Browser(b) = &mut p.wire {
+                if now >= b.next_timeout {
+                    let _ = b.rtc.handle_input(Input::Timeout(now));
+                    drain_browser(b, &p.sock);
+                }
+            }
             let rx = &self.parts[i].rx;
             if rx.started && now_us < rx.next_due_us {
                 continue;
             }
             loop {
-                match self.parts[i].sock.recv(&mut self.buf) {
-                    Ok(n) => {
+                match self.parts[i].sock.recv_from(&mut self.buf) {
+                    Ok((n, from)) => {
                         let at = self.us(Instant::now());
-                        self.on_datagram(i, n, at);
+                        self.on_datagram(i, n, from, at);
                     }
                     Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
                     Err(_) => {
@@ -968,24 +1160,64 @@ impl MediaThread {
         }
     }
 
-    fn on_datagram(&mut self, i: usize, n: usize, at_us: i64) {
-        let in_window = self.in_window;
-        let data = &self.buf[..n];
+    fn on_datagram(&mut self, i: usize, n: usize, from: SocketAddr, at_us: i64) {
         let p = &mut self.parts[i];
+        if let Wire::Browser(b) = &mut p.wire {
+            let Ok(contents) = (&self.buf[..n]).try_into() else {
+                return;
+            };
+            let input = Input::Receive(
+                Instant::now(),
+                Receive {
+                    proto: Protocol::Udp,
+                    source: from,
+                    destination: b.local,
+                    contents,
+                },
+            );
+            if b.rtc.handle_input(input).is_ok() {
+                drain_browser(b, &p.sock);
+            }
+            let media = std::mem::take(&mut b.inbox);
+            for (seq, payload) in media {
+                self.payload.clear();
+                self.payload.extend_from_slice(&payload);
+                self.on_frame(i, seq, at_us);
+            }
+            return;
+        }
+        let data = &self.buf[..n];
         if is_rtcp(data) {
-            p.rx.rtcp += 1;
+            self.parts[i].rx.rtcp += 1;
             return;
         }
         let Ok((h, payload)) = parse_rtp(data) else {
             return;
         };
+        self.payload.clear();
+        self.payload.extend_from_slice(payload);
+        self.on_frame(i, h.sequence, at_us);
+    }
+
+    /// One media frame from the server for participant `i` (its payload in `payload`):
+    /// arrival statistics, and the content check.
+    fn on_frame(&mut self, i: usize, sequence: u16, at_us: i64) {
+        let in_window = self.in_window;
+        let p = &mut self.parts[i];
+        // Opus is decoded frame by frame, window or not: its decoder follows the stream.
+        if let Wire::Browser(b) = &mut p.wire {
+            b.wide.clear();
+            b.decoder.decode(&self.payload, &mut b.wide);
+            self.pcm.clear();
+            b.down.process(&b.wide, &mut self.pcm);
+        }
         let rx = &mut p.rx;
         let ext = if rx.started {
-            let delta = i64::from(h.sequence.wrapping_sub(rx.highest as u16) as i16);
+            let delta = i64::from(sequence.wrapping_sub(rx.highest as u16) as i16);
             rx.highest + delta
         } else {
             rx.started = true;
-            rx.base = i64::from(h.sequence);
+            rx.base = i64::from(sequence);
             rx.highest = rx.base;
             rx.anchor_us = at_us;
             rx.base
@@ -1027,8 +1259,10 @@ impl MediaThread {
                 ..Check::default()
             };
         }
-        self.pcm.clear();
-        self.decoder.decode(payload, &mut self.pcm);
+        if matches!(p.wire, Wire::Plain) {
+            self.pcm.clear();
+            self.decoder.decode(&self.payload, &mut self.pcm);
+        }
         for &s in &self.pcm {
             let x = f64::from(s);
             c.energy += x * x;
@@ -1269,12 +1503,17 @@ fn main() {
     let media = MediaThread {
         epoch: Instant::now(),
         parts: Vec::with_capacity(knobs.participants),
-        payloads: Payloads::new(),
+        payloads: if knobs.webrtc {
+            Payloads::new().with_opus()
+        } else {
+            Payloads::new()
+        },
         coeffs: TALKER_HZ.map(goertzel_coeff),
         decoder: Decoder::new(CodecKind::Pcmu),
         pcm: Vec::with_capacity(SAMPLES),
         packet: Vec::with_capacity(SAMPLES + 12),
         buf: vec![0u8; 2048],
+        payload: Vec::with_capacity(1500),
         in_window: false,
         window_start: Instant::now(),
         ticks_at_start: 0,
@@ -1287,7 +1526,7 @@ fn main() {
 
     // Place the calls gradually: participant i in room i % rooms; the first
     // TALKERS_PER_ROOM of each room talk.
-    let mut ua = SipUa::new(server.sip, knobs.rtcp_mux);
+    let mut ua = SipUa::new(server.sip);
     let mut dialogs = Vec::with_capacity(knobs.participants);
     let mut failures: Vec<(usize, String)> = Vec::new();
     let mut setup_ms: Vec<f64> = Vec::with_capacity(knobs.participants);
@@ -1300,16 +1539,38 @@ fn main() {
         let room = i % knobs.rooms;
         let rank = i / knobs.rooms;
         let sock = UdpSocket::bind("127.0.0.1:0").expect("bind an RTP socket");
-        let port = sock.local_addr().expect("local addr").port();
+        let local = sock.local_addr().expect("local addr");
+        let (offer, mut browser) = if knobs.webrtc {
+            let (b, pending, sdp) = Browser::offer(local);
+            (sdp, Some((b, pending)))
+        } else {
+            (plain_offer(i, local.port(), knobs.rtcp_mux), None)
+        };
         let started = Instant::now();
-        match ua.place_call(i, room, port) {
-            Ok((dialog, remote)) => {
+        let placed = ua.place_call(i, room, &offer).and_then(|(dialog, answer)| {
+            let wire = match browser.take() {
+                Some((mut b, pending)) => {
+                    b.accept(pending, &answer)?;
+                    Wire::Browser(Box::new(b))
+                }
+                None => {
+                    let remote = parse_audio(answer.as_bytes())
+                        .map_err(|e| format!("answer SDP: {e}"))?
+                        .addr;
+                    sock.connect(remote).expect("connect the RTP socket");
+                    Wire::Plain
+                }
+            };
+            Ok((dialog, wire))
+        });
+        match placed {
+            Ok((dialog, wire)) => {
                 setup_ms.push(started.elapsed().as_secs_f64() * 1e3);
-                sock.connect(remote).expect("connect the RTP socket");
                 sock.set_nonblocking(true).expect("non-blocking");
                 let part = Part {
                     index: i,
                     sock,
+                    wire,
                     role: if rank < TALKERS_PER_ROOM {
                         Role::Talker(rank)
                     } else {
@@ -1444,8 +1705,15 @@ fn main() {
             });
     println!();
     println!(
-        "ROOM LOAD: {} participants (PCMU, 3 talkers per room) in {} rooms, window {:.1} s",
-        report.participants, knobs.rooms, secs
+        "ROOM LOAD: {} participants ({}, 3 talkers per room) in {} rooms, window {:.1} s",
+        report.participants,
+        if knobs.webrtc {
+            "browsers: Opus over DTLS-SRTP, RFC 6464 levels"
+        } else {
+            "PCMU"
+        },
+        knobs.rooms,
+        secs
     );
     println!(
         "  server CPU          {server_cpu:.2} s = {:.1}% of one core -> {:.2} us per participant per 20 ms frame",

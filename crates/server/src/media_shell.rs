@@ -681,6 +681,8 @@ impl State {
                 let old = l.room.replace(room);
                 let codec = l.codec;
                 l.stream.enable_inband(false);
+                // The mixer encodes for it now; the prompt encoder's state can go.
+                l.encoder.release();
                 match old {
                     Some(old) if old == room => return,
                     Some(old) => self.leave_room(leg, old),

@@ -275,3 +275,167 @@ fn a_websocket_without_the_sip_subprotocol_is_refused() {
         Ok(_) => panic!("a WebSocket without the sip subprotocol was accepted"),
     }
 }
+
+/// An INVITE from Bob's browser to `dial` offering `sdp` (with `ctype`), authenticated.
+fn browser_invite(ws: &mut Socket, dial: &str, call: &str, ctype: &str, sdp: &str) -> Response {
+    let invite = |cseq: u32, auth: Option<&str>| {
+        let auth = auth
+            .map(|a| format!("Proxy-Authorization: {a}\r\n"))
+            .unwrap_or_default();
+        format!(
+            "INVITE sip:{dial}@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/WS q1w2e3r4t5y6.invalid;branch=z9hG4bK{call}{cseq}\r\nMax-Forwards: 70\r\nTo: <sip:{dial}@127.0.0.1>\r\nFrom: <sip:bob@127.0.0.1>;tag=odoo{call}\r\nCall-ID: {call}\r\nCSeq: {cseq} INVITE\r\nContact: <sip:k3j4h5g6@192.0.2.77;transport=ws>\r\n{auth}Content-Type: {ctype}\r\nContent-Length: {}\r\n\r\n{sdp}",
+            sdp.len()
+        )
+    };
+    ws.send(tungstenite::Message::Text(invite(1, None).into()))
+        .unwrap();
+    let challenge = response(ws);
+    assert_eq!(challenge.code.into_u16(), 407);
+    let www = challenge
+        .headers
+        .get_raw(&Name::PROXY_AUTHENTICATE)
+        .next()
+        .unwrap()
+        .to_string();
+    let answer = digest::answer_challenge(
+        &www,
+        "INVITE",
+        &format!("sip:{dial}@127.0.0.1"),
+        "bob",
+        "bob-secret",
+        1,
+        "c0ffee",
+    )
+    .unwrap();
+    ws.send(tungstenite::Message::Text(invite(2, Some(&answer)).into()))
+        .unwrap();
+    response(ws)
+}
+
+/// Chrome's offer, cut down to what matters here, with `change` applied.
+fn chrome_offer(change: impl Fn(&str) -> Option<String>) -> String {
+    let lines = [
+        "v=0",
+        "o=- 4611731400430051336 2 IN IP4 127.0.0.1",
+        "s=-",
+        "t=0 0",
+        "a=group:BUNDLE 0",
+        "a=msid-semantic: WMS",
+        "m=audio 9 UDP/TLS/RTP/SAVPF 111 9 0 8 126",
+        "c=IN IP4 0.0.0.0",
+        "a=rtcp:9 IN IP4 0.0.0.0",
+        "a=candidate:1 1 udp 2113937151 127.0.0.1 50000 typ host generation 0",
+        "a=ice-ufrag:Zk3a",
+        "a=ice-pwd:Hb7oCk0W1xKpQbq0r1sYk3lE",
+        "a=fingerprint:sha-256 1C:3B:8D:2F:4E:5A:6B:7C:8D:9E:AF:B0:C1:D2:E3:F4:05:16:27:38:49:5A:6B:7C:8D:9E:AF:B0:C1:D2:E3:F4",
+        "a=setup:actpass",
+        "a=mid:0",
+        "a=sendrecv",
+        "a=rtcp-mux",
+        "a=rtpmap:111 opus/48000/2",
+        "a=fmtp:111 minptime=10;useinbandfec=1",
+        "a=rtpmap:9 G722/8000",
+        "a=rtpmap:0 PCMU/8000",
+        "a=rtpmap:8 PCMA/8000",
+        "a=rtpmap:126 telephone-event/8000",
+    ];
+    lines
+        .iter()
+        .filter_map(|l| change(l))
+        .map(|l| l + "\r\n")
+        .collect()
+}
+
+#[test]
+fn browser_offers_the_pbx_cannot_take_get_clear_errors_and_leak_nothing() {
+    let pbx = pbx();
+    let (status, text) = pbx.api(
+        "POST",
+        "/api/v1/conferences",
+        Some(r#"{"name":"Sales","extension":"800"}"#),
+    );
+    assert_eq!(status, 201, "{text}");
+    pbx.apply();
+    let mut ws = connect(&pbx, Some("sip")).unwrap();
+    assert_eq!(register(&mut ws).code.into_u16(), 200);
+    let keep = |l: &str| Some(l.to_owned());
+    let cases: Vec<(&str, &str, String)> = vec![
+        (
+            "no DTLS fingerprint",
+            "application/sdp",
+            chrome_offer(|l| (!l.starts_with("a=fingerprint")).then(|| l.to_owned())),
+        ),
+        (
+            "no audio, only video",
+            "application/sdp",
+            chrome_offer(|l| {
+                Some(
+                    l.replace("m=audio 9 UDP/TLS/RTP/SAVPF 111 9 0 8 126", "m=video 9 UDP/TLS/RTP/SAVPF 96")
+                        .replace("a=rtpmap:111 opus/48000/2", "a=rtpmap:96 VP8/90000"),
+                )
+                .filter(|l| !l.contains("G722") && !l.contains("PCM") && !l.contains("telephone") && !l.contains("fmtp"))
+            }),
+        ),
+        (
+            "SDES-SRTP instead of DTLS",
+            "application/sdp",
+            chrome_offer(|l| {
+                if l.starts_with("a=fingerprint") || l.starts_with("a=setup") {
+                    None
+                } else if l.starts_with("m=audio") {
+                    Some("m=audio 50000 RTP/SAVP 0".to_owned())
+                } else {
+                    Some(l.to_owned())
+                }
+            }) + "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+        ),
+        ("not SDP at all", "application/sdp", "this is no session description".to_owned()),
+        ("no common codec", "application/sdp", chrome_offer(|l| {
+            if l.starts_with("m=audio") {
+                Some("m=audio 9 UDP/TLS/RTP/SAVPF 97".to_owned())
+            } else if l.starts_with("a=rtpmap") || l.starts_with("a=fmtp") {
+                None
+            } else {
+                Some(l.to_owned())
+            }
+        }) + "a=rtpmap:97 iLBC/8000\r\n"),
+    ];
+    let mut got = Vec::new();
+    for (n, (what, ctype, sdp)) in cases.iter().enumerate() {
+        let resp = browser_invite(&mut ws, "800", &format!("bad{n}"), ctype, sdp);
+        let warning = resp
+            .headers
+            .get_raw(&Name::WARNING)
+            .next()
+            .map(|w| w.to_string())
+            .unwrap_or_default();
+        got.push((*what, resp.code.into_u16(), warning));
+    }
+    let codes: Vec<u16> = got.iter().map(|g| g.1).collect();
+    assert_eq!(codes, [488, 488, 488, 400, 488], "{got:#?}");
+    // Each says why, in a Warning header.
+    for (what, needle) in [
+        ("no DTLS fingerprint", "fingerprint"),
+        ("no audio, only video", "no audio"),
+        ("not SDP at all", "v=0"),
+        ("no common codec", "codec"),
+    ] {
+        let w = &got.iter().find(|g| g.0 == what).unwrap().2;
+        assert!(
+            w.starts_with("399 ") && w.to_lowercase().contains(needle),
+            "{what}: {w:?}"
+        );
+    }
+    // Nothing half-made remains, and the PBX still takes a good browser offer.
+    assert_eq!(metric(&pbx, "confero_rtp_ports_in_use"), 0.0);
+    assert!(pbx.api("GET", "/api/v1/calls", None).1.contains("[]"));
+    let good = browser_invite(
+        &mut ws,
+        "800",
+        "good",
+        "application/sdp",
+        &chrome_offer(keep),
+    );
+    assert_eq!(good.code.into_u16(), 200, "{:?}", pbx.logs());
+    assert!(String::from_utf8_lossy(&good.body).contains("a=ice-lite"));
+}

@@ -15,8 +15,11 @@ const BITRATE: i32 = 32_000;
 /// Encoder effort (0–10): 5 halves the cost of 9 for no audible loss on speech.
 const COMPLEXITY: i32 = 5;
 
+/// opus-rs keeps about 230 KiB per encoder and 180 KiB per decoder: the state is made on
+/// first use and can be given back (see [`Encoder::release`]), so that a room of listeners
+/// does not hold a private encoder and a decoder each for nothing.
 pub(super) struct Encoder {
-    inner: Box<OpusEncoder>,
+    inner: Option<Box<OpusEncoder>>,
     buf: Vec<u8>,
 }
 
@@ -28,6 +31,13 @@ impl std::fmt::Debug for Encoder {
 
 impl Encoder {
     pub(super) fn new() -> Self {
+        Encoder {
+            inner: None,
+            buf: Vec::new(),
+        }
+    }
+
+    fn make() -> Box<OpusEncoder> {
         // 16 kHz mono VoIP is always a valid configuration.
         let mut inner = OpusEncoder::new(RATE, 1, Application::Voip)
             .map(Box::new)
@@ -38,10 +48,12 @@ impl Encoder {
         // In-band FEC lets a browser rebuild a lost frame from the next one.
         inner.use_inband_fec = true;
         inner.packet_loss_perc = 5;
-        Encoder {
-            inner,
-            buf: vec![0; MAX_PACKET],
-        }
+        inner
+    }
+
+    /// Frees the state; the next frame starts from a fresh encoder.
+    pub(super) fn release(&mut self) {
+        *self = Encoder::new();
     }
 
     /// Appends one 20 ms frame's packet; a frame of another length is padded or cut.
@@ -49,14 +61,18 @@ impl Encoder {
         let mut frame = [0i16; FRAME];
         let n = pcm.len().min(FRAME);
         frame[..n].copy_from_slice(&pcm[..n]);
-        if let Ok(len) = self.inner.encode_i16(&frame, FRAME, &mut self.buf) {
+        if self.buf.len() < MAX_PACKET {
+            self.buf.resize(MAX_PACKET, 0);
+        }
+        let inner = self.inner.get_or_insert_with(Encoder::make);
+        if let Ok(len) = inner.encode_i16(&frame, FRAME, &mut self.buf) {
             out.extend_from_slice(&self.buf[..len]);
         }
     }
 }
 
 pub(super) struct Decoder {
-    inner: Box<OpusDecoder>,
+    inner: Option<Box<OpusDecoder>>,
     pcm: Vec<f32>,
 }
 
@@ -71,27 +87,44 @@ fn to_i16(x: f32) -> i16 {
 }
 
 impl Decoder {
+    /// No state until the first packet (see [`Encoder`]).
     pub(super) fn new() -> Self {
-        let inner = OpusDecoder::new(RATE, 1)
-            .map(Box::new)
-            .unwrap_or_else(|e| panic!("opus-rs refused a 16 kHz mono decoder: {e}"));
         Decoder {
-            inner,
-            pcm: vec![0.0; FRAME * 6],
+            inner: None,
+            pcm: Vec::new(),
+        }
+    }
+
+    fn ensure_state(&mut self) {
+        if self.pcm.len() < FRAME * 6 {
+            self.pcm.resize(FRAME * 6, 0.0);
+        }
+        if self.inner.is_none() {
+            let made = OpusDecoder::new(RATE, 1)
+                .unwrap_or_else(|e| panic!("opus-rs refused a 16 kHz mono decoder: {e}"));
+            self.inner = Some(Box::new(made));
         }
     }
 
     /// Appends the PCM of one packet (one frame of silence for a packet it cannot read).
     pub(super) fn decode(&mut self, payload: &[u8], out: &mut Vec<i16>) {
-        match self.inner.decode(payload, FRAME * 6, &mut self.pcm) {
+        self.ensure_state();
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        match inner.decode(payload, FRAME * 6, &mut self.pcm) {
             Ok(n) => out.extend(self.pcm[..n].iter().map(|&x| to_i16(x))),
             Err(_) => out.extend(std::iter::repeat_n(0, FRAME)),
         }
     }
 
-    /// One frame of Opus's own loss concealment.
+    /// One frame of Opus's own loss concealment (silence before any packet).
     pub(super) fn conceal(&mut self, out: &mut Vec<i16>) {
-        match self.inner.decode(&[], FRAME, &mut self.pcm) {
+        let Some(inner) = self.inner.as_mut() else {
+            out.extend(std::iter::repeat_n(0, FRAME));
+            return;
+        };
+        match inner.decode(&[], FRAME, &mut self.pcm) {
             Ok(n) => out.extend(self.pcm[..n].iter().map(|&x| to_i16(x))),
             Err(_) => out.extend(std::iter::repeat_n(0, FRAME)),
         }
@@ -112,6 +145,37 @@ mod tests {
             s1 = s0;
         }
         (s1 * s1 + s2 * s2 - c * s1 * s2).max(0.0).sqrt() / x.len() as f64
+    }
+
+    #[test]
+    fn state_is_made_on_first_use_and_given_back() {
+        let mut dec = Decoder::new();
+        assert!(dec.inner.is_none());
+        let mut out = Vec::new();
+        dec.conceal(&mut out);
+        assert_eq!(
+            out,
+            vec![0; FRAME],
+            "nothing to conceal before the first packet"
+        );
+        assert!(dec.inner.is_none(), "concealing silence needs no decoder");
+        let mut enc = Encoder::new();
+        assert!(enc.inner.is_none());
+        let mut packet = Vec::new();
+        enc.encode(&[1000; FRAME], &mut packet);
+        assert!(enc.inner.is_some() && !packet.is_empty());
+        enc.release();
+        assert!(enc.inner.is_none());
+        let mut again = Vec::new();
+        enc.encode(&[1000; FRAME], &mut again);
+        assert_eq!(
+            again, packet,
+            "a released encoder starts over exactly like a new one"
+        );
+        out.clear();
+        dec.decode(&packet, &mut out);
+        assert_eq!(out.len(), FRAME);
+        assert!(dec.inner.is_some());
     }
 
     #[test]

@@ -403,7 +403,13 @@ impl Engine {
                 peer,
                 tag,
                 port,
-            } => ((**invite).clone(), tx.take(), *peer, tag.clone(), port.take()),
+            } => (
+                (**invite).clone(),
+                tx.take(),
+                *peer,
+                tag.clone(),
+                port.take(),
+            ),
             CallerSide::Transferee { leg } => {
                 let transferee = *leg;
                 if !self.conf_legs.contains_key(&transferee) {

@@ -440,7 +440,7 @@ impl Engine {
         let code = err.status_code();
         tracing::info!(%err, "refusing an offer");
         let reason = code.text().unwrap_or("Not Acceptable Here");
-        self.respond(now, tx, req, code.into_u16(), reason);
+        self.respond_warning(now, tx, req, (code.into_u16(), reason), &err.to_string());
     }
 
     /// Routes what the rooms decided: hang-ups are signalling, the rest is media.

@@ -229,7 +229,7 @@ impl Engine {
         tracing::info!(leg = id, why, "WebRTC offer refused");
         self.media_out.push_back(MediaCommand::Close { leg: id });
         self.ports.release(p.port);
-        self.respond(now, p.tx, &p.req, 488, "Not Acceptable Here");
+        self.respond_warning(now, p.tx, &p.req, (488, "Not Acceptable Here"), why);
         self.after_refusal(now, p.then);
         true
     }
