@@ -56,6 +56,92 @@ pub fn event_payload(digit: char, end: bool, volume: u8, duration: u16) -> Optio
     Some([code, (u8::from(end) << 7) | volume, d0, d1])
 }
 
+/// Ticks (20 ms) a relayed digit sounds: 100 ms, what phones send for a short press.
+pub const SEND_TONE_TICKS: u32 = 5;
+/// The end packet goes out this many times (RFC 4733 §2.5.1.4).
+const SEND_END_REPEATS: u32 = 3;
+/// Audio ticks between two relayed digits, so the far end tells them apart.
+const SEND_GAP_TICKS: u32 = 3;
+/// Digits waiting to be relayed, at most (a stuck key must not queue forever).
+const SEND_QUEUE: usize = 32;
+
+/// What a leg sends on one 20 ms tick while relaying digits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendTick {
+    /// The usual audio frame.
+    Audio,
+    /// An RFC 4733 event packet instead of audio.
+    Event(EventFrame),
+}
+
+/// One packet of an outgoing event: all packets of one event carry its start timestamp.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventFrame {
+    pub digit: char,
+    /// The event's first packet (marker bit, timestamp taken now).
+    pub start: bool,
+    pub end: bool,
+    /// 20 ms ticks since the event began, this one included.
+    pub ticks: u32,
+}
+
+/// Plays queued digits as RFC 4733 events, one tick at a time: 100 ms of updates, the end
+/// packet three times, then a gap. Sans-IO: the leg asks on every tick what to send.
+#[derive(Clone, Debug, Default)]
+pub struct EventSender {
+    queue: std::collections::VecDeque<char>,
+    /// The digit playing and the ticks it has played.
+    current: Option<(char, u32)>,
+    gap: u32,
+}
+
+impl EventSender {
+    /// Queues `digit` (0-9, *, #, A-D); others, and digits past a full queue, are dropped.
+    pub fn push(&mut self, digit: char) {
+        if event_code(digit).is_some() && self.queue.len() < SEND_QUEUE {
+            self.queue.push_back(digit.to_ascii_uppercase());
+        }
+    }
+
+    /// Nothing is playing or queued.
+    #[must_use]
+    pub fn is_idle(&self) -> bool {
+        self.current.is_none() && self.queue.is_empty()
+    }
+
+    /// What to send on this tick.
+    pub fn tick(&mut self) -> SendTick {
+        if self.current.is_none() {
+            if self.gap > 0 {
+                self.gap -= 1;
+                return SendTick::Audio;
+            }
+            match self.queue.pop_front() {
+                Some(d) => self.current = Some((d, 0)),
+                None => return SendTick::Audio,
+            }
+        }
+        let Some((digit, played)) = self.current.as_mut() else {
+            return SendTick::Audio;
+        };
+        *played += 1;
+        let n = *played;
+        let digit = *digit;
+        let end = n > SEND_TONE_TICKS;
+        if n >= SEND_TONE_TICKS + SEND_END_REPEATS {
+            self.current = None;
+            self.gap = SEND_GAP_TICKS;
+        }
+        SendTick::Event(EventFrame {
+            digit,
+            start: n == 1,
+            end,
+            // The end packets repeat the final duration.
+            ticks: n.min(SEND_TONE_TICKS),
+        })
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Event {
     timestamp: u32,

@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::codec::{CodecKind, Decoder};
-use crate::dtmf::{EventReceiver, InbandDetector};
+use crate::dtmf::{self, EventFrame, EventReceiver, InbandDetector};
 use crate::jitter::{JitterBuffer, JitterStats, Pulled};
 use crate::rtp::{
     is_rtcp, ntp_from_unix, ntp_middle, parse_rtcp, parse_rtp, write_rr, write_rtp,
@@ -119,6 +119,8 @@ pub struct MediaStream {
 
     seq: u16,
     timestamp: u32,
+    /// The start timestamp of the digit being sent (RFC 4733 events keep it throughout).
+    event_timestamp: u32,
     marker_next: bool,
     sent_since_report: bool,
 
@@ -160,6 +162,7 @@ impl MediaStream {
             rx: ReceiverStats::new(kind.rtp_clock_rate()),
             seq: first as u16,
             timestamp: (first >> 16) as u32,
+            event_timestamp: 0,
             marker_next: true,
             sent_since_report: false,
             next_rtcp_at: now,
@@ -448,6 +451,39 @@ impl MediaStream {
         self.stats.bytes_sent += payload.len() as u64;
     }
 
+    /// Builds the RFC 4733 packet for one tick of an outgoing digit instead of audio;
+    /// returns false (and builds nothing) when the peer agreed no telephone-event, so the
+    /// caller sends the audio frame. The timestamp advances as for audio, so the stream
+    /// goes on in step after the event.
+    pub fn packetize_event(&mut self, ev: EventFrame, out: &mut Vec<u8>) -> bool {
+        let Some(pt) = self.cfg.dtmf_payload_type else {
+            return false;
+        };
+        let frame = self.cfg.codec.rtp_ticks_per_frame();
+        if ev.start {
+            self.event_timestamp = self.timestamp;
+        }
+        let duration = u16::try_from(frame.saturating_mul(ev.ticks)).unwrap_or(u16::MAX);
+        let Some(payload) = dtmf::event_payload(ev.digit, ev.end, 10, duration) else {
+            return false;
+        };
+        let h = RtpHeader {
+            payload_type: pt,
+            marker: ev.start,
+            sequence: self.seq,
+            timestamp: self.event_timestamp,
+            ssrc: self.cfg.local_ssrc,
+        };
+        write_rtp(&h, &payload, out);
+        self.seq = self.seq.wrapping_add(1);
+        self.timestamp = self.timestamp.wrapping_add(frame);
+        self.marker_next = ev.end;
+        self.sent_since_report = true;
+        self.stats.packets_sent += 1;
+        self.stats.bytes_sent += payload.len() as u64;
+        true
+    }
+
     /// Records `frames` ticks on which nothing was sent (silence suppression, a muted leg):
     /// the timestamp keeps pace with the clock and the next packet starts a talkspurt.
     pub fn skip_frames(&mut self, frames: u32) {
@@ -675,6 +711,52 @@ mod tests {
         // Played in order after the start delay: the 20 quiet frames produce nothing.
         assert!(heard.contains(&".".repeat(20)), "{heard}");
         assert!(heard.ends_with("fff"), "audio comes back: {heard}");
+    }
+
+    #[test]
+    fn relayed_digits_go_out_as_rfc4733_events_a_receiver_reads_once_each() {
+        let t0 = Instant::now();
+        let mut tx = MediaStream::new(config(0x77), t0);
+        let mut rx = MediaStream::new(config(1), t0);
+        let mut sender = dtmf::EventSender::default();
+        for d in "19#".chars() {
+            sender.push(d);
+        }
+        sender.push('x'); // not a digit: dropped
+        let (mut events, mut audio) = (0, 0);
+        for tick in 0..60u64 {
+            let mut out = Vec::new();
+            match sender.tick() {
+                dtmf::SendTick::Event(ev) => {
+                    assert!(tx.packetize_event(ev, &mut out));
+                    events += 1;
+                }
+                dtmf::SendTick::Audio => {
+                    tx.packetize(&[0xff; 160], &mut out);
+                    audio += 1;
+                }
+            }
+            let (h, _) = parse_rtp(&out).unwrap();
+            assert_eq!(h.ssrc, 0x77);
+            rx.handle_packet(at(t0, tick * 20), &out, addr(PHONE));
+            let _ = rx.pull_frame(at(t0, tick * 20 + 10));
+        }
+        assert!(sender.is_idle());
+        assert_eq!(events, 3 * 8, "5 updates and 3 end packets per digit");
+        assert_eq!(audio, 60 - 24);
+        let got: String = std::iter::from_fn(|| rx.poll_dtmf()).collect();
+        assert_eq!(got, "19#");
+        // Without telephone-event agreed, the caller is told to send audio.
+        let mut cfg = config(2);
+        cfg.dtmf_payload_type = None;
+        let mut plain = MediaStream::new(cfg, t0);
+        let ev = dtmf::EventFrame {
+            digit: '5',
+            start: true,
+            end: false,
+            ticks: 1,
+        };
+        assert!(!plain.packetize_event(ev, &mut Vec::new()));
     }
 
     #[test]

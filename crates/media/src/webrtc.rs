@@ -17,11 +17,11 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::{Codec, FormatParams};
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
@@ -351,6 +351,43 @@ impl WebRtcLeg {
             }
         }
         self.drain(now);
+    }
+
+    /// Queues a whole digit (RFC 4733, on the telephone-event number agreed at the audio
+    /// clock): str0m sends its packets over `length` beside the audio, which goes on as
+    /// usual. False when the browser agreed no such telephone-event.
+    pub fn send_digit(&mut self, now: Instant, digit: char, length: Duration) -> bool {
+        let (Some(mid), Some(_), Some(code)) = (
+            self.mid,
+            self.dtmf_payload_type,
+            crate::dtmf::event_code(digit),
+        ) else {
+            return false;
+        };
+        let time = MediaTime::new(self.send_time, self.send_clock);
+        let event = TelephoneEvent {
+            event: code,
+            end: true,
+            volume: 10,
+            duration: length,
+        };
+        let sent = match self.rtc.writer(mid) {
+            Some(w) => {
+                match w
+                    .telephone_event(event)
+                    .write(self.payload_type, now, time, Vec::<u8>::new())
+                {
+                    Ok(()) => true,
+                    Err(err) => {
+                        tracing::debug!(%err, "a digit could not be sent");
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        self.drain(now);
+        sent
     }
 
     #[must_use]

@@ -325,6 +325,35 @@ fn the_pbx_calls_a_browser_with_its_own_offer() {
         .filter(|d| d.params.spec().codec == Codec::Opus && d.data[0] == 0xCD)
         .count();
     assert!(heard >= 9, "the browser got {heard} frames");
+
+    // A digit relayed to the browser: RFC 4733 on its telephone-event number, the end
+    // packet included, audio before and after.
+    let mut sender = confero_media::dtmf::EventSender::default();
+    sender.push('7');
+    for _ in 0..12 {
+        if let confero_media::dtmf::SendTick::Event(ev) = sender.tick() {
+            if ev.start {
+                assert!(p
+                    .leg
+                    .send_digit(p.now, ev.digit, Duration::from_millis(100)));
+            }
+        }
+        p.leg.send_frame(p.now, &[0xCD; 80]);
+        for _ in 0..20 {
+            p.step(true);
+        }
+    }
+    let events: Vec<_> = p
+        .browser_got
+        .iter()
+        .filter(|d| d.params.spec().codec == Codec::Tele)
+        .map(|d| (d.data[0], d.data[1] & 0x80 != 0))
+        .collect();
+    assert!(events.iter().all(|(code, _)| *code == 7), "{events:?}");
+    assert!(
+        events.len() >= 6 && events.iter().any(|(_, end)| *end),
+        "{events:?}"
+    );
 }
 
 #[test]

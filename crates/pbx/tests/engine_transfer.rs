@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use confero_pbx::config::TrunkTransport;
-use confero_pbx::engine::MediaCommand;
+use confero_pbx::engine::{MediaCommand, MediaEvent};
 use confero_pbx::room::RoomCommand;
 use confero_sip::message::{Message, Request, Response};
 use confero_sip::Name;
@@ -22,6 +22,8 @@ struct Call {
     /// The 200 OK the provider got.
     carrier_ok: Response,
     bob_cseq: u32,
+    /// The two media legs of the call, as opened.
+    legs: Vec<u64>,
 }
 
 fn answered_call() -> Call {
@@ -49,13 +51,20 @@ fn answered_call() -> Call {
         .find(|(p, m)| *p == CARRIER && status(m) == Some(200))
         .map(|(_, m)| response(&m).clone())
         .expect("the provider's call is answered");
-    media(&mut h);
+    let legs = media(&mut h)
+        .iter()
+        .filter_map(|m| match m {
+            MediaCommand::Open { leg, .. } => Some(*leg),
+            _ => None,
+        })
+        .collect();
     assert_eq!(h.engine.calls().len(), 1);
     Call {
         h,
         invite,
         carrier_ok,
         bob_cseq: 1,
+        legs,
     }
 }
 
@@ -65,11 +74,17 @@ impl Call {
         let raw = |n: Name| self.invite.headers.get_raw(&n).next().unwrap().to_string();
         self.bob_cseq += 1;
         let text = format!(
-            "{method} sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKbob{n}\nFrom: {to};tag=desk\nTo: {from}\nCall-ID: {cid}\nCSeq: {n} {method}\nContact: <sip:bob@127.0.0.1:6000>\n{extra}Content-Length: 0\n\n",
+            "{method} sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKbob{n}\nFrom: {to};tag=desk\nTo: {from}\nCall-ID: {cid}\nCSeq: {n} {method}\nContact: <sip:bob@127.0.0.1:6000>\n{extra}{empty}",
             n = self.bob_cseq,
             to = raw(Name::TO),
             from = raw(Name::FROM),
             cid = raw(Name::CALL_ID),
+            // `extra` may end with a body of its own.
+            empty = if extra.contains("Content-Length") {
+                ""
+            } else {
+                "Content-Length: 0\n\n"
+            },
         );
         self.h.send(6000, &text);
         self.h.out()
@@ -304,4 +319,42 @@ fn a_room_participant_cannot_transfer_the_room() {
     h.send(5000, &format!("REFER sip:pbx@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKref\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:800@127.0.0.1>;tag={tag}\nCall-ID: call-1\nCSeq: 5 REFER\nRefer-To: <sip:102@127.0.0.1>\nContent-Length: 0\n\n"));
     assert_eq!(final_status(&h.out(), 5000), Some(403));
     assert_eq!(h.engine.conference_participants().len(), 1);
+}
+
+#[test]
+fn digits_cross_an_anchored_call_to_reach_the_menus_of_the_phone_network() {
+    let mut c = answered_call();
+    let [a, b] = c.legs[..] else {
+        panic!("two legs: {:?}", c.legs)
+    };
+    let sent = |h: &mut Harness| -> Vec<(u64, char)> {
+        media(h)
+            .into_iter()
+            .filter_map(|m| match m {
+                MediaCommand::SendDigit { leg, digit } => Some((leg, digit)),
+                _ => None,
+            })
+            .collect()
+    };
+    // RFC 4733 (or in-band) digits reported by the media engine, either way.
+    c.h.engine
+        .handle_media_event(c.h.now, MediaEvent::Digit { leg: a, digit: '4' });
+    c.h.engine
+        .handle_media_event(c.h.now, MediaEvent::Digit { leg: b, digit: '#' });
+    assert_eq!(sent(&mut c.h), vec![(b, '4'), (a, '#')]);
+    // SIP INFO from Bob's phone.
+    let body = "Signal=7\r\nDuration=160\r\n";
+    let out = c.bob_sends(
+        "INFO",
+        &format!(
+            "Content-Type: application/dtmf-relay\nContent-Length: {}\n\n{body}",
+            body.len()
+        ),
+    );
+    assert_eq!(final_status(&out, 6000), Some(200));
+    assert_eq!(sent(&mut c.h).len(), 1, "relayed to the provider's leg");
+    assert!(
+        c.h.engine.conference_participants().is_empty(),
+        "no receptionist involved"
+    );
 }

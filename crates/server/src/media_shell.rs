@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confero_media::codec::{CodecKind, Encoder};
+use confero_media::dtmf::{EventSender, SendTick, SEND_TONE_TICKS};
 use confero_media::mixer::Mixer;
 use confero_media::resample::{Downsampler2x, Upsampler2x};
 use confero_media::stream::{MediaStream, StreamConfig};
@@ -34,6 +35,8 @@ use confero_sip::sdp::{Direction, Negotiated, RtpMap};
 use tokio::sync::mpsc::UnboundedSender;
 
 const TICK: Duration = Duration::from_millis(20);
+/// How long a relayed digit sounds on a browser leg (str0m sends the whole event).
+const DIGIT_LENGTH: Duration = Duration::from_millis(20 * SEND_TONE_TICKS as u64);
 const STATS_EVERY: Duration = Duration::from_secs(2);
 /// Datagrams read per socket per tick: a phone sends one; a flood must not stall the
 /// tick (the rest waits in the socket buffer, or is dropped by the kernel).
@@ -231,6 +234,8 @@ struct LegState {
     stream: MediaStream,
     codec: CodecKind,
     encoder: Encoder,
+    /// Digits relayed to this leg from the other side of its call.
+    digits: EventSender,
     player: Player,
     room: Option<i64>,
     talking: bool,
@@ -457,6 +462,7 @@ impl State {
                         stream,
                         codec,
                         encoder: Encoder::new(codec),
+                        digits: EventSender::default(),
                         player: Player {
                             reported: true,
                             ..Player::default()
@@ -511,6 +517,11 @@ impl State {
             } => {
                 if let Some(l) = self.legs.get_mut(&leg) {
                     l.player.play(prompts, then_music, seq);
+                }
+            }
+            MediaCommand::SendDigit { leg, digit } => {
+                if let Some(l) = self.legs.get_mut(&leg) {
+                    l.digits.push(digit);
                 }
             }
             MediaCommand::Close { leg } => {
@@ -645,6 +656,7 @@ impl State {
                 stream,
                 codec,
                 encoder: Encoder::new(codec),
+                digits: EventSender::default(),
                 player: Player {
                     reported: true,
                     ..Player::default()
@@ -800,12 +812,25 @@ impl State {
                 }
             }
             self.packet.clear();
+            let digit = leg.digits.tick();
             if let Some(rtc) = leg.webrtc.as_mut() {
-                // str0m packetizes, encrypts and reports (RTCP) for browser legs.
+                // str0m packetizes, encrypts and reports (RTCP) for browser legs, and
+                // sends a digit's whole series of event packets itself.
+                if let SendTick::Event(ev) = digit {
+                    if ev.start {
+                        rtc.send_digit(now, ev.digit, DIGIT_LENGTH);
+                    }
+                }
                 rtc.send_frame(now, &self.payload);
                 webrtc_outputs(id, leg, now, events);
             } else {
-                leg.stream.packetize(&self.payload, &mut self.packet);
+                let event = match digit {
+                    SendTick::Event(ev) => leg.stream.packetize_event(ev, &mut self.packet),
+                    SendTick::Audio => false,
+                };
+                if !event {
+                    leg.stream.packetize(&self.payload, &mut self.packet);
+                }
                 let _ = leg.rtp.send_to(&self.packet, leg.stream.remote());
             }
             self.packet.clear();

@@ -59,6 +59,9 @@ pub enum MediaCommand {
     Update { leg: LegId, media: Negotiated },
     /// What a room wants for a leg (mix, tone, mute); never `Hangup` or `Play`.
     Room(RoomCommand),
+    /// Send a digit to the phone on this leg (RFC 4733 where agreed): relayed from the
+    /// other side of an anchored call.
+    SendDigit { leg: LegId, digit: char },
     /// The leg is gone: stop, free the port.
     Close { leg: LegId },
 }
@@ -521,8 +524,7 @@ impl Engine {
             return match dtmf_from_info(&req) {
                 Some(digit) => {
                     self.send_response(now, tx, ok(&req));
-                    self.rooms.handle_digit(now, id, digit);
-                    self.drain_room_commands(now);
+                    self.leg_digit(now, id, digit);
                 }
                 None if req.body.is_empty() => self.send_response(now, tx, ok(&req)),
                 None => self.respond(now, tx, &req, 415, "Unsupported Media Type"),
@@ -538,6 +540,25 @@ impl Engine {
             return self.conf_refer(now, tx, req, id);
         }
         self.respond(now, tx, &req, 501, "Not Implemented")
+    }
+
+    /// A digit from a leg (RFC 4733, SIP INFO or in-band): the room's receptionist takes it,
+    /// or, in an anchored call, the other side hears it (menus of the phone network).
+    fn leg_digit(&mut self, now: Instant, id: LegId, digit: char) {
+        let other = self
+            .conf_legs
+            .get(&id)
+            .and_then(|c| c.bridge)
+            .and_then(|b| self.bridge_other_leg(b, id));
+        match other {
+            Some(other) => self
+                .media_out
+                .push_back(MediaCommand::SendDigit { leg: other, digit }),
+            None => {
+                self.rooms.handle_digit(now, id, digit);
+                self.drain_room_commands(now);
+            }
+        }
     }
 
     /// A re-INVITE (hold, new address, codec change): answer with the same port.
@@ -665,7 +686,7 @@ impl Engine {
     /// Input from the media engine.
     pub fn handle_media_event(&mut self, now: Instant, event: MediaEvent) {
         match event {
-            MediaEvent::Digit { leg, digit } => self.rooms.handle_digit(now, leg, digit),
+            MediaEvent::Digit { leg, digit } => self.leg_digit(now, leg, digit),
             MediaEvent::PlaybackDone { leg, seq } => {
                 self.rooms.handle_playback_done_of(now, leg, seq)
             }
