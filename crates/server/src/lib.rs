@@ -130,26 +130,41 @@ fn advertised_ip(settings: &Settings, bound: SocketAddr) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Waits for SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// the future is first polled: the ready line goes out before the server starts polling
+/// it, and a supervisor's SIGTERM right after that line must stop the server gracefully,
+/// not kill it by the signal's default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
+    let (term, int) = {
+        use tokio::signal::unix::{signal, SignalKind};
+        (
+            signal(SignalKind::terminate()).ok(),
+            signal(SignalKind::interrupt()).ok(),
+        )
     };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
+    async move {
+        #[cfg(unix)]
+        {
+            let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+                match s {
+                    Some(mut s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(term) => {},
+                _ = wait(int) => {},
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 /// Each conference leg holds one or two UDP sockets and each TCP phone a connection: the
@@ -287,6 +302,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .as_ref()
         .map(|(addr, _)| format!(" https={addr}"))
         .unwrap_or_default();
+    let stop = shutdown_signal();
     // One line tests and operators can rely on, with the ports actually bound.
     println!(
         "confero ready: sip={sip_bound} (udp+tcp, advertised {advertised}) http={http_bound}{https_text} restored_registrations={restored}"
@@ -297,7 +313,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {
-        shutdown_signal().await;
+        stop.await;
         let _ = closing_tx.send(true);
     })
     .await

@@ -164,6 +164,40 @@ fn https_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
 }
 
 #[test]
+fn sigterm_right_after_the_ready_line_is_a_graceful_stop() {
+    // A supervisor (or a test) may stop the server the moment it says it is ready: the
+    // signal handlers must already be in place then. Several tries, since the window was
+    // a race.
+    use std::io::BufRead as _;
+    for _ in 0..10 {
+        let data = tempfile::tempdir().unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_confero"))
+            .args(["--data-dir", data.path().to_str().unwrap()])
+            .args([
+                "--sip-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        for line in stdout.lines() {
+            if line.unwrap().starts_with("confero ready") {
+                break;
+            }
+        }
+        let pid = rustix::process::Pid::from_child(&child);
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "stopped by the signal itself: {status}");
+    }
+}
+
+#[test]
 fn prompts_in_the_data_dir_replace_the_built_in_ones() {
     // A valid replacement (8 kHz mono PCM) is used…
     let data = tempfile::tempdir().unwrap();
