@@ -15,6 +15,7 @@
 // Browser phones (SIP.js, JsSIP) load from node_modules through servePhoneLibs(), a static
 // server on a loopback port: no bundler, nothing fetched from outside.
 
+import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
 import fs from 'node:fs';
@@ -515,6 +516,11 @@ export class Pbx {
   async registrations() {
     return this.apiExpect(200, 'GET', '/api/v1/registrations');
   }
+
+  /** The calls in progress (GET /api/v1/calls): { id, caller, callee, state, … }. */
+  async calls() {
+    return this.apiExpect(200, 'GET', '/api/v1/calls');
+  }
 }
 
 function basic(user, password) {
@@ -686,16 +692,32 @@ export async function dial(pbx, { target, user, password, part = 'caller_is_hung
  * sends a sine of `toneHz` (ausine) and records what it decodes (sndfile, `*-dec.wav`).
  * `Baresip.start(pbx, { user, password, toneHz, codec })` makes one with an account that
  * authenticates its calls without registering (codec: 'PCMU' or 'G722', the only one it
- * offers); `Baresip.withAccount(accountLine, sipPort, toneHz)` takes a line of baresip's
- * `accounts` file.
+ * offers); with `register: true` it registers (for an hour) and resolves once the PBX
+ * lists the binding, so that calls reach it; `autoAnswer: true` answers them at once.
+ * `Baresip.withAccount(accountLine, sipPort, toneHz)` takes a line of baresip's `accounts`
+ * file.
  */
 export class Baresip {
-  static start(pbx, { user, password, toneHz, codec = 'PCMU', sipPort }) {
-    return Baresip.withAccount(
-      `<sip:${user}@${LOOPBACK}:${pbx.sipPort}>;auth_pass=${password};regint=0;audio_codecs=${codec}`,
+  static async start(pbx, { user, password, toneHz, codec = 'PCMU', sipPort, register = false, autoAnswer = false }) {
+    const phone = await Baresip.withAccount(
+      `<sip:${user}@${LOOPBACK}:${pbx.sipPort}>;auth_pass=${password};regint=${register ? 3600 : 0}`
+        + `${autoAnswer ? ';answermode=auto' : ''};audio_codecs=${codec}`,
       sipPort,
       toneHz,
     );
+    if (register) {
+      const bound = (r) => r.user === user || new RegExp(`^sips?:${user}@`).test(String(r.user));
+      try {
+        await eventually(async () => {
+          if (!(await pbx.registrations()).some(bound)) throw new Error(`${user} is not in GET /api/v1/registrations`);
+        }, { timeout: 10_000, interval: 200, message: `baresip registered ${user}` });
+      } catch (err) {
+        await phone.kill();
+        err.message += `\n--- baresip log ---\n${phone.log()}`;
+        throw err;
+      }
+    }
+    return phone;
   }
 
   static async withAccount(account, sipPort, toneHz) {
@@ -828,6 +850,20 @@ export class Baresip {
 
   hangup() {
     return this.command('hangup');
+  }
+
+  /**
+   * The calls that reached it so far, from its log ("Incoming call from: NAME URI - …" when
+   * it rings, "call: answering call on line N from URI with 200" when it answers by
+   * itself): a list of { name (null when answered by itself), uri, user } (user: the caller
+   * URI's user part, the number it shows).
+   */
+  incomingCalls() {
+    const calls = /Incoming call from: (.*?) ?(sips?:\S+) - |call: answering call on line \d+ from (sips?:\S+) with /g;
+    return [...this.log().matchAll(calls)].map(([, name, ringing, answered]) => {
+      const uri = ringing ?? answered;
+      return { name: ringing ? name.trim() : null, uri, user: uri.match(/^sips?:([^@;>]+)@/)?.[1] ?? null };
+    });
   }
 
   /** The recording of what it decoded (*-dec.wav, finished once the call ended): { rate, samples }. */
@@ -1168,7 +1204,8 @@ export async function servePhoneLibs() {
  * A new page in `b` (a launchBrowser() result) with a phone library loaded from `libs`
  * (servePhoneLibs()): `library` is 'sip.js' (window.SIP) or 'jssip' (window.JsSIP).
  * Resolves with the page once the library reports its version; its console messages
- * collect in `page.consoleLines`.
+ * collect in `page.consoleLines`, the SIP messages over its WebSockets in
+ * `page.sipMessages` ({ sent, text }).
  */
 export async function openPhonePage(b, libs, library) {
   const file = { 'sip.js': 'sipjs.html', jssip: 'jssip.html' }[library];
@@ -1179,6 +1216,12 @@ export async function openPhonePage(b, libs, library) {
   page.consoleLines = [];
   page.on('console', (m) => {
     if (!/Failed to load resource: .* 404/.test(m.text())) page.consoleLines.push(`${m.type()}: ${m.text()}`);
+  });
+  // What went over its WebSockets (SIP messages, one a frame), as seen from the page.
+  page.sipMessages = [];
+  page.on('websocket', (ws) => {
+    ws.on('framesent', (f) => page.sipMessages.push({ sent: true, text: String(f.payload) }));
+    ws.on('framereceived', (f) => page.sipMessages.push({ sent: false, text: String(f.payload) }));
   });
   await page.goto(`${libs.url}/${file}`);
   await page.waitForFunction(() => window.libraryReady, null, { timeout: 10_000, polling: 100 });
@@ -1279,4 +1322,284 @@ export async function openSignedIn(p, urlPath) {
   }
   const at = new URL(p.url()).pathname;
   if (at !== urlPath.split('?')[0]) throw new Error(`${urlPath} after sign-in: ended on ${at}`);
+}
+
+// ---- SIP.js in the page, as Odoo 17's voip user agent ----------------------------------
+
+/** The SIP domain Odoo's "PBX Server IP" holds: the AOR's and Request-URIs' host. */
+export const SIP_DOMAIN = LOOPBACK;
+
+/**
+ * Starts SIP.js in `page` (openPhonePage(…, 'sip.js')) configured as Odoo 17's
+ * `sipJsUserAgentConfig` (hackIpInContact, 1 s ICE gathering, no keep-alives) and registers
+ * with `expires: 3600`, as Odoo does. Everything the page sees goes into `window.phone`.
+ * `incoming`: 'reject' (every INVITE answered 486) or 'ring' (an INVITE becomes
+ * `window.phone.session`, its caller `window.phone.incoming` as Odoo's `_onInvite` reads it,
+ * until sipJsAnswer(); one more while a call is up is rejected 486).
+ */
+export async function sipJsRegister(page, { server, user, password, incoming = 'reject' }) {
+  await page.evaluate(
+    async ({ server, user, password, domain, incoming }) => {
+      const SIP = window.SIP;
+      const phone = { states: [], rejects: [], errors: [], sessionStates: [], invite: {}, incoming: null };
+      window.phone = phone;
+      // The call in progress; once Established its remote stream plays in an Audio element,
+      // as Odoo's session does (Chromium decodes only a remote track that something plays).
+      phone.follow = (session) => {
+        phone.session = session;
+        session.stateChange.addListener((s) => {
+          phone.sessionStates.push(s);
+          if (s === SIP.SessionState.Established) {
+            const audio = new Audio();
+            audio.srcObject = session.sessionDescriptionHandler.remoteMediaStream;
+            audio.play().catch((e) => phone.errors.push(`audio.play: ${e}`));
+            phone.remoteAudio = audio;
+          }
+        });
+      };
+      const ua = new SIP.UserAgent({
+        authorizationPassword: password,
+        authorizationUsername: user,
+        delegate: {
+          onInvite: (invitation) => {
+            const busy = phone.session && phone.session.state !== SIP.SessionState.Terminated;
+            if (incoming !== 'ring' || busy) {
+              invitation.reject({ statusCode: 486 });
+              return;
+            }
+            phone.incoming = {
+              user: invitation.remoteIdentity.uri.user,
+              displayName: invitation.remoteIdentity.displayName,
+            };
+            phone.follow(invitation);
+          },
+        },
+        hackIpInContact: true,
+        logBuiltinEnabled: true,
+        logLevel: 'error',
+        sessionDescriptionHandlerFactory: SIP.Web.defaultSessionDescriptionHandlerFactory(),
+        sessionDescriptionHandlerFactoryOptions: { iceGatheringTimeout: 1000 },
+        transportOptions: { server, traceSip: false },
+        uri: SIP.UserAgent.makeURI(`sip:${user}@${domain}`),
+        userAgentString: `Odoo 17.0 SIP.js/${SIP.version}`,
+      });
+      phone.ua = ua;
+      await ua.start();
+      const registerer = new SIP.Registerer(ua, { expires: 3600 });
+      registerer.stateChange.addListener((s) => phone.states.push(s));
+      phone.registerer = registerer;
+      registerer
+        .register({ requestDelegate: { onReject: (r) => phone.rejects.push(r.message.statusCode) } })
+        .catch((e) => phone.errors.push(`register: ${e}`));
+    },
+    { server, user, password, domain: SIP_DOMAIN, incoming },
+  );
+  await waitInPage(
+    page,
+    () => window.phone.registerer.state === 'Registered' || window.phone.rejects.length || window.phone.errors.length,
+    'SIP.js registration ended',
+  );
+  const state = await page.evaluate(() => window.phone.registerer.state);
+  assert.equal(state, 'Registered', await pageState(page));
+}
+
+/**
+ * Dials `extension` as Odoo's `invite()` does (an Inviter, constraints audio only).
+ * Resolves when the session is Established and its media connected (fails on anything
+ * else); the answer's status and SDP are in `window.phone.invite`.
+ */
+export async function sipJsDial(page, extension) {
+  await page.evaluate(
+    ({ extension, domain }) => {
+      const SIP = window.SIP;
+      const phone = window.phone;
+      const inviter = new SIP.Inviter(phone.ua, SIP.UserAgent.makeURI(`sip:${extension}@${domain}`));
+      phone.follow(inviter);
+      inviter
+        .invite({
+          requestDelegate: {
+            onAccept: (r) => {
+              phone.invite.status = r.message.statusCode;
+              phone.invite.answer = r.message.body;
+            },
+            onReject: (r) => {
+              phone.invite.status = r.message.statusCode;
+            },
+          },
+          sessionDescriptionHandlerOptions: { constraints: { audio: true, video: false } },
+        })
+        .catch((e) => phone.errors.push(`invite: ${e}`));
+    },
+    { extension, domain: SIP_DOMAIN },
+  );
+  await sipJsConnected(page, 'the call was answered');
+}
+
+/**
+ * Waits for the page's INVITE (sipJsRegister with `incoming: 'ring'`) and resolves with
+ * its caller: { user (the From URI's user part), displayName }.
+ */
+export async function sipJsIncoming(page, timeout = 10_000) {
+  await waitInPage(page, () => window.phone.incoming !== null, 'an INVITE reached the page', timeout);
+  return page.evaluate(() => window.phone.incoming);
+}
+
+/**
+ * Answers the ringing INVITE as Odoo's `_answerCall()` does (accept, constraints audio
+ * only); resolves when the session is Established and its media connected.
+ */
+export async function sipJsAnswer(page) {
+  await page.evaluate(() => {
+    window.phone.session
+      .accept({ sessionDescriptionHandlerOptions: { constraints: { audio: true, video: false } } })
+      .catch((e) => window.phone.errors.push(`accept: ${e}`));
+  });
+  await sipJsConnected(page, 'the answered call was established');
+}
+
+/**
+ * The page's session is Established, then its ICE and DTLS are connected: the 200 OK
+ * comes before, and until then Chromium can neither send media nor DTMF (canInsertDTMF is
+ * false) and nobody hears anything.
+ */
+async function sipJsConnected(page, what) {
+  await waitInPage(
+    page,
+    () => ['Established', 'Terminated'].includes(window.phone.session.state) || window.phone.errors.length,
+    what,
+  );
+  const state = await page.evaluate(() => window.phone.session.state);
+  assert.equal(state, 'Established', await pageState(page));
+  await waitInPage(
+    page,
+    () => window.phone.session.sessionDescriptionHandler.peerConnection.connectionState === 'connected',
+    'ICE and DTLS connected',
+  );
+}
+
+/**
+ * Keys `digits` as Odoo's keypad does (`sessionDescriptionHandler.sendDtmf(key)`, RFC 4733
+ * through RTCDTMFSender), one key at a time: insertDTMF replaces what is still queued, so
+ * each key waits for the previous one (100 ms tone + 70 ms gap) to be sent.
+ */
+export async function sipJsKeys(page, digits) {
+  for (const d of digits) {
+    const sent = await page.evaluate((d) => window.phone.session.sessionDescriptionHandler.sendDtmf(d), d);
+    assert.equal(sent, true, `sendDtmf('${d}') → ${sent}\n${await pageState(page)}`);
+    await sleep(350);
+  }
+}
+
+/**
+ * Records `ms` of what the page receives on its audio track (the first audio receiver of
+ * the peer connection at `pcPath`): MediaStreamTrackProcessor when Chromium has it, else
+ * WebAudio (a MediaStreamSource into a ScriptProcessor). Chromium only decodes a remote
+ * track that something plays out: the page must play it (as Odoo does in an Audio
+ * element). Resolves with { rate, samples (Int16Array), via }.
+ */
+export async function recordRemote(page, ms, pcPath = 'window.phone.session.sessionDescriptionHandler.peerConnection') {
+  const got = await page.evaluate(
+    async ({ ms, pcPath }) => {
+      // eslint-disable-next-line no-eval
+      const pc = (0, eval)(pcPath);
+      const track = pc.getReceivers().find((r) => r.track?.kind === 'audio')?.track;
+      if (!track) throw new Error('no audio receiver track');
+      const chunks = [];
+      let rate = 0;
+      let via;
+      if (typeof MediaStreamTrackProcessor === 'function') {
+        via = 'MediaStreamTrackProcessor';
+        const reader = new MediaStreamTrackProcessor({ track: track.clone() }).readable.getReader();
+        const end = Date.now() + ms;
+        while (Date.now() < end) {
+          // Bounded: a track nothing plays out (no Audio element) delivers no frames.
+          const next = await Promise.race([reader.read(), new Promise((r) => setTimeout(() => r({ done: true, timeout: true }), 1000))]);
+          if (next.timeout) throw new Error('no audio frame from the remote track for 1 s');
+          const { value, done } = next;
+          if (done) break;
+          const buf = new Float32Array(value.numberOfFrames);
+          value.copyTo(buf, { planeIndex: 0, format: 'f32-planar' });
+          rate = value.sampleRate;
+          value.close();
+          chunks.push(buf);
+        }
+        reader.cancel();
+      } else {
+        via = 'WebAudio';
+        const ctx = new AudioContext();
+        await ctx.resume();
+        rate = ctx.sampleRate;
+        const source = ctx.createMediaStreamSource(new MediaStream([track]));
+        const node = ctx.createScriptProcessor(4096, 1, 1);
+        node.onaudioprocess = (e) => chunks.push(new Float32Array(e.inputBuffer.getChannelData(0)));
+        source.connect(node);
+        node.connect(ctx.destination);
+        await new Promise((r) => setTimeout(r, ms));
+        await ctx.close();
+      }
+      const total = chunks.reduce((n, c) => n + c.length, 0);
+      const pcm = new Int16Array(total);
+      let at = 0;
+      for (const c of chunks) {
+        for (let i = 0; i < c.length; i++) pcm[at++] = Math.max(-32768, Math.min(32767, Math.round(c[i] * 32767)));
+      }
+      let bin = '';
+      const bytes = new Uint8Array(pcm.buffer);
+      for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      return { rate, b64: btoa(bin), via };
+    },
+    { ms, pcPath },
+  );
+  const buf = Buffer.from(got.b64, 'base64');
+  return { rate: got.rate, samples: new Int16Array(buf.buffer, buf.byteOffset, buf.length / 2), via: got.via };
+}
+
+/** Waits up to `timeout` ms for `predicate` in the page; on timeout the error carries the page's state and console. */
+export async function waitInPage(page, predicate, what, timeout = 10_000) {
+  try {
+    await page.waitForFunction(predicate, null, { timeout, polling: 100 });
+  } catch (err) {
+    err.message = `${what}: ${err.message}\n${await pageState(page)}`;
+    throw err;
+  }
+}
+
+/** window.phone (JSON-safe) and the page's console, for failure messages. */
+export async function pageState(page) {
+  const state = await page
+    .evaluate(() =>
+      JSON.stringify(window.phone, (k, v) => (['ua', 'registerer', 'session', 'remoteAudio', 'answer'].includes(k) ? undefined : v)),
+    )
+    .catch((e) => String(e));
+  return `--- window.phone ---\n${state}\n--- page console ---\n${(page.consoleLines ?? []).slice(-30).join('\n')}`;
+}
+
+/**
+ * `who` hears `hz` and none of `notHz` (its own tone, or a party that should be gone) in
+ * `samples`, judged per 100 ms window (Goertzel shares, as the Rust tests use over one long
+ * window): the tone dominates at least 75 % of the windows and each unwanted tone stays
+ * under 5 % on average. Short windows, because both ends adapt their playout to clock
+ * drift between Chromium's fake audio devices and the PBX (NetEq accelerates, the PBX's
+ * jitter buffer drops or conceals a frame every few seconds under load): each such splice
+ * shifts the sine's phase, which cancels a Goertzel taken across it but spoils only the
+ * window it falls in. `t`: the test context, for a diagnostic line.
+ */
+export function assertHears(who, samples, rate, hz, notHz, t) {
+  const unwanted = [notHz].flat();
+  const size = Math.round(rate / 10);
+  const heard = [];
+  const others = unwanted.map(() => []);
+  for (let i = 0; i + size <= samples.length; i += size) {
+    const w = samples.subarray(i, i + size);
+    heard.push(toneShare(w, rate, hz));
+    unwanted.forEach((f, j) => others[j].push(toneShare(w, rate, f)));
+  }
+  const mean = (xs) => xs.reduce((a, x) => a + x, 0) / Math.max(1, xs.length);
+  const dominant = heard.filter((x) => x > 0.5).length / Math.max(1, heard.length);
+  const otherMeans = others.map(mean);
+  const summary = `${who} (${rate} Hz, ${heard.length} windows of 100 ms, rms ${rms(samples).toFixed(0)}): ${hz} Hz dominant in ${(dominant * 100).toFixed(0)} % [${heard.map((x) => x.toFixed(2)).join(' ')}], ${unwanted.map((f, j) => `${f} Hz ${otherMeans[j].toFixed(3)}`).join(', ')} on average, whole-span share ${toneShare(samples, rate, hz).toFixed(3)}`;
+  t?.diagnostic(summary);
+  assert.ok(heard.length >= 20, `enough audio: ${summary}`);
+  assert.ok(dominant >= 0.75, `${who} hears ${hz} Hz: ${summary}`);
+  unwanted.forEach((f, j) => assert.ok(otherMeans[j] < 0.05, `${who} does not hear ${f} Hz: ${summary}`));
 }

@@ -24,7 +24,7 @@ fi
 missing=()
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || missing+=(chromium)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
-command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)   # webrtc.test.mjs: the desk phone that sends a tone and records
+command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)   # webrtc/calls.test.mjs: desk phones that send a tone and record
 command -v npm >/dev/null 2>&1 || missing+=(npm)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)   # phones.test.mjs: a self-signed certificate for wss://
 if [ ${#missing[@]} -gt 0 ]; then

@@ -17,6 +17,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 
 import {
+  assertHears,
   audioWindow,
   Baresip,
   checker,
@@ -25,21 +26,23 @@ import {
   launchBrowser,
   needs,
   openPhonePage,
-  rms,
+  recordRemote,
   selfSignedCert,
   servePhoneLibs,
+  SIP_DOMAIN,
+  sipJsDial,
+  sipJsKeys,
+  sipJsRegister,
   sleep,
   startPbx,
   tmpDir,
-  toneShare,
+  waitInPage,
   writeSineWav,
 } from './harness.mjs';
 
 const chromiumMissing = needs(CHROMIUM, 'chromium');
 const baresipMissing = needs('baresip', 'baresip-core');
 
-/** The SIP domain Odoo's "PBX Server IP" holds: the AOR's and Request-URIs' host. */
-const DOMAIN = '127.0.0.1';
 /** The fake microphone's tone and the desk phone's. */
 const BROWSER_HZ = 880;
 const DESK_HZ = 440;
@@ -49,121 +52,6 @@ const DESK_HZ = 440;
  * nor receive one any more.
  */
 const LEFT_WITHIN_S = 5;
-
-// ---- SIP.js in the page, as Odoo 17's voip user agent -------------------------------------
-
-/**
- * Starts SIP.js in `page` configured as Odoo 17's `sipJsUserAgentConfig` (hackIpInContact,
- * 1 s ICE gathering, no keep-alives) and registers with `expires: 3600`, as Odoo does.
- * Everything the page sees goes into `window.phone`.
- */
-async function sipJsRegister(page, { server, user, password }) {
-  await page.evaluate(
-    async ({ server, user, password, domain }) => {
-      const SIP = window.SIP;
-      const phone = { states: [], rejects: [], errors: [], sessionStates: [], invite: {} };
-      window.phone = phone;
-      const ua = new SIP.UserAgent({
-        authorizationPassword: password,
-        authorizationUsername: user,
-        delegate: {
-          onInvite: (invitation) => invitation.reject({ statusCode: 486 }),
-        },
-        hackIpInContact: true,
-        logBuiltinEnabled: true,
-        logLevel: 'error',
-        sessionDescriptionHandlerFactory: SIP.Web.defaultSessionDescriptionHandlerFactory(),
-        sessionDescriptionHandlerFactoryOptions: { iceGatheringTimeout: 1000 },
-        transportOptions: { server, traceSip: false },
-        uri: SIP.UserAgent.makeURI(`sip:${user}@${domain}`),
-        userAgentString: `Odoo 17.0 SIP.js/${SIP.version}`,
-      });
-      phone.ua = ua;
-      await ua.start();
-      const registerer = new SIP.Registerer(ua, { expires: 3600 });
-      registerer.stateChange.addListener((s) => phone.states.push(s));
-      phone.registerer = registerer;
-      registerer
-        .register({ requestDelegate: { onReject: (r) => phone.rejects.push(r.message.statusCode) } })
-        .catch((e) => phone.errors.push(`register: ${e}`));
-    },
-    { server, user, password, domain: DOMAIN },
-  );
-  await waitInPage(
-    page,
-    () => window.phone.registerer.state === 'Registered' || window.phone.rejects.length || window.phone.errors.length,
-    'SIP.js registration ended',
-  );
-  const state = await page.evaluate(() => window.phone.registerer.state);
-  assert.equal(state, 'Registered', await pageState(page));
-}
-
-/**
- * Dials `extension` as Odoo's `invite()` does (an Inviter, constraints audio only) and,
- * once Established, plays the remote stream in an Audio element as Odoo's Session does.
- * Resolves when the session is Established (fails on anything else).
- */
-async function sipJsDial(page, extension) {
-  await page.evaluate(
-    ({ extension, domain }) => {
-      const SIP = window.SIP;
-      const phone = window.phone;
-      const inviter = new SIP.Inviter(phone.ua, SIP.UserAgent.makeURI(`sip:${extension}@${domain}`));
-      phone.session = inviter;
-      inviter.stateChange.addListener((s) => {
-        phone.sessionStates.push(s);
-        if (s === SIP.SessionState.Established) {
-          const audio = new Audio();
-          audio.srcObject = inviter.sessionDescriptionHandler.remoteMediaStream;
-          audio.play().catch((e) => phone.errors.push(`audio.play: ${e}`));
-          phone.remoteAudio = audio;
-        }
-      });
-      inviter
-        .invite({
-          requestDelegate: {
-            onAccept: (r) => {
-              phone.invite.status = r.message.statusCode;
-              phone.invite.answer = r.message.body;
-            },
-            onReject: (r) => {
-              phone.invite.status = r.message.statusCode;
-            },
-          },
-          sessionDescriptionHandlerOptions: { constraints: { audio: true, video: false } },
-        })
-        .catch((e) => phone.errors.push(`invite: ${e}`));
-    },
-    { extension, domain: DOMAIN },
-  );
-  await waitInPage(
-    page,
-    () => ['Established', 'Terminated'].includes(window.phone.session.state) || window.phone.errors.length,
-    'the call was answered',
-  );
-  const state = await page.evaluate(() => window.phone.session.state);
-  assert.equal(state, 'Established', await pageState(page));
-  // Media flows once ICE and DTLS are through (the 200 OK comes before): until then
-  // Chromium cannot send DTMF (canInsertDTMF is false) and nobody hears anything.
-  await waitInPage(
-    page,
-    () => window.phone.session.sessionDescriptionHandler.peerConnection.connectionState === 'connected',
-    'ICE and DTLS connected',
-  );
-}
-
-/**
- * Keys `digits` as Odoo's keypad does (`sessionDescriptionHandler.sendDtmf(key)`, RFC 4733
- * through RTCDTMFSender), one key at a time: insertDTMF replaces what is still queued, so
- * each key waits for the previous one (100 ms tone + 70 ms gap) to be sent.
- */
-async function sipJsKeys(page, digits) {
-  for (const d of digits) {
-    const sent = await page.evaluate((d) => window.phone.session.sessionDescriptionHandler.sendDtmf(d), d);
-    assert.equal(sent, true, `sendDtmf('${d}') → ${sent}\n${await pageState(page)}`);
-    await sleep(350);
-  }
-}
 
 /** The page's peer connection statistics that matter here. */
 function rtpStats(page, pcPath = 'window.phone.session.sessionDescriptionHandler.peerConnection') {
@@ -195,90 +83,6 @@ function rtpStats(page, pcPath = 'window.phone.session.sessionDescriptionHandler
 }
 
 /**
- * Records `ms` of what the page receives on its audio track (the first audio receiver of
- * the peer connection at `pcPath`): MediaStreamTrackProcessor when Chromium has it, else
- * WebAudio (a MediaStreamSource into a ScriptProcessor). Chromium only decodes a remote
- * track that something plays out: the page must play it (as Odoo does in an Audio
- * element). Resolves with { rate, samples (Int16Array), via }.
- */
-async function recordRemote(page, ms, pcPath = 'window.phone.session.sessionDescriptionHandler.peerConnection') {
-  const got = await page.evaluate(
-    async ({ ms, pcPath }) => {
-      // eslint-disable-next-line no-eval
-      const pc = (0, eval)(pcPath);
-      const track = pc.getReceivers().find((r) => r.track?.kind === 'audio')?.track;
-      if (!track) throw new Error('no audio receiver track');
-      const chunks = [];
-      let rate = 0;
-      let via;
-      if (typeof MediaStreamTrackProcessor === 'function') {
-        via = 'MediaStreamTrackProcessor';
-        const reader = new MediaStreamTrackProcessor({ track: track.clone() }).readable.getReader();
-        const end = Date.now() + ms;
-        while (Date.now() < end) {
-          // Bounded: a track nothing plays out (no Audio element) delivers no frames.
-          const next = await Promise.race([reader.read(), new Promise((r) => setTimeout(() => r({ done: true, timeout: true }), 1000))]);
-          if (next.timeout) throw new Error('no audio frame from the remote track for 1 s');
-          const { value, done } = next;
-          if (done) break;
-          const buf = new Float32Array(value.numberOfFrames);
-          value.copyTo(buf, { planeIndex: 0, format: 'f32-planar' });
-          rate = value.sampleRate;
-          value.close();
-          chunks.push(buf);
-        }
-        reader.cancel();
-      } else {
-        via = 'WebAudio';
-        const ctx = new AudioContext();
-        await ctx.resume();
-        rate = ctx.sampleRate;
-        const source = ctx.createMediaStreamSource(new MediaStream([track]));
-        const node = ctx.createScriptProcessor(4096, 1, 1);
-        node.onaudioprocess = (e) => chunks.push(new Float32Array(e.inputBuffer.getChannelData(0)));
-        source.connect(node);
-        node.connect(ctx.destination);
-        await new Promise((r) => setTimeout(r, ms));
-        await ctx.close();
-      }
-      const total = chunks.reduce((n, c) => n + c.length, 0);
-      const pcm = new Int16Array(total);
-      let at = 0;
-      for (const c of chunks) {
-        for (let i = 0; i < c.length; i++) pcm[at++] = Math.max(-32768, Math.min(32767, Math.round(c[i] * 32767)));
-      }
-      let bin = '';
-      const bytes = new Uint8Array(pcm.buffer);
-      for (let i = 0; i < bytes.length; i += 0x8000) bin += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
-      return { rate, b64: btoa(bin), via };
-    },
-    { ms, pcPath },
-  );
-  const buf = Buffer.from(got.b64, 'base64');
-  return { rate: got.rate, samples: new Int16Array(buf.buffer, buf.byteOffset, buf.length / 2), via: got.via };
-}
-
-/** Waits up to `timeout` ms for `predicate` in the page; on timeout the error carries the page's state and console. */
-async function waitInPage(page, predicate, what, timeout = 10_000) {
-  try {
-    await page.waitForFunction(predicate, null, { timeout, polling: 100 });
-  } catch (err) {
-    err.message = `${what}: ${err.message}\n${await pageState(page)}`;
-    throw err;
-  }
-}
-
-/** window.phone (JSON-safe) and the page's console, for failure messages. */
-async function pageState(page) {
-  const state = await page
-    .evaluate(() =>
-      JSON.stringify(window.phone, (k, v) => (['ua', 'registerer', 'session', 'remoteAudio', 'answer'].includes(k) ? undefined : v)),
-    )
-    .catch((e) => String(e));
-  return `--- window.phone ---\n${state}\n--- page console ---\n${(page.consoleLines ?? []).slice(-30).join('\n')}`;
-}
-
-/**
  * The audio codec an SDP answer settled on (the first payload type of m=audio), as the
  * API names it (`OPUS`, `G722`, `PCMU`…) and as Chromium's stats do (`audio/opus`…).
  */
@@ -300,33 +104,6 @@ function assertWideband(answer, participant, stats) {
   assert.equal(String(stats.inboundCodec).toLowerCase(), codec.mime, JSON.stringify(stats));
   assert.equal(String(stats.outboundCodec).toLowerCase(), codec.mime, JSON.stringify(stats));
   return codec.api;
-}
-
-/**
- * `who` hears `hz` and not its own `ownHz` in `samples`, judged per 100 ms window
- * (Goertzel shares, as the Rust tests use over one long window): the tone dominates at
- * least 75 % of the windows and the own tone stays under 5 % on average. Short windows,
- * because both ends adapt their playout to clock drift between Chromium's fake audio
- * devices and the PBX (NetEq accelerates, the PBX's jitter buffer drops or conceals a
- * frame every few seconds under load): each such splice shifts the sine's phase, which
- * cancels a Goertzel taken across it but spoils only the window it falls in.
- */
-function assertHears(who, samples, rate, hz, ownHz, t) {
-  const size = Math.round(rate / 10);
-  const heard = [];
-  const own = [];
-  for (let i = 0; i + size <= samples.length; i += size) {
-    const w = samples.subarray(i, i + size);
-    heard.push(toneShare(w, rate, hz));
-    own.push(toneShare(w, rate, ownHz));
-  }
-  const dominant = heard.filter((x) => x > 0.5).length / Math.max(1, heard.length);
-  const ownMean = own.reduce((a, x) => a + x, 0) / Math.max(1, own.length);
-  const summary = `${who} (${rate} Hz, ${heard.length} windows of 100 ms, rms ${rms(samples).toFixed(0)}): ${hz} Hz dominant in ${(dominant * 100).toFixed(0)} % [${heard.map((x) => x.toFixed(2)).join(' ')}], own ${ownHz} Hz ${ownMean.toFixed(3)} on average, whole-span share ${toneShare(samples, rate, hz).toFixed(3)}`;
-  t.diagnostic(summary);
-  assert.ok(heard.length >= 20, `enough audio: ${summary}`);
-  assert.ok(dominant >= 0.75, `${who} hears ${hz} Hz: ${summary}`);
-  assert.ok(ownMean < 0.05, `${who} does not hear its own ${ownHz} Hz: ${summary}`);
 }
 
 // ---- the PBX's view -----------------------------------------------------------------------
@@ -499,7 +276,7 @@ describe('WebRTC audio legs from Chromium into conference rooms', { timeout: 90_
           ua.on('registrationFailed', (e) => phone.events.push(`registrationFailed:${e.cause}`));
           ua.start();
         },
-        { server: pbx.wsUrl, user: user.username, password: user.password, domain: DOMAIN, extension: room.extension },
+        { server: pbx.wsUrl, user: user.username, password: user.password, domain: SIP_DOMAIN, extension: room.extension },
       );
       await waitInPage(
         page,
