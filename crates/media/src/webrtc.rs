@@ -17,12 +17,15 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::crypto::dtls::DtlsCert;
 use str0m::format::{Codec, FormatParams};
 use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt, TelephoneEvent};
 use str0m::net::{Protocol, Receive};
+use str0m::rtp::Extension;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use crate::codec::CodecKind;
@@ -131,6 +134,21 @@ fn kind_of(codec: Codec) -> Option<CodecKind> {
     }
 }
 
+/// One DTLS certificate for every leg of the process, made once. Making one per leg is a
+/// key generation in the media thread at every join (a stall when many join together);
+/// the keys of each call are still its own (the handshake is ephemeral Diffie-Hellman), a
+/// browser only checks that the fingerprint in our SDP matches the certificate, and a
+/// restart makes a new one, as Janus and other media servers do.
+fn dtls_cert() -> Option<DtlsCert> {
+    static CERT: OnceLock<Option<DtlsCert>> = OnceLock::new();
+    CERT.get_or_init(|| {
+        str0m::crypto::from_feature_flags()
+            .dtls_provider
+            .generate_certificate()
+    })
+    .clone()
+}
+
 /// The Rtc of a leg: ICE-lite, our codecs in our order, no reordering hold-back.
 fn new_rtc(now: Instant, local: SocketAddr) -> Result<Rtc, WebRtcError> {
     let mut cfg = RtcConfig::new()
@@ -143,7 +161,13 @@ fn new_rtc(now: Instant, local: SocketAddr) -> Result<Rtc, WebRtcError> {
         .enable_pcmu(true, false)
         .enable_pcma(true, false)
         // Our own jitter buffer orders packets; str0m must not hold them back.
-        .set_reordering_size_audio(0);
+        .set_reordering_size_audio(0)
+        // Only what audio needs: the level (to skip silence) and the mid (BUNDLE). No
+        // transport-wide congestion feedback: there is no bandwidth to estimate for one
+        // Opus stream, and applying browsers' reports cost more than decoding them.
+        .clear_extension_map()
+        .set_extension(1, Extension::AudioLevel)
+        .set_extension(4, Extension::RtpMid);
     for (pt, clock) in [
         (TELEPHONE_EVENT_48K_PT, Frequency::FORTY_EIGHT_KHZ),
         (TELEPHONE_EVENT_PT, Frequency::EIGHT_KHZ),
@@ -156,6 +180,9 @@ fn new_rtc(now: Instant, local: SocketAddr) -> Result<Rtc, WebRtcError> {
             None,
             FormatParams::default(),
         );
+    }
+    if let Some(cert) = dtls_cert() {
+        cfg = cfg.set_dtls_cert(cert);
     }
     let mut rtc = cfg.build(now);
     let candidate =

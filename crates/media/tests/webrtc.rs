@@ -111,6 +111,9 @@ impl Pair {
             "the browser's number, at the audio clock"
         );
         assert!(answer.sdp.contains("a=ice-lite"), "{}", answer.sdp);
+        // The level is kept (silence is skipped by it), congestion feedback is not.
+        assert!(answer.sdp.contains("ssrc-audio-level"), "{}", answer.sdp);
+        assert!(!answer.sdp.contains("transport-wide-cc"), "{}", answer.sdp);
         browser
             .sdp_api()
             .accept_answer(pending, SdpAnswer::from_sdp_string(&answer.sdp).unwrap())
@@ -437,4 +440,18 @@ fn a_browser_puts_the_call_on_hold_and_resumes() {
         }
         assert!(p.gone.is_none());
     }
+}
+
+#[test]
+fn legs_share_one_dtls_certificate_made_once() {
+    let now = Instant::now();
+    let fingerprint = |sdp: &str| {
+        sdp.lines()
+            .find(|l| l.starts_with("a=fingerprint:"))
+            .map(str::to_owned)
+            .expect("a fingerprint")
+    };
+    let (_, a) = WebRtcLeg::offer(now, PBX.parse().unwrap()).unwrap();
+    let (_, b) = WebRtcLeg::offer(now, "127.0.0.1:40002".parse().unwrap()).unwrap();
+    assert_eq!(fingerprint(&a), fingerprint(&b));
 }
