@@ -26,7 +26,7 @@ import {
   checker,
   CHROMIUM,
   eventually,
-  launchBrowser,
+  launchPhoneBrowser,
   needs,
   openPhonePage,
   pageState,
@@ -153,16 +153,7 @@ describe('calls between a browser user and desk phones, and blind transfer', { t
   before(async () => {
     const tone = writeSineWav(path.join(tmpDir('tones'), `sine-${ALICE.hz}hz.wav`), { hz: ALICE.hz, seconds: 20, rate: 48_000 });
     libs = await servePhoneLibs();
-    b = await launchBrowser({
-      extraArgs: [
-        '--use-fake-device-for-media-stream',
-        '--use-fake-ui-for-media-stream',
-        // Looped: every call of the run hears the tone, however late it comes.
-        `--use-file-for-fake-audio-capture=${tone}`,
-        '--allow-loopback-in-peer-connection',
-        '--autoplay-policy=no-user-gesture-required',
-      ],
-    });
+    b = await launchPhoneBrowser(tone);
   });
 
   after(async () => {

@@ -980,6 +980,43 @@ export const CHROMIUM_ARGS = [
 ];
 
 /**
+ * Chromium with a fake microphone playing `wav` in a loop (Chromium loops the file even
+ * with `%noloop`, so every call of a run hears it however late it comes), media on
+ * loopback allowed and audio playing without a gesture, as a phone page needs.
+ */
+export function launchPhoneBrowser(wav, options = {}) {
+  return launchBrowser({
+    ...options,
+    extraArgs: [
+      '--use-fake-device-for-media-stream',
+      '--use-fake-ui-for-media-stream',
+      `--use-file-for-fake-audio-capture=${wav}`,
+      '--allow-loopback-in-peer-connection',
+      '--autoplay-policy=no-user-gesture-required',
+      ...(options.extraArgs ?? []),
+    ],
+  });
+}
+
+/**
+ * Makes fresh users on `pbx()` (a function, as the PBX starts later), extensions from
+ * `first` up, so that no test depends on another: `await newUser('alice')` returns
+ * { extension, username, password }; with `apply` the change is applied at once.
+ */
+export function userMaker(pbx, first, { apply = false } = {}) {
+  let count = 0;
+  return async (label) => {
+    count += 1;
+    const extension = String(first + count);
+    const username = `${label}${count}`;
+    const password = `${username}-secret-${Math.random().toString(36).slice(2, 8)}`;
+    await pbx().createUser(`${label} ${count}`, extension, username, password);
+    if (apply) await pbx().apply();
+    return { extension, username, password };
+  };
+}
+
+/**
  * Launches Debian's Chromium through playwright-core (no browser download: it is never
  * installed by Playwright here). Playwright gives each launch a fresh temporary
  * user-data-dir, removed on close. Returns

@@ -27,6 +27,7 @@ import {
   selfSignedCert,
   servePhoneLibs,
   startPbx,
+  userMaker,
 } from './harness.mjs';
 
 const chromiumMissing = needs(CHROMIUM, 'chromium');
@@ -181,18 +182,8 @@ describe('browser phones over SIP WebSocket', { timeout: 120_000, skip: chromium
   let b;
   let libs;
   const check = checker(test, () => ({ b, pbx }), 30_000);
-  let userCount = 0;
-
   /** A fresh user (applied), so that no test depends on another. */
-  async function newUser(label) {
-    userCount += 1;
-    const extension = String(300 + userCount);
-    const username = `${label}${userCount}`;
-    const password = `${username}-secret-${Math.random().toString(36).slice(2, 8)}`;
-    await pbx.createUser(`${label} ${userCount}`, extension, username, password);
-    await pbx.apply();
-    return { extension, username, password };
-  }
+  const newUser = userMaker(() => pbx, 300, { apply: true });
 
   before(async () => {
     const { cert, key } = selfSignedCert();

@@ -23,7 +23,7 @@ import {
   checker,
   CHROMIUM,
   eventually,
-  launchBrowser,
+  launchPhoneBrowser,
   needs,
   openPhonePage,
   recordRemote,
@@ -36,6 +36,7 @@ import {
   sleep,
   startPbx,
   tmpDir,
+  userMaker,
   waitInPage,
   writeSineWav,
 } from './harness.mjs';
@@ -131,14 +132,7 @@ describe('WebRTC audio legs from Chromium into conference rooms', { timeout: 90_
   let count = 0;
 
   /** A fresh user (applied with the room): { extension, username, password }. */
-  async function newUser(label) {
-    count += 1;
-    const extension = String(200 + count);
-    const username = `${label}${count}`;
-    const password = `${username}-secret-${Math.random().toString(36).slice(2, 8)}`;
-    await pbx.createUser(`${label} ${count}`, extension, username, password);
-    return { extension, username, password };
-  }
+  const newUser = userMaker(() => pbx, 200);
 
   /** A fresh room (`code`: its access code, or null); applied with the users made before. */
   async function newRoom(code) {
@@ -156,18 +150,7 @@ describe('WebRTC audio legs from Chromium into conference rooms', { timeout: 90_
       startPbx({ extraArgs: ['--https-listen', '127.0.0.1:0', '--tls-cert', cert, '--tls-key', key] }),
       servePhoneLibs(),
     ]);
-    b = await launchBrowser({
-      ignoreCertificateErrors: true,
-      extraArgs: [
-        '--use-fake-device-for-media-stream',
-        '--use-fake-ui-for-media-stream',
-        // Looped (no %noloop): every call of the run hears the tone, however late it comes.
-        // (Chromium 156 loops the file even with %noloop: a 5 s file played on for 7 s.)
-        `--use-file-for-fake-audio-capture=${tones}`,
-        '--allow-loopback-in-peer-connection',
-        '--autoplay-policy=no-user-gesture-required',
-      ],
-    });
+    b = await launchPhoneBrowser(tones, { ignoreCertificateErrors: true });
   });
 
   after(async () => {

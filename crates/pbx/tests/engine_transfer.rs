@@ -35,16 +35,7 @@ fn answered_call() -> Call {
         &carrier_invite(CARRIER, "+3225550101", "+3225550101", "in-t"),
     );
     let invite = requests_to(&h.out(), 6000, "INVITE").remove(0);
-    let body = sdp(30000);
-    let ok = answer_text(&invite, 200, "desk", 6000).replace(
-        "Content-Length: 0\n\n",
-        &format!(
-            "Content-Type: application/sdp\nContent-Length: {}\n\n{body}",
-            body.len()
-        )
-        .replace("\r\n", "\n"),
-    );
-    h.send(6000, &ok);
+    h.send(6000, &answer_with_sdp(&invite, "desk", 6000, &sdp(30000)));
     let carrier_ok = h
         .out()
         .into_iter()

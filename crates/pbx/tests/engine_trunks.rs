@@ -223,17 +223,7 @@ fn a_number_routed_to_a_user_rings_their_phone_with_media_through_the_pbx() {
         .out()
         .iter()
         .any(|(p, m)| *p == CARRIER && status(m) == Some(180)));
-    let mut ok = answer_text(&invite, 200, "desk", 6000);
-    let body = sdp(30000);
-    ok = ok.replace(
-        "Content-Length: 0\n\n",
-        &format!(
-            "Content-Type: application/sdp\nContent-Length: {}\n\n{body}",
-            body.len()
-        )
-        .replace("\r\n", "\n"),
-    );
-    h.send(6000, &ok);
+    h.send(6000, &answer_with_sdp(&invite, "desk", 6000, &sdp(30000)));
     let out = h.out();
     assert_eq!(
         requests_to(&out, 6000, "ACK").len(),

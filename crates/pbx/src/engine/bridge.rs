@@ -109,6 +109,26 @@ impl Engine {
             self.respond(now, tx, &req, 503, "Service Unavailable");
             return None;
         };
+        let side = CallerSide::Invite {
+            invite: Box::new(req),
+            tx: Some(tx),
+            peer: from,
+            tag: confero_sip::message::random_tag(),
+            port: Some(a),
+        };
+        let id = self.file_bridge(now, caller, callee, side, b);
+        Some((id, b))
+    }
+
+    /// Files a new bridge, ringing from `now`, the callee's leg to be on `callee_port`.
+    fn file_bridge(
+        &mut self,
+        now: Instant,
+        caller: Party,
+        callee: Party,
+        caller_side: CallerSide,
+        callee_port: u16,
+    ) -> u64 {
         let id = self.next_call_id;
         self.next_call_id += 1;
         let bridge = Bridge {
@@ -117,14 +137,8 @@ impl Engine {
             state: BridgeState::Ringing,
             started_unix: self.unix(now),
             answered_unix: None,
-            caller_side: CallerSide::Invite {
-                invite: Box::new(req),
-                tx: Some(tx),
-                peer: from,
-                tag: confero_sip::message::random_tag(),
-                port: Some(a),
-            },
-            callee_port: Some(b),
+            caller_side,
+            callee_port: Some(callee_port),
             forks: Vec::new(),
             ringing_sent: false,
             ring_deadline: now + self.settings.ring_timeout,
@@ -132,7 +146,7 @@ impl Engine {
             legs: None,
         };
         self.bridges.insert(id, bridge);
-        Some((id, b))
+        id
     }
 
     /// A bridge for a blind transfer: `transferee` is already on one of our legs, so only
@@ -150,23 +164,8 @@ impl Engine {
             tracing::warn!("RTP port range exhausted; a transfer fails");
             return None;
         };
-        let id = self.next_call_id;
-        self.next_call_id += 1;
-        let bridge = Bridge {
-            caller,
-            callee,
-            state: BridgeState::Ringing,
-            started_unix: self.unix(now),
-            answered_unix: None,
-            caller_side: CallerSide::Transferee { leg: transferee },
-            callee_port: Some(port),
-            forks: Vec::new(),
-            ringing_sent: false,
-            ring_deadline: now + self.settings.ring_timeout,
-            ended_at: None,
-            legs: None,
-        };
-        self.bridges.insert(id, bridge);
+        let side = CallerSide::Transferee { leg: transferee };
+        let id = self.file_bridge(now, caller, callee, side, port);
         if let Some(c) = self.conf_legs.get_mut(&transferee) {
             c.bridge = Some(id);
         }

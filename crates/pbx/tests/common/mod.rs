@@ -340,6 +340,23 @@ Content-Length: 0
     )
 }
 
+/// A phone's 200 OK to `invite` carrying `sdp` (written with CRLF line ends).
+pub fn answer_with_sdp(
+    invite: &confero_sip::message::Request,
+    tag: &str,
+    port: u16,
+    sdp: &str,
+) -> String {
+    answer_text(invite, 200, tag, port).replace(
+        "Content-Length: 0\n\n",
+        &format!(
+            "Content-Type: application/sdp\nContent-Length: {}\n\n{sdp}",
+            sdp.len()
+        )
+        .replace("\r\n", "\n"),
+    )
+}
+
 pub fn media(h: &mut Harness) -> Vec<MediaCommand> {
     std::iter::from_fn(|| h.engine.poll_media()).collect()
 }
