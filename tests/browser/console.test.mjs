@@ -470,6 +470,28 @@ describe('console', { skip: chromiumMissing }, () => {
     assert.equal(await pendingCount(), pendingBefore + 1);
   });
 
+  // ---- Connect Odoo ---------------------------------------------------------------------------
+
+  check('Connect Odoo lists the values for Odoo from the menu, with each user', async () => {
+    await open('/conferences');
+    await page.getByRole('navigation', { name: 'Main' }).getByRole('link', { name: 'Connect Odoo' }).click();
+    await page.waitForURL((u) => u.pathname === '/connect-odoo');
+    assert.equal((await h1().textContent()).trim(), 'Connect Odoo');
+    const host = new URL(pbx.url).hostname;
+    const port = new URL(pbx.url).port;
+    assert.equal((await page.getByTestId('odoo-domain').textContent()).trim(), host, 'the name this console was opened with');
+    assert.equal((await page.getByTestId('odoo-websocket').textContent()).trim(), `ws://${host}:${port}/ws`);
+    assert.equal((await page.getByTestId('odoo-environment').textContent()).trim(), 'Production');
+    // This PBX has no HTTPS listener: the page says an https:// Odoo cannot use ws://.
+    assert.ok(await page.getByTestId('odoo-no-tls').isVisible());
+    for (const [name, , username] of USERS) {
+      const row = page.locator(`tr[data-user="${username}"]`);
+      assert.match(await row.textContent(), new RegExp(name));
+      assert.match(await row.textContent(), /No$|No\s*$/m, `${username} has no browser registered`);
+    }
+    await b.shot('08-connect-odoo');
+  });
+
   // ---- deletion -------------------------------------------------------------------------------
 
   check('deleting a room asks for confirmation, then Apply changes takes it out', async () => {
