@@ -162,6 +162,7 @@ fn stream_cycle() {
             payload_type: 0,
             dtmf_payload_type: Some(101),
             remote: from,
+            latch: confero_media::stream::Latch::Never,
             local_ssrc: 42,
         },
         t0,

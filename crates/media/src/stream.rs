@@ -13,15 +13,23 @@
 //!
 //! # Whom we listen to
 //!
-//! Phones behind NAT send from an address their SDP does not mention, so the stream latches
-//! onto the source of the first valid RTP packet (symmetric RTP) and sends there. After that
-//! it ignores RTP from other addresses and from other SSRCs, which keeps a stranger spraying
-//! packets at our port from taking over the leg. The lock is released when the latched
-//! source has been silent for a second (a re-INVITE can move the media or change the SSRC)
-//! or when the signalling layer sets a new remote address.
+//! A stranger who can reach our RTP port must never hear the room nor speak in it. A
+//! stream takes audio only from sources that match what the phone signalled, ranked by how
+//! closely ([`Latch`]): the exact SDP address; the SDP port at the SDP or signalling IP (a
+//! host with several addresses writes one and sends from another); and, only for a phone
+//! behind NAT (its SDP names an address nobody could reach), any port at the IP its SIP
+//! came from. The first acceptable packet latches the stream, a better-ranked source may
+//! take it over once, and nothing else ever does: silence never releases it, and moving
+//! the media takes a re-INVITE ([`set_remote`](MediaStream::set_remote)). So a stranger
+//! elsewhere is never heard nor sent to, and one behind the phone's own NAT who raced its
+//! first packet loses the leg as soon as a better match speaks. Browser legs need none of
+//! this: str0m checks ICE consent and hands us their media under one fixed address.
+//!
+//! Within the accepted source the stream locks onto the first SSRC and takes another only
+//! after a second of silence (a phone may restart its RTP session on hold and resume).
 
 use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use crate::codec::{CodecKind, Decoder};
@@ -32,7 +40,7 @@ use crate::rtp::{
     write_sdes_cname, write_sr, ReceiverStats, ReportBlock, RtcpPacket, RtpHeader, SenderInfo,
 };
 
-/// A source or SSRC silent this long may be replaced by another.
+/// An SSRC silent this long may be replaced by another from the same source.
 const RELOCK_AFTER: Duration = Duration::from_secs(1);
 /// With no telephone-event packet for this long, a digit whose end was lost is reported.
 const EVENT_END_TIMEOUT: Duration = Duration::from_millis(300);
@@ -55,8 +63,68 @@ pub struct StreamConfig {
     pub dtmf_payload_type: Option<u8>,
     /// The address from the SDP (`c=` and `m=` port), used until a source is learned.
     pub remote: SocketAddr,
+    /// Whether another source may stand for `remote` (NAT).
+    pub latch: Latch,
     /// Our SSRC (random).
     pub local_ssrc: u32,
+}
+
+/// Which sources besides the exact SDP address a stream accepts; see the module
+/// documentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Latch {
+    /// The SDP address only: a browser leg, whose media str0m has already checked.
+    Never,
+    /// A phone or provider whose SIP came from `signalling`; `nat` when its SDP names an
+    /// address nobody could reach, so its RTP comes from a port we cannot know.
+    Phone { signalling: IpAddr, nat: bool },
+}
+
+impl Latch {
+    /// The policy for a phone whose SDP names `sdp` and whose SIP came from `signalling`.
+    #[must_use]
+    pub fn for_phone(sdp: SocketAddr, signalling: IpAddr) -> Latch {
+        Latch::Phone {
+            signalling,
+            nat: sdp.ip() != signalling && !is_reachable(sdp.ip()),
+        }
+    }
+
+    /// How well `from` matches what was signalled for `sdp`: 0 is a stranger.
+    fn rank(self, sdp: SocketAddr, from: SocketAddr) -> u8 {
+        if from == sdp {
+            return 3;
+        }
+        let Latch::Phone { signalling, nat } = self else {
+            return 0;
+        };
+        if from.port() == sdp.port() && from.ip() == signalling {
+            2
+        } else if nat && from.ip() == signalling {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// Whether an address could be the far end of a path from a server on the internet.
+/// Loopback counts as reachable: it is what tests and same-host peers use.
+fn is_reachable(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            let shared = a == 100 && (64..128).contains(&b);
+            !(v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || shared)
+        }
+        IpAddr::V6(v6) => {
+            !(v6.is_unspecified() || v6.is_unique_local() || v6.is_unicast_link_local())
+        }
+    }
 }
 
 /// Counters and quality figures for the console and the logs.
@@ -85,9 +153,10 @@ pub struct StreamStats {
     pub remote_jitter_ms: Option<f32>,
     /// Datagrams that did not parse as RTP or RTCP.
     pub malformed: u64,
-    /// Well-formed packets ignored: wrong source address, second SSRC, unexpected payload
-    /// type.
+    /// Well-formed packets ignored: second SSRC, unexpected payload type.
     pub ignored: u64,
+    /// Packets (RTP or RTCP) from a source the stream does not accept: a stranger.
+    pub foreign: u64,
     /// Whether the peer sent an RTCP BYE for its source.
     pub bye: bool,
     /// When the last accepted RTP packet arrived.
@@ -101,8 +170,8 @@ pub struct StreamStats {
 pub struct MediaStream {
     cfg: StreamConfig,
     created: Instant,
-    /// Latched source of RTP.
-    source: Option<SocketAddr>,
+    /// The accepted source of RTP, once a packet came from it, and its rank.
+    source: Option<(SocketAddr, u8)>,
     remote_ssrc: Option<u32>,
     last_rtp_at: Option<Instant>,
 
@@ -184,6 +253,7 @@ impl MediaStream {
                 remote_jitter_ms: None,
                 malformed: 0,
                 ignored: 0,
+                foreign: 0,
                 bye: false,
                 last_packet_at: None,
                 jitter_buffer: JitterStats::default(),
@@ -223,20 +293,42 @@ impl MediaStream {
         ntp_from_unix(unix)
     }
 
-    fn source_silent(&self, now: Instant) -> bool {
+    fn ssrc_silent(&self, now: Instant) -> bool {
         self.last_rtp_at
             .is_none_or(|t| now.saturating_duration_since(t) >= RELOCK_AFTER)
     }
 
-    /// RTP or RTCP datagram from `from`. Learns the source on the first valid packet
-    /// (symmetric RTP, NAT) but then ignores packets from other addresses; locks onto the
-    /// first SSRC and re-locks only after a silence of 1 s (a phone re-INVITE can change
-    /// SSRC); drops malformed packets and counts them.
+    /// RTP or RTCP datagram from `from`. Takes RTP only from the accepted source (see the
+    /// module documentation), locks onto the first SSRC and re-locks only after a silence
+    /// of 1 s (a phone re-INVITE can change SSRC); drops malformed packets and counts them.
     ///
     /// RTCP is accepted from the source's IP address on any port, since without rtcp-mux it
     /// comes from the RTP port + 1.
     pub fn handle_packet(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
         self.handle_packet_hinted(now, data, from, false);
+    }
+
+    /// Whether RTP from `from` is the phone's, latching onto it if it is the first
+    /// acceptable source or a better match than the one latched.
+    fn accept_source(&mut self, from: SocketAddr) -> bool {
+        let latched = self.source.map(|(addr, rank)| (addr == from, rank));
+        if let Some((true, _)) = latched {
+            return true;
+        }
+        let rank = self.cfg.latch.rank(self.cfg.remote, from);
+        if rank == 0 || latched.is_some_and(|(_, held)| rank <= held) {
+            return false;
+        }
+        if latched.is_some() {
+            // Whoever held the leg was not the phone: nothing of theirs may stay in the
+            // buffers.
+            self.remote_ssrc = None;
+            self.jitter.reset();
+            self.decoder.reset();
+            self.events.reset();
+        }
+        self.source = Some((from, rank));
+        true
     }
 
     /// As [`handle_packet`](Self::handle_packet), for an audio packet its sender marked as
@@ -262,17 +354,13 @@ impl MediaStream {
             self.stats.ignored += 1;
             return;
         }
-        let silent = self.source_silent(now);
-        match self.source {
-            Some(src) if src != from && !silent => {
-                self.stats.ignored += 1;
-                return;
-            }
-            _ => self.source = Some(from),
+        if !self.accept_source(from) {
+            self.stats.foreign += 1;
+            return;
         }
         match self.remote_ssrc {
             Some(ssrc) if ssrc == h.ssrc => {}
-            Some(_) if !silent => {
+            Some(_) if !self.ssrc_silent(now) => {
                 self.stats.ignored += 1;
                 return;
             }
@@ -317,9 +405,9 @@ impl MediaStream {
     }
 
     fn handle_rtcp(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
-        let expected_ip = self.source.unwrap_or(self.cfg.remote).ip();
+        let expected_ip = self.remote().ip();
         if from.ip() != expected_ip {
-            self.stats.ignored += 1;
+            self.stats.foreign += 1;
             return;
         }
         for packet in parse_rtcp(data) {
@@ -540,14 +628,16 @@ impl MediaStream {
     /// Where to send: the learned source, or the SDP address until one is learned.
     #[must_use]
     pub fn remote(&self) -> SocketAddr {
-        self.source.unwrap_or(self.cfg.remote)
+        self.source.map_or(self.cfg.remote, |(addr, _)| addr)
     }
 
-    /// A new SDP address from a re-INVITE. If it differs, the source and SSRC are learned
-    /// again from the next valid packet.
-    pub fn set_remote(&mut self, addr: SocketAddr) {
-        if addr != self.cfg.remote {
+    /// A new SDP address (and signalling address) from a re-INVITE: the only way media
+    /// moves once a source is accepted. If either differs, the source and SSRC are learned
+    /// again under the new policy.
+    pub fn set_remote(&mut self, addr: SocketAddr, latch: Latch) {
+        if addr != self.cfg.remote || latch != self.cfg.latch {
             self.cfg.remote = addr;
+            self.cfg.latch = latch;
             self.source = None;
             self.remote_ssrc = None;
         }
@@ -607,7 +697,18 @@ mod tests {
             payload_type: 0,
             dtmf_payload_type: Some(101),
             remote: addr(PHONE),
+            latch: Latch::Never,
             local_ssrc: ssrc,
+        }
+    }
+
+    /// A phone behind NAT: SDP names a private address, SIP came from `NAT`'s address.
+    fn nat_config(ssrc: u32) -> StreamConfig {
+        let private = addr("10.0.0.5:4000");
+        StreamConfig {
+            remote: private,
+            latch: Latch::for_phone(private, addr(NAT).ip()),
+            ..config(ssrc)
         }
     }
 
@@ -662,8 +763,8 @@ mod tests {
     #[test]
     fn learns_source_and_ignores_strangers_and_second_ssrc() {
         let t0 = Instant::now();
-        let mut s = MediaStream::new(config(1), t0);
-        assert_eq!(s.remote(), addr(PHONE));
+        let mut s = MediaStream::new(nat_config(1), t0);
+        assert_eq!(s.remote(), addr("10.0.0.5:4000"));
         let mut phone = Phone::new(0xaaaa);
         let mut intruder = Phone::new(0xbbbb);
         let mut frames = 0;
@@ -677,14 +778,167 @@ mod tests {
         assert_eq!(s.remote(), addr(NAT));
         let st = s.stats();
         assert_eq!(st.packets_received, 50);
-        assert_eq!(st.ignored, 100);
+        assert_eq!((st.foreign, st.ignored), (50, 50));
         assert!(frames >= 47, "{frames}");
 
-        // After a second of silence a new SSRC (re-INVITE to another phone) takes over.
+        // After a second of silence a new SSRC from the same source (a phone restarting its
+        // RTP session on resume) takes over.
         let mut new_phone = Phone::new(0xcccc);
         s.handle_packet(at(t0, 2100), &new_phone.audio(), addr(NAT));
         assert_eq!(s.stats().packets_received, 51);
         assert_eq!(s.idle_for(at(t0, 2150)), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn silence_never_hands_the_leg_to_a_stranger() {
+        let t0 = Instant::now();
+        for cfg in [config(1), nat_config(1)] {
+            let mut s = MediaStream::new(cfg, t0);
+            let mut phone = Phone::new(0xaaaa);
+            let from = match cfg.latch {
+                Latch::Phone { nat: true, .. } => addr(NAT),
+                _ => addr(PHONE),
+            };
+            for i in 0..10u64 {
+                s.handle_packet(at(t0, i * 20), &phone.audio(), from);
+            }
+            // Ten seconds of silence (a muted phone, a phone before its first word), then a
+            // stranger elsewhere and one at the phone's own IP, with the phone's SSRC too.
+            let mut stranger = Phone::new(0xaaaa);
+            let same_ip_other_port = SocketAddr::new(from.ip(), from.port() + 2);
+            for i in 0..100u64 {
+                let t = at(t0, 10_000 + i * 20);
+                s.handle_packet(t, &stranger.audio(), addr(STRANGER));
+                s.handle_packet(t, &stranger.audio(), same_ip_other_port);
+                let _ = s.pull_frame(t);
+            }
+            assert_eq!(s.remote(), from, "the mix still goes to the phone");
+            let st = s.stats();
+            assert_eq!(
+                (st.packets_received, st.foreign),
+                (10, 200),
+                "{:?}",
+                cfg.latch
+            );
+            // The phone speaks again and is heard.
+            s.handle_packet(at(t0, 13_000), &phone.audio(), from);
+            assert_eq!(s.stats().packets_received, 11);
+        }
+    }
+
+    #[test]
+    fn the_signalled_address_wins_over_a_stranger_who_raced_it() {
+        let t0 = Instant::now();
+        // A phone behind NAT whose SDP names its private address, and a stranger behind
+        // the same NAT who sends before the phone's first packet: the stranger latches.
+        let private = addr("192.168.1.20:4000");
+        let public = addr(NAT).ip();
+        let cfg = StreamConfig {
+            remote: private,
+            latch: Latch::for_phone(private, public),
+            ..config(1)
+        };
+        let mut s = MediaStream::new(cfg, t0);
+        let racer = SocketAddr::new(public, 6000);
+        let mut stranger = Phone::new(0xbbbb);
+        s.handle_packet(t0, &stranger.audio(), racer);
+        assert_eq!(s.remote(), racer);
+        // The phone turns out to be reachable at the exact address it signalled (the PBX
+        // is on its LAN too): that address wins, and stays.
+        let mut phone = Phone::new(0xaaaa);
+        for i in 1..20u64 {
+            s.handle_packet(at(t0, i * 20), &phone.audio(), private);
+            s.handle_packet(at(t0, i * 20 + 1), &stranger.audio(), racer);
+        }
+        assert_eq!(s.remote(), private);
+        let st = s.stats();
+        assert_eq!((st.packets_received, st.foreign), (20, 19));
+        // What the racer sent was thrown away with the latch: only the phone is played.
+        assert_eq!(st.jitter_buffer.buffered, 19, "{st:?}");
+    }
+
+    #[test]
+    fn a_phone_not_behind_nat_is_heard_only_at_its_sdp_port() {
+        let t0 = Instant::now();
+        let phone_addr = addr(PHONE);
+        for sig in [phone_addr.ip(), addr(NAT).ip()] {
+            let cfg = StreamConfig {
+                latch: Latch::for_phone(phone_addr, sig),
+                ..config(1)
+            };
+            let mut s = MediaStream::new(cfg, t0);
+            // Strangers first, on the phone's IP, on the signalling IP, elsewhere: nothing
+            // latches.
+            let mut stranger = Phone::new(0xbbbb);
+            for from in [
+                SocketAddr::new(phone_addr.ip(), 6000),
+                addr(NAT),
+                addr(STRANGER),
+            ] {
+                s.handle_packet(t0, &stranger.audio(), from);
+            }
+            assert_eq!(s.remote(), phone_addr);
+            let mut phone = Phone::new(0xaaaa);
+            s.handle_packet(at(t0, 20), &phone.audio(), phone_addr);
+            let st = s.stats();
+            assert_eq!((st.packets_received, st.foreign), (1, 3));
+        }
+    }
+
+    #[test]
+    fn a_host_with_two_addresses_is_heard_from_the_one_it_signals_from() {
+        let t0 = Instant::now();
+        // The SDP names the host's public address, packets leave from the address its SIP
+        // came from, on the port the SDP names.
+        let sig = addr(NAT).ip();
+        let cfg = StreamConfig {
+            latch: Latch::for_phone(addr(PHONE), sig),
+            ..config(1)
+        };
+        let mut s = MediaStream::new(cfg, t0);
+        let from = SocketAddr::new(sig, addr(PHONE).port());
+        let mut phone = Phone::new(0xaaaa);
+        let mut stranger = Phone::new(0xbbbb);
+        for i in 0..10u64 {
+            s.handle_packet(at(t0, i * 20), &phone.audio(), from);
+            s.handle_packet(
+                at(t0, i * 20),
+                &stranger.audio(),
+                SocketAddr::new(sig, 6000),
+            );
+        }
+        assert_eq!(s.remote(), from);
+        let st = s.stats();
+        assert_eq!((st.packets_received, st.foreign), (10, 10));
+    }
+
+    #[test]
+    fn latching_to_any_port_is_allowed_only_behind_nat() {
+        let sig: IpAddr = "198.51.100.7".parse().unwrap();
+        let nat = |sdp: &str, sig: IpAddr| match Latch::for_phone(addr(sdp), sig) {
+            Latch::Phone { signalling, nat } => {
+                assert_eq!(signalling, sig);
+                nat
+            }
+            Latch::Never => panic!("phones always have a signalling address"),
+        };
+        for private in ["10.0.0.5:4000", "192.168.1.20:4000", "172.16.3.4:4000"] {
+            assert!(nat(private, sig), "{private}");
+        }
+        for odd in [
+            "100.64.1.1:4000",
+            "169.254.0.9:4000",
+            "0.0.0.0:4000",
+            "[fd00::5]:4000",
+        ] {
+            assert!(nat(odd, sig), "{odd}");
+        }
+        // A phone on the LAN, signalling from the address its SDP names.
+        assert!(!nat("192.168.1.20:4000", "192.168.1.20".parse().unwrap()));
+        // Public addresses, the signalling one or another (a provider's media server).
+        assert!(!nat("198.51.100.7:9000", sig));
+        assert!(!nat(PHONE, sig));
+        assert!(!nat("127.0.0.1:4000", "127.0.0.1".parse().unwrap()));
     }
 
     #[test]
@@ -762,18 +1016,23 @@ mod tests {
     #[test]
     fn set_remote_relearns_the_source() {
         let t0 = Instant::now();
-        let mut s = MediaStream::new(config(1), t0);
+        let mut s = MediaStream::new(nat_config(1), t0);
         let mut phone = Phone::new(7);
         s.handle_packet(t0, &phone.audio(), addr(NAT));
-        s.set_remote(addr(STRANGER));
-        assert_eq!(s.remote(), addr(STRANGER));
+        // A re-INVITE from the phone's new network, behind another NAT.
+        let moved_to = addr("203.0.113.66:5002");
+        let latch = Latch::for_phone(addr("10.1.1.1:4000"), moved_to.ip());
+        s.set_remote(addr("10.1.1.1:4000"), latch);
+        assert_eq!(s.remote(), addr("10.1.1.1:4000"));
         let mut moved = Phone::new(8);
-        s.handle_packet(at(t0, 20), &moved.audio(), addr("203.0.113.66:5002"));
-        assert_eq!(s.remote(), addr("203.0.113.66:5002"));
+        s.handle_packet(at(t0, 20), &moved.audio(), moved_to);
+        s.handle_packet(at(t0, 40), &phone.audio(), addr(NAT));
+        assert_eq!(s.remote(), moved_to);
         assert_eq!(s.stats().packets_received, 2);
-        // The same address again changes nothing.
-        s.set_remote(addr(STRANGER));
-        assert_eq!(s.remote(), addr("203.0.113.66:5002"));
+        assert_eq!(s.stats().foreign, 1, "the old address is a stranger now");
+        // The same description again changes nothing.
+        s.set_remote(addr("10.1.1.1:4000"), latch);
+        assert_eq!(s.remote(), moved_to);
     }
 
     #[test]
@@ -1051,14 +1310,14 @@ mod tests {
     #[test]
     fn rtcp_from_elsewhere_is_ignored_and_bye_noted() {
         let t0 = Instant::now();
-        let mut s = MediaStream::new(config(1), t0);
+        let mut s = MediaStream::new(nat_config(1), t0);
         let mut phone = Phone::new(7);
         s.handle_packet(t0, &phone.audio(), addr(NAT));
         let mut bye = Vec::new();
         crate::rtp::write_bye(7, &mut bye);
         s.handle_packet(t0, &bye, addr(STRANGER));
         assert!(!s.stats().bye);
-        assert_eq!(s.stats().ignored, 1);
+        assert_eq!(s.stats().foreign, 1);
         // Same IP, RTP port + 1: accepted.
         s.handle_packet(t0, &bye, addr("198.51.100.7:31001"));
         assert!(s.stats().bye);

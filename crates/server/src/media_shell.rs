@@ -26,7 +26,7 @@ use confero_media::codec::{CodecKind, Encoder};
 use confero_media::dtmf::{EventSender, SendTick, SEND_TONE_TICKS};
 use confero_media::mixer::Mixer;
 use confero_media::resample::{Downsampler2x, Upsampler2x};
-use confero_media::stream::{MediaStream, StreamConfig};
+use confero_media::stream::{Latch, MediaStream, StreamConfig};
 use confero_media::tone::read_wav;
 use confero_media::webrtc::{WebRtcLeg, WebRtcOutput};
 use confero_pbx::engine::{LegStats, MediaCommand, MediaEvent};
@@ -367,13 +367,17 @@ fn bind_pair(
     Ok((rtp, Some(rtcp)))
 }
 
-fn stream_for(codec: CodecKind, media: &Negotiated, now: Instant) -> MediaStream {
+/// A leg's stream, taking audio from the sources `latch` allows: a phone's SDP address or,
+/// behind NAT, the address its SIP came from; a browser leg's media only as str0m hands it
+/// over.
+fn stream_for(codec: CodecKind, media: &Negotiated, latch: Latch, now: Instant) -> MediaStream {
     MediaStream::new(
         StreamConfig {
             codec,
             payload_type: media.codec.payload_type,
             dtmf_payload_type: media.telephone_event,
             remote: media.remote,
+            latch,
             local_ssrc: rand::random(),
         },
         now,
@@ -436,6 +440,7 @@ impl State {
                 port,
                 media,
                 rtcp_mux,
+                signalled_from,
             } => {
                 let Some(codec) = codec_of(&media) else {
                     return self.send_event(MediaEvent::Failed {
@@ -452,7 +457,8 @@ impl State {
                         })
                     }
                 };
-                let mut stream = stream_for(codec, &media, now);
+                let latch = Latch::for_phone(media.remote, signalled_from);
+                let mut stream = stream_for(codec, &media, latch, now);
                 stream.enable_inband(true);
                 self.legs.insert(
                     leg,
@@ -478,7 +484,11 @@ impl State {
                     },
                 );
             }
-            MediaCommand::Update { leg, media } => {
+            MediaCommand::Update {
+                leg,
+                media,
+                signalled_from,
+            } => {
                 let Some(l) = self.legs.get_mut(&leg) else {
                     return;
                 };
@@ -491,17 +501,18 @@ impl State {
                 let Some(codec) = codec_of(&media) else {
                     return;
                 };
+                let latch = Latch::for_phone(media.remote, signalled_from);
                 let cfg = l.stream.config();
                 if codec == l.codec
                     && cfg.payload_type == media.codec.payload_type
                     && cfg.dtmf_payload_type == media.telephone_event
                 {
-                    l.stream.set_remote(media.remote);
+                    l.stream.set_remote(media.remote, latch);
                     return;
                 }
                 // A new codec or payload numbers (a re-INVITE): a fresh stream and encoder,
                 // and the mixer told the leg's new codec.
-                l.stream = stream_for(codec, &media, now);
+                l.stream = stream_for(codec, &media, latch, now);
                 l.stream.enable_inband(l.room.is_none());
                 l.codec = codec;
                 l.encoder = Encoder::new(codec);
@@ -620,7 +631,7 @@ impl State {
         l.expect_rtp = direction.receives();
         l.expect_since = now;
         if answer.codec != l.codec {
-            l.stream = stream_for(answer.codec, &media, now);
+            l.stream = stream_for(answer.codec, &media, Latch::Never, now);
             l.stream.enable_inband(l.room.is_none());
             l.codec = answer.codec;
             l.encoder = Encoder::new(answer.codec);
@@ -646,7 +657,7 @@ impl State {
     ) -> Negotiated {
         let codec = answer.codec;
         let media = webrtc_media(answer, Direction::SendRecv);
-        let mut stream = stream_for(codec, &media, now);
+        let mut stream = stream_for(codec, &media, Latch::Never, now);
         stream.enable_inband(true);
         self.legs.insert(
             leg,

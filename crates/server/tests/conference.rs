@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::baresip::*;
+use common::rtp::linear_to_ulaw;
 use common::*;
 
 /// A PBX with Alice (101, a room administrator), Bob (102), Carol (103) and rooms:
@@ -285,26 +286,6 @@ fn a_flood_of_200_rfc4733_digits_without_pound_ends_in_goodbye_not_harm() {
 }
 
 // ---- in-band DTMF as a pcap SIPp plays -------------------------------------------------
-
-fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    let mut s = i32::from(sample);
-    let sign = if s < 0 {
-        s = -s;
-        0x80
-    } else {
-        0
-    };
-    s = (s + BIAS).min(0x7FFF);
-    let mut exponent = 7;
-    let mut mask = 0x4000;
-    while exponent > 0 && s & mask == 0 {
-        exponent -= 1;
-        mask >>= 1;
-    }
-    let mantissa = (s >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) | mantissa) as u8
-}
 
 fn dtmf_freqs(d: char) -> (f64, f64) {
     let rows = [697.0, 770.0, 852.0, 941.0];

@@ -336,7 +336,7 @@ impl Engine {
         let ringing = bridge.state == BridgeState::Ringing;
         let plain_port = bridge.callee_port;
         let opened = if ringing {
-            self.open_fork_media(webrtc, plain_port, &resp.body)
+            self.open_fork_media(webrtc, plain_port, &resp.body, peer)
         } else {
             None
         };

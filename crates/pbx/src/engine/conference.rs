@@ -4,7 +4,7 @@
 //! Signalling stays in the engine; audio is the media engine's, which the engine steers
 //! with [`MediaCommand`]s and hears back from through [`MediaEvent`]s.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -31,6 +31,9 @@ pub enum MediaCommand {
         media: Negotiated,
         /// RTCP shares the RTP port (RFC 5761), as offered.
         rtcp_mux: bool,
+        /// Where the peer's SIP came from: a phone behind NAT sends its RTP from there,
+        /// whatever its SDP says (the media engine decides whom to listen to).
+        signalled_from: IpAddr,
     },
     /// Start a WebRTC leg (ICE-lite, DTLS-SRTP) on `port` answering the browser's `offer`;
     /// the media engine answers with [`MediaEvent::WebRtcAnswer`] (or `Failed`).
@@ -56,7 +59,12 @@ pub enum MediaCommand {
         seq: u32,
     },
     /// A re-INVITE changed the remote address, codec or direction.
-    Update { leg: LegId, media: Negotiated },
+    Update {
+        leg: LegId,
+        media: Negotiated,
+        /// As in [`MediaCommand::Open`].
+        signalled_from: IpAddr,
+    },
     /// What a room wants for a leg (mix, tone, mute); never `Hangup` or `Play`.
     Room(RoomCommand),
     /// Send a digit to the phone on this leg (RFC 4733 where agreed): relayed from the
@@ -384,6 +392,7 @@ impl Engine {
             port,
             media: media.clone(),
             rtcp_mux: offer.rtcp_mux,
+            signalled_from: from.addr.ip(),
         });
         self.send_answer(
             now, tx, req, leg, caller, id, port, media, answer, session_id,
@@ -610,8 +619,11 @@ impl Engine {
                 Ok((answer, media)) => {
                     c.media = media.clone();
                     c.local_sdp = answer.clone();
-                    self.media_out
-                        .push_back(MediaCommand::Update { leg: id, media });
+                    self.media_out.push_back(MediaCommand::Update {
+                        leg: id,
+                        media,
+                        signalled_from: c.leg.peer.addr.ip(),
+                    });
                     answer
                 }
                 Err(err) => {

@@ -225,6 +225,7 @@ impl Engine {
         webrtc: Option<(LegId, u16)>,
         plain_port: Option<u16>,
         answer: &[u8],
+        peer: Peer,
     ) -> Option<ForkMedia> {
         let remote = sdp::parse_audio(answer).ok()?;
         if let Some((leg, port)) = webrtc {
@@ -259,6 +260,7 @@ impl Engine {
             port,
             media: media.clone(),
             rtcp_mux: false,
+            signalled_from: peer.addr.ip(),
         });
         Some(ForkMedia { leg, port, media })
     }

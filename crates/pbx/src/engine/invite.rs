@@ -395,7 +395,7 @@ impl Engine {
         let late = inv.info.state.is_final();
         let plain_port = inv.port;
         let opened = match (late, &conference, &party) {
-            (false, Some(_), Some(_)) => self.open_fork_media(webrtc, plain_port, &resp.body),
+            (false, Some(_), Some(_)) => self.open_fork_media(webrtc, plain_port, &resp.body, peer),
             _ => None,
         };
         let (Some(opened), Some(conference), Some((party, is_admin))) = (opened, conference, party)
