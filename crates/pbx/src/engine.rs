@@ -18,12 +18,12 @@
 //! still produce a response we must act on.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use confero_sip::digest::{self, NonceSource, NonceStatus};
+use confero_sip::digest;
 use confero_sip::message::{self, response_for, Message, Request, Response};
 use confero_sip::transaction::{
     ClientTxId, ServerTxId, TimerConfig, TransactionEvent, TransactionLayer,
@@ -31,6 +31,7 @@ use confero_sip::transaction::{
 use confero_sip::transport::{Peer, Transmit, Transport};
 use confero_sip::{sdp, Method, Name, SipUri, StatusCode};
 
+use crate::auth::{self, Authenticator};
 use crate::config::{self, Snapshot, User};
 use crate::ports::PortPool;
 use crate::room::Rooms;
@@ -61,9 +62,6 @@ pub use trunk::{RegistrationState, TrunkStatus};
 const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY, REFER";
 const USER_AGENT: &str = concat!("Confero/", env!("CARGO_PKG_VERSION"));
-/// Failed authentications per source address and window before we stop challenging.
-const AUTH_FAILURES_ALLOWED: u32 = 20;
-const AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 /// Static settings of the engine (from the command line).
 #[derive(Debug, Clone)]
@@ -95,7 +93,7 @@ impl EngineSettings {
             domains: Vec::new(),
             realm: "confero".to_owned(),
             nonce_secret,
-            nonce_lifetime: Duration::from_secs(300),
+            nonce_lifetime: Duration::from_secs(120),
             ring_timeout: Duration::from_secs(60),
             timers: TimerConfig::default(),
             rtp_ports: 10000..=20000,
@@ -296,7 +294,7 @@ pub struct Engine {
     start_unix: u64,
     config: Arc<Snapshot>,
     tx: TransactionLayer,
-    nonces: NonceSource,
+    auth: Authenticator,
     registrar: Registrar,
     calls: HashMap<CallId, Call>,
     next_call_id: CallId,
@@ -304,7 +302,6 @@ pub struct Engine {
     dialogs: HashMap<(String, String), (CallId, Side)>,
     client_txs: HashMap<ClientTxId, (CallId, ClientPurpose)>,
     timers: BinaryHeap<std::cmp::Reverse<(Instant, CallId)>>,
-    auth_failures: HashMap<IpAddr, (Instant, u32)>,
     rooms: Rooms,
     conf_legs: HashMap<u64, ConfLeg>,
     /// (Call-ID, our tag) → conference leg.
@@ -334,7 +331,13 @@ impl Engine {
         now: Instant,
         now_unix: u64,
     ) -> Self {
-        let nonces = NonceSource::new(settings.nonce_secret, settings.nonce_lifetime);
+        let auth = Authenticator::new(
+            settings.realm.clone(),
+            settings.nonce_secret,
+            settings.nonce_lifetime,
+            now,
+            now_unix,
+        );
         let ports = PortPool::starting_at(settings.rtp_ports.clone(), rand::random());
         let mut engine = Self {
             tx: TransactionLayer::new(settings.timers),
@@ -342,14 +345,13 @@ impl Engine {
             start: now,
             start_unix: now_unix,
             config,
-            nonces,
+            auth,
             registrar: Registrar::new(),
             calls: HashMap::new(),
             next_call_id: 1,
             dialogs: HashMap::new(),
             client_txs: HashMap::new(),
             timers: BinaryHeap::new(),
-            auth_failures: HashMap::new(),
             rooms: Rooms::new(),
             conf_legs: HashMap::new(),
             conf_dialogs: HashMap::new(),
@@ -548,8 +550,6 @@ impl Engine {
         }
         self.rooms.handle_timeout(now);
         self.drain_room_commands(now);
-        self.auth_failures
-            .retain(|_, (start, _)| now.saturating_duration_since(*start) < AUTH_FAILURE_WINDOW);
         self.drain_tx_events(now);
     }
 
@@ -702,9 +702,9 @@ impl Engine {
             .unwrap_or_else(|| self.settings.advertised.ip().to_string())
     }
 
-    /// Digest authentication of `req`. Answers 401/407 (or 403 when a source keeps failing)
-    /// itself and returns `None` when the request may not go on. Unknown users and wrong
-    /// passwords get exactly the same answer.
+    /// Digest authentication of `req` (see [`crate::auth`]). Answers 401/407 (or 403
+    /// while its source or username is locked for wrong passwords) itself and returns
+    /// `None` when the request may not go on.
     fn authenticate(
         &mut self,
         now: Instant,
@@ -713,39 +713,22 @@ impl Engine {
         from: Peer,
         proxy: bool,
     ) -> Option<User> {
-        let ip = from.addr.ip();
-        if let Some((_, n)) = self.auth_failures.get(&ip) {
-            if *n >= AUTH_FAILURES_ALLOWED {
+        let cfg = self.config.clone();
+        let outcome = self.auth.authenticate(now, req, from.addr, proxy, |name| {
+            cfg.config
+                .user_by_sip_username(name)
+                .map(|u| u.sip_password.as_str())
+        });
+        let (nonce, stale) = match outcome {
+            auth::Outcome::Authenticated(name) => {
+                return cfg.config.user_by_sip_username(&name).cloned();
+            }
+            auth::Outcome::Refused { .. } => {
                 self.respond(now, tx, req, 403, "Too Many Failed Attempts");
                 return None;
             }
-        }
-        let unix = self.unix(now);
-        let mut stale = false;
-        if let Some(creds) = digest::credentials_from(req, proxy) {
-            match self.nonces.check(&creds.nonce, unix) {
-                NonceStatus::Valid if creds.realm == self.settings.realm => {
-                    let user = self
-                        .config
-                        .config
-                        .user_by_sip_username(&creds.username)
-                        .cloned();
-                    // Compute a digest even for unknown users so both paths cost the same.
-                    let password = user
-                        .as_ref()
-                        .map_or("\u{0}unknown", |u| u.sip_password.as_str());
-                    let ok = digest::verify(&creds, &req.method.to_string(), password);
-                    if let (true, Some(user)) = (ok, user) {
-                        return Some(user);
-                    }
-                    let entry = self.auth_failures.entry(ip).or_insert((now, 0));
-                    entry.1 += 1;
-                }
-                NonceStatus::Stale => stale = true,
-                _ => {}
-            }
-        }
-        let nonce = self.nonces.issue(unix);
+            auth::Outcome::Challenge { nonce, stale } => (nonce, stale),
+        };
         let (code, reason, header) = if proxy {
             (
                 407,
@@ -757,12 +740,10 @@ impl Engine {
         };
         let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
         resp.reason = Some(reason.to_owned());
-        for challenge in digest::challenges(
-            &self.settings.realm,
-            &nonce,
-            stale,
-            &self.settings.digest_algorithms,
-        ) {
+        for challenge in self
+            .auth
+            .challenges(&nonce, stale, &self.settings.digest_algorithms)
+        {
             resp.headers.insert(header.clone(), challenge);
         }
         self.send_response(now, tx, resp);

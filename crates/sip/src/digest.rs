@@ -1,17 +1,26 @@
 //! HTTP Digest authentication for SIP (RFC 2617, RFC 7616, RFC 3261 §22).
 //!
 //! Server side: [`NonceSource`] issues stateless nonces, [`challenges`] builds the
-//! `WWW-Authenticate`/`Proxy-Authenticate` values, [`credentials_from`] reads the answer
-//! and [`verify`] checks it. Client side: [`answer_challenge`] (for trunk registrations).
+//! `WWW-Authenticate`/`Proxy-Authenticate` values, [`credentials_from`] reads the answer,
+//! [`verify`] checks it and [`NonceCounts`] refuses a second use of it. Client side:
+//! [`answer_challenge`] (for trunk registrations).
 //!
 //! Only `qop=auth` (and the RFC 2069 no-qop form) is supported: `auth-int` needs the body
 //! hashed and no SIP endpoint we serve uses it; `-sess` algorithms likewise.
 //!
-//! The nonces carry their own issue time and an HMAC, so no table of outstanding nonces is
-//! kept. The price is that a captured Authorization can be replayed until the nonce
-//! expires; keep `lifetime` short (a few minutes) and rely on TLS where that matters.
+//! # Replays
+//!
+//! A captured `Authorization` must not work twice. Nonces carry their issue time and an
+//! HMAC over it and the address they were issued to, so nothing is stored per challenge, a
+//! nonce answered from another address is not ours, and forged ones cost one HMAC. What
+//! must be stored is what was already accepted: [`NonceCounts`] keeps, per nonce that has
+//! authenticated something, the nonce-counts seen (RFC 7616 §3.4: the client counts up), so
+//! the same (nonce, nc) pair passes once; a nonce without qop passes once. Nonces issued
+//! before the table was made (a restart) are stale, since it cannot know what they
+//! authenticated before.
 
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use md5::Md5;
@@ -87,12 +96,15 @@ pub enum NonceStatus {
     Invalid,
 }
 
-/// Stateless nonces: 16 hex digits of issue time followed by 64 hex digits of
-/// HMAC-SHA256(secret, time), valid for `lifetime`.
+/// Stateless nonces: 16 hex digits of issue time, 8 of a counter (two challenges to one
+/// address in one second must differ, or the count of one would spend the other), then 64
+/// of HMAC-SHA256(secret, time, counter and the address it was issued to), valid for
+/// `lifetime`.
 #[derive(Clone)]
 pub struct NonceSource {
     secret: [u8; 32],
     lifetime: Duration,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl std::fmt::Debug for NonceSource {
@@ -131,30 +143,45 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl NonceSource {
     /// A source signing with `secret` (keep it across restarts to honour issued nonces).
     pub fn new(secret: [u8; 32], lifetime: Duration) -> Self {
-        NonceSource { secret, lifetime }
-    }
-
-    fn mac(&self, stamp: u64) -> String {
-        hex::encode(hmac_sha256(&self.secret, &stamp.to_be_bytes()))
-    }
-
-    /// A nonce issued at `now_unix_secs`.
-    pub fn issue(&self, now_unix_secs: u64) -> String {
-        format!("{now_unix_secs:016x}{}", self.mac(now_unix_secs))
-    }
-
-    /// Checks a nonce from a client's credentials.
-    pub fn check(&self, nonce: &str, now_unix_secs: u64) -> NonceStatus {
-        if nonce.len() != 80 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return NonceStatus::Invalid;
+        NonceSource {
+            secret,
+            lifetime,
+            counter: std::sync::Arc::default(),
         }
-        let (Some(stamp_hex), Some(mac)) = (nonce.get(..16), nonce.get(16..)) else {
+    }
+
+    fn mac(&self, head: &str, to: SocketAddr) -> String {
+        let mut msg = Vec::with_capacity(NONCE_HEAD + 16 + 2);
+        msg.extend_from_slice(head.as_bytes());
+        match to.ip() {
+            IpAddr::V4(ip) => msg.extend_from_slice(&ip.octets()),
+            IpAddr::V6(ip) => msg.extend_from_slice(&ip.octets()),
+        }
+        msg.extend_from_slice(&to.port().to_be_bytes());
+        hex::encode(hmac_sha256(&self.secret, &msg))
+    }
+
+    /// A nonce issued at `now_unix_secs` to the client at `to` (the request's source).
+    pub fn issue(&self, now_unix_secs: u64, to: SocketAddr) -> String {
+        let n = self
+            .counter
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let head = format!("{now_unix_secs:016x}{n:08x}");
+        let mac = self.mac(&head, to);
+        head + &mac
+    }
+
+    /// Checks a nonce from the credentials of a request that came from `from`. A nonce
+    /// issued to another address is [`NonceStatus::Invalid`]: it may be a captured one.
+    pub fn check(&self, nonce: &str, now_unix_secs: u64, from: SocketAddr) -> NonceStatus {
+        let (Some(stamp), Some(head), Some(mac)) = (
+            nonce_stamp(nonce),
+            nonce.get(..NONCE_HEAD),
+            nonce.get(NONCE_HEAD..),
+        ) else {
             return NonceStatus::Invalid;
         };
-        let Ok(stamp) = u64::from_str_radix(stamp_hex, 16) else {
-            return NonceStatus::Invalid;
-        };
-        let expected = self.mac(stamp);
+        let expected = self.mac(head, from);
         if !constant_time_eq(expected.as_bytes(), mac.to_ascii_lowercase().as_bytes()) {
             return NonceStatus::Invalid;
         }
@@ -163,6 +190,146 @@ impl NonceSource {
         } else {
             NonceStatus::Valid
         }
+    }
+
+    /// How long a nonce is valid.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+}
+
+/// Hex digits of a nonce before its MAC: issue time and counter.
+const NONCE_HEAD: usize = 24;
+
+/// The issue time of a nonce of ours, if it is shaped like one.
+fn nonce_stamp(nonce: &str) -> Option<u64> {
+    if nonce.len() != NONCE_HEAD + 64 || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(nonce.get(..16)?, 16).ok()
+}
+
+/// Nonce-counts below the highest seen by this much are refused outright; within it, each
+/// is remembered (requests sent together may arrive out of order over UDP).
+const NC_WINDOW: u32 = 64;
+
+/// What [`NonceCounts::admit`] decided.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// First use of this (nonce, nc): go on.
+    Fresh,
+    /// Used before, or older than this table: challenge again (`stale=true`, since the
+    /// client may well know the password).
+    Replayed,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    /// Highest nc accepted.
+    max: u32,
+    /// Bit i set: `max - i` was accepted.
+    window: u64,
+}
+
+/// The nonce-counts already accepted, per nonce, for the nonces' lifetime; see the module
+/// documentation. Entries are made only for requests whose digest was right, so strangers
+/// cannot fill it; it is capped anyway, and a nonce forgotten early is answered as stale.
+#[derive(Debug)]
+pub struct NonceCounts {
+    seen: std::collections::HashMap<String, Seen>,
+    /// Nonces in the order first admitted, for expiry.
+    order: std::collections::VecDeque<(u64, String)>,
+    not_before: u64,
+    lifetime: u64,
+    cap: usize,
+}
+
+impl NonceCounts {
+    /// A table for nonces of `lifetime`, made at `now_unix_secs`: older nonces are
+    /// refused. At most `cap` nonces are remembered.
+    pub fn new(now_unix_secs: u64, lifetime: Duration, cap: usize) -> Self {
+        NonceCounts {
+            seen: std::collections::HashMap::new(),
+            order: std::collections::VecDeque::new(),
+            not_before: now_unix_secs,
+            lifetime: lifetime.as_secs(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// Records the use of `creds` (whose digest was verified) at `now_unix_secs`.
+    pub fn admit(&mut self, creds: &Credentials, now_unix_secs: u64) -> Admission {
+        self.expire(now_unix_secs);
+        let Some(stamp) = nonce_stamp(&creds.nonce) else {
+            return Admission::Replayed;
+        };
+        if stamp < self.not_before {
+            return Admission::Replayed;
+        }
+        // Without qop (RFC 2069) there is no count: the nonce is good for one request.
+        let nc = match creds.nc.as_deref() {
+            None if creds.qop.is_none() => 1,
+            None => return Admission::Replayed,
+            Some(nc) => match u32::from_str_radix(nc, 16) {
+                Ok(nc) if nc > 0 => nc,
+                _ => return Admission::Replayed,
+            },
+        };
+        if let Some(seen) = self.seen.get_mut(&creds.nonce) {
+            return if nc > seen.max {
+                let shift = nc - seen.max;
+                seen.window = if shift >= 64 { 0 } else { seen.window << shift } | 1;
+                seen.max = nc;
+                Admission::Fresh
+            } else {
+                let age = seen.max - nc;
+                let bit = 1u64.checked_shl(age).unwrap_or(0);
+                if age >= NC_WINDOW || seen.window & bit != 0 {
+                    Admission::Replayed
+                } else {
+                    seen.window |= bit;
+                    Admission::Fresh
+                }
+            };
+        }
+        if self.seen.len() >= self.cap {
+            // Forgetting a live nonce must not make it usable again: every nonce as old
+            // as it becomes stale (its clients are simply challenged again).
+            if let Some((oldest_stamp, oldest)) = self.order.pop_front() {
+                self.seen.remove(&oldest);
+                self.not_before = self.not_before.max(oldest_stamp + 1);
+            }
+            if stamp < self.not_before {
+                return Admission::Replayed;
+            }
+        }
+        self.seen
+            .insert(creds.nonce.clone(), Seen { max: nc, window: 1 });
+        self.order.push_back((stamp, creds.nonce.clone()));
+        Admission::Fresh
+    }
+
+    /// Forgets nonces past their lifetime (they are stale anyway). A nonce evicted by the
+    /// cap and answered again is refused: its stamp is moved past.
+    fn expire(&mut self, now_unix_secs: u64) {
+        while let Some((stamp, _)) = self.order.front() {
+            if now_unix_secs.saturating_sub(*stamp) <= self.lifetime {
+                break;
+            }
+            if let Some((_, nonce)) = self.order.pop_front() {
+                self.seen.remove(&nonce);
+            }
+        }
+    }
+
+    /// Nonces remembered.
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    /// Whether none is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
     }
 }
 
@@ -591,33 +758,183 @@ mod tests {
         assert!(answer("Digest realm=\"unterminated").is_err());
     }
 
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    const PHONE: &str = "192.0.2.10:5060";
+
     #[test]
     fn nonces() {
         let source = NonceSource::new([7; 32], Duration::from_secs(300));
-        let nonce = source.issue(1_700_000_000);
+        let nonce = source.issue(1_700_000_000, addr(PHONE));
         assert!(!nonce.contains(':') && !nonce.contains('"'));
-        assert_eq!(source.check(&nonce, 1_700_000_000), NonceStatus::Valid);
-        assert_eq!(source.check(&nonce, 1_700_000_300), NonceStatus::Valid);
-        assert_eq!(source.check(&nonce, 1_700_000_301), NonceStatus::Stale);
+        let check = |n: &str, t| source.check(n, t, addr(PHONE));
+        assert_eq!(check(&nonce, 1_700_000_000), NonceStatus::Valid);
+        assert_eq!(check(&nonce, 1_700_000_300), NonceStatus::Valid);
+        assert_eq!(check(&nonce, 1_700_000_301), NonceStatus::Stale);
+
+        // Answered from another address (IP or port): not ours.
+        for elsewhere in ["192.0.2.11:5060", "192.0.2.10:5061", "[2001:db8::1]:5060"] {
+            assert_eq!(
+                source.check(&nonce, 1_700_000_000, addr(elsewhere)),
+                NonceStatus::Invalid,
+                "{elsewhere}"
+            );
+        }
 
         // Tampering with the time or the MAC, or another secret: Invalid.
         let mut tampered = nonce.clone().into_bytes();
         tampered[15] = if tampered[15] == b'1' { b'2' } else { b'1' };
         let tampered = String::from_utf8(tampered).unwrap();
-        assert_eq!(source.check(&tampered, 1_700_000_000), NonceStatus::Invalid);
+        assert_eq!(check(&tampered, 1_700_000_000), NonceStatus::Invalid);
         let mut mac_flip = nonce.clone();
         mac_flip.pop();
         mac_flip.push(if nonce.ends_with('0') { '1' } else { '0' });
-        assert_eq!(source.check(&mac_flip, 1_700_000_000), NonceStatus::Invalid);
+        assert_eq!(check(&mac_flip, 1_700_000_000), NonceStatus::Invalid);
         let other = NonceSource::new([8; 32], Duration::from_secs(300));
-        assert_eq!(other.check(&nonce, 1_700_000_000), NonceStatus::Invalid);
-        for junk in ["", "zz", "é", &"0".repeat(80), &nonce[..79]] {
-            assert_eq!(
-                source.check(junk, 1_700_000_000),
-                NonceStatus::Invalid,
-                "{junk}"
-            );
+        assert_eq!(
+            other.check(&nonce, 1_700_000_000, addr(PHONE)),
+            NonceStatus::Invalid
+        );
+        assert_ne!(
+            nonce,
+            source.issue(1_700_000_000, addr(PHONE)),
+            "each is new"
+        );
+        for junk in ["", "zz", "é", &"0".repeat(88), &nonce[..87]] {
+            assert_eq!(check(junk, 1_700_000_000), NonceStatus::Invalid, "{junk}");
         }
+    }
+
+    /// Credentials answering `nonce` with count `nc` (`None`: RFC 2069, no qop).
+    fn answer(nonce: &str, nc: Option<u32>) -> Credentials {
+        let challenge = match nc {
+            Some(_) => format!("Digest realm=\"r\", nonce=\"{nonce}\", qop=\"auth\""),
+            None => format!("Digest realm=\"r\", nonce=\"{nonce}\""),
+        };
+        let value = answer_challenge(
+            &challenge,
+            "REGISTER",
+            "sip:r",
+            "u",
+            "p",
+            nc.unwrap_or(1),
+            "c",
+        )
+        .unwrap();
+        creds(&value)
+    }
+
+    #[test]
+    fn each_nonce_count_passes_once() {
+        let source = NonceSource::new([7; 32], Duration::from_secs(120));
+        let t0 = 1_700_000_000;
+        let mut counts = NonceCounts::new(t0, source.lifetime(), 1000);
+        let nonce = source.issue(t0 + 5, addr(PHONE));
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(1)), t0 + 5),
+            Admission::Fresh
+        );
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(1)), t0 + 6),
+            Admission::Replayed,
+            "the same request again"
+        );
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(2)), t0 + 7),
+            Admission::Fresh
+        );
+        // Out of order within the window: each once.
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(9)), t0 + 8),
+            Admission::Fresh
+        );
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(5)), t0 + 8),
+            Admission::Fresh
+        );
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(5)), t0 + 8),
+            Admission::Replayed
+        );
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(2)), t0 + 8),
+            Admission::Replayed
+        );
+        // Far behind the highest: refused rather than remembered.
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(100)), t0 + 9),
+            Admission::Fresh
+        );
+        assert_eq!(
+            counts.admit(&answer(&nonce, Some(30)), t0 + 9),
+            Admission::Replayed
+        );
+        // Zero and garbage counts are not counts.
+        let mut zero = answer(&nonce, Some(1));
+        zero.nc = Some("00000000".into());
+        assert_eq!(counts.admit(&zero, t0 + 9), Admission::Replayed);
+        zero.nc = Some("zz".into());
+        assert_eq!(counts.admit(&zero, t0 + 9), Admission::Replayed);
+        zero.nc = None;
+        assert_eq!(
+            counts.admit(&zero, t0 + 9),
+            Admission::Replayed,
+            "qop without nc"
+        );
+
+        // Without qop, a nonce is good for one request.
+        let plain = source.issue(t0 + 10, addr(PHONE));
+        assert_eq!(
+            counts.admit(&answer(&plain, None), t0 + 10),
+            Admission::Fresh
+        );
+        assert_eq!(
+            counts.admit(&answer(&plain, None), t0 + 11),
+            Admission::Replayed
+        );
+        assert_eq!(counts.len(), 2);
+        // Past their lifetime they are forgotten (the source calls them stale by then).
+        let later = source.issue(t0 + 200, addr(PHONE));
+        assert_eq!(
+            counts.admit(&answer(&later, Some(1)), t0 + 200),
+            Admission::Fresh
+        );
+        assert_eq!(counts.len(), 1);
+    }
+
+    #[test]
+    fn nonces_from_before_a_restart_and_evicted_ones_are_refused() {
+        let source = NonceSource::new([7; 32], Duration::from_secs(120));
+        let t0 = 1_700_000_000;
+        let before = source.issue(t0 - 1, addr(PHONE));
+        let mut counts = NonceCounts::new(t0, source.lifetime(), 2);
+        assert_eq!(
+            counts.admit(&answer(&before, Some(1)), t0),
+            Admission::Replayed
+        );
+        let n1 = source.issue(t0 + 1, addr(PHONE));
+        let n2 = source.issue(t0 + 2, addr(PHONE));
+        let n3 = source.issue(t0 + 3, addr(PHONE));
+        assert_eq!(
+            counts.admit(&answer(&n1, Some(1)), t0 + 3),
+            Admission::Fresh
+        );
+        assert_eq!(
+            counts.admit(&answer(&n2, Some(1)), t0 + 3),
+            Admission::Fresh
+        );
+        // Full: n1 is forgotten to make room, and so may not pass again.
+        assert_eq!(
+            counts.admit(&answer(&n3, Some(1)), t0 + 3),
+            Admission::Fresh
+        );
+        assert!(counts.len() <= 2);
+        assert_eq!(
+            counts.admit(&answer(&n1, Some(1)), t0 + 4),
+            Admission::Replayed
+        );
     }
 
     #[test]
@@ -641,7 +958,7 @@ mod tests {
     #[test]
     fn server_round_trip_through_a_request() {
         let source = NonceSource::new([1; 32], Duration::from_secs(60));
-        let nonce = source.issue(1000);
+        let nonce = source.issue(1000, addr(PHONE));
         let challenges = challenges(
             "pbx.example.com",
             &nonce,
@@ -686,7 +1003,10 @@ mod tests {
         let c = credentials_from(&req, false).expect("credentials");
         assert_eq!(c.username, "101");
         assert_eq!(c.realm, "pbx.example.com");
-        assert_eq!(source.check(&c.nonce, 1010), NonceStatus::Valid);
+        assert_eq!(
+            source.check(&c.nonce, 1010, addr(PHONE)),
+            NonceStatus::Valid
+        );
         assert!(verify(&c, "REGISTER", "secret"));
         assert!(!verify(&c, "REGISTER", "Secret"));
     }
