@@ -50,6 +50,7 @@ say() {
 say enter-access-code "Please enter the access code, followed by the pound key."
 say wrong-access-code "That access code is not correct."
 say goodbye "Goodbye."
+say too-many-attempts "There have been too many wrong access codes from your line. Please try again later."
 say wait-for-administrator "The conference will begin when the administrator joins. Please wait."
 say first-participant "You are the first participant."
 say conference-starting "The administrator has joined. The conference is starting."

@@ -74,6 +74,18 @@ pub struct Authenticator {
     guard: Guard<IpAddr, String>,
     start: Instant,
     start_unix: u64,
+    stats: AuthStats,
+}
+
+/// Authentication counters since start (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthStats {
+    /// Wrong passwords (and unknown users).
+    pub failures: u64,
+    /// Requests refused unchecked for too many failures.
+    pub refused: u64,
+    /// Right answers whose nonce-count was spent (replays, or clients reusing counts).
+    pub replays: u64,
 }
 
 impl Authenticator {
@@ -94,6 +106,7 @@ impl Authenticator {
             guard: Guard::new(SIP_PASSWORD_POLICY, now),
             start: now,
             start_unix: now_unix,
+            stats: AuthStats::default(),
         }
     }
 
@@ -117,6 +130,7 @@ impl Authenticator {
             let username: String = creds.username.chars().take(MAX_USERNAME).collect();
             let verdict = self.guard.check(now, &from.ip(), &username);
             if verdict != Verdict::Go {
+                self.stats.refused += 1;
                 return Outcome::Refused {
                     retry_after: verdict.retry_after(),
                 };
@@ -137,9 +151,13 @@ impl Authenticator {
                                 return Outcome::Authenticated(creds.username);
                             }
                             // A replay, or a client reusing a count: a new nonce does.
-                            Admission::Replayed => stale = true,
+                            Admission::Replayed => {
+                                self.stats.replays += 1;
+                                stale = true;
+                            }
                         }
                     } else {
+                        self.stats.failures += 1;
                         self.guard.failed(now, &from.ip(), &username);
                     }
                 }
@@ -157,6 +175,12 @@ impl Authenticator {
     #[must_use]
     pub fn challenges(&self, nonce: &str, stale: bool, algorithms: &[Algorithm]) -> Vec<String> {
         digest::challenges(&self.realm, nonce, stale, algorithms)
+    }
+
+    /// Counters since start.
+    #[must_use]
+    pub fn stats(&self) -> AuthStats {
+        self.stats
     }
 
     /// Nonces whose counts are remembered (memory).

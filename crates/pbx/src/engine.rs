@@ -115,6 +115,19 @@ pub enum EngineEvent {
     TrunksChanged,
     /// Look up a trunk's host name and answer with [`Engine::set_trunk_addresses`].
     ResolveTrunk { trunk: i64, host: String, port: u16 },
+    /// Someone is guessing a room's access code (repeated at most every 10 minutes while
+    /// it goes on): tell its administrator.
+    CodeGuessing {
+        conference_id: i64,
+        failures_last_hour: u32,
+    },
+}
+
+/// What [`Engine::security_stats`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SecurityStats {
+    pub auth: auth::AuthStats,
+    pub codes: crate::room::CodeStats,
 }
 
 /// A call as shown in `GET /api/v1/calls`.
@@ -318,6 +331,8 @@ pub struct Engine {
     /// Browsers' re-INVITEs waiting for the media engine's answer, by leg.
     pending_reinvites: HashMap<u64, (ServerTxId, Request)>,
     ports: PortPool,
+    /// Rooms whose code is being guessed: wrong codes in the last hour, and when (Unix).
+    code_alerts: HashMap<i64, (u32, u64)>,
     media_out: VecDeque<MediaCommand>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
@@ -363,6 +378,7 @@ impl Engine {
             pending_offers: HashMap::new(),
             pending_reinvites: HashMap::new(),
             ports,
+            code_alerts: HashMap::new(),
             media_out: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -398,6 +414,29 @@ impl Engine {
 
     pub fn registrar(&self) -> &Registrar {
         &self.registrar
+    }
+
+    /// Counters of what attackers tried, since start.
+    #[must_use]
+    pub fn security_stats(&self) -> SecurityStats {
+        SecurityStats {
+            auth: self.auth.stats(),
+            codes: self.rooms.code_stats(),
+        }
+    }
+
+    /// Rooms whose access code was being guessed in the last hour: the room, wrong codes
+    /// in the hour before the latest alert, and when that alert was raised.
+    #[must_use]
+    pub fn code_guessing(&self, now_unix: u64) -> Vec<(i64, u32, u64)> {
+        let mut v: Vec<_> = self
+            .code_alerts
+            .iter()
+            .filter(|(_, (_, at))| now_unix.saturating_sub(*at) < 3600)
+            .map(|(room, (n, at))| (*room, *n, *at))
+            .collect();
+        v.sort_unstable();
+        v
     }
 
     pub fn calls(&self) -> Vec<CallInfo> {

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{AdminLeaves, Conference};
+use crate::guard::{Guard, Limit, Policy, Verdict};
 
 /// A call leg answered by a room (the engine's numbering).
 pub type LegId = u64;
@@ -27,12 +28,54 @@ pub const NO_INPUT_TIMEOUT: Duration = Duration::from_secs(12);
 /// A prompt whose end the media engine never reports is taken as finished after this.
 pub const PLAYBACK_GUARD: Duration = Duration::from_secs(30);
 
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// How access-code guessing is limited across calls (see [`crate::guard`]). A caller gets
+/// at most 30 wrong codes an hour on a room (60 across rooms), waiting 5 s, then 10, 20…
+/// up to 2 min between codes after the first three; a room takes at most 300 an hour from
+/// everyone who never entered it, with doubling waits after 50, when its administrator is
+/// alerted. Whoever entered a room with its code in the last 30 days is never held back by
+/// others' guessing.
+pub const ACCESS_CODE_POLICY: Policy = Policy {
+    pair: Limit {
+        free: 3,
+        budget: 30,
+        period: HOUR,
+        first_delay: Duration::from_secs(5),
+        max_delay: Duration::from_secs(120),
+    },
+    source: Some(Limit {
+        free: 6,
+        budget: 60,
+        period: HOUR,
+        first_delay: Duration::from_secs(5),
+        max_delay: Duration::from_secs(120),
+    }),
+    target: Limit {
+        free: ROOM_ALERT_FAILURES,
+        budget: 300,
+        period: HOUR,
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(30),
+    },
+    trust_for: Duration::from_secs(30 * 24 * 3600),
+    cap: 20_000,
+};
+/// Wrong codes in an hour on one room from which its administrator is alerted.
+pub const ROOM_ALERT_FAILURES: u32 = 50;
+/// How often a room under attack is reported again.
+const ALERT_EVERY: Duration = Duration::from_secs(600);
+/// The longest a caller is kept waiting for a code to be checked; beyond it they are told
+/// to try again later.
+pub const MAX_CODE_WAIT: Duration = Duration::from_secs(30);
+
 /// Recorded announcements and tones (file names are in the media shell).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Prompt {
     EnterAccessCode,
     WrongAccessCode,
     Goodbye,
+    TooManyAttempts,
     WaitForAdministrator,
     FirstParticipant,
     ConferenceStarting,
@@ -76,6 +119,12 @@ pub enum RoomCommand {
     Hangup {
         leg: LegId,
     },
+    /// Someone is guessing the room's access code: `failures` wrong codes in the last hour
+    /// (for the administrator: event, console, metrics).
+    CodeGuessing {
+        room: i64,
+        failures: u32,
+    },
 }
 
 /// Where a participant is in the flow.
@@ -97,8 +146,11 @@ pub struct CodeEntry {
     failures: u8,
     /// The prompt is still playing (digits barge in and are kept).
     prompt_playing: bool,
-    /// When typing or waiting times out.
+    /// When typing or waiting times out, or the held check is due.
     deadline: Option<Instant>,
+    /// The code is typed but its check is held back (too many wrong codes lately): digits
+    /// are ignored until `deadline`.
+    held: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,6 +176,8 @@ pub struct ParticipantInfo {
 struct Participant {
     room: i64,
     caller: String,
+    /// Whom wrong codes count against ([`ACCESS_CODE_POLICY`]).
+    guesser: String,
     is_admin: bool,
     stage: Stage,
     muted: bool,
@@ -148,11 +202,31 @@ pub struct Rooms {
     legs: HashMap<LegId, Participant>,
     timers: BTreeMap<(Instant, LegId), ()>,
     commands: VecDeque<RoomCommand>,
+    /// Wrong access codes across calls; made at the first join (its clock starts there).
+    guard: Option<Guard<String, i64>>,
+    /// When each room's administrator was last alerted of guessing.
+    alerted: HashMap<i64, Instant>,
+    stats: CodeStats,
+}
+
+/// Access-code counters since start (for metrics).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CodeStats {
+    /// Wrong codes checked.
+    pub wrong: u64,
+    /// Callers told to try again later.
+    pub refused: u64,
 }
 
 impl Rooms {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Access-code counters since start.
+    #[must_use]
+    pub fn code_stats(&self) -> CodeStats {
+        self.stats
     }
 
     #[must_use]
@@ -230,16 +304,18 @@ impl Rooms {
         self.legs.contains_key(&leg)
     }
 
-    /// A caller reached `conference` (the room's production configuration).
+    /// A caller reached `conference` (the room's production configuration); `guesser`
+    /// names whom their wrong codes count against, across calls.
     pub fn handle_join(
         &mut self,
         now: Instant,
         leg: LegId,
         conference: &Conference,
         caller: &str,
+        guesser: &str,
         is_admin: bool,
     ) {
-        self.join(now, leg, conference, caller, is_admin, true);
+        self.join(now, leg, conference, caller, Some(guesser), is_admin);
     }
 
     /// Someone the room invited answered: no access code (they were asked in), but
@@ -252,17 +328,18 @@ impl Rooms {
         callee: &str,
         is_admin: bool,
     ) {
-        self.join(now, leg, conference, callee, is_admin, false);
+        self.join(now, leg, conference, callee, None, is_admin);
     }
 
+    /// `guesser` is `None` for someone invited in: no code is asked.
     fn join(
         &mut self,
         now: Instant,
         leg: LegId,
         conference: &Conference,
         caller: &str,
+        guesser: Option<&str>,
         is_admin: bool,
-        ask_code: bool,
     ) {
         let room = self.rooms.entry(conference.id).or_default();
         room.config = Some(conference.clone());
@@ -272,6 +349,7 @@ impl Rooms {
             Participant {
                 room: conference.id,
                 caller: caller.to_owned(),
+                guesser: guesser.unwrap_or_default().to_owned(),
                 is_admin,
                 stage: Stage::InRoom,
                 muted: false,
@@ -279,12 +357,17 @@ impl Rooms {
                 playback_seq: 0,
             },
         );
-        if ask_code
-            && conference
-                .access_code
-                .as_deref()
-                .is_some_and(|c| !c.is_empty())
-        {
+        let has_code = conference
+            .access_code
+            .as_deref()
+            .is_some_and(|c| !c.is_empty());
+        if let (Some(guesser), true) = (guesser, has_code) {
+            let verdict = self
+                .guard(now)
+                .check(now, &guesser.to_owned(), &conference.id);
+            if matches!(verdict, Verdict::Refused(_)) {
+                return self.too_many_attempts(now, leg);
+            }
             self.ask_for_code(now, leg, 0, vec![Prompt::EnterAccessCode]);
         } else {
             self.admit(now, leg);
@@ -318,6 +401,7 @@ impl Rooms {
                 failures,
                 prompt_playing: true,
                 deadline: None,
+                held: false,
             }),
         );
         self.play(now, leg, prompts, false);
@@ -403,6 +487,9 @@ impl Rooms {
         let Stage::EnteringCode(entry) = &mut p.stage else {
             return;
         };
+        if entry.held {
+            return;
+        }
         match digit {
             '#' => self.check_code(now, leg),
             '*' => {
@@ -422,6 +509,14 @@ impl Rooms {
         }
     }
 
+    fn guard(&mut self, now: Instant) -> &mut Guard<String, i64> {
+        self.guard
+            .get_or_insert_with(|| Guard::new(ACCESS_CODE_POLICY, now))
+    }
+
+    /// Checks what was typed, unless the caller or the room has had too many wrong codes
+    /// lately: then the check waits (digits ignored meanwhile), or the caller is told to
+    /// try again later when the wait would be too long.
     fn check_code(&mut self, now: Instant, leg: LegId) {
         let Some(p) = self.legs.get(&leg) else { return };
         let Stage::EnteringCode(entry) = &p.stage else {
@@ -434,12 +529,45 @@ impl Rooms {
             .and_then(|c| c.access_code.clone())
             .unwrap_or_default();
         // A code removed by Apply while someone was typing it lets them in.
-        let correct = expected.is_empty() || constant_time_eq(&entry.digits, &expected);
-        let failures = entry.failures;
-        if correct {
+        if expected.is_empty() {
             return self.admit(now, leg);
         }
-        let failures = failures + 1;
+        let (digits, failures) = (entry.digits.clone(), entry.failures);
+        let (guesser, room) = (p.guesser.clone(), p.room);
+        if digits.is_empty() {
+            // Silence is no guess: it costs one of this call's tries only.
+            return self.wrong_code(now, leg, failures + 1);
+        }
+        match self.guard(now).check(now, &guesser, &room) {
+            Verdict::Go => {}
+            Verdict::Wait(wait) if wait <= MAX_CODE_WAIT => return self.hold_check(now, leg, wait),
+            Verdict::Wait(_) | Verdict::Refused(_) => return self.too_many_attempts(now, leg),
+        }
+        if constant_time_eq(&digits, &expected) {
+            self.guard(now).succeeded(now, &guesser, &room);
+            return self.admit(now, leg);
+        }
+        self.stats.wrong += 1;
+        let guard = self.guard(now);
+        guard.failed(now, &guesser, &room);
+        let recent = guard.target_failures(now, &room);
+        if recent >= ROOM_ALERT_FAILURES
+            && self
+                .alerted
+                .get(&room)
+                .is_none_or(|at| now.saturating_duration_since(*at) >= ALERT_EVERY)
+        {
+            self.alerted.insert(room, now);
+            self.commands.push_back(RoomCommand::CodeGuessing {
+                room,
+                failures: recent,
+            });
+        }
+        self.wrong_code(now, leg, failures + 1);
+    }
+
+    /// This call's `failures`-th wrong code: ask again, or goodbye after the last try.
+    fn wrong_code(&mut self, now: Instant, leg: LegId, failures: u8) {
         if failures >= MAX_CODE_ATTEMPTS {
             self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Hangup));
             self.play(
@@ -456,6 +584,25 @@ impl Rooms {
                 vec![Prompt::WrongAccessCode, Prompt::EnterAccessCode],
             );
         }
+    }
+
+    fn hold_check(&mut self, now: Instant, leg: LegId, wait: Duration) {
+        let Some(Participant {
+            stage: Stage::EnteringCode(entry),
+            ..
+        }) = self.legs.get_mut(&leg)
+        else {
+            return;
+        };
+        entry.held = true;
+        entry.deadline = Some(now + wait);
+        self.timers.insert((now + wait, leg), ());
+    }
+
+    fn too_many_attempts(&mut self, now: Instant, leg: LegId) {
+        self.stats.refused += 1;
+        self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Hangup));
+        self.play(now, leg, vec![Prompt::TooManyAttempts], false);
     }
 
     /// The media engine finished playing to `leg`.
@@ -672,12 +819,14 @@ impl Rooms {
         let Stage::EnteringCode(entry) = &mut p.stage else {
             return;
         };
-        if entry.prompt_playing || entry.deadline.is_none_or(|d| d > now) {
+        // A held check is due even if the prompt it interrupted never reported its end.
+        if (entry.prompt_playing && !entry.held) || entry.deadline.is_none_or(|d| d > now) {
             return;
         }
         entry.deadline = None;
-        // Typed something then stopped: check it as if `#` came. Typed nothing: one
-        // attempt used, the prompt again.
+        entry.held = false;
+        // Typed something then stopped, or a held check is due: check it as if `#` came.
+        // Typed nothing: one attempt used, the prompt again.
         self.check_code(now, leg);
     }
 }
@@ -747,7 +896,7 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(None, false);
-        r.handle_join(now, 1, &conf, "101", false);
+        r.handle_join(now, 1, &conf, "101", "user:101", false);
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::Play {
@@ -758,7 +907,7 @@ mod tests {
         );
         r.handle_playback_done(now, 1);
         assert_eq!(drain(&mut r), vec![RoomCommand::Mix { leg: 1, room: 7 }]);
-        r.handle_join(now, 2, &conf, "102", false);
+        r.handle_join(now, 2, &conf, "102", "user:102", false);
         assert_eq!(
             drain(&mut r),
             vec![
@@ -783,7 +932,7 @@ mod tests {
     fn right_code_after_a_wrong_one_and_barge_in() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(Some("4321"), false), "101", false);
+        r.handle_join(now, 1, &room(Some("4321"), false), "101", "user:101", false);
         drain(&mut r);
         assert_eq!(state(&r, 1), "entering_code");
         // Digits during the prompt count (barge-in).
@@ -802,11 +951,137 @@ mod tests {
         assert_eq!(state(&r, 1), "in_room");
     }
 
+    /// One call of `guesser` keying `codes` (each followed by `#`) at `now`; returns what
+    /// the room did, after the prompts it played were heard out.
+    fn call(
+        r: &mut Rooms,
+        now: Instant,
+        leg: LegId,
+        guesser: &str,
+        codes: &[&str],
+    ) -> Vec<RoomCommand> {
+        r.handle_join(now, leg, &room(Some("4321"), false), "x", guesser, false);
+        let mut seen = drain(r);
+        for code in codes {
+            keys(r, now, leg, &format!("{code}#"));
+            seen.extend(drain(r));
+        }
+        seen
+    }
+
+    fn played(cmds: &[RoomCommand], prompt: Prompt) -> bool {
+        cmds.iter()
+            .any(|c| matches!(c, RoomCommand::Play { prompts, .. } if prompts.contains(&prompt)))
+    }
+
+    #[test]
+    fn wrong_codes_count_across_calls_and_hold_back_only_the_guesser() {
+        let t0 = Instant::now();
+        let mut r = Rooms::new();
+        // First call: three wrong codes are free (checked at once), then goodbye.
+        let first = call(&mut r, t0, 1, "user:666", &["1111", "1112", "1113"]);
+        assert!(played(&first, Prompt::Goodbye), "{first:?}");
+        r.handle_leave(t0, 1);
+        // Second call at once: the code is typed, but its check waits 5 s (digits in
+        // the meantime are ignored), then it is checked.
+        let second = call(&mut r, t0, 2, "user:666", &["1114"]);
+        assert!(!played(&second, Prompt::WrongAccessCode), "{second:?}");
+        keys(&mut r, t0, 2, "4321#");
+        assert!(drain(&mut r).is_empty());
+        r.handle_timeout(t0 + Duration::from_secs(5));
+        assert!(played(&drain(&mut r), Prompt::WrongAccessCode));
+        r.handle_leave(t0, 2);
+        // Meanwhile a colleague keys the right code and is in at once.
+        let colleague = call(&mut r, t0, 3, "user:102", &["4321"]);
+        assert!(
+            played(&colleague, Prompt::FirstParticipant),
+            "{colleague:?}"
+        );
+        // The guesser keeps going for an hour, a call after another: at most 30 codes
+        // are checked, then they are told to try again later.
+        let (mut checked, mut refused, mut now) = (0, 0, t0 + Duration::from_secs(5));
+        for leg in 10..2000 {
+            if now > t0 + Duration::from_secs(3600) {
+                break;
+            }
+            let cmds = call(&mut r, now, leg, "user:666", &["2222"]);
+            if played(&cmds, Prompt::TooManyAttempts) {
+                refused += 1;
+            } else if played(&cmds, Prompt::WrongAccessCode) {
+                checked += 1;
+            } else {
+                // Held: wait for the check.
+                r.handle_timeout(now + MAX_CODE_WAIT);
+                let later = drain(&mut r);
+                if played(&later, Prompt::WrongAccessCode) {
+                    checked += 1;
+                } else {
+                    assert!(played(&later, Prompt::TooManyAttempts), "{later:?}");
+                    refused += 1;
+                }
+            }
+            r.handle_leave(now, leg);
+            now += Duration::from_secs(10);
+        }
+        assert!(
+            checked + 4 <= 30,
+            "{checked} more codes checked in the hour"
+        );
+        assert!(refused > 100, "{refused}");
+        assert_eq!(r.code_stats().wrong as usize, 4 + checked);
+        // The colleague still gets in.
+        let colleague = call(&mut r, now, 5000, "user:102", &["4321"]);
+        assert!(
+            !played(&colleague, Prompt::TooManyAttempts),
+            "{colleague:?}"
+        );
+        assert_eq!(state(&r, 5000), "in_room");
+    }
+
+    #[test]
+    fn many_guessers_on_one_room_alert_its_administrator() {
+        let t0 = Instant::now();
+        let mut r = Rooms::new();
+        let mut alerts = Vec::new();
+        for leg in 0..200u64 {
+            let now = t0 + Duration::from_secs(leg * 5);
+            let cmds = call(
+                &mut r,
+                now,
+                leg,
+                &format!("number:+3247000{leg:04}"),
+                &["0000"],
+            );
+            alerts.extend(
+                cmds.into_iter()
+                    .filter(|c| matches!(c, RoomCommand::CodeGuessing { .. })),
+            );
+            r.handle_timeout(now + MAX_CODE_WAIT);
+            alerts.extend(
+                drain(&mut r)
+                    .into_iter()
+                    .filter(|c| matches!(c, RoomCommand::CodeGuessing { .. })),
+            );
+            r.handle_leave(now, leg);
+        }
+        // Alerted once on reaching the threshold, then at most every 10 minutes.
+        assert!(!alerts.is_empty());
+        assert_eq!(
+            alerts[0],
+            RoomCommand::CodeGuessing {
+                room: 7,
+                failures: ROOM_ALERT_FAILURES
+            }
+        );
+        assert!(alerts.len() <= 3, "{alerts:?}");
+        assert!(r.code_stats().wrong <= 300);
+    }
+
     #[test]
     fn three_wrong_codes_say_goodbye_and_hang_up() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(Some("4321"), false), "101", false);
+        r.handle_join(now, 1, &room(Some("4321"), false), "101", "user:101", false);
         keys(&mut r, now, 1, "1#2#");
         drain(&mut r);
         keys(&mut r, now, 1, "3#");
@@ -829,7 +1104,7 @@ mod tests {
     fn two_hundred_digits_without_pound_are_a_wrong_attempt_not_a_buffer() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(Some("4321"), false), "101", false);
+        r.handle_join(now, 1, &room(Some("4321"), false), "101", "user:101", false);
         keys(&mut r, now, 1, &"5".repeat(200));
         let cmds = drain(&mut r);
         assert!(cmds.contains(&RoomCommand::Play {
@@ -843,7 +1118,7 @@ mod tests {
     fn inter_digit_timeout_checks_and_silence_costs_an_attempt() {
         let t0 = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(t0, 1, &room(Some("42"), false), "101", false);
+        r.handle_join(t0, 1, &room(Some("42"), false), "101", "user:101", false);
         r.handle_playback_done(t0, 1);
         drain(&mut r);
         keys(&mut r, t0, 1, "42");
@@ -853,7 +1128,7 @@ mod tests {
         assert_eq!(state(&r, 1), "joining", "typed code checked on timeout");
 
         let mut r = Rooms::new();
-        r.handle_join(t0, 2, &room(Some("42"), false), "101", false);
+        r.handle_join(t0, 2, &room(Some("42"), false), "101", "user:101", false);
         r.handle_playback_done(t0, 2);
         drain(&mut r);
         r.handle_timeout(t0 + NO_INPUT_TIMEOUT);
@@ -872,7 +1147,7 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(None, true);
-        r.handle_join(now, 1, &conf, "102", false);
+        r.handle_join(now, 1, &conf, "102", "user:102", false);
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::Play {
@@ -885,7 +1160,7 @@ mod tests {
         r.handle_playback_done(now, 1); // end of the announcement: music goes on, still waiting
         assert_eq!(state(&r, 1), "waiting");
         // The administrator arrives: first in the mix, the waiting one is told and joins.
-        r.handle_join(now, 2, &conf, "101", true);
+        r.handle_join(now, 2, &conf, "101", "user:101", true);
         let cmds = drain(&mut r);
         assert!(cmds.contains(&RoomCommand::Play {
             leg: 1,
@@ -915,9 +1190,9 @@ mod tests {
         let mut r = Rooms::new();
         let mut conf = room(None, true);
         conf.when_admin_leaves = AdminLeaves::End;
-        r.handle_join(now, 1, &conf, "101", true);
+        r.handle_join(now, 1, &conf, "101", "user:101", true);
         r.handle_playback_done(now, 1);
-        r.handle_join(now, 2, &conf, "102", false);
+        r.handle_join(now, 2, &conf, "102", "user:102", false);
         drain(&mut r);
         r.handle_leave(now, 1);
         let cmds = drain(&mut r);
@@ -935,7 +1210,7 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(Some("1"), false);
-        r.handle_join(now, 1, &conf, "101", false);
+        r.handle_join(now, 1, &conf, "101", "user:101", false);
         keys(&mut r, now, 1, "1#");
         r.handle_playback_done(now, 1);
         assert_eq!(state(&r, 1), "in_room");
@@ -944,7 +1219,7 @@ mod tests {
         changed.access_code = Some("2".into());
         r.handle_config(now, &[changed.clone()]);
         assert_eq!(state(&r, 1), "in_room");
-        r.handle_join(now, 2, &changed, "102", false);
+        r.handle_join(now, 2, &changed, "102", "user:102", false);
         keys(&mut r, now, 2, "1#");
         assert_eq!(state(&r, 2), "entering_code");
         keys(&mut r, now, 2, "2#");
@@ -969,7 +1244,7 @@ mod tests {
     fn lost_playback_event_is_covered_by_a_guard_timer() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(None, false), "101", false);
+        r.handle_join(now, 1, &room(None, false), "101", "user:101", false);
         drain(&mut r);
         r.handle_timeout(now + PLAYBACK_GUARD);
         assert_eq!(drain(&mut r), vec![RoomCommand::Mix { leg: 1, room: 7 }]);
@@ -994,8 +1269,8 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(None, true);
-        r.handle_join(now, 1, &conf, "101", true); // the administrator, hearing "first participant"
-        r.handle_join(now, 2, &conf, "102", false);
+        r.handle_join(now, 1, &conf, "101", "user:101", true); // the administrator, hearing "first participant"
+        r.handle_join(now, 2, &conf, "102", "user:102", false);
         assert_ne!(state(&r, 2), "waiting");
         r.handle_playback_done(now, 1);
         r.handle_playback_done(now, 2);
@@ -1007,9 +1282,9 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(None, true);
-        r.handle_join(now, 2, &conf, "102", false);
+        r.handle_join(now, 2, &conf, "102", "user:102", false);
         assert_eq!(state(&r, 2), "waiting");
-        r.handle_join(now, 1, &conf, "101", true); // releases 2: "conference starting"
+        r.handle_join(now, 1, &conf, "101", "user:101", true); // releases 2: "conference starting"
         assert_eq!(state(&r, 2), "joining");
         r.handle_leave(now, 1); // gone before anyone reached the mix
         r.handle_playback_done(now, 2);
@@ -1021,7 +1296,7 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(Some("4321"), false);
-        r.handle_join(now, 1, &conf, "102", false);
+        r.handle_join(now, 1, &conf, "102", "user:102", false);
         assert_eq!(state(&r, 1), "entering_code");
         let mut open = conf.clone();
         open.access_code = None;
@@ -1030,7 +1305,7 @@ mod tests {
 
         let mut r = Rooms::new();
         let waiting = room(None, true);
-        r.handle_join(now, 2, &waiting, "102", false);
+        r.handle_join(now, 2, &waiting, "102", "user:102", false);
         assert_eq!(state(&r, 2), "waiting");
         let mut relaxed = waiting.clone();
         relaxed.wait_for_admin = false;
@@ -1044,7 +1319,7 @@ mod tests {
     fn end_of_an_earlier_prompt_does_not_end_the_next_one() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(Some("4321"), false), "101", false);
+        r.handle_join(now, 1, &room(Some("4321"), false), "101", "user:101", false);
         let first = r.playback_seq(1).unwrap();
         keys(&mut r, now, 1, "1#2#3#"); // third wrong code: "wrong, goodbye"
         drain(&mut r);
@@ -1063,7 +1338,7 @@ mod tests {
     fn kick_and_mute() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(None, false), "101", false);
+        r.handle_join(now, 1, &room(None, false), "101", "user:101", false);
         r.handle_playback_done(now, 1);
         drain(&mut r);
         assert!(r.set_muted(1, true));

@@ -133,6 +133,8 @@ struct Published {
     participants: Vec<(i64, Value)>,
     invitations: Vec<(u64, Value)>,
     trunks: Vec<(i64, Value)>,
+    code_guessing: Vec<Value>,
+    security: Option<confero_pbx::engine::SecurityStats>,
     transactions: usize,
     calls_in_memory: usize,
     rtp_ports: usize,
@@ -221,6 +223,17 @@ impl LiveState {
             .into_iter()
             .map(|t| (t.id, trunk_json(&t, now_unix)))
             .collect();
+        let code_guessing: Vec<Value> = engine
+            .code_guessing(now_unix)
+            .into_iter()
+            .map(|(room, failures, at)| {
+                json!({
+                    "conference_id": room,
+                    "failures_last_hour": failures,
+                    "alerted_at": at,
+                })
+            })
+            .collect();
         let mut p = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if self.events.receiver_count() > 0 {
             let all_participants: Vec<&Value> = participants.iter().map(|(_, v)| v).collect();
@@ -246,6 +259,11 @@ impl LiveState {
                     json!(trunks.iter().map(|(_, v)| v).collect::<Vec<_>>()),
                     json!(p.trunks.iter().map(|(_, v)| v).collect::<Vec<_>>()),
                 ),
+                (
+                    "code_guessing",
+                    json!(code_guessing),
+                    json!(p.code_guessing),
+                ),
             ] {
                 if now != before {
                     let _ = self.events.send((kind.to_owned(), now.to_string()));
@@ -258,6 +276,8 @@ impl LiveState {
             participants,
             invitations,
             trunks,
+            code_guessing,
+            security: Some(engine.security_stats()),
             transactions: engine.transaction_count(),
             calls_in_memory: engine.call_count(),
             rtp_ports: engine.rtp_ports_in_use(),
@@ -279,6 +299,14 @@ impl LiveView for LiveState {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .calls
+            .clone()
+    }
+
+    fn code_guessing(&self) -> Vec<Value> {
+        self.inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .code_guessing
             .clone()
     }
 
@@ -304,6 +332,7 @@ impl LiveView for LiveState {
             ("calls".into(), json!(p.calls).to_string()),
             ("participants".into(), json!(participants).to_string()),
             ("invitations".into(), json!(invitations).to_string()),
+            ("code_guessing".into(), json!(p.code_guessing).to_string()),
         ]
     }
 
@@ -393,6 +422,49 @@ impl LiveView for LiveState {
             out,
             "confero_conference_participants {}",
             p.participants.len()
+        );
+        if let Some(sec) = p.security {
+            for (name, help, value) in [
+                (
+                    "confero_sip_auth_failures_total",
+                    "Wrong SIP passwords and unknown SIP usernames.",
+                    sec.auth.failures,
+                ),
+                (
+                    "confero_sip_auth_refused_total",
+                    "SIP requests refused unchecked after too many wrong passwords.",
+                    sec.auth.refused,
+                ),
+                (
+                    "confero_sip_auth_replays_total",
+                    "Right digests whose nonce-count was already spent (replays).",
+                    sec.auth.replays,
+                ),
+                (
+                    "confero_access_code_failures_total",
+                    "Wrong access codes keyed into rooms.",
+                    sec.codes.wrong,
+                ),
+                (
+                    "confero_access_code_refused_total",
+                    "Callers told to try again later after too many wrong access codes.",
+                    sec.codes.refused,
+                ),
+            ] {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} counter");
+                let _ = writeln!(out, "{name} {value}");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP confero_access_code_guessing_rooms Rooms whose access code was being guessed in the last hour."
+        );
+        let _ = writeln!(out, "# TYPE confero_access_code_guessing_rooms gauge");
+        let _ = writeln!(
+            out,
+            "confero_access_code_guessing_rooms {}",
+            p.code_guessing.len()
         );
         out
     }

@@ -89,6 +89,7 @@ fn file_name(p: Prompt) -> &'static str {
         Prompt::EnterAccessCode => "enter-access-code.wav",
         Prompt::WrongAccessCode => "wrong-access-code.wav",
         Prompt::Goodbye => "goodbye.wav",
+        Prompt::TooManyAttempts => "too-many-attempts.wav",
         Prompt::WaitForAdministrator => "wait-for-administrator.wav",
         Prompt::FirstParticipant => "first-participant.wav",
         Prompt::ConferenceStarting => "conference-starting.wav",
@@ -100,10 +101,11 @@ fn file_name(p: Prompt) -> &'static str {
     }
 }
 
-const ALL_PROMPTS: [Prompt; 11] = [
+const ALL_PROMPTS: [Prompt; 12] = [
     Prompt::EnterAccessCode,
     Prompt::WrongAccessCode,
     Prompt::Goodbye,
+    Prompt::TooManyAttempts,
     Prompt::WaitForAdministrator,
     Prompt::FirstParticipant,
     Prompt::ConferenceStarting,
@@ -120,6 +122,7 @@ fn embedded(name: &str) -> Option<&'static [u8]> {
         "enter-access-code.wav" => include_bytes!("../../../prompts/enter-access-code.wav"),
         "wrong-access-code.wav" => include_bytes!("../../../prompts/wrong-access-code.wav"),
         "goodbye.wav" => include_bytes!("../../../prompts/goodbye.wav"),
+        "too-many-attempts.wav" => include_bytes!("../../../prompts/too-many-attempts.wav"),
         "wait-for-administrator.wav" => {
             include_bytes!("../../../prompts/wait-for-administrator.wav")
         }
@@ -735,8 +738,11 @@ impl State {
                     r.mixer.set_muted(leg, muted);
                 }
             }
-            // Signalling's (hang-up) and the player's (Play, sent as MediaCommand::Play).
-            RoomCommand::Hangup { .. } | RoomCommand::Play { .. } => {}
+            // Signalling's (hang-up, alerts) and the player's (Play, sent as
+            // MediaCommand::Play).
+            RoomCommand::Hangup { .. }
+            | RoomCommand::CodeGuessing { .. }
+            | RoomCommand::Play { .. } => {}
         }
     }
 

@@ -171,6 +171,17 @@ impl Party {
             is_user: false,
         }
     }
+
+    /// Whom wrong access codes are counted against across calls: the user (who
+    /// authenticated), or the number a provider presents for a call from the phone network
+    /// (all of which come from the provider's address).
+    pub(super) fn guesser(&self) -> String {
+        if self.is_user {
+            format!("user:{}", self.number)
+        } else {
+            format!("number:{}", self.number)
+        }
+    }
 }
 
 pub(super) struct ConfLeg {
@@ -248,6 +259,8 @@ pub(super) enum AfterAnswer {
     Room {
         conference: Conference,
         number: String,
+        /// See [`Party::guesser`].
+        guesser: String,
         is_admin: bool,
     },
     /// The caller's half of an anchored call whose callee leg is `callee`.
@@ -269,6 +282,7 @@ impl Engine {
             caller.is_user && conference.admin_extension.as_deref() == Some(caller.number.as_str());
         let then = AfterAnswer::Room {
             number: caller.number.clone(),
+            guesser: caller.guesser(),
             conference,
             is_admin,
         };
@@ -281,10 +295,11 @@ impl Engine {
             AfterAnswer::Room {
                 conference,
                 number,
+                guesser,
                 is_admin,
             } => {
                 self.rooms
-                    .handle_join(now, id, &conference, &number, is_admin);
+                    .handle_join(now, id, &conference, &number, &guesser, is_admin);
                 self.drain_room_commands(now);
                 self.events.push_back(EngineEvent::ConferencesChanged);
             }
@@ -460,6 +475,15 @@ impl Engine {
         while let Some(cmd) = self.rooms.poll_command() {
             match cmd {
                 RoomCommand::Hangup { leg } => self.end_conf_leg(now, leg, true),
+                RoomCommand::CodeGuessing { room, failures } => {
+                    tracing::warn!(room, failures, "access code guessing");
+                    let at = self.unix(now);
+                    self.code_alerts.insert(room, (failures, at));
+                    self.events.push_back(EngineEvent::CodeGuessing {
+                        conference_id: room,
+                        failures_last_hour: failures,
+                    });
+                }
                 RoomCommand::Play {
                     leg,
                     prompts,

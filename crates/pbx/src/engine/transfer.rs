@@ -184,6 +184,7 @@ impl Engine {
                     && conference.admin_extension.as_deref() == Some(party.number.as_str());
                 let then = AfterAnswer::Room {
                     number: party.number.clone(),
+                    guesser: party.guesser(),
                     conference,
                     is_admin,
                 };

@@ -394,6 +394,12 @@ pub(super) async fn calls(State(s): State<ApiState>) -> Json<Vec<serde_json::Val
     Json(s.live.calls())
 }
 
+/// `GET /alerts/code-guessing`: rooms whose access code was being guessed in the last
+/// hour.
+pub(super) async fn code_guessing(State(s): State<ApiState>) -> Json<Vec<serde_json::Value>> {
+    Json(s.live.code_guessing())
+}
+
 /// `GET /events`: server-sent events, one per kind of live state that changed, carrying
 /// the whole new state (clients need no diffing). A new subscriber first gets the current
 /// state of every kind. A slow client that falls behind skips to the newest state rather

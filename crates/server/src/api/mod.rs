@@ -49,6 +49,11 @@ pub trait LiveView: Send + Sync + 'static {
     fn participants(&self, _conference_id: i64) -> Vec<serde_json::Value> {
         Vec::new()
     }
+    /// Rooms whose access code someone was guessing in the last hour:
+    /// `{"conference_id", "failures_last_hour", "alerted_at"}`.
+    fn code_guessing(&self) -> Vec<serde_json::Value> {
+        Vec::new()
+    }
     /// Starts an invitation from a room; resolves to the invitation as JSON, or to why it
     /// could not start.
     fn invite(
@@ -250,6 +255,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/invitations/{id}/cancel", post(cancel_invitation))
         .route("/registrations", get(registrations))
         .route("/calls", get(calls))
+        .route("/alerts/code-guessing", get(code_guessing))
         .route("/tokens", post(create_token))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

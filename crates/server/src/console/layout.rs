@@ -56,6 +56,7 @@ pub(crate) async fn page(
 ) -> Result<Markup, PageError> {
     let pending = ctx.state.store.pending_changes().await?.len();
     let flash = ctx.state.store.take_flash(&ctx.cookie).await?;
+    let guessing = code_guessing_alerts(ctx);
     Ok(document(
         title,
         Some(&ctx.session.csrf_token),
@@ -111,6 +112,9 @@ pub(crate) async fn page(
                         }
                     }
                     main #main tabindex="-1" {
+                        @for alert in &guessing {
+                            div.alert role="alert" data-testid="code-guessing" { (alert) }
+                        }
                         @if let Some(message) = flash {
                             div.flash role="status" data-testid="flash" { (message) }
                         }
@@ -142,6 +146,28 @@ pub(crate) async fn form_page(
 }
 
 /// The bare HTML document: head, assets, and `body` inside `<body>`.
+/// One sentence per room whose access code was being guessed in the last hour.
+fn code_guessing_alerts(ctx: &Ctx) -> Vec<String> {
+    let alerts = ctx.state.live.code_guessing();
+    if alerts.is_empty() {
+        return Vec::new();
+    }
+    let production = ctx.state.production.borrow().clone();
+    alerts
+        .iter()
+        .filter_map(|a| {
+            let id = a["conference_id"].as_i64()?;
+            let n = a["failures_last_hour"].as_u64()?;
+            let room = production.config.conference(id)?;
+            Some(format!(
+                "Someone is guessing the access code of {} ({}): {n} wrong codes in the last \
+                 hour. Callers who keep failing are held back; consider a longer code.",
+                room.name, room.extension
+            ))
+        })
+        .collect()
+}
+
 pub(crate) fn document(title: &str, csrf: Option<&str>, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
