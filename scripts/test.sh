@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian 12 machine with the Rust toolchain and gcc.
 # Installs the third-party test peers when missing (SIPp as Debian's sip-tester, baresip,
-# PostgreSQL for the store tests; Chromium and the node modules for the browser tests),
+# PostgreSQL for the store tests, SIPVicious from PyPI for the attack tests; Chromium and the
+# node modules for the browser tests),
 # starts a throw-away PostgreSQL on a free loopback port, then runs every test of the
 # workspace and the browser end-to-end tests (tests/browser).
 set -euo pipefail
@@ -13,6 +14,7 @@ missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip-core)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 pg_bin=""
 for d in $(dirname "$(command -v initdb 2>/dev/null || echo /nonexistent/x)") /usr/lib/postgresql/*/bin; do
   if [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ]; then pg_bin=$d; break; fi
@@ -31,6 +33,17 @@ if [ ${#missing[@]} -gt 0 ]; then
   for d in /usr/lib/postgresql/*/bin; do
     if [ -z "$pg_bin" ] && [ -x "$d/initdb" ]; then pg_bin=$d; fi
   done
+fi
+
+# SIPVicious (svcrack, the password guesser attackers use) from PyPI, in a venv of its own.
+if ! command -v sipvicious_svcrack >/dev/null 2>&1; then
+  venv=target/test-tools/sipvicious
+  if [ ! -x "$venv/bin/sipvicious_svcrack" ]; then
+    log "installing sipvicious (PyPI) in $venv"
+    python3 -m venv "$venv" && "$venv/bin/pip" install -q sipvicious ||
+      log "cannot install sipvicious: the tests needing it will say so"
+  fi
+  export PATH="$PWD/$venv/bin:$PATH"
 fi
 
 pg_dir=""

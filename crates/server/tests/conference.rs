@@ -10,6 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::baresip::*;
+use common::room_caller::*;
 use common::rtp::linear_to_ulaw;
 use common::*;
 
@@ -52,105 +53,6 @@ fn pbx_with_rooms_and(args: &[&str]) -> Pbx {
     assert_eq!(status, 201, "{text}");
     pbx.apply();
     pbx
-}
-
-// ---- SIPp callers ----------------------------------------------------------------------
-
-enum Dtmf<'a> {
-    None,
-    Info(&'a str),
-    Rfc4733(&'a str),
-    Pcap(&'a Path),
-}
-
-fn dtmf_section(dtmf: &Dtmf<'_>) -> String {
-    match dtmf {
-        Dtmf::None => String::new(),
-        Dtmf::Info(digits) => {
-            let snippet = std::fs::read_to_string(scenario_dir().join("info_digit.snippet")).unwrap();
-            digits
-                .chars()
-                .enumerate()
-                .map(|(i, d)| {
-                    snippet
-                        .replace("@CSEQ@", &(10 + i).to_string())
-                        .replace("@DIGIT@", &d.to_string())
-                })
-                .collect()
-        }
-        Dtmf::Rfc4733(digits) => digits
-            .chars()
-            .map(|d| {
-                let name = match d {
-                    '#' => "pound".to_string(),
-                    '*' => "star".to_string(),
-                    d => d.to_string(),
-                };
-                format!(
-                    "  <nop><action><exec play_pcap_audio=\"/usr/share/sip-tester/dtmf_2833_{name}.pcap\"/></action></nop>\n  <pause milliseconds=\"400\"/>\n"
-                )
-            })
-            .collect(),
-        Dtmf::Pcap(pcap) => format!(
-            "  <nop><action><exec play_pcap_audio=\"{}\"/></action></nop>\n  <pause milliseconds=\"4000\"/>\n",
-            pcap.display()
-        ),
-    }
-}
-
-/// What a SIPp phone of Bob's does in a room: dial `room`, wait `wait_ms` (the prompt),
-/// key `dtmf`, stay `hold_ms`, then hang up — or, when `rejected`, expect the room to
-/// hang up on it.
-struct Visit<'a> {
-    room: &'a str,
-    dtmf: Dtmf<'a>,
-    wait_ms: u32,
-    hold_ms: u32,
-    rejected: bool,
-}
-
-fn room_caller(pbx: &Pbx, dir: &Path, name: &str, visit: Visit<'_>) -> Sipp {
-    let Visit {
-        room,
-        dtmf,
-        wait_ms,
-        hold_ms,
-        rejected,
-    } = visit;
-    let part = if rejected {
-        "caller_rejected_by_room.part"
-    } else {
-        "caller_in_room.part"
-    };
-    let file = scenario(
-        dir,
-        "caller.xml.in",
-        part,
-        &[
-            ("WAIT_MS", &wait_ms.to_string()),
-            ("HOLD_MS", &hold_ms.to_string()),
-            ("DTMF", &dtmf_section(&dtmf)),
-        ],
-    );
-    let renamed = dir.join(format!("{name}.xml"));
-    std::fs::rename(&file, &renamed).unwrap();
-    let media_port = free_udp_port();
-    Sipp::spawn(
-        name,
-        &renamed,
-        free_udp_port(),
-        &[
-            "-s",
-            room,
-            "-au",
-            "bob",
-            "-ap",
-            "bob-secret",
-            "-mp",
-            &media_port.to_string(),
-            &pbx.sip.to_string(),
-        ],
-    )
 }
 
 #[test]

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::baresip::*;
+use common::room_caller::{room_callers, Dtmf, Visit};
 use common::rtp::{pcmu_samples, ToneSender};
 use common::*;
 
@@ -210,4 +211,128 @@ fn a_stranger_cannot_take_over_a_silent_participants_media() {
         leaked < 0.02,
         "Carol heard the strangers' 2 kHz: {leaked:.3}"
     );
+}
+
+/// The issue's probe turned around: twenty SIPp calls at once from one user, each keying
+/// three wrong codes by RFC 4733 as a phone paces them. Across calls only the first few
+/// codes are checked at once, later ones wait (then the caller is told to try again
+/// later); a colleague on baresip keys the right code meanwhile and is in at once.
+#[test]
+fn access_codes_cannot_be_guessed_by_many_calls_at_once() {
+    require!("sipp", "sip-tester");
+    require!("baresip", "baresip");
+    let pbx = pbx_with_open_room();
+    let (status, text) = pbx.api(
+        "POST",
+        "/api/v1/conferences",
+        Some(r#"{"name":"Board","extension":"801","access_code":"246813"}"#),
+    );
+    assert_eq!(status, 201, "{text}");
+    pbx.apply();
+    let id = conference_id(&pbx, "801");
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let _attack = room_callers(
+        &pbx,
+        dir.path(),
+        "hostile-code-guessing",
+        Visit {
+            room: "801",
+            dtmf: Dtmf::Rfc4733("111111#111112#111113#"),
+            wait_ms: 500,
+            hold_ms: 0,
+            rejected: true,
+        },
+        20,
+    );
+    std::thread::sleep(Duration::from_secs(4));
+    let carol = Baresip::start("carol", "carol-secret", &pbx, 1000);
+    carol.dial(&pbx, "801");
+    std::thread::sleep(Duration::from_secs(2));
+    carol.send_digits("246813#");
+    let list = wait_for_room(&pbx, id, Duration::from_secs(15), |l| {
+        l.iter()
+            .any(|p| p["caller"] == "103" && p["state"] == "in_room")
+    });
+    assert!(
+        list.iter()
+            .any(|p| p["caller"] == "103" && p["state"] == "in_room"),
+        "Carol should be in: {list:?}\n{}",
+        carol.log()
+    );
+    // Give the attack 40 s in all: before, 60 codes would have been checked in ~10 s.
+    std::thread::sleep(Duration::from_secs(40).saturating_sub(started.elapsed()));
+    let checked = metric(&pbx, "confero_access_code_failures_total");
+    let refused = metric(&pbx, "confero_access_code_refused_total");
+    eprintln!("in 40 s: {checked} wrong codes checked, {refused} calls told to try later");
+    // 3 free, then waits of 5, 10 and 20 s: at most 6 in 40 s (7 with a boundary).
+    assert!(checked <= 7.0, "{checked} codes checked");
+    assert!(
+        checked >= 3.0,
+        "the attack should have been running: {checked}"
+    );
+    assert!(refused >= 1.0, "{refused}");
+    let inside: Vec<_> = participants(&pbx, id)
+        .into_iter()
+        .filter(|p| p["state"] == "in_room")
+        .collect();
+    assert_eq!(inside.len(), 1, "only Carol: {inside:?}");
+}
+
+/// svcrack (SIPVicious) against Bob's SIP password with a 2,000-word list whose last
+/// words hold the right one, from another address, for at most 60 s: only a handful of guesses
+/// are checked (the rest are refused unchecked), the password is not found, and Bob's
+/// own phone, registered before from its usual address, registers again meanwhile.
+#[test]
+fn svcrack_does_not_find_a_sip_password() {
+    require!("sipp", "sip-tester");
+    require!("sipvicious_svcrack", "python3 -m pip install sipvicious");
+    let pbx = pbx_with_open_room();
+    let phone_port = free_udp_port();
+    register(&pbx, "bob", "bob-secret", phone_port, phone_port, "u1");
+    let dir = tempfile::tempdir().unwrap();
+    let words: Vec<String> = (0..2000)
+        .map(|i| {
+            if i == 1990 {
+                "bob-secret".to_owned()
+            } else {
+                format!("guess{i:04}")
+            }
+        })
+        .collect();
+    let dictionary = dir.path().join("words.txt");
+    std::fs::write(&dictionary, words.join("\n") + "\n").unwrap();
+    let mut svcrack = std::process::Command::new("sipvicious_svcrack")
+        .args(["-u", "bob", "-b", "127.0.0.9", "-d"])
+        .arg(&dictionary)
+        .arg(format!("udp://{}", pbx.sip))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run svcrack");
+    // Bounded: the list ends, or a minute passes.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline && svcrack.try_wait().unwrap().is_none() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = svcrack.kill();
+    // Bob's phone refreshes its registration with his address and name still under lock.
+    register(&pbx, "bob", "bob-secret", phone_port, phone_port, "u1");
+    let out = svcrack.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!text.contains("bob-secret"), "svcrack found it:\n{text}");
+    let checked = metric(&pbx, "confero_sip_auth_failures_total");
+    let refused = metric(&pbx, "confero_sip_auth_refused_total");
+    eprintln!("{checked} guesses checked, {refused} refused unchecked");
+    // 5 free, then waits doubling from 2 s: at most 10 in a minute.
+    assert!(
+        (1.0..=10.0).contains(&checked),
+        "{checked} guesses checked\n{text}"
+    );
+    let registered = pbx
+        .api("GET", "/api/v1/registrations", None)
+        .1
+        .contains(&format!("127.0.0.1:{phone_port}"));
+    assert!(registered, "Bob's phone is still registered");
 }

@@ -12,6 +12,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 pub mod baresip;
+pub mod room_caller;
 pub mod rtp;
 
 /// Skips the test (returns) with a message when `$cmd` is not installed — unless `CI` is
