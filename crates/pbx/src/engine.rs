@@ -686,6 +686,13 @@ impl Engine {
         self.send_response(now, tx, resp);
     }
 
+    /// A final answer to someone not known yet (a challenge, a refusal): sent once, no
+    /// state kept (see [`TransactionLayer::send_final_and_forget`]).
+    fn send_final_and_forget(&mut self, tx: ServerTxId, mut resp: Response) {
+        resp.headers.insert(Name::SERVER, USER_AGENT);
+        let _ = self.tx.send_final_and_forget(tx, resp);
+    }
+
     fn send_response(&mut self, now: Instant, tx: ServerTxId, mut resp: Response) {
         resp.headers.insert(Name::SERVER, USER_AGENT);
         // The transaction may already be gone (e.g. CANCEL raced the answer): nothing to do.
@@ -763,7 +770,10 @@ impl Engine {
                 return cfg.config.user_by_sip_username(&name).cloned();
             }
             auth::Outcome::Refused { .. } => {
-                self.respond(now, tx, req, 403, "Too Many Failed Attempts");
+                let mut resp =
+                    response_for(req, StatusCode::from(403), Some(&message::random_tag()));
+                resp.reason = Some("Too Many Failed Attempts".to_owned());
+                self.send_final_and_forget(tx, resp);
                 return None;
             }
             auth::Outcome::Challenge { nonce, stale } => (nonce, stale),
@@ -785,7 +795,7 @@ impl Engine {
         {
             resp.headers.insert(header.clone(), challenge);
         }
-        self.send_response(now, tx, resp);
+        self.send_final_and_forget(tx, resp);
         None
     }
 
@@ -870,18 +880,26 @@ impl Engine {
     // ----- calls ---------------------------------------------------------------------------
 
     fn on_new_invite(&mut self, now: Instant, tx: ServerTxId, req: Request, from: Peer) {
-        let mut trying = response_for(&req, StatusCode::from(100), None);
-        trying.reason = Some("Trying".into());
-        self.send_response(now, tx, trying);
+        let trying = |engine: &mut Engine| {
+            let mut trying = response_for(&req, StatusCode::from(100), None);
+            trying.reason = Some("Trying".into());
+            engine.send_response(now, tx, trying);
+        };
         if let Some(trunk) = self.trunk_of_request(&req, from) {
+            trying(self);
             return self.on_trunk_invite(now, tx, req, from, trunk);
         }
+        // Strangers get one answer and no 100 before it: a spoofed INVITE must not make
+        // the PBX send a victim more than it received.
         if !self.serves_domain(&headers::uri_host(&req.uri)) {
-            return self.respond(now, tx, &req, 404, "Domain Not Served");
+            let mut resp = response_for(&req, StatusCode::from(404), Some(&message::random_tag()));
+            resp.reason = Some("Domain Not Served".into());
+            return self.send_final_and_forget(tx, resp);
         }
         let Some(caller) = self.authenticate(now, tx, &req, from, true) else {
             return;
         };
+        trying(self);
         let (Some(from_hdr), Some(to_hdr), Some(call_id)) = (
             headers::from_to(&req.headers, Name::FROM),
             headers::from_to(&req.headers, Name::TO),

@@ -336,3 +336,48 @@ fn svcrack_does_not_find_a_sip_password() {
         .contains(&format!("127.0.0.1:{phone_port}"));
     assert!(registered, "Bob's phone is still registered");
 }
+
+/// One spoofed INVITE (its sender never ACKs) gets one challenge of about its own size,
+/// not a retransmitted series: the PBX cannot be used to amplify traffic at a victim.
+#[test]
+fn a_spoofed_invite_gets_one_reply_of_its_size() {
+    let pbx = pbx_with_open_room();
+    let victim = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = victim.local_addr().unwrap().port();
+    let sdp = "v=0\r\no=x 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n";
+    let invite = format!(
+        "INVITE sip:800@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKspoof;rport\r\n\
+         From: <sip:x@127.0.0.1>;tag=s\r\nTo: <sip:800@127.0.0.1>\r\nCall-ID: spoof\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:x@127.0.0.1:{port}>\r\nMax-Forwards: 70\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{sdp}",
+        sdp.len()
+    );
+    victim.send_to(invite.as_bytes(), pbx.sip).unwrap();
+    victim
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (mut replies, mut bytes) = (0, 0);
+    let mut buf = [0u8; 4096];
+    let end = Instant::now() + Duration::from_secs(12);
+    while Instant::now() < end {
+        if let Ok((n, _)) = victim.recv_from(&mut buf) {
+            replies += 1;
+            bytes += n;
+            assert!(
+                buf.starts_with(b"SIP/2.0 407"),
+                "{}",
+                String::from_utf8_lossy(&buf[..n])
+            );
+        }
+    }
+    eprintln!(
+        "{} bytes in, {replies} replies, {bytes} bytes out",
+        invite.len()
+    );
+    assert_eq!(replies, 1, "no retransmission of the challenge");
+    assert!(
+        bytes <= 2 * invite.len(),
+        "{bytes} bytes back for {}",
+        invite.len()
+    );
+}

@@ -685,6 +685,41 @@ impl TransactionLayer {
         Ok(())
     }
 
+    /// Sends a final response once and forgets the transaction, as a stateless proxy would:
+    /// nothing is retransmitted and nothing is kept. For answers to strangers (a challenge,
+    /// a refusal), so that a spoofed request gets one reply of about its size rather than
+    /// a series (amplification), and a flood of them leaves no state behind. A
+    /// retransmitted request makes a new transaction and gets a new answer; the ACK of a
+    /// non-2xx answered this way is passed up as a stray [`TransactionEvent::Ack`].
+    ///
+    /// # Errors
+    /// As [`send_response`](Self::send_response); provisional responses are refused with
+    /// [`TransactionError::InvalidStatusCode`].
+    pub fn send_final_and_forget(
+        &mut self,
+        tx: ServerTxId,
+        resp: Response,
+    ) -> Result<(), TransactionError> {
+        let code = resp.code.into_u16();
+        if !(200..=699).contains(&code) {
+            return Err(TransactionError::InvalidStatusCode(code));
+        }
+        let t = self
+            .servers
+            .get(&tx)
+            .ok_or(TransactionError::NoSuchTransaction)?;
+        if matches!(
+            t.state,
+            ServerState::Completed | ServerState::Confirmed | ServerState::Accepted
+        ) {
+            return Err(TransactionError::FinalAlreadySent);
+        }
+        let peer = t.from;
+        self.transmit(peer, resp.to_bytes());
+        self.remove_server(tx);
+        Ok(())
+    }
+
     /// Sends outside any transaction (the ACK for a 2xx, a 2xx retransmitted by the TU).
     pub fn send_stateless(&mut self, msg: Message, to: Peer) {
         self.transmit(to, msg.to_bytes());
@@ -1251,6 +1286,51 @@ mod tests {
         assert_eq!(h.transmits().len(), 1);
         let (sent, _) = h.advance(MS(5000));
         assert!(sent.is_empty());
+    }
+
+    #[test]
+    fn a_final_sent_and_forgotten_is_sent_once_and_keeps_nothing() {
+        let mut h = Harness::new();
+        let (tx, req) = server_invite(&mut h, "z9hG4bKs9", Transport::Udp);
+        let challenge = response_for(&req, StatusCode::from(407), Some("t"));
+        assert!(matches!(
+            h.layer
+                .send_final_and_forget(tx, response_for(&req, StatusCode::RINGING, Some("t"))),
+            Err(TransactionError::InvalidStatusCode(180))
+        ));
+        h.layer.send_final_and_forget(tx, challenge).unwrap();
+        assert_eq!(h.transmits().len(), 1);
+        assert!(h.layer.is_empty(), "no transaction kept");
+        // Nothing is retransmitted: one datagram in, one out.
+        let (sent, _) = h.advance(MS(40_000));
+        assert!(sent.is_empty());
+        // The ACK is a stray one; a retransmitted INVITE is a new request.
+        h.receive(
+            Message::Request(request("ACK", "z9hG4bKs9", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        assert!(matches!(h.events()[..], [TransactionEvent::Ack { .. }]));
+        h.receive(
+            Message::Request(request("INVITE", "z9hG4bKs9", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        assert!(matches!(h.events()[..], [TransactionEvent::Request { .. }]));
+        // A REGISTER answered this way keeps nothing either.
+        h.receive(
+            Message::Request(request("REGISTER", "z9hG4bKs10", Transport::Udp)),
+            peer(Transport::Udp),
+        );
+        let Some(TransactionEvent::Request {
+            tx, request: reg, ..
+        }) = h.events().pop()
+        else {
+            panic!()
+        };
+        let before = h.layer.len();
+        h.layer
+            .send_final_and_forget(tx, response_for(&reg, StatusCode::from(401), Some("t")))
+            .unwrap();
+        assert_eq!(h.layer.len(), before - 1);
     }
 
     #[test]
