@@ -136,26 +136,33 @@ fn register_request(port: u16, branch: &str) -> String {
 }
 
 #[test]
-fn retransmitted_register_is_absorbed_by_its_transaction() {
+fn retransmissions_are_absorbed_but_challenges_keep_no_state() {
     let pbx = pbx_with_users();
     let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
     let port = sock.local_addr().unwrap().port();
+    // OPTIONS is answered in a transaction: its retransmission gets the very same response
+    // (a new transaction would carry a new To-tag).
+    let options = register_request(port, "z9hG4bKretrans0")
+        .replace("REGISTER sip:", "OPTIONS sip:")
+        .replace("CSeq: 1 REGISTER", "CSeq: 1 OPTIONS");
+    let first = udp_exchange(&sock, pbx.sip, options.as_bytes(), Duration::from_secs(5)).unwrap();
+    let second = udp_exchange(&sock, pbx.sip, options.as_bytes(), Duration::from_secs(5)).unwrap();
+    assert!(first.starts_with("SIP/2.0 200"), "{first}");
+    assert_eq!(first, second);
+    // A challenge is sent once and forgotten: the retransmitted REGISTER gets a fresh one
+    // (one datagram each, nothing kept for a stranger).
     let req = register_request(port, "z9hG4bKretrans1");
     let first = udp_exchange(&sock, pbx.sip, req.as_bytes(), Duration::from_secs(5)).expect("401");
     let second =
         udp_exchange(&sock, pbx.sip, req.as_bytes(), Duration::from_secs(5)).expect("401 again");
     assert!(first.starts_with("SIP/2.0 401"), "{first}");
-    // A fresh challenge would carry a new To-tag; the absorbed retransmission gets the
-    // very same response back.
-    assert_eq!(first, second);
-    let other = udp_exchange(
-        &sock,
-        pbx.sip,
-        register_request(port, "z9hG4bKretrans2").as_bytes(),
-        Duration::from_secs(5),
-    )
-    .unwrap();
-    assert_ne!(first, other, "a new transaction gets its own response");
+    assert!(second.starts_with("SIP/2.0 401"), "{second}");
+    assert_ne!(first, second, "a new nonce each time");
+    assert_eq!(
+        udp_exchange(&sock, pbx.sip, b"", Duration::from_millis(1500)),
+        None,
+        "and nothing more"
+    );
 }
 
 #[test]

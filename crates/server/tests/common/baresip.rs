@@ -188,12 +188,15 @@ pub fn window(samples: &[i16], rate: u32, from_s: f64, to_s: f64) -> &[i16] {
     &samples[a..b]
 }
 
-/// Each phone heard the other's tone and not its own, over the last seconds of the call.
+/// Each phone heard the other's tone and not its own, over the last seconds of the call
+/// (the call should last at least 3 s after both are in).
 pub fn assert_each_hears_the_other(phones: [(&str, &Baresip, f64, f64); 2]) {
     for (who, phone, hear, own_hz) in phones {
         let (rate, samples) = phone.heard();
         let secs = samples.len() as f64 / f64::from(rate);
-        let last = window(&samples, rate, secs - 2.0, secs - 0.3);
+        // Clear of the hang-up: the other phone may have left a moment before, and the
+        // room's leave tone would then be in the last half second.
+        let last = window(&samples, rate, secs - 2.5, secs - 0.8);
         let heard = tone_share(last, rate, hear);
         let own = tone_share(last, rate, own_hz);
         assert!(
