@@ -228,7 +228,7 @@ describe('console', { skip: chromiumMissing }, () => {
     assert.equal(new URL(page.url()).pathname, '/conferences');
     assert.match(
       await page.getByTestId('flash').textContent(),
-      /Conference “Board” saved\. Apply changes to put it in production\./,
+      /Conference “Board” saved\. Apply changes to put it in production\. Its access code has 4 digits: codes of 6 or more are much harder to guess\./,
     );
 
     const board = await pbx.conferenceByExtension('800');
@@ -241,7 +241,7 @@ describe('console', { skip: chromiumMissing }, () => {
     const cells = (await row.locator('th, td').allTextContents()).map((c) => c.trim());
     assert.match(cells[0], /Board/);
     assert.equal(cells[1], '800');
-    assert.equal(cells[2], 'Yes', 'access code: Yes');
+    assert.equal(cells[2].replace(/\s+/g, ' '), 'Yes short', 'access code: Yes, flagged as short (4 digits)');
     assert.match(cells[3], /101/);
     assert.equal(cells[4], 'No', 'wait for the administrator: No');
     assert.equal(await liveCount(board.id), '0');

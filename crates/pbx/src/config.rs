@@ -630,7 +630,8 @@ pub fn conference_problems(cfg: &Config, c: &Conference) -> Vec<FieldError> {
         problems.push(e);
     }
     if let Some(code) = &c.access_code {
-        if let Err(e) = check_digits_len("access_code", code, 1, 12, "access_code") {
+        // Fewer than 4 digits fall to a guesser in an afternoon whatever the limits.
+        if let Err(e) = check_digits_len("access_code", code, 4, 12, "access_code") {
             problems.push(e);
         }
     }
@@ -1231,10 +1232,10 @@ mod tests {
     }
 
     #[test]
-    fn access_code_is_one_to_twelve_digits_or_null() {
+    fn access_code_is_four_to_twelve_digits_or_null() {
         let cfg = base();
         let mut c = conf(11, "801");
-        for bad in ["", "12a", "1234567890123", "#1"] {
+        for bad in ["", "1", "123", "12a4", "1234567890123", "#123"] {
             c.access_code = Some(bad.into());
             assert_eq!(
                 field_of(validate_conference(&cfg, &c)),
@@ -1242,7 +1243,7 @@ mod tests {
                 "{bad:?}"
             );
         }
-        for good in [Some("1"), Some("123456789012"), None] {
+        for good in [Some("1234"), Some("123456789012"), None] {
             c.access_code = good.map(Into::into);
             assert_eq!(field_of(validate_conference(&cfg, &c)), "ok");
         }

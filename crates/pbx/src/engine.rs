@@ -61,7 +61,8 @@ pub use trunk::{RegistrationState, TrunkStatus};
 /// Methods we answer; also sent in `Allow`.
 const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY, REFER";
-const USER_AGENT: &str = concat!("Confero/", env!("CARGO_PKG_VERSION"));
+/// Our `Server` and `User-Agent`: no version, which would tell a scanner which flaws to try.
+const USER_AGENT: &str = "Confero";
 
 /// Static settings of the engine (from the command line).
 #[derive(Debug, Clone)]
@@ -83,6 +84,8 @@ pub struct EngineSettings {
     /// Digest algorithms challenged with, in order (`--digest`). Answers with either
     /// algorithm are verified whatever is offered.
     pub digest_algorithms: Vec<digest::Algorithm>,
+    /// Calls one user may have at once (each holds an RTP port or two).
+    pub max_calls_per_user: usize,
 }
 
 impl EngineSettings {
@@ -98,6 +101,7 @@ impl EngineSettings {
             timers: TimerConfig::default(),
             rtp_ports: 10000..=20000,
             digest_algorithms: vec![digest::Algorithm::Md5],
+            max_calls_per_user: 8,
         }
     }
 }
@@ -414,6 +418,22 @@ impl Engine {
 
     pub fn registrar(&self) -> &Registrar {
         &self.registrar
+    }
+
+    /// The calls user `extension` has going (rooms, anchored and direct calls): one
+    /// account may not hold the whole RTP port range.
+    fn calls_of_user(&self, extension: &str) -> usize {
+        let rooms = self
+            .conf_legs
+            .values()
+            .filter(|c| c.bridge.is_none() && c.caller.is_user && c.caller.number == extension)
+            .count();
+        let direct = self
+            .calls
+            .values()
+            .filter(|c| c.caller == extension && c.state != CallState::Ended)
+            .count();
+        rooms + direct + self.anchored_calls_of_user(extension)
     }
 
     /// Counters of what attackers tried, since start.
@@ -899,6 +919,17 @@ impl Engine {
         let Some(caller) = self.authenticate(now, tx, &req, from, true) else {
             return;
         };
+        let limit = self.settings.max_calls_per_user;
+        if self.calls_of_user(&caller.extension) >= limit {
+            tracing::warn!(user = %caller.sip_username, limit, "call refused: too many calls at once");
+            return self.respond_warning(
+                now,
+                tx,
+                &req,
+                (403, "Too Many Calls"),
+                &format!("at most {limit} calls at once per user"),
+            );
+        }
         trying(self);
         let (Some(from_hdr), Some(to_hdr), Some(call_id)) = (
             headers::from_to(&req.headers, Name::FROM),

@@ -239,3 +239,75 @@ fn passwords_cannot_be_guessed_from_one_address_or_many() {
         "{checked} guesses checked over a day and an hour"
     );
 }
+
+/// Alice's `n`-th call into room 800 from port 5000, authenticated; the final answer.
+fn alice_calls_room(h: &mut Harness, n: u32) -> Message {
+    let fix = |t: String| {
+        t.replace("call-1", &format!("call-{n}"))
+            .replace("tag=caller", &format!("tag=caller{n}"))
+            .replace("z9hG4bKi", &format!("z9hG4bK{n}i"))
+    };
+    h.send(5000, &fix(invite_text(5000, "800", 1, "z9hG4bKi1", None)));
+    let out = h.out();
+    assert_eq!(
+        out.len(),
+        1,
+        "one answer to a stranger: no 100 before the 407"
+    );
+    let md5 = challenge_of(&out[0].1, Name::PROXY_AUTHENTICATE, "MD5");
+    let auth = digest::answer_challenge(
+        &md5,
+        "INVITE",
+        "sip:800@127.0.0.1",
+        "alice",
+        "alice-pw",
+        1,
+        "c",
+    )
+    .unwrap();
+    h.send(
+        5000,
+        &fix(invite_text(5000, "800", 2, "z9hG4bKi2", Some(&auth))),
+    );
+    h.out()
+        .into_iter()
+        .map(|(_, m)| m)
+        .find(|m| status(m).is_some_and(|s| s >= 200))
+        .expect("a final answer")
+}
+
+#[test]
+fn one_user_cannot_hold_more_calls_than_the_limit() {
+    let mut h = Harness::with(|s| s.max_calls_per_user = 3);
+    let mut answers = Vec::new();
+    for n in 0..3 {
+        let ok = alice_calls_room(&mut h, n);
+        assert_eq!(status(&ok), Some(200));
+        answers.push(ok);
+    }
+    let refused = alice_calls_room(&mut h, 3);
+    assert_eq!(status(&refused), Some(403));
+    assert_eq!(response(&refused).reason.as_deref(), Some("Too Many Calls"));
+    assert!(header(&refused, Name::WARNING)
+        .unwrap()
+        .contains("at most 3 calls"));
+    assert_eq!(h.engine.rtp_ports_in_use(), 3);
+
+    // Alice hangs up one: she may call again.
+    let tag = response(&answers[0])
+        .headers
+        .get_raw(&Name::TO)
+        .next()
+        .and_then(|v| v.as_str().split(";tag=").nth(1).map(str::to_owned))
+        .unwrap();
+    h.send(
+        5000,
+        &format!(
+            "BYE sip:800@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKbye0\n\
+             From: <sip:alice@127.0.0.1>;tag=caller0\nTo: <sip:800@127.0.0.1>;tag={tag}\n\
+             Call-ID: call-0\nCSeq: 3 BYE\nContent-Length: 0\n\n"
+        ),
+    );
+    assert_eq!(status(&h.out()[0].1), Some(200));
+    assert_eq!(status(&alice_calls_room(&mut h, 4)), Some(200));
+}

@@ -77,6 +77,14 @@ pub(crate) struct ServeArgs {
     /// authorities built in (for a provider with a private CA).
     #[arg(long, env = "CONFERO_TRUNK_CA")]
     pub(crate) trunk_ca: Option<PathBuf>,
+    /// Require `Authorization: Bearer TOKEN` on /metrics (otherwise anyone reaching the
+    /// HTTP port reads it).
+    #[arg(long, env = "CONFERO_METRICS_TOKEN")]
+    pub(crate) metrics_token: Option<String>,
+    /// Calls one user may have at once, each with its RTP port [default: 8]: one
+    /// account, or one stolen password, cannot take the whole port range.
+    #[arg(long, env = "CONFERO_MAX_CALLS_PER_USER")]
+    pub(crate) max_calls_per_user: Option<u32>,
 }
 
 /// Why the settings could not be put together.
@@ -101,6 +109,10 @@ pub(crate) enum SettingsError {
     TlsIncomplete,
     #[error("digest: unknown algorithm {0:?} (md5, sha-256)")]
     Digest(String),
+    #[error("metrics-token: use at least 16 printable characters without spaces")]
+    MetricsToken,
+    #[error("max-calls-per-user: must be at least 1")]
+    MaxCallsPerUser,
 }
 
 /// Resolved settings the server runs with.
@@ -117,6 +129,8 @@ pub(crate) struct Settings {
     pub(crate) digest: Vec<confero_sip::digest::Algorithm>,
     pub(crate) rtp_timeout: std::time::Duration,
     pub(crate) trunk_ca: Option<PathBuf>,
+    pub(crate) metrics_token: Option<String>,
+    pub(crate) max_calls_per_user: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -146,6 +160,8 @@ impl ServeArgs {
             digest: self.digest.or(file.digest),
             rtp_timeout: self.rtp_timeout.or(file.rtp_timeout),
             trunk_ca: self.trunk_ca.or(file.trunk_ca),
+            metrics_token: self.metrics_token.or(file.metrics_token),
+            max_calls_per_user: self.max_calls_per_user.or(file.max_calls_per_user),
         }
     }
 
@@ -188,8 +204,20 @@ impl ServeArgs {
                     .ok_or_else(|| SettingsError::Digest(t.clone()))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let metrics_token = match args.metrics_token {
+            Some(t) if t.len() < 16 || !t.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(SettingsError::MetricsToken)
+            }
+            t => t,
+        };
+        let max_calls_per_user = match args.max_calls_per_user {
+            Some(0) => return Err(SettingsError::MaxCallsPerUser),
+            n => n.unwrap_or(8),
+        };
         Ok(Settings {
             digest,
+            metrics_token,
+            max_calls_per_user,
             trunk_ca: args.trunk_ca.clone(),
             rtp_timeout: std::time::Duration::from_secs(args.rtp_timeout.unwrap_or(60).max(1)),
             data_dir,

@@ -1,119 +1,97 @@
-//! Slows password guessing on the console sign-in page and on HTTP Basic API calls.
+//! Slows password guessing on the console sign-in page and on HTTP Basic API calls, with
+//! the same guard as SIP passwords and access codes ([`confero_pbx::guard`]).
 //!
-//! Failures are counted per key — the client's address, and separately the username
-//! tried — until a quiet window passes. A few failures are free (people mistype); past that,
-//! each further failure locks the key for a delay that doubles, up to a cap. The per-
-//! address budget is small; the per-username one is larger, so a guesser rotating
-//! addresses still hits a wall without a single mistyping colleague locking the admin
-//! out. A success clears both keys.
-//!
-//! Pure state with time passed in, so the policy is tested without sleeping.
+//! Failures count per (address, account), per address and per account. An address limit
+//! comes first and is strict (one address guessing gets nowhere); the per-account limit
+//! only slows down — waits doubling to a minute — so that a crowd of addresses guessing
+//! the admin's password cannot lock the admin out, and an address the account signed in
+//! from before is not held back by others' guessing at all.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// How long after the last failure the count is forgotten.
-const WINDOW: Duration = Duration::from_secs(15 * 60);
-/// Longest lock after repeated failures.
-const MAX_LOCK: Duration = Duration::from_secs(15 * 60);
-/// Keys tracked at most; beyond this the oldest entries are forgotten first, so a flood
-/// of addresses cannot exhaust memory (it only shortens everyone's memory).
-const MAX_KEYS: usize = 20_000;
+use confero_pbx::guard::{Guard, Limit, Policy, Verdict};
 
-/// What is being throttled: a client address or a username.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Key {
-    Address(String),
-    Username(String),
+const HOUR: Duration = Duration::from_secs(3600);
+
+/// The console's limits: per address and account, 5 free then doubling from 1 s to
+/// 15 min, 30 an hour; per address across accounts, 10 free and 60 an hour; per
+/// account from untrusted addresses, 20 free then at most one a minute, 500 a day.
+pub(crate) const CONSOLE_POLICY: Policy = Policy {
+    pair: Limit {
+        free: 5,
+        budget: 30,
+        period: HOUR,
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(900),
+    },
+    source: Some(Limit {
+        free: 10,
+        budget: 60,
+        period: HOUR,
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(900),
+    }),
+    target: Limit {
+        free: 20,
+        budget: 500,
+        period: Duration::from_secs(24 * 3600),
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(60),
+    },
+    trust_for: Duration::from_secs(30 * 24 * 3600),
+    cap: 20_000,
+};
+
+/// Failed sign-ins, console and HTTP Basic together.
+#[derive(Debug)]
+pub(crate) struct LoginThrottle {
+    guard: Guard<String, String>,
 }
 
-impl Key {
-    /// Failures tolerated in one window before locks start.
-    fn free_failures(&self) -> u32 {
-        match self {
-            Key::Address(_) => 5,
-            Key::Username(_) => 20,
-        }
+impl Default for LoginThrottle {
+    fn default() -> Self {
+        Self::starting(Instant::now())
     }
 }
 
-#[derive(Clone, Copy, Debug)]
-struct Entry {
-    failures: u32,
-    last_failure: Instant,
-    locked_until: Option<Instant>,
+/// Who is signing in: the client's address and the account name (lower-cased).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Attempt {
+    pub(crate) address: String,
+    pub(crate) username: String,
 }
 
-/// Failure counts per key.
-#[derive(Debug, Default)]
-pub(crate) struct LoginThrottle {
-    entries: HashMap<Key, Entry>,
+impl Attempt {
+    pub(crate) fn new(address: String, username: &str) -> Self {
+        Attempt {
+            address,
+            username: username.chars().take(64).collect::<String>().to_lowercase(),
+        }
+    }
 }
 
 impl LoginThrottle {
-    /// How long the caller must wait before trying again, if any key is locked.
-    pub(crate) fn wait(&self, now: Instant, keys: &[Key]) -> Option<Duration> {
-        keys.iter()
-            .filter_map(|k| self.entries.get(k)?.locked_until)
-            .filter(|until| *until > now)
-            .map(|until| until - now)
-            .max()
-    }
-
-    /// Records a failed attempt for each key.
-    pub(crate) fn failed(&mut self, now: Instant, keys: &[Key]) {
-        if self.entries.len() >= MAX_KEYS {
-            self.forget_old(now);
-        }
-        for key in keys {
-            let free = key.free_failures();
-            let entry = self.entries.entry(key.clone()).or_insert(Entry {
-                failures: 0,
-                last_failure: now,
-                locked_until: None,
-            });
-            // The count is forgotten only after a quiet window: a guesser who keeps
-            // going never gets a fresh allowance.
-            if now.duration_since(entry.last_failure) > WINDOW {
-                *entry = Entry {
-                    failures: 0,
-                    last_failure: now,
-                    locked_until: None,
-                };
-            }
-            entry.failures += 1;
-            entry.last_failure = now;
-            if entry.failures > free {
-                let excess = (entry.failures - free - 1).min(16);
-                let lock = Duration::from_secs(1u64 << excess).min(MAX_LOCK);
-                entry.locked_until = Some(now + lock);
-            }
+    /// A throttle whose clock starts at `now`.
+    pub(crate) fn starting(now: Instant) -> Self {
+        LoginThrottle {
+            guard: Guard::new(CONSOLE_POLICY, now),
         }
     }
 
-    /// A successful sign-in clears its keys.
-    pub(crate) fn succeeded(&mut self, keys: &[Key]) {
-        for key in keys {
-            self.entries.remove(key);
+    /// How long the caller must wait before a password is looked at, if at all.
+    pub(crate) fn wait(&mut self, now: Instant, a: &Attempt) -> Option<Duration> {
+        match self.guard.check(now, &a.address, &a.username) {
+            Verdict::Go => None,
+            v => Some(v.retry_after().max(Duration::from_secs(1))),
         }
     }
 
-    fn forget_old(&mut self, now: Instant) {
-        self.entries.retain(|_, e| {
-            now.duration_since(e.last_failure) <= WINDOW || e.locked_until.is_some_and(|u| u > now)
-        });
-        if self.entries.len() >= MAX_KEYS {
-            // Still full of fresh entries: drop the oldest half.
-            let mut starts: Vec<Instant> = self.entries.values().map(|e| e.last_failure).collect();
-            starts.sort_unstable();
-            let cut = starts[starts.len() / 2];
-            self.entries.retain(|_, e| e.last_failure > cut);
-        }
+    pub(crate) fn failed(&mut self, now: Instant, a: &Attempt) {
+        self.guard.failed(now, &a.address, &a.username);
     }
 
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.entries.len()
+    pub(crate) fn succeeded(&mut self, now: Instant, a: &Attempt) {
+        self.guard.succeeded(now, &a.address, &a.username);
     }
 }
 
@@ -121,81 +99,56 @@ impl LoginThrottle {
 mod tests {
     use super::*;
 
-    fn keys(addr: &str, user: &str) -> Vec<Key> {
-        vec![Key::Address(addr.into()), Key::Username(user.into())]
+    fn attempt(addr: &str, user: &str) -> Attempt {
+        Attempt::new(addr.into(), user)
     }
 
     #[test]
-    fn a_few_mistakes_are_free_then_locks_double() {
+    fn a_few_mistakes_are_free_then_waits_double() {
         let t0 = Instant::now();
-        let mut t = LoginThrottle::default();
-        let k = keys("10.0.0.1", "admin");
+        let mut t = LoginThrottle::starting(t0);
+        let a = attempt("10.0.0.1", "admin");
         for _ in 0..5 {
-            assert_eq!(t.wait(t0, &k), None);
-            t.failed(t0, &k);
+            assert_eq!(t.wait(t0, &a), None);
+            t.failed(t0, &a);
         }
-        assert_eq!(t.wait(t0, &k), None, "five failures are tolerated");
-        t.failed(t0, &k);
-        assert_eq!(t.wait(t0, &k), Some(Duration::from_secs(1)));
+        assert_eq!(t.wait(t0, &a), Some(Duration::from_secs(1)));
         let t1 = t0 + Duration::from_secs(1);
-        assert_eq!(t.wait(t1, &k), None);
-        t.failed(t1, &k);
-        assert_eq!(t.wait(t1, &k), Some(Duration::from_secs(2)));
-        let mut now = t1;
-        for _ in 0..20 {
-            now += t.wait(now, &k).unwrap_or_default();
-            t.failed(now, &k);
-        }
-        assert_eq!(t.wait(now, &k), Some(MAX_LOCK), "the lock is capped");
+        assert_eq!(t.wait(t1, &a), None);
+        t.failed(t1, &a);
+        assert_eq!(t.wait(t1, &a), Some(Duration::from_secs(2)));
     }
 
     #[test]
-    fn success_clears_and_the_window_forgets() {
+    fn a_crowd_of_addresses_cannot_lock_the_admin_out() {
         let t0 = Instant::now();
-        let mut t = LoginThrottle::default();
-        let k = keys("10.0.0.1", "admin");
-        for _ in 0..6 {
-            t.failed(t0, &k);
+        let mut t = LoginThrottle::starting(t0);
+        let home = attempt("192.0.2.1", "Admin");
+        t.succeeded(t0, &home);
+        // 25 wrong sign-ins from 25 addresses, then an hour of one a second from 100.
+        let mut now = t0;
+        for i in 0..25 {
+            let a = attempt(&format!("10.0.0.{i}"), "admin");
+            if t.wait(now, &a).is_none() {
+                t.failed(now, &a);
+            }
         }
-        assert!(t.wait(t0, &k).is_some());
-        t.succeeded(&k);
-        assert_eq!(t.wait(t0, &k), None);
-        for _ in 0..5 {
-            t.failed(t0, &k);
-        }
-        // Long after, the count starts again from zero.
-        let later = t0 + WINDOW + Duration::from_secs(1);
-        t.failed(later, &k);
-        assert_eq!(t.wait(later, &k), None);
-    }
-
-    #[test]
-    fn rotating_addresses_still_hits_the_username_budget() {
-        let t0 = Instant::now();
-        let mut t = LoginThrottle::default();
-        for i in 0..20 {
-            let k = keys(&format!("10.0.0.{i}"), "admin");
-            assert_eq!(t.wait(t0, &k), None);
-            t.failed(t0, &k);
-        }
-        let k = keys("10.0.1.1", "admin");
-        t.failed(t0, &k);
+        assert_eq!(t.wait(now, &home), None, "the admin's own address");
+        let stranger_admin = attempt("198.51.100.9", "admin");
+        let wait = t.wait(now, &stranger_admin).unwrap_or_default();
         assert!(
-            t.wait(t0, &k).is_some(),
-            "21st failure on one username locks it"
+            wait <= Duration::from_secs(60),
+            "a new address waits at most a minute: {wait:?}"
         );
-        // Another user from a fresh address is unaffected.
-        assert_eq!(t.wait(t0, &keys("10.0.2.2", "ops")), None);
-    }
-
-    #[test]
-    fn memory_is_bounded() {
-        let t0 = Instant::now();
-        let mut t = LoginThrottle::default();
-        for i in 0..(MAX_KEYS as u32 + 100) {
-            let now = t0 + Duration::from_millis(u64::from(i));
-            t.failed(now, &[Key::Address(format!("a{i}"))]);
+        for s in 0..3600u32 {
+            now = t0 + Duration::from_secs(u64::from(s));
+            let a = attempt(&format!("10.1.{}.{}", s % 100 / 10, s % 10), "admin");
+            if t.wait(now, &a).is_none() {
+                t.failed(now, &a);
+            }
         }
-        assert!(t.len() <= MAX_KEYS);
+        assert_eq!(t.wait(now, &home), None);
+        // Another account is not touched.
+        assert_eq!(t.wait(now, &attempt("198.51.100.9", "ops")), None);
     }
 }

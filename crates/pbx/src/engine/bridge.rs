@@ -81,6 +81,16 @@ fn mix_room(id: u64) -> i64 {
 }
 
 impl Engine {
+    /// Anchored calls placed by user `extension` and not over.
+    pub(super) fn anchored_calls_of_user(&self, extension: &str) -> usize {
+        self.bridges
+            .values()
+            .filter(|b| b.ended_at.is_none() && b.caller.is_user && b.caller.number == extension)
+            .count()
+    }
+}
+
+impl Engine {
     /// Holds the caller's INVITE and reserves the two RTP ports of an anchored call; the
     /// caller then adds the callee's forks with [`Engine::bridge_fork`] and arms it with
     /// [`Engine::ring_bridge`]. Refuses the INVITE itself (488/503) when its offer is

@@ -12,9 +12,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
 use super::{ApiError, ApiState};
-use crate::console::login::client_key;
+use crate::console::login::client_address;
 use crate::console::session::{cookie_value, foreign_origin, same_secret, CSRF_HEADER};
-use crate::throttle::Key;
+use crate::throttle::Attempt;
 
 /// The authenticated caller, available to handlers as an `Extension<Caller>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,20 +80,17 @@ pub(super) async fn require_auth(
                 return refuse("cross-origin requests with console credentials are refused");
             }
             let connect = req.extensions().get::<ConnectInfo<SocketAddr>>();
-            let keys = [
-                client_key(connect),
-                Key::Username(username.to_ascii_lowercase()),
-            ];
-            if let Some(wait) = state.throttle_wait(Instant::now(), &keys) {
+            let attempt = Attempt::new(client_address(connect), &username);
+            if let Some(wait) = state.throttle_wait(Instant::now(), &attempt) {
                 return ApiError::TooManyAttempts(wait).into_response();
             }
             match state.store.verify_console_login(&username, &password).await {
                 Ok(true) => {
-                    state.throttle_succeeded(&keys);
+                    state.throttle_succeeded(Instant::now(), &attempt);
                     Caller::Console { username }
                 }
                 Ok(false) => {
-                    state.throttle_failed(Instant::now(), &keys);
+                    state.throttle_failed(Instant::now(), &attempt);
                     return ApiError::Unauthorized.into_response();
                 }
                 Err(e) => return ApiError::from(e).into_response(),

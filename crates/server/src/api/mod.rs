@@ -29,7 +29,7 @@ use axum::{middleware, Router};
 use confero_pbx::config::Snapshot;
 use tokio::sync::watch;
 
-use crate::throttle::{Key, LoginThrottle};
+use crate::throttle::{Attempt, LoginThrottle};
 
 pub use auth::Caller;
 pub use error::ApiError;
@@ -120,6 +120,8 @@ pub struct ApiState {
     pub(crate) websocket: Option<crate::sip_shell::ConnTable>,
     /// The addresses this server listens on, for the "Connect Odoo" page.
     pub(crate) endpoints: Option<Arc<crate::console::Endpoints>>,
+    /// `--metrics-token`: /metrics is refused without it.
+    metrics_token: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -142,7 +144,14 @@ impl ApiState {
             closing: watch::channel(false).1,
             websocket: None,
             endpoints: None,
+            metrics_token: None,
         }
+    }
+
+    /// Requires `Authorization: Bearer token` on /metrics.
+    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+        self.metrics_token = token.map(Arc::from);
+        self
     }
 
     /// Tells the console where browsers can reach this server.
@@ -167,17 +176,17 @@ impl ApiState {
         self.throttle.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// How long a sign-in from these keys must wait, if they are locked.
-    pub(crate) fn throttle_wait(&self, now: Instant, keys: &[Key]) -> Option<Duration> {
-        self.throttle().wait(now, keys)
+    /// How long this sign-in must wait before its password is looked at, if at all.
+    pub(crate) fn throttle_wait(&self, now: Instant, attempt: &Attempt) -> Option<Duration> {
+        self.throttle().wait(now, attempt)
     }
 
-    pub(crate) fn throttle_failed(&self, now: Instant, keys: &[Key]) {
-        self.throttle().failed(now, keys);
+    pub(crate) fn throttle_failed(&self, now: Instant, attempt: &Attempt) {
+        self.throttle().failed(now, attempt);
     }
 
-    pub(crate) fn throttle_succeeded(&self, keys: &[Key]) {
-        self.throttle().succeeded(keys);
+    pub(crate) fn throttle_succeeded(&self, now: Instant, attempt: &Attempt) {
+        self.throttle().succeeded(now, attempt);
     }
 
     /// Publishes the draft, then hands the new revision to the engine: the one way a
@@ -281,7 +290,25 @@ async fn openapi() -> impl IntoResponse {
 }
 
 /// Prometheus text: the production revision, the pending-changes gauge, and the engine's own lines.
-async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
+async fn metrics(
+    State(state): State<ApiState>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    if let Some(token) = state.metrics_token.as_deref() {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer realm=\"metrics\"")],
+                "metrics need the token given with --metrics-token\n",
+            )
+                .into_response();
+        }
+    }
     let revision = state.production.borrow().revision;
     let mut out = String::new();
     let _ = writeln!(
@@ -311,4 +338,10 @@ async fn metrics(State(state): State<ApiState>) -> impl IntoResponse {
         )],
         out,
     )
+        .into_response()
+}
+
+/// Compares without an early exit, so timing does not tell how much of a secret matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -185,6 +185,7 @@ async fn openapi_documents_every_route() {
         ("/api/v1/invitations/{id}/cancel", &["post"]),
         ("/api/v1/registrations", &["get"]),
         ("/api/v1/calls", &["get"]),
+        ("/api/v1/alerts/code-guessing", &["get"]),
         ("/api/v1/tokens", &["post"]),
         ("/api/v1/openapi.json", &["get"]),
         ("/healthz", &["get"]),

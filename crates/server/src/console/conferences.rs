@@ -93,7 +93,15 @@ pub(crate) async fn list(ctx: Ctx) -> Result<Response, PageError> {
                                     }
                                 }
                                 td.mono { (c.extension) }
-                                td { @if c.access_code.is_some() { "Yes" } @else { "No" } }
+                                td {
+                                    @match c.access_code.as_deref().map(str::len) {
+                                        Some(n) if n < RECOMMENDED_CODE_DIGITS => {
+                                            "Yes " span.badge.badge-warn title="Codes of 6 digits or more are much harder to guess" { "short" }
+                                        }
+                                        Some(_) => "Yes",
+                                        None => "No",
+                                    }
+                                }
                                 td { @match &c.admin_extension {
                                     Some(ext) => { (user_label(&users, ext)) }
                                     None => { span.muted { "None" } }
@@ -274,7 +282,7 @@ fn conference_form(
                 (Field::text("extension", "Internal extension", &form.extension).required().digits(5)
                     .hint("3 to 5 digits").render(errors))
                 (Field::text("access_code", "Access code", &form.access_code).digits(12)
-                    .hint("Digits callers type, followed by #, before joining. Leave empty for an open room.").render(errors))
+                    .hint("4 to 12 digits callers type, followed by #, before joining; 6 or more are much harder to guess. Leave empty for an open room.").render(errors))
                 (select("admin_extension", "Administrator extension", &form.admin_extension, &admins, errors, None))
                 (select("wait_for_admin", "Wait for the administrator to start the conference",
                     if form.wait_for_admin.is_empty() { "no" } else { &form.wait_for_admin }, &yes_no(), errors,
@@ -317,8 +325,24 @@ async fn problems(
     Ok((!found.is_empty()).then(|| field_errors(found, LABELS)))
 }
 
-fn saved_message(name: &str) -> String {
-    format!("Conference “{name}” saved. Apply changes to put it in production.")
+/// Access codes shorter than this are accepted but warned about.
+const RECOMMENDED_CODE_DIGITS: usize = 6;
+
+fn saved_message(c: &Conference) -> String {
+    let name = &c.name;
+    let mut text = format!("Conference “{name}” saved. Apply changes to put it in production.");
+    if let Some(n) = c
+        .access_code
+        .as_deref()
+        .map(str::len)
+        .filter(|n| *n < RECOMMENDED_CODE_DIGITS)
+    {
+        text.push_str(&format!(
+            " Its access code has {n} digits: codes of {RECOMMENDED_CODE_DIGITS} or more are \
+             much harder to guess."
+        ));
+    }
+    text
 }
 
 /// `GET /conferences/new`.
@@ -365,7 +389,7 @@ pub(crate) async fn create(posted: Posted) -> Result<Response, PageError> {
         return form_again(&ctx, title, action, &form, errors, false).await;
     }
     match ctx.state.store.create_conference(new).await {
-        Ok(c) => done(&ctx, "/conferences", saved_message(&c.name)).await,
+        Ok(c) => done(&ctx, "/conferences", saved_message(&c)).await,
         Err(e) => {
             let errors = store_error(e, LABELS)?;
             form_again(&ctx, title, action, &form, errors, false).await
@@ -414,7 +438,7 @@ pub(crate) async fn update(Path(raw): Path<String>, posted: Posted) -> Result<Re
         .update_conference(id, ConferencePatch::from(new))
         .await
     {
-        Ok(c) => done(&ctx, "/conferences", saved_message(&c.name)).await,
+        Ok(c) => done(&ctx, "/conferences", saved_message(&c)).await,
         Err(e) => {
             let errors = store_error(e, LABELS)?;
             form_again(&ctx, "Edit conference", &action, &form, errors, true).await

@@ -531,8 +531,8 @@ mod tests {
             ("extension", "Internal extension"),
         ];
         assert_eq!(
-            humanize("access_code must be 1 to 12 digits", &labels),
-            "Access code must be 1 to 12 digits."
+            humanize("access_code must be 4 to 12 digits", &labels),
+            "Access code must be 4 to 12 digits."
         );
         assert_eq!(
             humanize("admin_extension 555 is not a user's extension", &labels),

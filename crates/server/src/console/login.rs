@@ -14,7 +14,7 @@ use super::layout::document;
 use super::session::{cookie_value, foreign_origin, safe_next, set_cookie, FormFields, OverTls};
 use super::PageError;
 use crate::api::ApiState;
-use crate::throttle::Key;
+use crate::throttle::Attempt;
 
 #[derive(Deserialize)]
 pub(crate) struct Next {
@@ -68,8 +68,8 @@ pub(crate) async fn form(
 }
 
 /// The client's address, for throttling; requests without one (tests) share one key.
-pub(crate) fn client_key(connect: Option<&ConnectInfo<SocketAddr>>) -> Key {
-    Key::Address(connect.map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string()))
+pub(crate) fn client_address(connect: Option<&ConnectInfo<SocketAddr>>) -> String {
+    connect.map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
 }
 
 /// `POST /login`.
@@ -89,11 +89,8 @@ pub(crate) async fn submit(
     let username = form.get("username");
     let password = form.raw("password");
     let next = safe_next(form.get("next")).to_owned();
-    let keys = [
-        client_key(connect.as_ref().map(|c| &c.0)),
-        Key::Username(username.to_ascii_lowercase()),
-    ];
-    let wait = state.throttle_wait(Instant::now(), &keys);
+    let attempt = Attempt::new(client_address(connect.as_ref().map(|c| &c.0)), username);
+    let wait = state.throttle_wait(Instant::now(), &attempt);
     if let Some(wait) = wait {
         let secs = wait.as_secs().max(1);
         let page = login_page(
@@ -115,7 +112,7 @@ pub(crate) async fn submit(
         || password.len() > 1024
         || !state.store.verify_console_login(username, password).await?
     {
-        state.throttle_failed(Instant::now(), &keys);
+        state.throttle_failed(Instant::now(), &attempt);
         tracing::warn!(username, "console sign-in failed");
         return Ok((
             StatusCode::UNAUTHORIZED,
@@ -123,7 +120,7 @@ pub(crate) async fn submit(
         )
             .into_response());
     }
-    state.throttle_succeeded(&keys);
+    state.throttle_succeeded(Instant::now(), &attempt);
     let (cookie, _) = state.store.create_session(username).await?;
     tracing::info!(username, "console sign-in");
     let mut response = Redirect::to(&next).into_response();

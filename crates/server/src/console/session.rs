@@ -86,9 +86,14 @@ pub(crate) struct Ctx {
 
 /// Where to go after signing in: only a path on this server, never another site.
 pub(crate) fn safe_next(next: &str) -> &str {
+    // A local path only: printable ASCII (browsers drop tabs and newlines, so "/\t/evil"
+    // would become "//evil", another site; other control characters cannot be put in a
+    // Location header at all), no "//" or backslash (which browsers read as "/").
     let ok = next.starts_with('/')
         && !next.starts_with("//")
-        && !next.contains(['\\', '\r', '\n'])
+        && next
+            .bytes()
+            .all(|b| (0x21..0x7f).contains(&b) && b != b'\\')
         && next.len() < 512;
     if ok {
         next

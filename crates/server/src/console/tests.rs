@@ -274,19 +274,57 @@ async fn sign_in_sign_out_and_wrong_passwords() {
     let page = c.get("/conferences", Some(&cookie)).await;
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.text.contains("Add a conference"));
-    // An open redirect is not possible through `next`.
-    let evil = c
+    // An open redirect is not possible through `next`, and no `next` makes a 500.
+    for next in [
+        "//evil.example/",
+        "/\t/evil.example/",
+        "/\\evil.example/",
+        "/\x0b",
+        "/a\r\nSet-Cookie: x=1",
+        "https://evil.example/",
+        "/caf\u{e9}",
+    ] {
+        let evil = c
+            .post(
+                "/login",
+                None,
+                &[
+                    ("username", "admin"),
+                    ("password", ADMIN_PASSWORD),
+                    ("next", next),
+                ],
+            )
+            .await;
+        assert_eq!(evil.status, StatusCode::SEE_OTHER, "{next:?}");
+        let to = evil.location();
+        assert!(
+            to.starts_with('/')
+                && !to.starts_with("//")
+                && !to.contains("evil")
+                && to.bytes().all(|b| b.is_ascii_graphic() && b != b'\\'),
+            "{next:?} led to {to:?}"
+        );
+        let form = c
+            .get(&format!("/login?next={}", super::url_encode(next)), None)
+            .await;
+        assert_eq!(form.status, StatusCode::OK, "{next:?}");
+        assert!(
+            form.text.contains(r#"name="next" value="/conferences""#),
+            "{next:?}"
+        );
+    }
+    let fine = c
         .post(
             "/login",
             None,
             &[
                 ("username", "admin"),
                 ("password", ADMIN_PASSWORD),
-                ("next", "//evil.example/"),
+                ("next", "/users?x=1"),
             ],
         )
         .await;
-    assert_eq!(evil.location(), "/conferences");
+    assert_eq!(fine.location(), "/users?x=1");
 
     let csrf = page.csrf();
     let out = c.post("/logout", Some(&cookie), &[("_csrf", &csrf)]).await;
@@ -484,7 +522,7 @@ async fn apply_changes_reaches_the_engine_and_the_count_follows() {
             ("_csrf", &csrf),
             ("name", "Board"),
             ("extension", "800"),
-            ("access_code", "99"),
+            ("access_code", "9999"),
         ],
     )
     .await;
@@ -810,4 +848,71 @@ async fn connect_odoo_lists_the_values_for_odoo_and_who_is_connected() {
         t.contains("aria-current=\"page\""),
         "the menu shows where we are"
     );
+}
+
+#[tokio::test]
+async fn every_answer_carries_the_security_headers() {
+    let c = console().await;
+    let cookie = c.sign_in().await;
+    for (path, cookie) in [
+        ("/login", None),
+        ("/conferences", Some(cookie.as_str())),
+        ("/no-such-page", Some(cookie.as_str())),
+        ("/api/v1/users", None),
+        ("/assets/console.js", None),
+        ("/metrics", None),
+    ] {
+        let page = c.get(path, cookie).await;
+        let h = |name: &str| {
+            page.headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned()
+        };
+        let csp = h("content-security-policy");
+        for directive in [
+            "default-src 'self'",
+            "script-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(csp.contains(directive), "{path}: {csp}");
+        }
+        assert!(!csp.contains("unsafe-inline"), "{path}: {csp}");
+        assert_eq!(h("x-frame-options"), "DENY", "{path}");
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(h("referrer-policy"), "same-origin", "{path}");
+        assert!(page.headers.get(header::SERVER).is_none(), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn metrics_can_require_a_token() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = Store::open_data_dir(dir.path()).await.expect("store");
+    let (tx, _rx) = watch::channel(Arc::new(Snapshot::default()));
+    let token = "metrics-token-0123456789";
+    let router = crate::app(
+        ApiState::new(store, Arc::new(FakeLive), tx).with_metrics_token(Some(token.into())),
+    );
+    for (auth, expected) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("Bearer wrong"), StatusCode::UNAUTHORIZED),
+        (
+            Some("Bearer metrics-token-012345678"),
+            StatusCode::UNAUTHORIZED,
+        ),
+        (Some(format!("Bearer {token}").as_str()), StatusCode::OK),
+    ] {
+        let mut req = Request::builder().uri("/metrics");
+        if let Some(a) = auth {
+            req = req.header(header::AUTHORIZATION, a);
+        }
+        let res = router
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), expected, "{auth:?}");
+    }
 }
