@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use confero_sip::digest;
 use confero_sip::message::{self, response_for, Message, Request, Response};
+use confero_sip::peek::Peek;
 use confero_sip::transaction::{
     ClientTxId, ServerTxId, TimerConfig, TransactionEvent, TransactionLayer,
 };
@@ -63,6 +64,12 @@ const ALLOW: &str =
     "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, REGISTER, MESSAGE, NOTIFY, REFER";
 /// Our `Server` and `User-Agent`: no version, which would tell a scanner which flaws to try.
 const USER_AGENT: &str = "Confero";
+
+/// Server transactions beyond which new work is refused with 503: each is a few hundred
+/// bytes once answered, and a legitimate load of hundreds of calls and thousands of
+/// phones refreshing stays far below. Under the transaction layer's own bound
+/// ([`confero_sip::transaction::MAX_KEPT_SERVER_TRANSACTIONS`]), so refusing starts first.
+const MAX_TRANSACTIONS: usize = 40_000;
 
 /// Static settings of the engine (from the command line).
 #[derive(Debug, Clone)]
@@ -132,6 +139,8 @@ pub enum EngineEvent {
 pub struct SecurityStats {
     pub auth: auth::AuthStats,
     pub codes: crate::room::CodeStats,
+    /// New requests refused with 503 under overload.
+    pub overload_refusals: u64,
 }
 
 /// A call as shown in `GET /api/v1/calls`.
@@ -337,6 +346,10 @@ pub struct Engine {
     ports: PortPool,
     /// Rooms whose code is being guessed: wrong codes in the last hour, and when (Unix).
     code_alerts: HashMap<i64, (u32, u64)>,
+    /// The shell cannot keep up with its input ([`Engine::set_backlogged`]).
+    backlogged: bool,
+    /// New requests refused with 503 for overload, since start.
+    overload_refusals: u64,
     media_out: VecDeque<MediaCommand>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<EngineEvent>,
@@ -383,6 +396,8 @@ impl Engine {
             pending_reinvites: HashMap::new(),
             ports,
             code_alerts: HashMap::new(),
+            backlogged: false,
+            overload_refusals: 0,
             media_out: VecDeque::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
@@ -442,6 +457,7 @@ impl Engine {
         SecurityStats {
             auth: self.auth.stats(),
             codes: self.rooms.code_stats(),
+            overload_refusals: self.overload_refusals,
         }
     }
 
@@ -568,6 +584,9 @@ impl Engine {
 
     /// Input: one datagram or one framed stream message from `from`.
     pub fn handle_datagram(&mut self, now: Instant, data: &[u8], from: Peer) {
+        if self.overloaded() && self.shed_raw(data, from) {
+            return;
+        }
         match Message::parse(data) {
             Ok(msg) => {
                 self.tx.handle_message(now, msg, from);
@@ -724,11 +743,17 @@ impl Engine {
             return self.respond(now, tx, &req, 483, "Too Many Hops");
         }
         let in_dialog = req.to_tag().is_some();
+        if !in_dialog
+            && self.overloaded()
+            && !self.served_under_overload(&req.method.to_string(), from)
+        {
+            return self.shed(tx, &req);
+        }
         match req.method {
             Method::REGISTER => self.on_register(now, tx, &req, from),
             Method::CANCEL => self.on_cancel(now, tx, &req),
             Method::INVITE if !in_dialog => self.on_new_invite(now, tx, req, from),
-            Method::OPTIONS if !in_dialog => self.answer_options(now, tx, &req),
+            Method::OPTIONS if !in_dialog => self.answer_options(tx, &req),
             _ if in_dialog => self.on_in_dialog(now, tx, req),
             _ => {
                 let mut resp =
@@ -740,12 +765,73 @@ impl Engine {
         }
     }
 
-    fn answer_options(&mut self, now: Instant, tx: ServerTxId, req: &Request) {
+    /// Whether new work should be refused: the shell reports a backlog of datagrams, or
+    /// the transaction table is past its bound.
+    fn overloaded(&self) -> bool {
+        self.backlogged || self.tx.len() >= MAX_TRANSACTIONS
+    }
+
+    /// What is served even under overload besides in-dialog requests (calls in progress):
+    /// refreshes from addresses that hold a registration, and OPTIONS (monitoring and
+    /// keep-alives, answered without state).
+    fn served_under_overload(&self, method: &str, from: Peer) -> bool {
+        match method {
+            "REGISTER" => self.registrar.knows_source(from.addr),
+            "OPTIONS" | "CANCEL" | "ACK" => true,
+            _ => false,
+        }
+    }
+
+    /// Under overload, refuses a new request from its raw bytes, before the parser (the
+    /// costly part) sees it. Returns whether it did.
+    fn shed_raw(&mut self, data: &[u8], from: Peer) -> bool {
+        let Some(peek) = Peek::of(data) else {
+            return false;
+        };
+        if peek.in_dialog || self.served_under_overload(peek.method, from) {
+            return false;
+        }
+        self.overload_refusals += 1;
+        let extra = format!(
+            "Retry-After: {}\r\nServer: {USER_AGENT}\r\n",
+            5 + rand::random::<u8>() % 16
+        );
+        let bytes = peek.refusal(503, "Service Unavailable", &message::random_tag(), &extra);
+        self.transmits.push_back(Transmit {
+            peer: from,
+            data: Bytes::from(bytes),
+        });
+        true
+    }
+
+    /// `503 Service Unavailable` with a `Retry-After` spread over 5–20 s (so refused
+    /// clients do not all come back at once), sent once with no state kept; for what
+    /// [`Engine::shed_raw`] could not judge from the raw bytes.
+    fn shed(&mut self, tx: ServerTxId, req: &Request) {
+        self.overload_refusals += 1;
+        let mut resp = response_for(req, StatusCode::from(503), Some(&message::random_tag()));
+        resp.reason = Some("Service Unavailable".into());
+        resp.headers.insert(
+            Name::RETRY_AFTER,
+            (5 + rand::random::<u8>() % 16).to_string(),
+        );
+        self.send_final_and_forget(tx, resp);
+    }
+
+    /// The shell's view of its input: `true` while datagrams wait faster than they are
+    /// taken (see the module documentation of the SIP shell).
+    pub fn set_backlogged(&mut self, backlogged: bool) {
+        self.backlogged = backlogged;
+    }
+
+    /// OPTIONS is answered without state: it is what monitors and keep-alives send, and
+    /// what a flood is made of.
+    fn answer_options(&mut self, tx: ServerTxId, req: &Request) {
         let tag = req.to_tag().unwrap_or_else(message::random_tag);
         let mut resp = response_for(req, StatusCode::from(200), Some(&tag));
         resp.headers.insert(Name::ALLOW, ALLOW);
         resp.headers.insert(Name::ACCEPT, "application/sdp");
-        self.send_response(now, tx, resp);
+        self.send_final_and_forget(tx, resp);
     }
 
     /// Whether `host` is one of ours (or any host, when no domain is configured).
@@ -1409,7 +1495,7 @@ impl Engine {
             return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
         }
         if req.method == Method::OPTIONS {
-            return self.answer_options(now, tx, &req);
+            return self.answer_options(tx, &req);
         }
         if req.method == Method::BYE {
             let ok = response_for(&req, StatusCode::from(200), Some(&tag));

@@ -5,7 +5,8 @@
 //! Time is passed in as both an [`Instant`] (for expiry timers) and Unix seconds (for what
 //! is stored and shown), so restarts and tests see the same arithmetic.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use confero_sip::transport::Peer;
@@ -58,6 +59,9 @@ pub struct Registrar {
     /// The same bindings ordered by expiry, so the next expiry and the lapsed ones are
     /// found without a scan (the engine asks on every packet).
     by_expiry: BTreeSet<(Instant, String, String)>,
+    /// Bindings per source address: under overload, REGISTERs from these (refreshes) are
+    /// still served and strangers' are not.
+    sources: HashMap<SocketAddr, usize>,
 }
 
 /// One contact of a REGISTER request, as the engine read it.
@@ -100,6 +104,7 @@ impl Registrar {
         self.remove(&key);
         self.by_expiry
             .insert((binding.expires_at, key.0.clone(), key.1.clone()));
+        *self.sources.entry(binding.peer.addr).or_default() += 1;
         self.bindings.insert(key, binding);
     }
 
@@ -107,7 +112,23 @@ impl Registrar {
         let b = self.bindings.remove(key)?;
         self.by_expiry
             .remove(&(b.expires_at, b.aor.clone(), b.contact.clone()));
+        self.forget_source(b.peer.addr);
         Some(b)
+    }
+
+    fn forget_source(&mut self, addr: SocketAddr) {
+        if let Some(n) = self.sources.get_mut(&addr) {
+            *n -= 1;
+            if *n == 0 {
+                self.sources.remove(&addr);
+            }
+        }
+    }
+
+    /// Whether some binding was registered from `addr` (a phone refreshing).
+    #[must_use]
+    pub fn knows_source(&self, addr: SocketAddr) -> bool {
+        self.sources.contains_key(&addr)
     }
 
     /// Applies one REGISTER (RFC 3261 §10.3 steps 6–8). Returns the changes made.
@@ -215,7 +236,9 @@ impl Registrar {
             self.by_expiry.pop_first();
             let key = (aor, contact);
             if self.bindings.get(&key).is_some_and(|b| b.expires_at == at) {
-                self.bindings.remove(&key);
+                if let Some(b) = self.bindings.remove(&key) {
+                    self.forget_source(b.peer.addr);
+                }
                 changes.push(BindingChange::Removed {
                     aor: key.0,
                     contact: key.1,

@@ -20,7 +20,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use confero_sip::digest::answer_challenge;
 
 #[derive(Clone, Copy, Debug)]
@@ -49,51 +48,6 @@ impl Knobs {
 }
 
 // ==== the server process ====
-
-fn username(i: usize) -> String {
-    format!("u{i:04}")
-}
-
-fn password(i: usize) -> String {
-    format!("bench-secret-{i}")
-}
-
-/// Creates the users in the draft and applies it. Basic auth costs an argon2 verification
-/// per request, so one token is made with Basic and the users are created with it.
-fn provision(server: &Server, users: usize) {
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
-    );
-    let (status, body) = http(
-        server.http,
-        "POST",
-        "/api/v1/tokens",
-        &basic,
-        r#"{"name":"register-bench"}"#,
-    );
-    assert_eq!(status, 201, "create token: {body}");
-    let token: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
-    let bearer = format!("Bearer {}", token["token"].as_str().expect("token field"));
-    for i in 0..users {
-        let user = serde_json::json!({
-            "name": format!("Bench user {i}"),
-            "extension": (10_000 + i).to_string(),
-            "sip_username": username(i),
-            "sip_password": password(i),
-        });
-        let (status, body) = http(
-            server.http,
-            "POST",
-            "/api/v1/users",
-            &bearer,
-            &user.to_string(),
-        );
-        assert_eq!(status, 201, "create user {i}: {body}");
-    }
-    let (status, body) = http(server.http, "POST", "/api/v1/changes/apply", &bearer, "{}");
-    assert_eq!(status, 200, "apply: {body}");
-}
 
 /// `confero_sip_transactions` from /metrics, if the endpoint answers.
 fn server_transactions(http_addr: SocketAddr) -> Option<u64> {

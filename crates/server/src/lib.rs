@@ -290,6 +290,10 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         control: control_rx,
         live_dirty: false,
         live_published_at: now,
+        live_publish_cost: std::time::Duration::ZERO,
+        full_batches: 0,
+        backlogged: false,
+        backlog_warned_at: None,
         conns: conns.clone(),
         input: input_rx,
     };

@@ -35,6 +35,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 /// Live views are rebuilt at most this often: rebuilding after every REGISTER cost more
 /// than handling it (every registration is copied), and a console refreshes slower anyway.
 const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
+/// Datagrams taken from the UDP socket per wake-up, between flushes.
+const UDP_BATCH: usize = 64;
 
 /// Input from connection tasks to the engine task.
 #[derive(Debug)]
@@ -309,6 +311,13 @@ pub(crate) struct SipShell {
     /// Something changed since the live view was last published.
     pub(crate) live_dirty: bool,
     pub(crate) live_published_at: Instant,
+    /// How long the last publication took: with thousands of registrations it is not free,
+    /// so it is spaced to take at most a tenth of the loop.
+    pub(crate) live_publish_cost: Duration,
+    /// UDP batches in a row that found more waiting ([`SipShell::read_udp_batch`]).
+    pub(crate) full_batches: u32,
+    pub(crate) backlogged: bool,
+    pub(crate) backlog_warned_at: Option<Instant>,
     /// Stream connections (TCP, TLS, WebSocket) and the queue their tasks feed.
     pub(crate) conns: ConnTable,
     pub(crate) input: mpsc::Receiver<Input>,
@@ -369,8 +378,8 @@ impl SipShell {
         let conns = self.conns.clone();
         let mut input_rx = std::mem::replace(&mut self.input, mpsc::channel(1).1);
         self.learn_tls_names(&conns);
-        let (persist_tx, persist_rx) = mpsc::unbounded_channel::<BindingChange>();
-        tokio::spawn(persist_loop(self.store.clone(), persist_rx));
+        let persist_tx = Arc::new(PersistQueue::default());
+        tokio::spawn(persist_loop(self.store.clone(), persist_tx.clone()));
         self.publish_live();
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
@@ -380,16 +389,11 @@ impl SipShell {
                 .map(tokio::time::Instant::from_std)
                 .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
             if self.live_dirty {
-                deadline = deadline.min(tokio::time::Instant::from_std(
-                    self.live_published_at + LIVE_PUBLISH_INTERVAL,
-                ));
+                deadline = deadline.min(tokio::time::Instant::from_std(self.next_publish_at()));
             }
             tokio::select! {
-                r = self.udp.recv_from(&mut buf) => match r {
-                    Ok((n, addr)) => {
-                        let peer = Peer { transport: Transport::Udp, addr, conn: None };
-                        self.engine.handle_datagram(Instant::now(), &buf[..n], peer);
-                    }
+                r = self.udp.readable() => match r {
+                    Ok(()) => self.read_udp_batch(&mut buf),
                     Err(err) => tracing::debug!(%err, "udp receive error"),
                 },
                 r = self.tcp.accept() => if let Ok((stream, addr)) = r {
@@ -442,6 +446,51 @@ impl SipShell {
         }
     }
 
+    /// Takes up to [`UDP_BATCH`] datagrams that are waiting. Two full batches in a row
+    /// mean input arrives faster than it is taken: the engine is told it is overloaded
+    /// (it then refuses new work cheaply) until a batch finds the socket empty.
+    fn read_udp_batch(&mut self, buf: &mut [u8]) {
+        let mut taken = 0;
+        while taken < UDP_BATCH {
+            match self.udp.try_recv_from(buf) {
+                Ok((n, addr)) => {
+                    taken += 1;
+                    let peer = Peer {
+                        transport: Transport::Udp,
+                        addr,
+                        conn: None,
+                    };
+                    self.engine.handle_datagram(Instant::now(), &buf[..n], peer);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(err) => {
+                    // ICMP errors surface here on Linux; the next datagram may be fine.
+                    tracing::debug!(%err, "udp receive error");
+                    taken += 1;
+                }
+            }
+        }
+        self.full_batches = if taken == UDP_BATCH {
+            self.full_batches.saturating_add(1)
+        } else {
+            0
+        };
+        let backlogged = self.full_batches >= 2;
+        if backlogged && !self.backlogged {
+            // Once per episode of a flood, not once per flap.
+            let now = Instant::now();
+            if self
+                .backlog_warned_at
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
+            {
+                self.backlog_warned_at = Some(now);
+                tracing::warn!("SIP input arrives faster than it is taken: new requests are refused with 503 until it eases");
+            }
+        }
+        self.backlogged = backlogged;
+        self.engine.set_backlogged(backlogged);
+    }
+
     /// The configured host of trunk `id`.
     fn trunk_host(&self, id: i64) -> Option<String> {
         self.production
@@ -463,14 +512,14 @@ impl SipShell {
     }
 
     /// Hangs up everyone and sends it out before the task ends.
-    async fn stop(&mut self, conns: &ConnTable, persist: &mpsc::UnboundedSender<BindingChange>) {
+    async fn stop(&mut self, conns: &ConnTable, persist: &PersistQueue) {
         self.engine.hang_up_all(Instant::now());
         self.flush(conns, persist).await;
         // Give stream writers a moment to put the BYEs on the wire.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    async fn flush(&mut self, conns: &ConnTable, persist: &mpsc::UnboundedSender<BindingChange>) {
+    async fn flush(&mut self, conns: &ConnTable, persist: &PersistQueue) {
         while let Some(cmd) = self.engine.poll_media() {
             if self.media_commands.send(cmd).is_err() {
                 tracing::error!("the media thread is gone");
@@ -490,7 +539,7 @@ impl SipShell {
             self.live_dirty = true;
             match ev {
                 EngineEvent::Binding(change) => {
-                    let _ = persist.send(change);
+                    persist.push(change);
                 }
                 EngineEvent::ResolveTrunk { trunk, host, port } => {
                     tokio::spawn(resolve(trunk, host, port, conns.input.clone()));
@@ -498,15 +547,21 @@ impl SipShell {
                 _ => {}
             }
         }
-        if self.live_dirty && self.live_published_at.elapsed() >= LIVE_PUBLISH_INTERVAL {
+        if self.live_dirty && Instant::now() >= self.next_publish_at() {
             self.publish_live();
         }
     }
 
+    fn next_publish_at(&self) -> Instant {
+        self.live_published_at + LIVE_PUBLISH_INTERVAL.max(self.live_publish_cost * 10)
+    }
+
     fn publish_live(&mut self) {
+        let start = Instant::now();
         self.live.update(&self.engine, unix_now());
         self.live_dirty = false;
         self.live_published_at = Instant::now();
+        self.live_publish_cost = self.live_published_at - start;
     }
 }
 
@@ -532,23 +587,49 @@ async fn resolve(trunk: i64, host: String, port: u16, input: mpsc::Sender<Input>
 
 /// Writes binding changes to the store off the engine task, batching whatever queued up
 /// meanwhile into one transaction; within a batch only the last change per binding counts.
-async fn persist_loop(store: Store, mut rx: mpsc::UnboundedReceiver<BindingChange>) {
-    while let Some(first) = rx.recv().await {
-        let mut latest: HashMap<(String, String), BindingChange> = HashMap::new();
-        let mut next = Some(first);
-        while let Some(change) = next.take() {
-            let key = match &change {
-                BindingChange::Upserted(b) => (b.aor.clone(), b.contact.clone()),
-                BindingChange::Removed { aor, contact } => (aor.clone(), contact.clone()),
-            };
-            latest.insert(key, change);
-            if latest.len() < 5000 {
-                next = rx.try_recv().ok();
+/// Registration changes waiting to be written, the latest per binding: a flood of
+/// refreshes faster than the database takes them costs one entry per binding, not one per
+/// REGISTER.
+#[derive(Default)]
+struct PersistQueue {
+    pending: std::sync::Mutex<HashMap<(String, String), BindingChange>>,
+    wake: tokio::sync::Notify,
+}
+
+impl PersistQueue {
+    fn push(&self, change: BindingChange) {
+        let key = match &change {
+            BindingChange::Upserted(b) => (b.aor.clone(), b.contact.clone()),
+            BindingChange::Removed { aor, contact } => (aor.clone(), contact.clone()),
+        };
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, change);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> HashMap<(String, String), BindingChange> {
+        std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Writes what the queue holds, in one transaction per batch, for as long as the queue
+/// lives (the shell holds the other handle).
+async fn persist_loop(store: Store, queue: Arc<PersistQueue>) {
+    loop {
+        let batch = queue.take();
+        if batch.is_empty() {
+            if Arc::strong_count(&queue) == 1 {
+                return;
             }
+            // Woken by a push, or now and then to notice the shell has gone.
+            let _ = tokio::time::timeout(Duration::from_secs(1), queue.wake.notified()).await;
+            continue;
         }
         let mut upserts = Vec::new();
         let mut deletes = Vec::new();
-        for (key, change) in latest {
+        for (key, change) in batch {
             match change {
                 BindingChange::Upserted(b) => upserts.push(stored(&b)),
                 BindingChange::Removed { .. } => deletes.push(key),

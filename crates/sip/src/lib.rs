@@ -13,6 +13,7 @@
 //!   [`StreamFramer`](transport::StreamFramer) that cuts TCP/TLS streams into messages.
 //! - [`transaction`]: the [`TransactionLayer`](transaction::TransactionLayer) (RFC 3261 §17).
 //! - [`digest`]: Digest authentication, server and client side.
+//! - [`peek`]: a look at a request without parsing it, to refuse load cheaply.
 //! - [`sdp`]: SDP offer/answer for the audio stream ([`parse_audio`](sdp::parse_audio),
 //!   [`answer`](sdp::answer), [`offer`](sdp::offer)).
 //!
@@ -51,6 +52,7 @@ pub use ezk_sip_types::{Headers, Method, Name, StatusCode};
 
 pub mod digest;
 pub mod message;
+pub mod peek;
 pub mod sdp;
 pub mod transaction;
 pub mod transport;

@@ -198,7 +198,10 @@ struct ClientTx {
 
 struct ServerTx {
     key: Option<ServerKey>,
-    request: Request,
+    /// Until the final response: a finished transaction keeps only what absorbing
+    /// retransmissions needs (its key and response bytes), so a flood of requests costs
+    /// little memory for the 32 s they are remembered.
+    request: Option<Request>,
     from: Peer,
     invite: bool,
     state: ServerState,
@@ -207,6 +210,11 @@ struct ServerTx {
     deadline: Option<(Instant, Expiry)>,
     trying_at: Option<Instant>,
 }
+
+/// Server transactions kept at most to absorb retransmissions after their answer (each a
+/// few hundred bytes: key and response); beyond, answered non-INVITE transactions end at
+/// once, so memory stays bounded whatever the flood.
+pub const MAX_KEPT_SERVER_TRANSACTIONS: usize = 50_000;
 
 /// The RFC 3261 §17 transaction layer. See the crate documentation for the run loop.
 pub struct TransactionLayer {
@@ -423,8 +431,8 @@ impl TransactionLayer {
                     ServerState::Trying | ServerState::Confirmed | ServerState::Accepted => {}
                 }
                 let peer = tx.from;
-                if trying {
-                    let resp = response_for(&tx.request, StatusCode::TRYING, None);
+                if let (true, Some(request)) = (trying, &tx.request) {
+                    let resp = response_for(request, StatusCode::TRYING, None);
                     let data = resp.to_bytes();
                     tx.last_response = Some(data.clone());
                     resend = Some(data);
@@ -440,7 +448,7 @@ impl TransactionLayer {
         let invite = req.method == Method::INVITE;
         let tx = ServerTx {
             key: key.clone(),
-            request: req.clone(),
+            request: Some(req.clone()),
             from,
             invite,
             state: if invite {
@@ -637,6 +645,7 @@ impl TransactionLayer {
             return Err(TransactionError::InvalidStatusCode(code));
         }
         let config = self.config;
+        let self_full = self.servers.len() >= MAX_KEPT_SERVER_TRANSACTIONS;
         let t = self
             .servers
             .get_mut(&tx)
@@ -673,10 +682,15 @@ impl TransactionLayer {
                 } else {
                     t.state = ServerState::Completed;
                     t.deadline = Some((now + config.t1x64(), Expiry::Cleanup));
-                    remove = reliable;
+                    // Past the bound, a flood's answers are not kept to absorb
+                    // retransmissions: a retransmitted request is handled again instead.
+                    remove = reliable || self_full;
                 }
             }
             _ => return Err(TransactionError::FinalAlreadySent),
+        }
+        if code >= 200 {
+            t.request = None;
         }
         self.transmit(peer, data);
         if remove {
@@ -734,7 +748,7 @@ impl TransactionLayer {
 
     /// The request of a server transaction (e.g. to build responses later).
     pub fn server_request(&self, tx: ServerTxId) -> Option<&Request> {
-        self.servers.get(&tx).map(|t| &t.request)
+        self.servers.get(&tx).and_then(|t| t.request.as_ref())
     }
 
     /// The request of a client transaction (e.g. to build its CANCEL).
@@ -833,9 +847,9 @@ impl TransactionLayer {
                     continue;
                 }
             }
-            if tx.trying_at.is_some_and(|t| t <= now) {
+            if let (true, Some(request)) = (tx.trying_at.is_some_and(|t| t <= now), &tx.request) {
                 tx.trying_at = None;
-                let data = response_for(&tx.request, StatusCode::TRYING, None).to_bytes();
+                let data = response_for(request, StatusCode::TRYING, None).to_bytes();
                 tx.last_response = Some(data.clone());
                 let peer = tx.from;
                 self.transmit(peer, data);

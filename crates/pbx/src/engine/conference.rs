@@ -551,7 +551,7 @@ impl Engine {
             return self.end_conf_leg(now, id, false);
         }
         if req.method == Method::OPTIONS {
-            return self.answer_options(now, tx, &req);
+            return self.answer_options(tx, &req);
         }
         if req.method == Method::INFO {
             return match dtmf_from_info(&req) {

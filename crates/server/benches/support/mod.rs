@@ -127,6 +127,57 @@ impl Drop for Server {
     }
 }
 
+// ==== users ====
+
+/// Bench user `i`'s SIP username and password.
+pub(crate) fn username(i: usize) -> String {
+    format!("u{i:04}")
+}
+
+pub(crate) fn password(i: usize) -> String {
+    format!("bench-secret-{i}")
+}
+
+/// Creates the users in the draft and applies it. Basic auth costs an argon2 verification
+/// per request, so one token is made with Basic and the users are created with it.
+pub(crate) fn provision(server: &Server, users: usize) {
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("admin:{ADMIN_PASSWORD}")
+        )
+    );
+    let (status, body) = http(
+        server.http,
+        "POST",
+        "/api/v1/tokens",
+        &basic,
+        r#"{"name":"register-bench"}"#,
+    );
+    assert_eq!(status, 201, "create token: {body}");
+    let token: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
+    let bearer = format!("Bearer {}", token["token"].as_str().expect("token field"));
+    for i in 0..users {
+        let user = serde_json::json!({
+            "name": format!("Bench user {i}"),
+            "extension": (10_000 + i).to_string(),
+            "sip_username": username(i),
+            "sip_password": password(i),
+        });
+        let (status, body) = http(
+            server.http,
+            "POST",
+            "/api/v1/users",
+            &bearer,
+            &user.to_string(),
+        );
+        assert_eq!(status, 201, "create user {i}: {body}");
+    }
+    let (status, body) = http(server.http, "POST", "/api/v1/changes/apply", &bearer, "{}");
+    assert_eq!(status, 200, "apply: {body}");
+}
+
 /// One HTTP/1.1 request (`Connection: close`); returns (status, body).
 pub(crate) fn http(
     addr: SocketAddr,
