@@ -450,6 +450,11 @@ impl LiveView for LiveState {
                     "Callers told to try again later after too many wrong access codes.",
                     sec.codes.refused,
                 ),
+                (
+                    "confero_sip_overload_refusals_total",
+                    "New SIP requests refused with 503 while the server was overloaded.",
+                    sec.overload_refusals,
+                ),
             ] {
                 let _ = writeln!(out, "# HELP {name} {help}");
                 let _ = writeln!(out, "# TYPE {name} counter");

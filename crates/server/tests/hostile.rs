@@ -381,3 +381,160 @@ fn a_spoofed_invite_gets_one_reply_of_its_size() {
         invite.len()
     );
 }
+
+/// Sends OPTIONS every 50 ms from its own socket until `stop`; (answered, lost, slowest).
+fn monitor_options(pbx: SocketAddr, stop: &AtomicBool) -> (usize, usize, Duration) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    let from = sock.local_addr().unwrap();
+    let (mut answered, mut lost, mut slowest) = (0, 0, Duration::ZERO);
+    let mut buf = [0u8; 4096];
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let text = format!(
+            "OPTIONS sip:{pbx} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKmon{n};rport\r\n\
+             From: <sip:monitor@{from}>;tag=m\r\nTo: <sip:{pbx}>\r\nCall-ID: mon-{n}\r\n\
+             CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        let sent = Instant::now();
+        sock.send_to(text.as_bytes(), pbx).unwrap();
+        let id = format!("Call-ID: mon-{n}\r\n");
+        loop {
+            match sock.recv_from(&mut buf) {
+                Ok((len, _)) if String::from_utf8_lossy(&buf[..len]).contains(&id) => {
+                    answered += 1;
+                    slowest = slowest.max(sent.elapsed());
+                    break;
+                }
+                _ if sent.elapsed() > Duration::from_secs(1) => {
+                    lost += 1;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50).saturating_sub(sent.elapsed()));
+    }
+    (answered, lost, slowest)
+}
+
+/// A flood of unauthenticated REGISTERs from 16 addresses, 8,000 a second for 5 s (bounded),
+/// at the debug build the tests run: every datagram is answered (401, or 503 with
+/// Retry-After once the server cannot keep up), a monitor's OPTIONS keep being answered,
+/// a registered phone refreshes its registration meanwhile, and the memory the flood took
+/// is given back.
+#[test]
+fn a_register_flood_is_answered_and_leaves_phones_and_memory_alone() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_open_room();
+    let phone_port = free_udp_port();
+    register(&pbx, "bob", "bob-secret", phone_port, phone_port, "u1");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = pbx.rss_kib();
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let (stop, sip) = (stop.clone(), pbx.sip);
+        std::thread::spawn(move || monitor_options(sip, &stop))
+    };
+    let flood = {
+        let sip = pbx.sip;
+        std::thread::spawn(move || {
+            let socks: Vec<UdpSocket> = (1..=16u8)
+                .map(|k| {
+                    let s = UdpSocket::bind((std::net::Ipv4Addr::new(127, 0, 1, k), 0)).unwrap();
+                    s.set_nonblocking(true).unwrap();
+                    s
+                })
+                .collect();
+            let (mut sent, mut answers) = (0u64, [0u64; 3]);
+            let mut buf = [0u8; 4096];
+            let start = Instant::now();
+            for ms in 0..5000u64 {
+                for i in 0..8 {
+                    let s = &socks[((ms * 8 + i) % 16) as usize];
+                    let from = s.local_addr().unwrap();
+                    let text = format!(
+                        "REGISTER sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch=z9hG4bKf{ms}x{i};rport\r\n\
+                         From: <sip:u{i}@{ip}>;tag=f\r\nTo: <sip:u{i}@{ip}>\r\nCall-ID: f{ms}x{i}\r\n\
+                         CSeq: 1 REGISTER\r\nContact: <sip:u{i}@{from}>\r\nContent-Length: 0\r\n\r\n",
+                        ip = sip.ip()
+                    );
+                    if s.send_to(text.as_bytes(), sip).is_ok() {
+                        sent += 1;
+                    }
+                }
+                for s in &socks {
+                    while let Ok((n, _)) = s.recv_from(&mut buf) {
+                        answers[match &buf[8..11] {
+                            b"401" => 0,
+                            b"503" => 1,
+                            _ => 2,
+                        }] += 1;
+                    }
+                }
+                if let Some(wait) =
+                    (start + Duration::from_millis(ms + 1)).checked_duration_since(Instant::now())
+                {
+                    std::thread::sleep(wait);
+                }
+            }
+            // Late answers.
+            let end = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < end {
+                for s in &socks {
+                    while let Ok((n, _)) = s.recv_from(&mut buf) {
+                        answers[match &buf[8..n.min(11)] {
+                            b"401" => 0,
+                            b"503" => 1,
+                            _ => 2,
+                        }] += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            (sent, answers)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut peak = pbx.rss_kib();
+    // Bob's phone refreshes in the middle of the flood (SIPp retransmits as phones do).
+    register(&pbx, "bob", "bob-secret", phone_port, phone_port, "u1");
+    let (sent, [challenged, refused, other]) = flood.join().unwrap();
+    peak = peak.max(pbx.rss_kib());
+    stop.store(true, Ordering::Relaxed);
+    let (answered, lost, slowest) = monitor.join().unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let after = pbx.rss_kib();
+    eprintln!(
+        "flood: {sent} sent, {challenged} 401, {refused} 503, {other} other; OPTIONS {answered} \
+         answered, {lost} lost, slowest {slowest:?}; RSS {} -> peak {} -> {} MiB",
+        before / 1024,
+        peak / 1024,
+        after / 1024
+    );
+    assert_eq!(other, 0);
+    assert!(
+        challenged + refused >= sent * 9 / 10,
+        "{} of {sent} answered",
+        challenged + refused
+    );
+    assert_eq!(lost, 0, "every OPTIONS answered within a second");
+    assert!(answered >= 80, "{answered}");
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    assert!(
+        peak < before + 100 * 1024,
+        "the flood took {} MiB",
+        (peak - before) / 1024
+    );
+    assert!(
+        after <= before + before / 5 + 2048,
+        "{after} KiB after, {before} before"
+    );
+    let registered = pbx
+        .api("GET", "/api/v1/registrations", None)
+        .1
+        .contains(&format!("127.0.0.1:{phone_port}"));
+    assert!(registered);
+}
