@@ -8,6 +8,7 @@
 pub mod api;
 mod cli;
 mod console;
+mod limits;
 mod live;
 mod media_shell;
 mod sip_shell;
@@ -201,15 +202,26 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
 /// Each conference leg holds one or two UDP sockets and each TCP phone a connection: the
 /// usual soft limit of 1,024 descriptors would cap a server at a few hundred participants,
 /// so raise it to the hard limit.
-fn raise_descriptor_limit() {
+/// Returns the limit in force.
+fn raise_descriptor_limit() -> u64 {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(n) => tracing::debug!(limit = n, "open-file limit"),
-        Err(err) => tracing::warn!(%err, "could not raise the open-file limit"),
+        Ok(n) => {
+            tracing::debug!(limit = n, "open-file limit");
+            n
+        }
+        Err(err) => {
+            tracing::warn!(%err, "could not raise the open-file limit");
+            rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+        }
     }
 }
 
 async fn serve(settings: Settings) -> anyhow::Result<()> {
-    raise_descriptor_limit();
+    let descriptors = raise_descriptor_limit();
+    // Each RTP port may hold an RTP and an RTCP socket.
+    let rtp_sockets = u64::from(settings.rtp_ports.end() - settings.rtp_ports.start()) + 1;
+    let limits = limits::ConnLimits::for_descriptors(descriptors, rtp_sockets);
+    tracing::debug!(max = limits.max_total(), "stream connections allowed");
     let store = match &settings.database_url {
         Some(url) => Store::connect(url).await,
         None => Store::open_data_dir(&settings.data_dir).await,
@@ -276,7 +288,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Stream connections are shared: the SIP task owns TCP and TLS, the HTTP server
     // accepts WebSockets (`/ws`) and hands their messages to the same engine.
     let (input_tx, input_rx) = tokio::sync::mpsc::channel(4096);
-    let conns = sip_shell::ConnTable::new(input_tx, Some(trunk_tls(settings.trunk_ca.as_deref())?));
+    let conns = sip_shell::ConnTable::new(
+        input_tx,
+        Some(trunk_tls(settings.trunk_ca.as_deref())?),
+        limits.clone(),
+    );
     let shell = SipShell {
         udp: Arc::new(udp),
         tcp,
@@ -328,6 +344,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     };
     let router = app(api::ApiState::new(store, live, production_tx)
         .with_metrics_token(settings.metrics_token.clone())
+        .with_connection_limits(limits.clone())
         .with_shutdown(closing_rx)
         .with_websocket(conns)
         .with_endpoints(endpoints));
@@ -346,7 +363,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     );
     tracing::info!(%sip_bound, %http_bound, %advertised, rtp_ports = ?settings.rtp_ports, "listening");
     axum::serve(
-        http,
+        axum::serve::ListenerExt::tap_io(limits::LimitedListener::new(http, limits), |_| {}),
         router.into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async move {

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+
+use crate::limits::{ConnLimits, Permit};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -32,6 +34,8 @@ const MAX_CONNECTIONS: usize = 10_000;
 /// A stream peer that sends nothing for this long is disconnected (phones send CRLF
 /// keep-alives or re-REGISTER well within it).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+/// A stream's first message, and any message once begun, must arrive within this.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Live views are rebuilt at most this often: rebuilding after every REGISTER cost more
 /// than handling it (every registration is copied), and a console refreshes slower anyway.
 const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
@@ -60,6 +64,9 @@ pub(crate) enum Input {
 struct Connections {
     writers: HashMap<ConnId, mpsc::Sender<Bytes>>,
     by_addr: HashMap<(Transport, SocketAddr), ConnId>,
+    /// The places inbound TCP and TLS connections hold (WebSockets hold theirs as HTTP
+    /// connections).
+    permits: HashMap<ConnId, Permit>,
 }
 
 #[derive(Clone)]
@@ -72,16 +79,22 @@ pub(crate) struct ConnTable {
     /// The host name a TLS peer's certificate must carry, by address (the trunk's host as
     /// configured: a name, or an IP literal).
     tls_names: Arc<Mutex<HashMap<SocketAddr, String>>>,
+    limits: Arc<ConnLimits>,
 }
 
 impl ConnTable {
-    pub(crate) fn new(input: mpsc::Sender<Input>, tls: Option<tokio_rustls::TlsConnector>) -> Self {
+    pub(crate) fn new(
+        input: mpsc::Sender<Input>,
+        tls: Option<tokio_rustls::TlsConnector>,
+        limits: Arc<ConnLimits>,
+    ) -> Self {
         Self {
             inner: Arc::default(),
             next_id: Arc::new(AtomicU64::new(1)),
             input,
             tls,
             tls_names: Arc::default(),
+            limits,
         }
     }
 
@@ -109,11 +122,13 @@ impl ConnTable {
     }
 
     /// Files a new connection; returns its id and the queue of what to send on it (`None`
-    /// when the connection limit is reached).
+    /// when the connection limit is reached). `permit` is the place an inbound connection
+    /// holds under the limits, kept until it closes.
     pub(crate) fn register(
         &self,
         addr: SocketAddr,
         transport: Transport,
+        permit: Option<Permit>,
     ) -> Option<(ConnId, mpsc::Sender<Bytes>, mpsc::Receiver<Bytes>)> {
         let id = ConnId(self.next_id.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = mpsc::channel::<Bytes>(256);
@@ -123,6 +138,9 @@ impl ConnTable {
         }
         c.writers.insert(id, tx.clone());
         c.by_addr.insert((transport, addr), id);
+        if let Some(p) = permit {
+            c.permits.insert(id, p);
+        }
         Some((id, tx, rx))
     }
 
@@ -131,6 +149,7 @@ impl ConnTable {
         {
             let mut c = self.lock();
             c.writers.remove(&id);
+            c.permits.remove(&id);
             if c.by_addr.get(&(transport, addr)) == Some(&id) {
                 c.by_addr.remove(&(transport, addr));
             }
@@ -143,12 +162,19 @@ impl ConnTable {
         self.input.send(Input::Message { data, from }).await.is_ok()
     }
 
-    /// Starts the reader and writer tasks of a connected stream (TCP, or TLS over it).
-    fn attach<S>(&self, stream: S, addr: SocketAddr, transport: Transport) -> Option<ConnId>
+    /// Starts the reader and writer tasks of a connected stream (TCP, or TLS over it);
+    /// `permit` for one a peer opened.
+    fn attach<S>(
+        &self,
+        stream: S,
+        addr: SocketAddr,
+        transport: Transport,
+        permit: Option<Permit>,
+    ) -> Option<ConnId>
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
-        let (id, tx, rx) = self.register(addr, transport)?;
+        let (id, tx, rx) = self.register(addr, transport, permit)?;
         let (read_half, write_half) = tokio::io::split(stream);
         tokio::spawn(write_loop(write_half, rx));
         let table = self.clone();
@@ -203,7 +229,7 @@ impl ConnTable {
                         table.attach_tls(stream, peer.addr).await
                     } else {
                         table
-                            .attach(stream, peer.addr, Transport::Tcp)
+                            .attach(stream, peer.addr, Transport::Tcp, None)
                             .ok_or_else(|| "too many connections".to_owned())
                     }
                 }
@@ -241,7 +267,7 @@ impl ConnTable {
         .await;
         match handshake {
             Ok(Ok(tls)) => self
-                .attach(tls, addr, Transport::Tls)
+                .attach(tls, addr, Transport::Tls, None)
                 .ok_or_else(|| "too many connections".to_owned()),
             Ok(Err(err)) => Err(format!("TLS with {addr} ({name}) failed: {err}")),
             Err(_) => Err(format!("TLS with {addr} ({name}) timed out")),
@@ -264,14 +290,25 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
     pong: mpsc::Sender<Bytes>,
 ) {
     let mut framer = StreamFramer::new();
-    let mut buf = vec![0u8; 16 * 1024];
+    // Small: an idle connection holds it; longer messages gather in the framer.
+    let mut buf = [0u8; 2048];
+    // Until a first message, and while one is only partly here, the peer has
+    // MESSAGE_TIMEOUT; then it may stay quiet for IDLE_TIMEOUT (phones send CRLF keep-alives).
+    let mut deadline = tokio::time::Instant::now() + MESSAGE_TIMEOUT;
     loop {
-        let n = match tokio::time::timeout(IDLE_TIMEOUT, r.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+        let n = match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return,
+            Err(_) => {
+                tracing::debug!(peer = %peer.addr, "closing a silent or too slow stream");
+                return;
+            }
             Ok(Ok(n)) => n,
         };
+        let partial_before = framer.buffered() > 0;
         framer.push(&buf[..n]);
+        let mut framed = false;
         while let Some(frame) = framer.next_frame() {
+            framed = true;
             match frame {
                 Ok(Frame::Message(data)) => {
                     if input
@@ -291,6 +328,15 @@ async fn read_loop<R: tokio::io::AsyncRead + Unpin>(
                 }
             }
         }
+        let now = tokio::time::Instant::now();
+        deadline = if framer.buffered() == 0 {
+            now + IDLE_TIMEOUT
+        } else if framed || !partial_before {
+            // A new message started: it must be complete in time (slowloris).
+            now + MESSAGE_TIMEOUT
+        } else {
+            deadline
+        };
     }
 }
 
@@ -397,9 +443,10 @@ impl SipShell {
                     Err(err) => tracing::debug!(%err, "udp receive error"),
                 },
                 r = self.tcp.accept() => if let Ok((stream, addr)) = r {
-                    let _ = stream.set_nodelay(true);
-                    if conns.attach(stream, addr, Transport::Tcp).is_none() {
-                        tracing::warn!(%addr, "too many connections; refused");
+                    // Over the limits the connection is closed at once (the limits log it).
+                    if let Ok(permit) = conns.limits.acquire(addr.ip()) {
+                        let _ = stream.set_nodelay(true);
+                        let _ = conns.attach(stream, addr, Transport::Tcp, Some(permit));
                     }
                 },
                 Some(input) = input_rx.recv() => match input {

@@ -71,6 +71,10 @@ async fn upgrade(
     ws.protocols(["sip"])
         .max_message_size(MAX_MESSAGE_LEN)
         .max_frame_size(MAX_MESSAGE_LEN)
+        // Small buffers: an idle browser holds them (the defaults are 128 KiB each); SIP
+        // messages fit, and longer ones are read in several chunks.
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
         .on_upgrade(move |socket| serve(socket, conns, addr, transport, closing))
 }
 
@@ -82,7 +86,7 @@ async fn serve(
     transport: Transport,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
-    let Some((id, _, mut outgoing)) = conns.register(addr, transport) else {
+    let Some((id, _, mut outgoing)) = conns.register(addr, transport, None) else {
         tracing::warn!(%addr, "too many connections; WebSocket refused");
         let _ = socket.send(Message::Close(None)).await;
         return;

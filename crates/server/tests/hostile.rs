@@ -420,6 +420,20 @@ fn monitor_options(pbx: SocketAddr, stop: &AtomicBool) -> (usize, usize, Duratio
     (answered, lost, slowest)
 }
 
+/// Counts the answers waiting on `socks` as 401, 503 and other.
+fn count_answers(socks: &[UdpSocket], answers: &mut [u64; 3]) {
+    let mut buf = [0u8; 4096];
+    for s in socks {
+        while let Ok((n, _)) = s.recv_from(&mut buf) {
+            answers[match buf.get(8..11.min(n)) {
+                Some(b"401") => 0,
+                Some(b"503") => 1,
+                _ => 2,
+            }] += 1;
+        }
+    }
+}
+
 /// A flood of unauthenticated REGISTERs from 16 addresses, 8,000 a second for 5 s (bounded),
 /// at the debug build the tests run: every datagram is answered (401, or 503 with
 /// Retry-After once the server cannot keep up), a monitor's OPTIONS keep being answered,
@@ -449,7 +463,6 @@ fn a_register_flood_is_answered_and_leaves_phones_and_memory_alone() {
                 })
                 .collect();
             let (mut sent, mut answers) = (0u64, [0u64; 3]);
-            let mut buf = [0u8; 4096];
             let start = Instant::now();
             for ms in 0..5000u64 {
                 for i in 0..8 {
@@ -465,15 +478,7 @@ fn a_register_flood_is_answered_and_leaves_phones_and_memory_alone() {
                         sent += 1;
                     }
                 }
-                for s in &socks {
-                    while let Ok((n, _)) = s.recv_from(&mut buf) {
-                        answers[match &buf[8..11] {
-                            b"401" => 0,
-                            b"503" => 1,
-                            _ => 2,
-                        }] += 1;
-                    }
-                }
+                count_answers(&socks, &mut answers);
                 if let Some(wait) =
                     (start + Duration::from_millis(ms + 1)).checked_duration_since(Instant::now())
                 {
@@ -483,15 +488,7 @@ fn a_register_flood_is_answered_and_leaves_phones_and_memory_alone() {
             // Late answers.
             let end = Instant::now() + Duration::from_millis(500);
             while Instant::now() < end {
-                for s in &socks {
-                    while let Ok((n, _)) = s.recv_from(&mut buf) {
-                        answers[match &buf[8..n.min(11)] {
-                            b"401" => 0,
-                            b"503" => 1,
-                            _ => 2,
-                        }] += 1;
-                    }
-                }
+                count_answers(&socks, &mut answers);
                 std::thread::sleep(Duration::from_millis(10));
             }
             (sent, answers)
@@ -537,4 +534,113 @@ fn a_register_flood_is_answered_and_leaves_phones_and_memory_alone() {
         .1
         .contains(&format!("127.0.0.1:{phone_port}"));
     assert!(registered);
+}
+
+/// Opens a TCP connection from `ip` to `to`, or `None` if the connect fails.
+fn tcp_from(ip: [u8; 4], to: SocketAddr) -> Option<std::net::TcpStream> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).ok()?;
+    sock.bind(&SocketAddr::from((ip, 0)).into()).ok()?;
+    sock.connect(&to.into()).ok()?;
+    Some(sock.into())
+}
+
+/// Whether the server has closed `s` (read gives end of stream or a reset) within `wait`.
+fn closed_by_server(s: &std::net::TcpStream, wait: Duration) -> bool {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).unwrap();
+    let mut b = [0u8; 64];
+    let mut reader = s;
+    match reader.read(&mut b) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
+}
+
+/// Slowloris on the SIP and HTTP ports: 40 addresses each hold 64 silent TCP connections
+/// (the most one address may), one more address tries 200. The extra ones are closed at
+/// once, each idle connection costs the server well under 16 KiB, a phone's TCP OPTIONS,
+/// the API and a browser's WebSocket still get through, and the silent connections are
+/// closed after 10 s, their memory given back.
+#[test]
+fn idle_connections_are_capped_cheap_and_closed() {
+    require!("sipp", "sip-tester");
+    let _ = rlimit::increase_nofile_limit(8192);
+    let pbx = pbx_with_open_room();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = pbx.rss_kib();
+    let mut idle = Vec::new();
+    for a in 1..=40u8 {
+        for _ in 0..64 {
+            idle.push(tcp_from([127, 0, 3, a], pbx.sip).expect("connect"));
+        }
+    }
+    let greedy: Vec<_> = (0..200)
+        .filter_map(|_| tcp_from([127, 0, 4, 1], pbx.sip))
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let held = pbx.rss_kib();
+    let kept = greedy
+        .iter()
+        .filter(|s| !closed_by_server(s, Duration::from_millis(20)))
+        .count();
+    assert_eq!(kept, 64, "one address holds at most 64 connections");
+    let open = (idle.len() + kept) as u64;
+
+    // Meanwhile the legitimate get through: a phone's OPTIONS over TCP, the API, a browser.
+    Sipp::spawn(
+        "hostile-tcp-options",
+        &scenario_dir().join("options.xml"),
+        free_tcp_port(),
+        &["-t", "t1", &pbx.sip.to_string()],
+    )
+    .expect_success();
+    assert_eq!(pbx.api("GET", "/api/v1/users", None).0, 200);
+    let http_hogs: Vec<_> = (0..70)
+        .filter_map(|_| tcp_from([127, 0, 4, 2], pbx.http))
+        .collect();
+    let req = format!("ws://{}/ws", pbx.http);
+    let mut req = tungstenite::client::IntoClientRequest::into_client_request(req).unwrap();
+    req.headers_mut()
+        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
+    let (ws, _) = tungstenite::connect(req).expect("a browser still connects");
+    drop(ws);
+    assert!(
+        metric(&pbx, "confero_stream_connections_refused_total") >= 136.0,
+        "the extra SIP and HTTP connections were refused"
+    );
+    drop(http_hogs);
+
+    // Silent connections are closed after 10 s.
+    std::thread::sleep(Duration::from_secs(10));
+    let still_open = idle
+        .iter()
+        .filter(|s| !closed_by_server(s, Duration::from_millis(5)))
+        .count();
+    assert_eq!(still_open, 0, "silent connections closed");
+    drop(idle);
+    drop(greedy);
+    std::thread::sleep(Duration::from_secs(2));
+    let after = pbx.rss_kib();
+    // What the connections cost is what their closing gave back.
+    let per_conn = held.saturating_sub(after) * 1024 / open;
+    eprintln!(
+        "{open} idle connections: RSS {} MiB before, {} MiB with them, {} MiB after: {per_conn} bytes each",
+        before / 1024,
+        held / 1024,
+        after / 1024
+    );
+    assert!(
+        per_conn <= 16 * 1024,
+        "{per_conn} bytes per idle connection"
+    );
+    assert!(
+        after <= before + before / 5 + 2048,
+        "{after} KiB after, {before} before"
+    );
+    // The one left is the request reading the metric.
+    assert!(metric(&pbx, "confero_stream_connections") <= 1.0);
 }

@@ -122,6 +122,8 @@ pub struct ApiState {
     pub(crate) endpoints: Option<Arc<crate::console::Endpoints>>,
     /// `--metrics-token`: /metrics is refused without it.
     metrics_token: Option<Arc<str>>,
+    /// Stream connection limits, for /metrics.
+    pub(crate) connections: Option<Arc<crate::limits::ConnLimits>>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -145,7 +147,14 @@ impl ApiState {
             websocket: None,
             endpoints: None,
             metrics_token: None,
+            connections: None,
         }
+    }
+
+    /// Reports the stream connection limits in /metrics.
+    pub(crate) fn with_connection_limits(mut self, limits: Arc<crate::limits::ConnLimits>) -> Self {
+        self.connections = Some(limits);
+        self
     }
 
     /// Requires `Authorization: Bearer token` on /metrics.
@@ -330,6 +339,27 @@ async fn metrics(
         Err(e) => tracing::warn!(error = %e, "metrics: cannot count pending changes"),
     }
     out.push_str(&state.live.metrics());
+    if let Some(limits) = &state.connections {
+        let _ = writeln!(
+            out,
+            "# HELP confero_stream_connections Inbound TCP, TLS, HTTP and WebSocket connections held.\n\
+             # TYPE confero_stream_connections gauge\nconfero_stream_connections {}",
+            limits.in_use()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP confero_stream_connections_max The most that may be held (per source: {}).\n\
+             # TYPE confero_stream_connections_max gauge\nconfero_stream_connections_max {}",
+            crate::limits::MAX_PER_SOURCE,
+            limits.max_total()
+        );
+        let _ = writeln!(
+            out,
+            "# HELP confero_stream_connections_refused_total Connections closed at once for the limits.\n\
+             # TYPE confero_stream_connections_refused_total counter\nconfero_stream_connections_refused_total {}",
+            limits.refused()
+        );
+    }
     (
         StatusCode::OK,
         [(
