@@ -4,7 +4,8 @@
 # PostgreSQL for the store tests, SIPVicious from PyPI for the attack tests; Chromium and the
 # node modules for the browser tests),
 # starts a throw-away PostgreSQL on a free loopback port, then runs every test of the
-# workspace and the browser end-to-end tests (tests/browser).
+# workspace, the browser end-to-end tests (tests/browser) and a short fuzzing run of every
+# fuzz target (scripts/fuzz.sh; CONFERO_SKIP_BROWSER and CONFERO_SKIP_FUZZ skip those).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -95,5 +96,10 @@ if [ -z "${CONFERO_SKIP_BROWSER:-}" ]; then
   log "browser tests (Chromium, playwright-core)"
   cargo build --quiet --bin confero
   ./tests/browser/run.sh || status=$?
+fi
+# Coverage-guided fuzzing of the parsers strangers reach: replay the seeds, then a short run.
+if [ -z "${CONFERO_SKIP_FUZZ:-}" ]; then
+  log "fuzzing (cargo-fuzz, stable toolchain)"
+  ./scripts/fuzz.sh || status=$?
 fi
 exit "$status"

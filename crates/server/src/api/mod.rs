@@ -36,6 +36,16 @@ pub use error::ApiError;
 pub use handlers::{TrunkView, UserView};
 pub use json::ApiJson;
 
+/// The request-body parser every API endpoint uses, for the fuzzer: `Err` holds the 4xx
+/// answer's text (and the field it names).
+#[doc(hidden)]
+pub fn parse_body_for_fuzzing<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    json::parse(bytes).map_err(|e| match e {
+        ApiError::BadRequest { message, field } => format!("{message} ({field:?})"),
+        other => format!("{:?}", other.status()),
+    })
+}
+
 /// Largest request body accepted anywhere in the API.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
