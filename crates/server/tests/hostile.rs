@@ -644,3 +644,90 @@ fn idle_connections_are_capped_cheap_and_closed() {
     // The one left is the request reading the metric.
     assert!(metric(&pbx, "confero_stream_connections") <= 1.0);
 }
+
+/// The issue's INVITE flood turned around: two baresip phones talk in a room while SIPp
+/// floods it with authenticated INVITEs from another user, 500 a second for 6 s. The flood
+/// is refused (one account holds at most 8 calls; then 403, or 503 when the server sheds
+/// load), the phones' conversation goes on undisturbed (each hears the other's tone through
+/// the flood), OPTIONS keep being answered, and no RTP port stays held.
+#[test]
+fn an_invite_flood_leaves_a_conversation_in_progress_alone() {
+    require!("sipp", "sip-tester");
+    require!("baresip", "baresip");
+    let pbx = pbx_with_open_room();
+    pbx.create_user("Alice", "101", "alice", "alice-secret");
+    pbx.apply();
+    let id = conference_id(&pbx, "800");
+    let alice = Baresip::start("alice", "alice-secret", &pbx, 440);
+    let carol = Baresip::start("carol", "carol-secret", &pbx, 1000);
+    alice.dial(&pbx, "800");
+    carol.dial(&pbx, "800");
+    let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+        l.iter().filter(|p| p["state"] == "in_room").count() == 2
+    });
+    assert_eq!(
+        list.iter().filter(|p| p["state"] == "in_room").count(),
+        2,
+        "{list:?}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = scenario(
+        dir.path(),
+        "caller.xml.in",
+        "caller_gets_final.part",
+        &[("FINAL", "403"), ("BACK", "4")],
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let (stop, sip) = (stop.clone(), pbx.sip);
+        std::thread::spawn(move || monitor_options(sip, &stop))
+    };
+    let started = Instant::now();
+    let flood = Sipp::spawn(
+        "hostile-invite-flood",
+        &file,
+        free_udp_port(),
+        &[
+            "-s",
+            "800",
+            "-au",
+            "bob",
+            "-ap",
+            "bob-secret",
+            "-m",
+            "3000",
+            "-r",
+            "500",
+            "-l",
+            "3000",
+            "-mp",
+            &free_udp_port().to_string(),
+            &pbx.sip.to_string(),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    // The phones hang up while the flood is still on: their last seconds were under it.
+    alice.hangup();
+    carol.hangup();
+    drop(flood);
+    stop.store(true, Ordering::Relaxed);
+    let (answered, lost, slowest) = monitor.join().unwrap();
+    eprintln!(
+        "flood for {:?}: OPTIONS {answered} answered, {lost} lost, slowest {slowest:?}; \
+         {} refused as overload, {} calls in memory",
+        started.elapsed(),
+        metric(&pbx, "confero_sip_overload_refusals_total"),
+        metric(&pbx, "confero_calls_in_memory")
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_each_hears_the_other([
+        ("alice", &alice, 1000.0, 440.0),
+        ("carol", &carol, 440.0, 1000.0),
+    ]);
+    assert_eq!(lost, 0, "OPTIONS answered through the flood");
+    assert!(slowest < Duration::from_millis(500), "{slowest:?}");
+    // Bob's 8 calls at most were in the room, and end with the flood's end (SIPp killed:
+    // they time out of RTP); the phones' ports are free.
+    let peak_bob = participants(&pbx, id).len();
+    assert!(peak_bob <= 8, "{peak_bob} participants left");
+}
