@@ -349,7 +349,9 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         .with_websocket(conns)
         .with_endpoints(endpoints));
     let https = match https_listener {
-        Some((https, listener)) => Some(start_https(https, listener, router.clone()).await?),
+        Some((https, listener)) => {
+            Some(start_https(https, listener, router.clone(), limits.clone()).await?)
+        }
         None => None,
     };
     let https_text = https
@@ -456,6 +458,7 @@ async fn start_https(
     https: &cli::HttpsSettings,
     listener: std::net::TcpListener,
     router: axum::Router,
+    limits: Arc<limits::ConnLimits>,
 ) -> anyhow::Result<(SocketAddr, axum_server::Handle)> {
     // ring is the provider compiled in; installing fails only if one is already set.
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -471,7 +474,10 @@ async fn start_https(
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let handle = axum_server::Handle::new();
-    let server = axum_server::from_tcp_rustls(listener, tls)
+    let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls)
+        .acceptor(limits::LimitedAcceptor { limits });
+    let server = axum_server::from_tcp(listener)
+        .acceptor(acceptor)
         .handle(handle.clone())
         .serve(
             router

@@ -177,6 +177,31 @@ impl axum::serve::Listener for LimitedListener {
     }
 }
 
+/// The same limits for the HTTPS listener (axum-server): put inside its TLS acceptor, so
+/// a connection over them is closed before any handshake work.
+#[derive(Clone)]
+pub(crate) struct LimitedAcceptor {
+    pub(crate) limits: Arc<ConnLimits>,
+}
+
+impl<S> axum_server::accept::Accept<TcpStream, S> for LimitedAcceptor {
+    type Stream = LimitedStream;
+    type Service = S;
+    type Future = std::future::Ready<std::io::Result<(LimitedStream, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let permit = stream
+            .peer_addr()
+            .map_err(std::io::Error::other)
+            .and_then(|addr| {
+                self.limits
+                    .acquire(addr.ip())
+                    .map_err(|why| std::io::Error::other(format!("{why:?}")))
+            });
+        std::future::ready(permit.map(|p| (LimitedStream::new(stream, p), service)))
+    }
+}
+
 /// A TCP stream holding its [`Permit`], closed after [`HTTP_IDLE`] without a byte read.
 pub(crate) struct LimitedStream {
     stream: TcpStream,
