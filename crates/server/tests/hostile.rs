@@ -731,3 +731,55 @@ fn an_invite_flood_leaves_a_conversation_in_progress_alone() {
     let peak_bob = participants(&pbx, id).len();
     assert!(peak_bob <= 8, "{peak_bob} participants left");
 }
+
+/// `kill -9` at any instant of an Apply, again and again: after each restart the
+/// configuration is the old revision with its draft intact or the new one with nothing
+/// pending — never half of it — and the server serves it.
+#[test]
+fn kill_9_during_apply_leaves_the_old_or_the_new_revision() {
+    let mut dir = tempfile::tempdir().unwrap();
+    let mut expected_revision = 0u64;
+    for round in 0..15u64 {
+        let pbx = Pbx::start_in(dir);
+        let (status, body) = pbx.api("GET", "/api/v1/changes", None);
+        assert_eq!(status, 200, "{body}");
+        let changes: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let revision = changes["revision"].as_u64().unwrap();
+        let pending = changes["pending"].as_u64().unwrap();
+        assert!(
+            (revision == expected_revision && pending == 50)
+                || (revision == expected_revision + 1 && pending == 0)
+                || (round == 0 && revision == 0 && pending == 0),
+            "round {round}: revision {revision} with {pending} pending, expected {expected_revision}"
+        );
+        assert_eq!(metric(&pbx, "confero_config_revision"), revision as f64);
+        eprintln!("round {round}: revision {revision}, {pending} pending");
+        expected_revision = revision;
+        if pending == 0 {
+            // A fresh batch of changes for this round's Apply.
+            for k in 0..50 {
+                let body = format!(
+                    r#"{{"name":"Room {round}-{k}","extension":"{}"}}"#,
+                    10_000 + round * 50 + k
+                );
+                assert_eq!(pbx.api("POST", "/api/v1/conferences", Some(&body)).0, 201);
+            }
+        }
+        let (http, bearer) = (pbx.http, pbx.bearer());
+        let applying = std::thread::spawn(move || {
+            let _ = std::panic::catch_unwind(|| {
+                request(
+                    http,
+                    "POST",
+                    "/api/v1/changes/apply",
+                    Some("{}"),
+                    Some(&bearer),
+                )
+            });
+        });
+        // Kill instants spread over the Apply (a few milliseconds in the debug build).
+        std::thread::sleep(Duration::from_micros((round * 613) % 6_000));
+        dir = pbx.kill_9();
+        let _ = applying.join();
+    }
+}

@@ -153,6 +153,13 @@ impl Pbx {
         std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
     }
 
+    /// Kills the server with SIGKILL (no chance to clean up) and hands back its data.
+    pub fn kill_9(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self.data_dir, tempfile::tempdir().unwrap())
+    }
+
     /// Everything logged so far (drained).
     pub fn logs(&self) -> Vec<String> {
         let mut lines = std::mem::take(&mut *self.startup.lock().unwrap());
@@ -185,6 +192,11 @@ impl Pbx {
     /// token made with the admin's Basic credentials on first use: each Basic request
     /// costs an argon2 check (most of a second in a debug build), too slow to poll with.
     pub fn api(&self, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+        request(self.http, method, path, body, Some(&self.bearer()))
+    }
+
+    /// `Bearer …` with the admin's API token, made on first use.
+    pub fn bearer(&self) -> String {
         let token = self.token.get_or_init(|| {
             let (status, text) = http(
                 self.http,
@@ -199,13 +211,7 @@ impl Pbx {
                 .unwrap()
                 .to_owned()
         });
-        request(
-            self.http,
-            method,
-            path,
-            body,
-            Some(&format!("Bearer {token}")),
-        )
+        format!("Bearer {token}")
     }
 
     /// Creates a user with a known password in the draft.
