@@ -135,7 +135,7 @@ pub enum EngineEvent {
 }
 
 /// What [`Engine::security_stats`] counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SecurityStats {
     pub auth: auth::AuthStats,
     pub codes: crate::room::CodeStats,
@@ -408,6 +408,12 @@ impl Engine {
 
     fn unix(&self, now: Instant) -> u64 {
         self.start_unix + now.saturating_duration_since(self.start).as_secs()
+    }
+
+    /// The production revision calls are routed by.
+    #[must_use]
+    pub fn config_revision(&self) -> i64 {
+        self.config.revision
     }
 
     /// Publishes a new production revision. Calls in progress keep going; registrations of

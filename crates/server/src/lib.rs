@@ -310,6 +310,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         full_batches: 0,
         backlogged: false,
         backlog_warned_at: None,
+        published_security: confero_pbx::engine::SecurityStats::default(),
         conns: conns.clone(),
         input: input_rx,
     };

@@ -135,6 +135,7 @@ struct Published {
     trunks: Vec<(i64, Value)>,
     code_guessing: Vec<Value>,
     security: Option<confero_pbx::engine::SecurityStats>,
+    engine_revision: i64,
     transactions: usize,
     calls_in_memory: usize,
     rtp_ports: usize,
@@ -278,6 +279,7 @@ impl LiveState {
             trunks,
             code_guessing,
             security: Some(engine.security_stats()),
+            engine_revision: engine.config_revision(),
             transactions: engine.transaction_count(),
             calls_in_memory: engine.call_count(),
             rtp_ports: engine.rtp_ports_in_use(),
@@ -407,6 +409,12 @@ impl LiveView for LiveState {
     fn metrics(&self) -> String {
         let p = self.inner.read().unwrap_or_else(|e| e.into_inner());
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP confero_engine_config_revision The production revision calls are routed by."
+        );
+        let _ = writeln!(out, "# TYPE confero_engine_config_revision gauge");
+        let _ = writeln!(out, "confero_engine_config_revision {}", p.engine_revision);
         let _ = writeln!(out, "# TYPE confero_registrations gauge");
         let _ = writeln!(out, "confero_registrations {}", p.registrations.len());
         let _ = writeln!(out, "# TYPE confero_calls gauge");

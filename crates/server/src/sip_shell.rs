@@ -364,6 +364,8 @@ pub(crate) struct SipShell {
     pub(crate) full_batches: u32,
     pub(crate) backlogged: bool,
     pub(crate) backlog_warned_at: Option<Instant>,
+    /// The attack counters as last published.
+    pub(crate) published_security: confero_pbx::engine::SecurityStats,
     /// Stream connections (TCP, TLS, WebSocket) and the queue their tasks feed.
     pub(crate) conns: ConnTable,
     pub(crate) input: mpsc::Receiver<Input>,
@@ -482,6 +484,8 @@ impl SipShell {
                     let snap = self.production.borrow_and_update().clone();
                     tracing::info!(revision = snap.revision, "engine picked up a new production revision");
                     self.engine.set_config(Instant::now(), snap);
+                    // Tell readers at once which revision calls now follow.
+                    self.publish_live();
                     self.learn_tls_names(&conns);
                 },
                 _ = self.shutdown.changed() => {
@@ -593,6 +597,12 @@ impl SipShell {
                 }
                 _ => {}
             }
+        }
+        // Attack counters change without engine events (a refused guess, a replay).
+        let security = self.engine.security_stats();
+        if security != self.published_security {
+            self.published_security = security;
+            self.live_dirty = true;
         }
         if self.live_dirty && Instant::now() >= self.next_publish_at() {
             self.publish_live();

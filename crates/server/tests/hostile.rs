@@ -62,6 +62,19 @@ fn caller_with_media_at(pbx: &Pbx, dir: &Path, room: &str, media: SocketAddr) ->
     )
 }
 
+/// The registrations as JSON text, once they mention `needle` (the live view is published
+/// at most every 100 ms), or after 3 s.
+fn registrations_with(pbx: &Pbx, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, list) = pbx.api("GET", "/api/v1/registrations", None);
+        if list.contains(needle) || Instant::now() > deadline {
+            return list;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// What one socket received: packets and their decoded PCMU.
 #[derive(Default)]
 struct Heard {
@@ -330,11 +343,11 @@ fn svcrack_does_not_find_a_sip_password() {
         (1.0..=10.0).contains(&checked),
         "{checked} guesses checked\n{text}"
     );
-    let registered = pbx
-        .api("GET", "/api/v1/registrations", None)
-        .1
-        .contains(&format!("127.0.0.1:{phone_port}"));
-    assert!(registered, "Bob's phone is still registered");
+    let list = registrations_with(&pbx, &format!("127.0.0.1:{phone_port}"));
+    assert!(
+        list.contains(&format!("127.0.0.1:{phone_port}")),
+        "Bob's phone: {list}"
+    );
 }
 
 /// One spoofed INVITE (its sender never ACKs) gets one challenge of about its own size,
@@ -529,11 +542,11 @@ fn a_register_flood_is_answered_and_leaves_phones_and_memory_alone() {
         after <= before + before / 5 + 2048,
         "{after} KiB after, {before} before"
     );
-    let registered = pbx
-        .api("GET", "/api/v1/registrations", None)
-        .1
-        .contains(&format!("127.0.0.1:{phone_port}"));
-    assert!(registered);
+    let list = registrations_with(&pbx, &format!("127.0.0.1:{phone_port}"));
+    assert!(
+        list.contains(&format!("127.0.0.1:{phone_port}")),
+        "Bob's phone: {list}"
+    );
 }
 
 /// Opens a TCP connection from `ip` to `to`, or `None` if the connect fails.
@@ -782,4 +795,104 @@ fn kill_9_during_apply_leaves_the_old_or_the_new_revision() {
         dir = pbx.kill_9();
         let _ = applying.join();
     }
+}
+
+/// One REGISTER exchange on `sock`: sends `text`, returns the response's text.
+fn sip_exchange(sock: &UdpSocket, to: SocketAddr, text: &str) -> String {
+    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    sock.send_to(text.as_bytes(), to).unwrap();
+    let mut buf = [0u8; 4096];
+    let (n, _) = sock.recv_from(&mut buf).expect("an answer");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+fn register_request(
+    from: SocketAddr,
+    to: SocketAddr,
+    branch: &str,
+    cseq: u32,
+    auth: &str,
+) -> String {
+    format!(
+        "REGISTER sip:{to} SIP/2.0\r\nVia: SIP/2.0/UDP {from};branch={branch};rport\r\n\
+         From: <sip:bob@{ip}>;tag=r\r\nTo: <sip:bob@{ip}>\r\nCall-ID: replay-{port}\r\n\
+         CSeq: {cseq} REGISTER\r\nContact: <sip:bob@{from}>\r\nExpires: 600\r\n{auth}\
+         Content-Length: 0\r\n\r\n",
+        ip = to.ip(),
+        port = from.port()
+    )
+}
+
+/// A REGISTER captured on the wire and replayed — from the attacker's own address with the
+/// attacker's contact, and as it was from the phone's — binds nothing: the nonce belongs to
+/// the phone's address and its count was spent. Only the phone's contact stays registered.
+#[test]
+fn a_captured_register_replayed_binds_nothing() {
+    let pbx = pbx_with_open_room();
+    let phone = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let from = phone.local_addr().unwrap();
+    // As a phone does: answer the challenge, and start again if refused (the engine may
+    // not have the new user yet right after the Apply).
+    let uri = format!("sip:{}", pbx.sip);
+    let mut captured = String::new();
+    for attempt in 0..10u32 {
+        let branch = format!("z9hG4bKc{attempt}");
+        let first = register_request(from, pbx.sip, &branch, 2 * attempt + 1, "");
+        let challenge = sip_exchange(&phone, pbx.sip, &first);
+        assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
+        let md5 = challenge
+            .lines()
+            .find_map(|l| l.strip_prefix("WWW-Authenticate: "))
+            .expect("a challenge");
+        let auth = confero_sip::digest::answer_challenge(
+            md5,
+            "REGISTER",
+            &uri,
+            "bob",
+            "bob-secret",
+            1,
+            "c",
+        )
+        .unwrap();
+        let header = format!("Authorization: {auth}\r\n");
+        captured = register_request(from, pbx.sip, "z9hG4bKc2x", 2 * attempt + 2, &header);
+        if sip_exchange(&phone, pbx.sip, &captured).starts_with("SIP/2.0 200") {
+            break;
+        }
+        captured.clear();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!captured.is_empty(), "the phone could not register");
+
+    // The attacker, at another address, with their own contact and a new branch.
+    let attacker = UdpSocket::bind("127.0.0.66:0").unwrap();
+    let theirs = attacker.local_addr().unwrap();
+    let stolen = captured.replace("z9hG4bKc2", "z9hG4bKx1").replace(
+        &format!("Contact: <sip:bob@{from}>"),
+        &format!("Contact: <sip:bob@{theirs}>"),
+    );
+    let answer = sip_exchange(&attacker, pbx.sip, &stolen);
+    assert!(answer.starts_with("SIP/2.0 401"), "{answer}");
+    // As it was, from the phone's address (a new transaction): the count is spent.
+    let again = captured.replace("z9hG4bKc2x", "z9hG4bKx2");
+    let answer = sip_exchange(&phone, pbx.sip, &again);
+    assert!(
+        answer.starts_with("SIP/2.0 401") && answer.contains("stale=true"),
+        "{answer}"
+    );
+    let list = registrations_with(&pbx, &from.to_string());
+    assert!(list.contains(&from.to_string()), "{list}");
+    assert!(
+        !list.contains("127.0.0.66"),
+        "the attacker's contact was bound: {list}"
+    );
+    assert_eq!(
+        wait_for_metric(
+            &pbx,
+            "confero_sip_auth_replays_total",
+            1.0,
+            Duration::from_secs(2)
+        ),
+        1.0
+    );
 }

@@ -226,9 +226,23 @@ impl Pbx {
         assert_eq!(status, 201, "create user: {body}");
     }
 
+    /// Applies the draft and waits until the engine routes calls by the new revision.
     pub fn apply(&self) {
         let (status, body) = self.api("POST", "/api/v1/changes/apply", Some("{}"));
         assert_eq!(status, 200, "apply: {body}");
+        let revision = serde_json::from_str::<serde_json::Value>(&body).unwrap()["revision"]
+            .as_f64()
+            .unwrap();
+        let seen = wait_for_metric(
+            self,
+            "confero_engine_config_revision",
+            revision,
+            Duration::from_secs(5),
+        );
+        assert!(
+            seen >= revision,
+            "the engine did not pick up revision {revision}"
+        );
     }
 }
 
