@@ -27,6 +27,18 @@ impl<'a> Peek<'a> {
     pub fn of(data: &'a [u8]) -> Option<Peek<'a>> {
         let end = find(data, b"\r\n\r\n")?;
         let head = &data[..end + 2];
+        // Only plain header blocks: every line ends in CRLF and no control character is
+        // in it. Anything else (a bare LF the parser may take for the end of the headers,
+        // a NUL) is left to the parser, which knows what it accepts.
+        let plain = head.iter().enumerate().all(|(i, &b)| match b {
+            b'\n' => i > 0 && head[i - 1] == b'\r',
+            b'\r' => head.get(i + 1) == Some(&b'\n'),
+            b'\t' => true,
+            b => b >= 0x20 && b != 0x7f,
+        });
+        if !plain {
+            return None;
+        }
         let first_end = find(head, b"\r\n")?;
         let first = std::str::from_utf8(&head[..first_end]).ok()?;
         let mut parts = first.split(' ');
@@ -177,8 +189,11 @@ mod tests {
                 "To: <sip:a@b>\r\nTo: <sip:c@d>\r\n",
             ),
             INVITE.replace("\r\n\r\n", "\r\n"),
-            // Found by the fuzzer: a folded To header, which line-by-line copying would cut.
+            // Found by the fuzzer: a folded To header, which line-by-line copying would cut,
+            // and a bare LF that the parser reads as the end of the headers.
             INVITE.replace("To: <sip:800@pbx>", "To:\"\r\n <sip:800@pbx>"),
+            INVITE.replace("Call-ID: c1\r\n", "Call-ID: c1\r\n\nFrom: <sip:b@x>;tag=2\r\n"),
+            INVITE.replace("Call-ID: c1", "Call-ID: c\u{0}1"),
             "invite sip:x SIP/2.0\r\nTo: <sip:x>\r\n\r\n".to_owned(),
             String::new(),
         ] {
