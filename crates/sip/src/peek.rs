@@ -192,7 +192,10 @@ mod tests {
             // Found by the fuzzer: a folded To header, which line-by-line copying would cut,
             // and a bare LF that the parser reads as the end of the headers.
             INVITE.replace("To: <sip:800@pbx>", "To:\"\r\n <sip:800@pbx>"),
-            INVITE.replace("Call-ID: c1\r\n", "Call-ID: c1\r\n\nFrom: <sip:b@x>;tag=2\r\n"),
+            INVITE.replace(
+                "Call-ID: c1\r\n",
+                "Call-ID: c1\r\n\nFrom: <sip:b@x>;tag=2\r\n",
+            ),
             INVITE.replace("Call-ID: c1", "Call-ID: c\u{0}1"),
             "invite sip:x SIP/2.0\r\nTo: <sip:x>\r\n\r\n".to_owned(),
             String::new(),
