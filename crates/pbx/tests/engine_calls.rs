@@ -423,16 +423,7 @@ fn an_offer_without_a_usable_codec_is_refused_with_488() {
                 .unwrap()
         })
         .unwrap();
-    let answer = digest::answer_challenge(
-        &challenge,
-        "INVITE",
-        "sip:800@127.0.0.1",
-        "alice",
-        "alice-pw",
-        1,
-        "c",
-    )
-    .unwrap();
+    let answer = alice_answers(&challenge, "800");
     let text = invite_text(5001, "800", 2, "z9hG4bKgsm2", Some(&answer))
         .replace("RTP/AVP 0", "RTP/AVP 3")
         .replace("call-1", "call-gsm");

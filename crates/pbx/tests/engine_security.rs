@@ -255,16 +255,7 @@ fn alice_calls_room(h: &mut Harness, n: u32) -> Message {
         "one answer to a stranger: no 100 before the 407"
     );
     let md5 = challenge_of(&out[0].1, Name::PROXY_AUTHENTICATE, "MD5");
-    let auth = digest::answer_challenge(
-        &md5,
-        "INVITE",
-        "sip:800@127.0.0.1",
-        "alice",
-        "alice-pw",
-        1,
-        "c",
-    )
-    .unwrap();
+    let auth = alice_answers(&md5, "800");
     h.send(
         5000,
         &fix(invite_text(5000, "800", 2, "z9hG4bKi2", Some(&auth))),

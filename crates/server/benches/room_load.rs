@@ -50,7 +50,6 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use confero_media::codec::{CodecKind, Decoder, Encoder};
 use confero_media::resample::Downsampler2x;
 use confero_media::rtp::{is_rtcp, parse_rtp, write_rtp, RtpHeader};
@@ -64,8 +63,6 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
 /// First room extension; room r is `ROOM_BASE + r`.
 const ROOM_BASE: usize = 7000;
-/// First user extension; participant i is user `USER_BASE + i`.
-const USER_BASE: usize = 10_000;
 
 const FRAME: Duration = Duration::from_millis(20);
 const FRAME_US: i64 = 20_000;
@@ -129,48 +126,12 @@ impl Knobs {
 
 // ==== the server process ====
 
-fn username(i: usize) -> String {
-    format!("u{i:04}")
-}
-
-fn password(i: usize) -> String {
-    format!("room-bench-{i}")
-}
-
 /// Creates the users and rooms in the draft and applies it; returns the bearer header for
 /// later API calls and the rooms' ids (room r has extension `ROOM_BASE + r`). Basic auth
 /// costs an argon2 verification per request, so one token is made with Basic and used after.
 fn provision(server: &Server, users: usize, rooms: usize) -> (String, Vec<i64>) {
-    let basic = format!(
-        "Basic {}",
-        base64::engine::general_purpose::STANDARD.encode(format!("admin:{ADMIN_PASSWORD}"))
-    );
-    let (status, body) = http(
-        server.http,
-        "POST",
-        "/api/v1/tokens",
-        &basic,
-        r#"{"name":"room-bench"}"#,
-    );
-    assert_eq!(status, 201, "create token: {body}");
-    let token: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
-    let bearer = format!("Bearer {}", token["token"].as_str().expect("token field"));
-    for i in 0..users {
-        let user = serde_json::json!({
-            "name": format!("Bench user {i}"),
-            "extension": (USER_BASE + i).to_string(),
-            "sip_username": username(i),
-            "sip_password": password(i),
-        });
-        let (status, body) = http(
-            server.http,
-            "POST",
-            "/api/v1/users",
-            &bearer,
-            &user.to_string(),
-        );
-        assert_eq!(status, 201, "create user {i}: {body}");
-    }
+    let bearer = bench_token(server, "room-bench");
+    create_users(server, &bearer, users);
     for r in 0..rooms {
         let room = serde_json::json!({
             "name": format!("Bench room {r}"),
@@ -185,8 +146,7 @@ fn provision(server: &Server, users: usize, rooms: usize) -> (String, Vec<i64>) 
         );
         assert_eq!(status, 201, "create room {r}: {body}");
     }
-    let (status, body) = http(server.http, "POST", "/api/v1/changes/apply", &bearer, "{}");
-    assert_eq!(status, 200, "apply: {body}");
+    apply(server, &bearer);
     let (status, body) = http(server.http, "GET", "/api/v1/conferences", &bearer, "");
     assert_eq!(status, 200, "list rooms: {body}");
     let list: serde_json::Value = serde_json::from_str(&body).expect("rooms JSON");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::baresip::*;
-use common::room_caller::{room_callers, Dtmf, Visit};
+use common::room_caller::{room_callers, spawn_bob, visit_scenario, Dtmf, Visit};
 use common::rtp::{pcmu_samples, ToneSender};
 use common::*;
 
@@ -33,33 +33,19 @@ fn pbx_with_open_room() -> Pbx {
 /// A SIPp phone of Bob's dialling `room` whose SDP names `media` as its RTP address (a
 /// socket of the test's), so the test is the phone's media; it stays until the PBX hangs up.
 fn caller_with_media_at(pbx: &Pbx, dir: &Path, room: &str, media: SocketAddr) -> Sipp {
-    let file = scenario(
-        dir,
-        "caller.xml.in",
-        "caller_rejected_by_room.part",
-        &[("WAIT_MS", "0"), ("HOLD_MS", "0"), ("DTMF", "")],
-    );
+    let visit = Visit {
+        room,
+        dtmf: Dtmf::None,
+        wait_ms: 0,
+        hold_ms: 0,
+        rejected: true,
+    };
+    let file = visit_scenario(dir, "hostile-media-caller", visit);
     let text = std::fs::read_to_string(&file)
         .unwrap()
         .replace("[media_port]", &media.port().to_string());
     std::fs::write(&file, text).unwrap();
-    Sipp::spawn(
-        "hostile-media-caller",
-        &file,
-        free_udp_port(),
-        &[
-            "-s",
-            room,
-            "-au",
-            "bob",
-            "-ap",
-            "bob-secret",
-            // SIPp's own media port, unused: the SDP names the test's socket.
-            "-mp",
-            &free_udp_port().to_string(),
-            &pbx.sip.to_string(),
-        ],
-    )
+    spawn_bob(pbx, "hostile-media-caller", &file, room, 1)
 }
 
 /// The registrations as JSON text, once they mention `needle` (the live view is published

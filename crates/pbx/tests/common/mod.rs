@@ -283,8 +283,18 @@ pub fn dial_offering(h: &mut Harness, dial: &str, sdp: &str) -> Vec<(u16, Messag
         })
         .expect("407");
     h.send(5000, "ACK sip:x@127.0.0.1 SIP/2.0\nVia: SIP/2.0/UDP 127.0.0.1:5000;branch=z9hG4bKi1\nFrom: <sip:alice@127.0.0.1>;tag=caller\nTo: <sip:x@127.0.0.1>;tag=x\nCall-ID: call-1\nCSeq: 1 ACK\nContent-Length: 0\n\n");
-    let answer = digest::answer_challenge(
-        &challenge,
+    let answer = alice_answers(&challenge, dial);
+    h.send(
+        5000,
+        &invite_text_with(5000, dial, 2, "z9hG4bKi2", Some(&answer), sdp),
+    );
+    h.out()
+}
+
+/// Alice's `Proxy-Authorization` for an INVITE to `dial`, answering `challenge`.
+pub fn alice_answers(challenge: &str, dial: &str) -> String {
+    digest::answer_challenge(
+        challenge,
         "INVITE",
         &format!("sip:{dial}@127.0.0.1"),
         "alice",
@@ -292,12 +302,7 @@ pub fn dial_offering(h: &mut Harness, dial: &str, sdp: &str) -> Vec<(u16, Messag
         1,
         "c",
     )
-    .unwrap();
-    h.send(
-        5000,
-        &invite_text_with(5000, dial, 2, "z9hG4bKi2", Some(&answer), sdp),
-    );
-    h.out()
+    .unwrap()
 }
 
 pub fn requests_to(

@@ -138,9 +138,9 @@ pub(crate) fn password(i: usize) -> String {
     format!("bench-secret-{i}")
 }
 
-/// Creates the users in the draft and applies it. Basic auth costs an argon2 verification
-/// per request, so one token is made with Basic and the users are created with it.
-pub(crate) fn provision(server: &Server, users: usize) {
+/// A `Bearer …` header for a new API token. Basic auth costs an argon2 verification per
+/// request, so the token is made with Basic once and used for everything after.
+pub(crate) fn bench_token(server: &Server, name: &str) -> String {
     let basic = format!(
         "Basic {}",
         base64::Engine::encode(
@@ -153,15 +153,23 @@ pub(crate) fn provision(server: &Server, users: usize) {
         "POST",
         "/api/v1/tokens",
         &basic,
-        r#"{"name":"register-bench"}"#,
+        &serde_json::json!({ "name": name }).to_string(),
     );
     assert_eq!(status, 201, "create token: {body}");
     let token: serde_json::Value = serde_json::from_str(&body).expect("token JSON");
-    let bearer = format!("Bearer {}", token["token"].as_str().expect("token field"));
+    format!("Bearer {}", token["token"].as_str().expect("token field"))
+}
+
+/// First user extension; bench user i is extension `USER_BASE + i`.
+pub(crate) const USER_BASE: usize = 10_000;
+
+/// Creates users 0..`users` in the draft: extension `USER_BASE + i`, [`username`] and
+/// [`password`].
+pub(crate) fn create_users(server: &Server, bearer: &str, users: usize) {
     for i in 0..users {
         let user = serde_json::json!({
             "name": format!("Bench user {i}"),
-            "extension": (10_000 + i).to_string(),
+            "extension": (USER_BASE + i).to_string(),
             "sip_username": username(i),
             "sip_password": password(i),
         });
@@ -169,13 +177,24 @@ pub(crate) fn provision(server: &Server, users: usize) {
             server.http,
             "POST",
             "/api/v1/users",
-            &bearer,
+            bearer,
             &user.to_string(),
         );
         assert_eq!(status, 201, "create user {i}: {body}");
     }
-    let (status, body) = http(server.http, "POST", "/api/v1/changes/apply", &bearer, "{}");
+}
+
+/// Puts the draft in production.
+pub(crate) fn apply(server: &Server, bearer: &str) {
+    let (status, body) = http(server.http, "POST", "/api/v1/changes/apply", bearer, "{}");
     assert_eq!(status, 200, "apply: {body}");
+}
+
+/// Creates the users and applies them.
+pub(crate) fn provision(server: &Server, users: usize) {
+    let bearer = bench_token(server, "bench");
+    create_users(server, &bearer, users);
+    apply(server, &bearer);
 }
 
 /// One HTTP/1.1 request (`Connection: close`); returns (status, body).

@@ -1,7 +1,7 @@
 //! SIPp callers of Bob's that dial a room, key an access code (SIP INFO, RFC 4733 or
 //! in-band tones) and stay or get hung up on.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{free_udp_port, scenario, scenario_dir, Pbx, Sipp};
 
@@ -64,12 +64,19 @@ pub fn room_caller(pbx: &Pbx, dir: &Path, name: &str, visit: Visit<'_>) -> Sipp 
 
 /// `calls` SIPp calls of Bob's at once, each making `visit`.
 pub fn room_callers(pbx: &Pbx, dir: &Path, name: &str, visit: Visit<'_>, calls: u32) -> Sipp {
+    let room = visit.room;
+    let file = visit_scenario(dir, name, visit);
+    spawn_bob(pbx, name, &file, room, calls)
+}
+
+/// The scenario file of `visit`, named after `name`.
+pub fn visit_scenario(dir: &Path, name: &str, visit: Visit<'_>) -> PathBuf {
     let Visit {
-        room,
         dtmf,
         wait_ms,
         hold_ms,
         rejected,
+        ..
     } = visit;
     let part = if rejected {
         "caller_rejected_by_room.part"
@@ -88,11 +95,16 @@ pub fn room_callers(pbx: &Pbx, dir: &Path, name: &str, visit: Visit<'_>, calls: 
     );
     let renamed = dir.join(format!("{name}.xml"));
     std::fs::rename(&file, &renamed).unwrap();
+    renamed
+}
+
+/// SIPp running `file` as Bob, `calls` calls at once to `room`.
+pub fn spawn_bob(pbx: &Pbx, name: &str, file: &Path, room: &str, calls: u32) -> Sipp {
     let media_port = free_udp_port();
     let calls = calls.to_string();
     Sipp::spawn(
         name,
-        &renamed,
+        file,
         free_udp_port(),
         &[
             "-m",
