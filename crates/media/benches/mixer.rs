@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use confero_media::codec::CodecKind;
 use confero_media::mixer::{Mixer, PartId};
 
-/// DESIGN.md: server CPU per G.711 participant-frame in a large room, first target.
+/// The project's first target for server CPU per G.711 participant-frame in a large room.
 const TARGET_US: f64 = 10.0;
 const WARM_UP_TICKS: usize = 50;
 const RUN_TIME: Duration = Duration::from_secs(1);
@@ -190,7 +190,7 @@ fn main() {
 
     println!(
         "mixer: put_frame + tick + output per 20 ms tick; target {TARGET_US} µs per \
-         participant-frame for the whole server (DESIGN.md)"
+         participant-frame for the whole server"
     );
     println!(
         "{:<24} {:>6} {:>8} {:>12} {:>12} {:>10} {:>12} {:>9} {:>8}",

@@ -165,7 +165,7 @@ impl ServeArgs {
         }
     }
 
-    /// Merges the config file (if any) and applies the defaults of DESIGN.md.
+    /// Merges the config file (if any) and applies the defaults (README's Configuration table).
     pub(crate) fn resolve(self) -> Result<Settings, SettingsError> {
         let args = match self.config.clone() {
             Some(path) => {
