@@ -62,7 +62,7 @@ pub enum Outcome {
     /// spent, so it retries without asking anyone for the password.
     Challenge { nonce: String, stale: bool },
     /// Too many wrong passwords: refuse without looking at the credentials.
-    Refused { retry_after: Duration },
+    Refused,
 }
 
 /// Digest authentication state of one engine; see the module documentation.
@@ -72,8 +72,6 @@ pub struct Authenticator {
     nonces: NonceSource,
     counts: NonceCounts,
     guard: Guard<IpAddr, String>,
-    start: Instant,
-    start_unix: u64,
     stats: AuthStats,
 }
 
@@ -90,7 +88,7 @@ pub struct AuthStats {
 
 impl Authenticator {
     /// `now` and `now_unix` name the same moment; nonces issued before it (by an earlier
-    /// run sharing the secret) are stale.
+    /// run sharing the secret) are stale. Later calls pass the Unix time of their instant.
     #[must_use]
     pub fn new(
         realm: String,
@@ -104,36 +102,29 @@ impl Authenticator {
             nonces: NonceSource::new(secret, lifetime),
             counts: NonceCounts::new(now_unix, lifetime, MAX_NONCES),
             guard: Guard::new(SIP_PASSWORD_POLICY, now),
-            start: now,
-            start_unix: now_unix,
             stats: AuthStats::default(),
         }
     }
 
-    fn unix(&self, now: Instant) -> u64 {
-        self.start_unix + now.saturating_duration_since(self.start).as_secs()
-    }
-
     /// Authenticates `req` from `from` by its `Authorization` (or `Proxy-Authorization`
-    /// when `proxy`), looking passwords up by SIP username with `password_of`.
+    /// when `proxy`), looking passwords up by SIP username with `password_of`; `unix` is
+    /// `now` in Unix seconds.
     pub fn authenticate<'p>(
         &mut self,
         now: Instant,
+        unix: u64,
         req: &Request,
         from: SocketAddr,
         proxy: bool,
         password_of: impl Fn(&str) -> Option<&'p str>,
     ) -> Outcome {
-        let unix = self.unix(now);
         let mut stale = false;
         if let Some(creds) = digest::credentials_from(req, proxy) {
             let username: String = creds.username.chars().take(MAX_USERNAME).collect();
             let verdict = self.guard.check(now, &from.ip(), &username);
             if verdict != Verdict::Go {
                 self.stats.refused += 1;
-                return Outcome::Refused {
-                    retry_after: verdict.retry_after(),
-                };
+                return Outcome::Refused;
             }
             match self.nonces.check(&creds.nonce, unix, from) {
                 NonceStatus::Valid if creds.realm == self.realm => {
@@ -181,11 +172,5 @@ impl Authenticator {
     #[must_use]
     pub fn stats(&self) -> AuthStats {
         self.stats
-    }
-
-    /// Nonces whose counts are remembered (memory).
-    #[must_use]
-    pub fn remembered_nonces(&self) -> usize {
-        self.counts.len()
     }
 }

@@ -71,6 +71,19 @@ const USER_AGENT: &str = "Confero";
 /// ([`confero_sip::transaction::MAX_KEPT_SERVER_TRANSACTIONS`]), so refusing starts first.
 const MAX_TRANSACTIONS: usize = 40_000;
 
+/// A final response to `req` with a To tag of ours and `reason`.
+fn final_response(req: &Request, code: u16, reason: &str) -> Response {
+    let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
+    resp.reason = Some(reason.to_owned());
+    resp
+}
+
+/// Seconds a client refused for overload should wait: spread over 5–20 s so that the
+/// refused do not all come back at once.
+fn overload_retry_after() -> u8 {
+    5 + rand::random::<u8>() % 16
+}
+
 /// Static settings of the engine (from the command line).
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -702,8 +715,7 @@ impl Engine {
     // ----- requests ------------------------------------------------------------------------
 
     fn respond(&mut self, now: Instant, tx: ServerTxId, req: &Request, code: u16, reason: &str) {
-        let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
-        resp.reason = Some(reason.to_owned());
+        let resp = final_response(req, code, reason);
         self.send_response(now, tx, resp);
     }
 
@@ -717,8 +729,7 @@ impl Engine {
         (code, reason): (u16, &str),
         detail: &str,
     ) {
-        let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
-        resp.reason = Some(reason.to_owned());
+        let mut resp = final_response(req, code, reason);
         let text: String = detail
             .chars()
             .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
@@ -800,7 +811,7 @@ impl Engine {
         self.overload_refusals += 1;
         let extra = format!(
             "Retry-After: {}\r\nServer: {USER_AGENT}\r\n",
-            5 + rand::random::<u8>() % 16
+            overload_retry_after()
         );
         let bytes = peek.refusal(503, "Service Unavailable", &message::random_tag(), &extra);
         self.transmits.push_back(Transmit {
@@ -815,12 +826,9 @@ impl Engine {
     /// [`Engine::shed_raw`] could not judge from the raw bytes.
     fn shed(&mut self, tx: ServerTxId, req: &Request) {
         self.overload_refusals += 1;
-        let mut resp = response_for(req, StatusCode::from(503), Some(&message::random_tag()));
-        resp.reason = Some("Service Unavailable".into());
-        resp.headers.insert(
-            Name::RETRY_AFTER,
-            (5 + rand::random::<u8>() % 16).to_string(),
-        );
+        let mut resp = final_response(req, 503, "Service Unavailable");
+        resp.headers
+            .insert(Name::RETRY_AFTER, overload_retry_after().to_string());
         self.send_final_and_forget(tx, resp);
     }
 
@@ -872,19 +880,20 @@ impl Engine {
         proxy: bool,
     ) -> Option<User> {
         let cfg = self.config.clone();
-        let outcome = self.auth.authenticate(now, req, from.addr, proxy, |name| {
-            cfg.config
-                .user_by_sip_username(name)
-                .map(|u| u.sip_password.as_str())
-        });
+        let unix = self.unix(now);
+        let outcome = self
+            .auth
+            .authenticate(now, unix, req, from.addr, proxy, |name| {
+                cfg.config
+                    .user_by_sip_username(name)
+                    .map(|u| u.sip_password.as_str())
+            });
         let (nonce, stale) = match outcome {
             auth::Outcome::Authenticated(name) => {
                 return cfg.config.user_by_sip_username(&name).cloned();
             }
-            auth::Outcome::Refused { .. } => {
-                let mut resp =
-                    response_for(req, StatusCode::from(403), Some(&message::random_tag()));
-                resp.reason = Some("Too Many Failed Attempts".to_owned());
+            auth::Outcome::Refused => {
+                let resp = final_response(req, 403, "Too Many Failed Attempts");
                 self.send_final_and_forget(tx, resp);
                 return None;
             }
@@ -899,8 +908,7 @@ impl Engine {
         } else {
             (401, "Unauthorized", Name::WWW_AUTHENTICATE)
         };
-        let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
-        resp.reason = Some(reason.to_owned());
+        let mut resp = final_response(req, code, reason);
         for challenge in self
             .auth
             .challenges(&nonce, stale, &self.settings.digest_algorithms)
@@ -1004,8 +1012,7 @@ impl Engine {
         // Strangers get one answer and no 100 before it: a spoofed INVITE must not make
         // the PBX send a victim more than it received.
         if !self.serves_domain(&headers::uri_host(&req.uri)) {
-            let mut resp = response_for(&req, StatusCode::from(404), Some(&message::random_tag()));
-            resp.reason = Some("Domain Not Served".into());
+            let resp = final_response(&req, 404, "Domain Not Served");
             return self.send_final_and_forget(tx, resp);
         }
         let Some(caller) = self.authenticate(now, tx, &req, from, true) else {
