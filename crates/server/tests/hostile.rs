@@ -601,11 +601,7 @@ fn idle_connections_are_capped_cheap_and_closed() {
     let http_hogs: Vec<_> = (0..70)
         .filter_map(|_| tcp_from([127, 0, 4, 2], pbx.http))
         .collect();
-    let req = format!("ws://{}/ws", pbx.http);
-    let mut req = tungstenite::client::IntoClientRequest::into_client_request(req).unwrap();
-    req.headers_mut()
-        .insert("Sec-WebSocket-Protocol", "sip".parse().unwrap());
-    let (ws, _) = tungstenite::connect(req).expect("a browser still connects");
+    let ws = ws_connect(&pbx, Some("sip")).expect("a browser still connects");
     drop(ws);
     assert!(
         metric(&pbx, "confero_stream_connections_refused_total") >= 136.0,
@@ -783,15 +779,6 @@ fn kill_9_during_apply_leaves_the_old_or_the_new_revision() {
     }
 }
 
-/// One REGISTER exchange on `sock`: sends `text`, returns the response's text.
-fn sip_exchange(sock: &UdpSocket, to: SocketAddr, text: &str) -> String {
-    sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    sock.send_to(text.as_bytes(), to).unwrap();
-    let mut buf = [0u8; 4096];
-    let (n, _) = sock.recv_from(&mut buf).expect("an answer");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
 fn register_request(
     from: SocketAddr,
     to: SocketAddr,
@@ -824,7 +811,8 @@ fn a_captured_register_replayed_binds_nothing() {
     for attempt in 0..10u32 {
         let branch = format!("z9hG4bKc{attempt}");
         let first = register_request(from, pbx.sip, &branch, 2 * attempt + 1, "");
-        let challenge = sip_exchange(&phone, pbx.sip, &first);
+        let challenge = udp_exchange(&phone, pbx.sip, first.as_bytes(), Duration::from_secs(3))
+            .expect("an answer");
         assert!(challenge.starts_with("SIP/2.0 401"), "{challenge}");
         let md5 = challenge
             .lines()
@@ -842,7 +830,10 @@ fn a_captured_register_replayed_binds_nothing() {
         .unwrap();
         let header = format!("Authorization: {auth}\r\n");
         captured = register_request(from, pbx.sip, "z9hG4bKc2x", 2 * attempt + 2, &header);
-        if sip_exchange(&phone, pbx.sip, &captured).starts_with("SIP/2.0 200") {
+        if udp_exchange(&phone, pbx.sip, captured.as_bytes(), Duration::from_secs(3))
+            .expect("an answer")
+            .starts_with("SIP/2.0 200")
+        {
             break;
         }
         captured.clear();
@@ -857,11 +848,18 @@ fn a_captured_register_replayed_binds_nothing() {
         &format!("Contact: <sip:bob@{from}>"),
         &format!("Contact: <sip:bob@{theirs}>"),
     );
-    let answer = sip_exchange(&attacker, pbx.sip, &stolen);
+    let answer = udp_exchange(
+        &attacker,
+        pbx.sip,
+        stolen.as_bytes(),
+        Duration::from_secs(3),
+    )
+    .expect("an answer");
     assert!(answer.starts_with("SIP/2.0 401"), "{answer}");
     // As it was, from the phone's address (a new transaction): the count is spent.
     let again = captured.replace("z9hG4bKc2x", "z9hG4bKx2");
-    let answer = sip_exchange(&phone, pbx.sip, &again);
+    let answer =
+        udp_exchange(&phone, pbx.sip, again.as_bytes(), Duration::from_secs(3)).expect("an answer");
     assert!(
         answer.starts_with("SIP/2.0 401") && answer.contains("stale=true"),
         "{answer}"

@@ -114,21 +114,6 @@ fn options_ping_over_udp_and_tcp() {
     .expect_success();
 }
 
-/// Sends raw bytes and returns the first answer, if any, within `wait`.
-fn udp_exchange(
-    sock: &UdpSocket,
-    to: std::net::SocketAddr,
-    data: &[u8],
-    wait: Duration,
-) -> Option<String> {
-    sock.send_to(data, to).unwrap();
-    sock.set_read_timeout(Some(wait)).unwrap();
-    let mut buf = [0u8; 65536];
-    sock.recv_from(&mut buf)
-        .ok()
-        .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).to_string())
-}
-
 fn register_request(port: u16, branch: &str) -> String {
     format!(
         "REGISTER sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:{port};branch={branch};rport\r\nFrom: <sip:alice@127.0.0.1>;tag=abc\r\nTo: <sip:alice@127.0.0.1>\r\nCall-ID: retrans-{branch}\r\nCSeq: 1 REGISTER\r\nContact: <sip:alice@127.0.0.1:{port}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"

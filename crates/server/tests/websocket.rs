@@ -5,45 +5,15 @@
 
 mod common;
 
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::*;
 use confero_sip::digest;
 use confero_sip::message::{Message, Request, Response};
 use confero_sip::Name;
-use tungstenite::client::IntoClientRequest;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::WebSocket;
-
-type Socket = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn connect(pbx: &Pbx, protocol: Option<&str>) -> Result<Socket, tungstenite::Error> {
-    let mut req = format!("ws://{}/ws", pbx.http)
-        .into_client_request()
-        .unwrap();
-    if let Some(p) = protocol {
-        req.headers_mut()
-            .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
-    }
-    let (mut ws, resp) = tungstenite::connect(req)?;
-    if protocol.is_some() {
-        assert_eq!(
-            resp.headers()
-                .get("Sec-WebSocket-Protocol")
-                .and_then(|v| v.to_str().ok()),
-            Some("sip")
-        );
-    }
-    if let MaybeTlsStream::Plain(s) = ws.get_mut() {
-        s.set_read_timeout(Some(Duration::from_millis(200)))
-            .unwrap();
-    }
-    Ok(ws)
-}
 
 /// The next SIP message on the socket within `within`, skipping pings and CRLFs.
-fn next_message(ws: &mut Socket, within: Duration) -> Option<Message> {
+fn next_message(ws: &mut WsSocket, within: Duration) -> Option<Message> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {
         match ws.read() {
@@ -65,7 +35,7 @@ fn next_message(ws: &mut Socket, within: Duration) -> Option<Message> {
     None
 }
 
-fn response(ws: &mut Socket) -> Response {
+fn response(ws: &mut WsSocket) -> Response {
     loop {
         match next_message(ws, Duration::from_secs(5)) {
             Some(Message::Response(r)) if r.code.into_u16() >= 200 => return r,
@@ -75,7 +45,7 @@ fn response(ws: &mut Socket) -> Response {
     }
 }
 
-fn send(ws: &mut Socket, text: &str) {
+fn send(ws: &mut WsSocket, text: &str) {
     ws.send(tungstenite::Message::Text(
         text.replace('\n', "\r\n").into(),
     ))
@@ -106,7 +76,7 @@ User-Agent: SIP.js/0.20.1
     )
 }
 
-fn register(ws: &mut Socket) -> Response {
+fn register(ws: &mut WsSocket) -> Response {
     send(ws, &register_text(1, None));
     let challenge = response(ws);
     assert_eq!(challenge.code.into_u16(), 401);
@@ -157,7 +127,7 @@ fn pbx() -> Pbx {
 #[test]
 fn odoo_style_registration_over_websocket_is_echoed_and_ends_with_the_socket() {
     let pbx = pbx();
-    let mut ws = connect(&pbx, Some("sip")).unwrap();
+    let mut ws = ws_connect(&pbx, Some("sip")).unwrap();
     let ok = register(&mut ws);
     assert_eq!(ok.code.into_u16(), 200);
     let contact = ok
@@ -203,7 +173,7 @@ fn odoo_style_registration_over_websocket_is_echoed_and_ends_with_the_socket() {
 #[test]
 fn a_call_to_a_browser_user_travels_down_its_socket() {
     let pbx = pbx();
-    let mut ws = connect(&pbx, Some("sip")).unwrap();
+    let mut ws = ws_connect(&pbx, Some("sip")).unwrap();
     assert_eq!(register(&mut ws).code.into_u16(), 200);
     registrations_become(&pbx, 1);
     if !sipp_available() {
@@ -269,7 +239,7 @@ fn a_call_to_a_browser_user_travels_down_its_socket() {
 #[test]
 fn a_websocket_without_the_sip_subprotocol_is_refused() {
     let pbx = pbx();
-    match connect(&pbx, None) {
+    match ws_connect(&pbx, None) {
         Err(tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 400),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a WebSocket without the sip subprotocol was accepted"),
@@ -277,7 +247,7 @@ fn a_websocket_without_the_sip_subprotocol_is_refused() {
 }
 
 /// An INVITE from Bob's browser to `dial` offering `sdp` (with `ctype`), authenticated.
-fn browser_invite(ws: &mut Socket, dial: &str, call: &str, ctype: &str, sdp: &str) -> Response {
+fn browser_invite(ws: &mut WsSocket, dial: &str, call: &str, ctype: &str, sdp: &str) -> Response {
     let invite = |cseq: u32, auth: Option<&str>| {
         let auth = auth
             .map(|a| format!("Proxy-Authorization: {a}\r\n"))
@@ -356,7 +326,7 @@ fn browser_offers_the_pbx_cannot_take_get_clear_errors_and_leak_nothing() {
     );
     assert_eq!(status, 201, "{text}");
     pbx.apply();
-    let mut ws = connect(&pbx, Some("sip")).unwrap();
+    let mut ws = ws_connect(&pbx, Some("sip")).unwrap();
     assert_eq!(register(&mut ws).code.into_u16(), 200);
     let keep = |l: &str| Some(l.to_owned());
     let cases: Vec<(&str, &str, String)> = vec![

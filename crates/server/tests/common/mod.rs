@@ -464,6 +464,21 @@ impl Drop for Sipp {
     }
 }
 
+/// Sends raw bytes and returns the first answer, if any, within `wait`.
+pub fn udp_exchange(
+    sock: &UdpSocket,
+    to: std::net::SocketAddr,
+    data: &[u8],
+    wait: Duration,
+) -> Option<String> {
+    sock.send_to(data, to).unwrap();
+    sock.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 65536];
+    sock.recv_from(&mut buf)
+        .ok()
+        .map(|(n, _)| String::from_utf8_lossy(&buf[..n]).to_string())
+}
+
 /// Registers `user` with SIPp from `local_port`; Contact names `contact_port`.
 pub fn register(
     pbx: &Pbx,
@@ -497,6 +512,35 @@ pub fn register(
         ],
     )
     .expect_success();
+}
+
+pub type WsSocket = tungstenite::WebSocket<tungstenite::stream::MaybeTlsStream<TcpStream>>;
+
+/// A browser's WebSocket to the PBX's `/ws`, asking for `protocol` (checked when given).
+pub fn ws_connect(pbx: &Pbx, protocol: Option<&str>) -> Result<WsSocket, tungstenite::Error> {
+    let mut req = tungstenite::client::IntoClientRequest::into_client_request(format!(
+        "ws://{}/ws",
+        pbx.http
+    ))
+    .unwrap();
+    if let Some(p) = protocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
+    let (mut ws, resp) = tungstenite::connect(req)?;
+    if protocol.is_some() {
+        assert_eq!(
+            resp.headers()
+                .get("Sec-WebSocket-Protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("sip")
+        );
+    }
+    if let tungstenite::stream::MaybeTlsStream::Plain(s) = ws.get_mut() {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+    }
+    Ok(ws)
 }
 
 // ---- live state through the API -----------------------------------------------------
