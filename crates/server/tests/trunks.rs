@@ -114,19 +114,6 @@ fn configure(spec: &TrunkSpec<'_>) -> (Pbx, i64) {
     (pbx, trunk)
 }
 
-/// Calls `f` every 100 ms until `done` holds for its value or `within` passed; returns the
-/// last value.
-fn poll<T>(within: Duration, mut f: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        let v = f();
-        if done(&v) || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn get_json(pbx: &Pbx, path: &str) -> Value {
     let (status, text) = pbx.api("GET", path, None);
     assert_eq!(status, 200, "GET {path}: {text}");

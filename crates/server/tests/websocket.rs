@@ -397,8 +397,17 @@ fn browser_offers_the_pbx_cannot_take_get_clear_errors_and_leak_nothing() {
         );
     }
     // Nothing half-made remains, and the PBX still takes a good browser offer.
-    assert_eq!(metric(&pbx, "confero_rtp_ports_in_use"), 0.0);
-    assert!(pbx.api("GET", "/api/v1/calls", None).1.contains("[]"));
+    // (The live view is published at most every 100 ms: wait for it, a leak stays 1.)
+    assert_eq!(
+        wait_for_metric(&pbx, "confero_rtp_ports_in_use", 0.0, Duration::from_secs(2)),
+        0.0
+    );
+    let calls = poll(
+        Duration::from_secs(2),
+        || pbx.api("GET", "/api/v1/calls", None).1,
+        |c| c.contains("[]"),
+    );
+    assert!(calls.contains("[]"), "{calls}");
     let good = browser_invite(
         &mut ws,
         "800",

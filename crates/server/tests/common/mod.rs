@@ -553,15 +553,21 @@ pub fn metric(pbx: &Pbx, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
 }
 
-pub fn wait_for_metric(pbx: &Pbx, name: &str, value: f64, within: Duration) -> f64 {
+/// Calls `f` every 100 ms until `done` holds for its value or `within` passed; returns the
+/// last value. The live state is published a little after the engine changes it.
+pub fn poll<T>(within: Duration, mut f: impl FnMut() -> T, done: impl Fn(&T) -> bool) -> T {
     let deadline = Instant::now() + within;
     loop {
-        let v = metric(pbx, name);
-        if v == value || Instant::now() > deadline {
+        let v = f();
+        if done(&v) || Instant::now() > deadline {
             return v;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+pub fn wait_for_metric(pbx: &Pbx, name: &str, value: f64, within: Duration) -> f64 {
+    poll(within, || metric(pbx, name), |v| *v == value)
 }
 
 pub fn conference_id(pbx: &Pbx, extension: &str) -> i64 {
