@@ -42,6 +42,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod bridge;
 pub mod codec;
 pub mod dtmf;
 pub mod jitter;

@@ -260,6 +260,13 @@ pub struct Mixer {
     /// Scratch for one talker's mix-minus, at the mix rate and at 8 kHz.
     minus: Vec<i16>,
     minus_narrow: Vec<i16>,
+    /// This tick's announcement (a join tone…) as handed in, at `announcement_rate`, then
+    /// at the mix rate; empty when none.
+    announcement_in: Vec<i16>,
+    announcement_rate: u32,
+    announcement: Vec<i16>,
+    announcement_up: Upsampler2x,
+    announcement_down: Downsampler2x,
     encodes: usize,
 }
 
@@ -298,6 +305,11 @@ impl Mixer {
             full_downsampler: Downsampler2x::new(),
             minus: Vec::with_capacity(MAX_FRAME),
             minus_narrow: Vec::with_capacity(MAX_FRAME / 2),
+            announcement_in: Vec::with_capacity(MAX_FRAME),
+            announcement_rate: NARROW_RATE,
+            announcement: Vec::with_capacity(MAX_FRAME),
+            announcement_up: Upsampler2x::new(),
+            announcement_down: Downsampler2x::new(),
             encodes: 0,
         }
     }
@@ -338,11 +350,38 @@ impl Mixer {
         part.input_is_zero = false;
     }
 
+    /// Hands in 20 ms of sound at `rate` (8000 or 16000) that everyone in the room hears
+    /// this tick, talkers included, on top of the voices: a join or leave tone. It is not a
+    /// participant: it is never picked or dropped as a talker, and nobody encodes for it.
+    pub fn put_announcement(&mut self, pcm: &[i16], rate: u32) {
+        self.announcement_in.clear();
+        self.announcement_in.extend_from_slice(pcm);
+        self.announcement_rate = rate;
+    }
+
+    /// The announcement brought to the mix rate (known once the tick's changes are in).
+    fn resample_announcement(&mut self) {
+        self.announcement.clear();
+        let pcm = &self.announcement_in;
+        if pcm.is_empty() {
+            return;
+        }
+        if self.announcement_rate == self.rate {
+            self.announcement.extend_from_slice(pcm);
+        } else if self.announcement_rate < self.rate {
+            self.announcement_up.process(pcm, &mut self.announcement);
+        } else {
+            self.announcement_down.process(pcm, &mut self.announcement);
+        }
+        self.announcement_in.clear();
+    }
+
     /// Mixes this tick: applies queued changes, detects voice, sums the talkers, encodes the
     /// shared mix per codec and each talker's mix-minus. Afterwards [`output`](Self::output)
     /// holds every participant's payload.
     pub fn tick(&mut self) {
         self.apply_changes();
+        self.resample_announcement();
         self.encodes = 0;
         self.detect_talkers();
         let rate = self.rate;
@@ -361,6 +400,9 @@ impl Mixer {
             for (acc, &s) in self.sum.iter_mut().zip(pcm) {
                 *acc += i32::from(s);
             }
+        }
+        for (acc, &s) in self.sum.iter_mut().zip(&self.announcement) {
+            *acc += i32::from(s);
         }
         self.full.clear();
         self.full.extend(self.sum.iter().map(|&s| soft_limit(s)));
@@ -620,6 +662,8 @@ mod tests {
         parts: Vec<(PartId, CodecKind, Option<f64>, Decoder)>,
         heard: HashMap<PartId, Vec<i16>>,
         ticks: usize,
+        /// A tone (Hz) handed in as an announcement every tick, at the given codec's rate.
+        announcement: Option<(f64, CodecKind)>,
     }
 
     impl Room {
@@ -637,6 +681,7 @@ mod tests {
                     .collect(),
                 heard: HashMap::new(),
                 ticks: 0,
+                announcement: None,
             }
         }
 
@@ -648,6 +693,10 @@ mod tests {
                         self.mixer
                             .put_frame(id, &sine(freq, AMP, codec, self.ticks));
                     }
+                }
+                if let Some((freq, codec)) = self.announcement {
+                    self.mixer
+                        .put_announcement(&sine(freq, AMP, codec, self.ticks), codec.sample_rate());
                 }
                 self.mixer.tick();
                 for (id, _, _, decoder) in &mut self.parts {
@@ -804,6 +853,35 @@ mod tests {
         }
         // Two mix-minus encodes, the shared mix in PCMA and in G.722.
         assert_eq!(room.mixer.encodes_last_tick(), 4);
+    }
+
+    #[test]
+    fn mixer_announcement_is_heard_by_everyone_and_costs_no_encode() {
+        for (announced_at, room_codec) in [
+            (CodecKind::Pcmu, CodecKind::Pcma),
+            (CodecKind::Pcmu, CodecKind::G722),
+            (CodecKind::G722, CodecKind::Pcmu),
+        ] {
+            let mut room = Room::new(&[
+                (1, CodecKind::Pcmu, Some(440.0)),
+                (2, room_codec, Some(1000.0)),
+                (3, CodecKind::Pcma, None),
+            ]);
+            room.announcement = Some((1750.0, announced_at));
+            room.run(30);
+            for id in [1, 2, 3] {
+                room.assert_hears(id, 1750.0);
+            }
+            room.assert_hears(3, 440.0);
+            room.assert_not_hears(1, 440.0);
+            // Two mix-minus encodes and the shared mix: nothing for the announcement.
+            assert_eq!(room.mixer.encodes_last_tick(), 3);
+            assert_eq!(room.mixer.talkers().count(), 2);
+            // It lasts the ticks it is handed in for.
+            room.announcement = None;
+            room.run(10);
+            room.assert_not_hears(3, 1750.0);
+        }
     }
 
     #[test]

@@ -305,7 +305,22 @@ impl MediaStream {
     /// RTCP is accepted from the source's IP address on any port, since without rtcp-mux it
     /// comes from the RTP port + 1.
     pub fn handle_packet(&mut self, now: Instant, data: &[u8], from: SocketAddr) {
-        self.handle_packet_hinted(now, data, from, false);
+        if is_rtcp(data) {
+            self.handle_rtcp(now, data, from);
+            return;
+        }
+        let Ok((h, payload)) = parse_rtp(data) else {
+            self.stats.malformed += 1;
+            return;
+        };
+        if !self.takes_payload_type(h.payload_type) {
+            return;
+        }
+        if !self.accept_source(from) {
+            self.stats.foreign += 1;
+            return;
+        }
+        self.take_rtp(now, &h, payload, false);
     }
 
     /// Whether RTP from `from` is the phone's, latching onto it if it is the first
@@ -331,33 +346,27 @@ impl MediaStream {
         true
     }
 
-    /// As [`handle_packet`](Self::handle_packet), for an audio packet its sender marked as
-    /// silence (the RFC 6464 level browsers send): it is counted and timed as any other,
-    /// but never decoded, and the mixer does not hear it.
-    pub fn handle_packet_hinted(
-        &mut self,
-        now: Instant,
-        data: &[u8],
-        from: SocketAddr,
-        quiet: bool,
-    ) {
-        if is_rtcp(data) {
-            self.handle_rtcp(now, data, from);
-            return;
+    /// An RTP packet whose source a secure transport has already authenticated (a browser's
+    /// SRTP, decrypted by str0m): no address to check, nothing to parse again. `quiet`
+    /// when its sender marked it as silence (the RFC 6464 level browsers send): it is
+    /// counted and timed as any other, but never decoded, and the mixer does not hear it.
+    pub fn handle_rtp(&mut self, now: Instant, h: &RtpHeader, payload: &[u8], quiet: bool) {
+        if self.takes_payload_type(h.payload_type) {
+            self.take_rtp(now, h, payload, quiet);
         }
-        let Ok((h, payload)) = parse_rtp(data) else {
-            self.stats.malformed += 1;
-            return;
-        };
-        let is_event = Some(h.payload_type) == self.cfg.dtmf_payload_type;
-        if h.payload_type != self.cfg.payload_type && !is_event {
+    }
+
+    /// Whether `pt` is the agreed audio or telephone-event number (others are counted).
+    fn takes_payload_type(&mut self, pt: u8) -> bool {
+        let ours = pt == self.cfg.payload_type || Some(pt) == self.cfg.dtmf_payload_type;
+        if !ours {
             self.stats.ignored += 1;
-            return;
         }
-        if !self.accept_source(from) {
-            self.stats.foreign += 1;
-            return;
-        }
+        ours
+    }
+
+    /// A packet of the accepted source, of an agreed payload type.
+    fn take_rtp(&mut self, now: Instant, h: &RtpHeader, payload: &[u8], quiet: bool) {
         match self.remote_ssrc {
             Some(ssrc) if ssrc == h.ssrc => {}
             Some(_) if !self.ssrc_silent(now) => {
@@ -372,18 +381,18 @@ impl MediaStream {
         self.stats.last_packet_at = Some(now);
         self.stats.packets_received += 1;
         self.stats.bytes_received += payload.len() as u64;
-        self.rx.update(now, &h);
+        self.rx.update(now, h);
 
-        if is_event {
+        if Some(h.payload_type) == self.cfg.dtmf_payload_type {
             self.last_event_at = Some(now);
-            if let Some(d) = self.events.handle(&h, payload) {
+            if let Some(d) = self.events.handle(h, payload) {
                 self.push_digit(d);
             }
             if let Some(d) = self.events.poll_digit() {
                 self.push_digit(d);
             }
         } else {
-            self.jitter.insert_hinted(now, &h, payload, quiet);
+            self.jitter.insert_hinted(now, h, payload, quiet);
         }
     }
 
@@ -950,7 +959,9 @@ mod tests {
         // 20 loud frames, 20 the browser marked as silence, 20 loud again.
         for i in 0..60u64 {
             let quiet = (20..40).contains(&i);
-            s.handle_packet_hinted(at(t0, i * 20), &phone.audio(), addr(PHONE), quiet);
+            let packet = phone.audio();
+            let (h, payload) = parse_rtp(&packet).unwrap();
+            s.handle_rtp(at(t0, i * 20), &h, payload, quiet);
             heard.push(match s.pull_frame(at(t0, i * 20 + 10)) {
                 Some(_) => 'f',
                 None => '.',

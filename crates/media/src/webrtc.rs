@@ -2,10 +2,10 @@
 //! sans-IO like the rest of this crate.
 //!
 //! str0m does the transport: ICE connectivity checks, the DTLS handshake, SRTP, RTCP. What
-//! comes out of it is turned back into plain RTP packets for a [`MediaStream`]
-//! (crate::stream::MediaStream) — so browsers get the same jitter buffer, concealment,
-//! RFC 4733 digits and statistics as desk phones — and what the mixer encodes for the leg
-//! goes in as one frame per tick.
+//! comes out of it — an RTP header and the decrypted payload — goes straight into a
+//! [`MediaStream`](crate::stream::MediaStream) — so browsers get the same jitter buffer,
+//! concealment, RFC 4733 digits and statistics as desk phones — and what the mixer encodes
+//! for the leg goes in as one frame per tick.
 //!
 //! # Driving a leg
 //! [`WebRtcLeg::accept`] answers the browser's offer (the SDP answer goes into the 200 OK).
@@ -17,7 +17,7 @@
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -29,7 +29,7 @@ use str0m::rtp::Extension;
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 use crate::codec::CodecKind;
-use crate::rtp::{write_rtp, RtpHeader};
+use crate::rtp::RtpHeader;
 
 /// A browser that has not completed ICE and DTLS this long after the offer/answer (a
 /// handshake that never finishes, a firewall in the way) is given up on.
@@ -65,6 +65,8 @@ pub struct Answer {
     pub payload_type: u8,
     /// telephone-event at the codec's RTP clock, if the browser offered it.
     pub dtmf_payload_type: Option<u8>,
+    /// The browser sends (the answer is neither `sendonly` nor `inactive`: not on hold).
+    pub receives: bool,
 }
 
 /// What the shell must act on.
@@ -72,9 +74,14 @@ pub struct Answer {
 pub enum WebRtcOutput {
     /// A datagram to send from the leg's port.
     Transmit { to: SocketAddr, data: Vec<u8> },
-    /// A received media packet, decrypted, as a plain RTP packet for the leg's stream;
-    /// `quiet` when the browser's RFC 6464 audio level says it carries only silence.
-    Rtp { packet: Vec<u8>, quiet: bool },
+    /// A received media packet, decrypted, for the leg's stream
+    /// ([`MediaStream::handle_rtp`](crate::stream::MediaStream::handle_rtp)); `quiet` when
+    /// the browser's RFC 6464 audio level says it carries only silence.
+    Rtp {
+        header: RtpHeader,
+        payload: Arc<[u8]>,
+        quiet: bool,
+    },
     /// ICE, DTLS and SRTP are up: media flows.
     Connected,
     /// The browser is gone (ICE lost it, or it closed DTLS); the leg should end.
@@ -231,7 +238,7 @@ impl WebRtcLeg {
         if leg.mid.is_none() {
             leg.mid = first_audio_mid(&sdp);
         }
-        let agreed = leg.agreed(sdp)?;
+        let agreed = leg.agreed(sdp, true)?;
         Ok((leg, agreed))
     }
 
@@ -246,7 +253,7 @@ impl WebRtcLeg {
             .accept_offer(offer)
             .map_err(|e| WebRtcError::Refused(e.to_string()))?;
         self.drain(now);
-        self.agreed(answer.to_sdp_string())
+        self.agreed(answer.to_sdp_string(), true)
     }
 
     /// Our offer to a browser the PBX calls (the SDP goes into the INVITE); the browser's
@@ -281,11 +288,11 @@ impl WebRtcLeg {
             .map_err(|e| WebRtcError::Refused(e.to_string()))?;
         self.connect_by = Some(now + CONNECT_WITHIN);
         self.drain(now);
-        self.agreed(answer.to_owned())
+        self.agreed(answer.to_owned(), false)
     }
 
     /// What was agreed for the audio (read from str0m once the exchange is done).
-    fn agreed(&mut self, sdp: String) -> Result<Answer, WebRtcError> {
+    fn agreed(&mut self, sdp: String, ours: bool) -> Result<Answer, WebRtcError> {
         let mid = self.mid.ok_or(WebRtcError::NoCommonCodec)?;
         let writer = self.rtc.writer(mid).ok_or(WebRtcError::NoCommonCodec)?;
         let mut audio = None;
@@ -311,6 +318,7 @@ impl WebRtcLeg {
         self.dtmf_payload_type = dtmf;
         self.send_clock = str0m_codec(codec).1;
         Ok(Answer {
+            receives: answer_receives(&sdp, ours),
             sdp,
             codec,
             payload_type: *pt,
@@ -484,10 +492,12 @@ impl WebRtcLeg {
                     timestamp,
                     ssrc: self.recv_ssrc,
                 };
-                let mut packet = Vec::with_capacity(12 + d.data.len());
-                write_rtp(&header, &d.data, &mut packet);
                 let quiet = spec.codec != Codec::Tele && is_quiet(&d.ext_vals);
-                self.out.push_back(WebRtcOutput::Rtp { packet, quiet });
+                self.out.push_back(WebRtcOutput::Rtp {
+                    header,
+                    payload: d.data,
+                    quiet,
+                });
             }
             _ => {}
         }
@@ -507,6 +517,22 @@ fn is_quiet(ext: &str0m::rtp::ExtensionValues) -> bool {
 fn rebase(t: MediaTime, clock: u32) -> u32 {
     let denom = u128::from(t.denom().max(1));
     (u128::from(t.numer()) * u128::from(clock) / denom) as u32
+}
+
+/// Whether, by the answer `sdp`, the browser sends audio (it is not holding the call):
+/// our answer says `sendonly` or `inactive` when it does not, the browser's own answer
+/// `recvonly` or `inactive`.
+fn answer_receives(sdp: &str, ours: bool) -> bool {
+    let silent = if ours { "a=sendonly" } else { "a=recvonly" };
+    let mut in_audio = false;
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            in_audio = m.starts_with("audio");
+        } else if in_audio && (line == silent || line == "a=inactive") {
+            return false;
+        }
+    }
+    true
 }
 
 /// The first audio m-line's mid in an SDP answer.

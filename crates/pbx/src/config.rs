@@ -277,10 +277,6 @@ impl Config {
         self.incoming_numbers.iter().find(|n| n.id == id)
     }
 
-    pub fn incoming_number_by_number(&self, number: &str) -> Option<&IncomingNumber> {
-        self.incoming_numbers.iter().find(|n| n.number == number)
-    }
-
     pub fn trunk(&self, id: i64) -> Option<&Trunk> {
         self.trunks.iter().find(|t| t.id == id)
     }

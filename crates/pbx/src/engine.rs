@@ -52,8 +52,9 @@ use crate::registrar::{
 };
 use bridge::Bridge;
 use conference::ConfLeg;
+pub use conference::ConferenceParticipant;
 use conference::Party;
-pub use conference::{ConferenceParticipant, LegStats, MediaCommand, MediaEvent};
+pub use confero_media::bridge::{LegStats, MediaCommand, MediaEvent, MixId};
 use invite::Invitation;
 pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
 use trunk::TrunkLink;
@@ -707,8 +708,6 @@ impl Engine {
                 self.on_response(now, tx, timeout);
             }
             TransactionEvent::ServerTimeout { .. } => {}
-            #[allow(unreachable_patterns)]
-            _ => {}
         }
     }
 
@@ -984,8 +983,6 @@ impl Engine {
                     .insert(Name::MIN_EXPIRES, MIN_EXPIRES.to_string());
                 return self.send_response(now, tx, resp);
             }
-            #[allow(unreachable_patterns)]
-            Err(_) => return self.respond(now, tx, req, 500, "Server Internal Error"),
         }
         let mut resp = response_for(req, StatusCode::from(200), Some(&message::random_tag()));
         for b in self.registrar.contacts_of(&user.sip_username) {

@@ -69,22 +69,7 @@ const ALERT_EVERY: Duration = Duration::from_secs(600);
 /// to try again later.
 pub const MAX_CODE_WAIT: Duration = Duration::from_secs(30);
 
-/// Recorded announcements and tones (file names are in the media shell).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Prompt {
-    EnterAccessCode,
-    WrongAccessCode,
-    Goodbye,
-    TooManyAttempts,
-    WaitForAdministrator,
-    FirstParticipant,
-    ConferenceStarting,
-    AdministratorLeft,
-    ConferenceEnded,
-    ConferenceClosed,
-    JoinTone,
-    LeaveTone,
-}
+pub use confero_media::bridge::Prompt;
 
 /// What the room machine asks of the media engine and of signalling.
 #[derive(Clone, Debug, PartialEq, Eq)]

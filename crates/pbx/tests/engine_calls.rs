@@ -7,8 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use confero_pbx::engine::{EngineEvent, MediaCommand, MediaEvent};
-use confero_pbx::room::{Prompt, RoomCommand};
+use confero_pbx::engine::{EngineEvent, MediaCommand, MediaEvent, MixId};
+use confero_pbx::room::Prompt;
 use confero_sip::digest;
 use confero_sip::Name;
 
@@ -336,7 +336,7 @@ fn dialling_a_room_answers_with_sdp_asks_for_the_code_and_joins_after_info_digit
     let cmds = media(&mut h);
     let port = match &cmds[0] {
         MediaCommand::Open { port, media, .. } => {
-            assert_eq!(media.codec.encoding, "PCMU");
+            assert_eq!(media.codec, confero_media::codec::CodecKind::Pcmu);
             assert_eq!(media.remote.port(), 4000);
             *port
         }
@@ -372,7 +372,10 @@ fn dialling_a_room_answers_with_sdp_asks_for_the_code_and_joins_after_info_digit
         .handle_media_event(h.now, MediaEvent::PlaybackDone { leg, seq });
     assert_eq!(
         media(&mut h),
-        vec![MediaCommand::Room(RoomCommand::Mix { leg, room: 7 })]
+        vec![MediaCommand::Mix {
+            leg,
+            mix: MixId::Room(7)
+        }]
     );
     assert_eq!(h.engine.conference_participants()[0].state, "in_room");
     // The caller hangs up: 200, media closed, nobody left.

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use confero_pbx::config::TrunkTransport;
-use confero_pbx::engine::{MediaCommand, MediaEvent};
-use confero_pbx::room::RoomCommand;
+use confero_pbx::engine::{MediaCommand, MediaEvent, MixId};
 use confero_sip::message::{Message, Request, Response};
 use confero_sip::Name;
 
@@ -119,10 +118,10 @@ fn assert_transferred(out: &[(u16, Message)], frag: &str) {
     );
 }
 
-fn mixes(cmds: &[MediaCommand]) -> Vec<(u64, i64)> {
+fn mixes(cmds: &[MediaCommand]) -> Vec<(u64, MixId)> {
     cmds.iter()
         .filter_map(|c| match c {
-            MediaCommand::Room(RoomCommand::Mix { leg, room }) => Some((*leg, *room)),
+            MediaCommand::Mix { leg, mix } => Some((*leg, *mix)),
             _ => None,
         })
         .collect()
@@ -180,7 +179,7 @@ fn a_transfer_to_an_extension_rings_it_with_music_for_the_transferee_then_joins_
     assert_eq!(mixed.len(), 2, "{mixed:?}");
     assert!(mixed.iter().any(|(leg, _)| *leg == transferee));
     assert!(
-        mixed[0].1 < 0 && mixed[0].1 == mixed[1].1,
+        matches!(mixed[0].1, MixId::Call(_)) && mixed[0].1 == mixed[1].1,
         "one private mix"
     );
     assert_eq!(

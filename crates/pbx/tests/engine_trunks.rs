@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use confero_pbx::config::TrunkTransport;
-use confero_pbx::engine::{InvitationState, MediaCommand, RegistrationState};
-use confero_pbx::room::RoomCommand;
+use confero_pbx::engine::{InvitationState, MediaCommand, MixId, RegistrationState};
 use confero_sip::digest;
 use confero_sip::message::{Message, Request};
 use confero_sip::transport::{Peer, Transport};
@@ -175,7 +174,7 @@ fn hang_up_not_configured_unknown_numbers_and_strangers_are_turned_away() {
 }
 
 /// The Open commands and the bridge room both legs were mixed into.
-fn bridge_media(h: &mut Harness) -> (Vec<u64>, Vec<i64>) {
+fn bridge_media(h: &mut Harness) -> (Vec<u64>, Vec<MixId>) {
     let cmds = media(h);
     let opened = cmds
         .iter()
@@ -187,7 +186,7 @@ fn bridge_media(h: &mut Harness) -> (Vec<u64>, Vec<i64>) {
     let rooms = cmds
         .iter()
         .filter_map(|c| match c {
-            MediaCommand::Room(RoomCommand::Mix { room, .. }) => Some(*room),
+            MediaCommand::Mix { mix, .. } => Some(*mix),
             _ => None,
         })
         .collect();
@@ -241,7 +240,7 @@ fn a_number_routed_to_a_user_rings_their_phone_with_media_through_the_pbx() {
     assert_eq!(opened.len(), 2);
     assert_eq!(rooms.len(), 2);
     assert!(
-        rooms[0] < 0 && rooms[0] == rooms[1],
+        matches!(rooms[0], MixId::Call(_)) && rooms[0] == rooms[1],
         "both legs in one private mix: {rooms:?}"
     );
     assert_eq!(h.engine.calls()[0].state, "answered");

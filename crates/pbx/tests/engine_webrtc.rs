@@ -7,29 +7,25 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use confero_media::codec::CodecKind;
+use confero_media::webrtc::Answer;
 use confero_pbx::engine::{MediaCommand, MediaEvent};
-use confero_pbx::room::RoomCommand;
 use confero_sip::digest;
 use confero_sip::message::Message;
-use confero_sip::sdp::{Direction, Negotiated, RtpMap};
 use confero_sip::transport::{ConnId, Peer, Transport};
 use confero_sip::Name;
 
 /// Chrome's audio offer, trimmed to what matters here.
 const CHROME_OFFER: &str = "v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0\r\na=msid-semantic: WMS\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 9 0 8 126\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=candidate:1 1 udp 2122260223 127.0.0.1 50000 typ host\r\na=ice-ufrag:abcd\r\na=ice-pwd:0123456789abcdefghijklmn\r\na=fingerprint:sha-256 AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99\r\na=setup:actpass\r\na=mid:0\r\na=sendrecv\r\na=rtcp-mux\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:9 G722/8000\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\na=rtpmap:126 telephone-event/8000\r\n";
 
-fn negotiated() -> Negotiated {
-    Negotiated {
-        codec: RtpMap {
-            payload_type: 9,
-            encoding: "G722".into(),
-            clock_rate: 8000,
-            channels: 1,
-            fmtp: None,
-        },
-        telephone_event: Some(126),
-        remote: "0.0.0.0:0".parse().unwrap(),
-        direction: Direction::SendRecv,
+/// What the bridge agreed with the browser: G.722, events on 126.
+fn agreed(sdp: &str) -> Answer {
+    Answer {
+        sdp: sdp.to_owned(),
+        codec: CodecKind::G722,
+        payload_type: 9,
+        dtmf_payload_type: Some(126),
+        receives: true,
     }
 }
 
@@ -59,8 +55,7 @@ fn a_browser_offer_is_answered_with_the_media_engines_answer_then_joins_the_room
         h.now,
         MediaEvent::WebRtcAnswer {
             leg,
-            answer: answer.clone(),
-            media: negotiated(),
+            answer: agreed(&answer),
         },
     );
     let out = h.out();
@@ -211,7 +206,7 @@ fn a_desk_phone_calling_a_browser_user_is_anchored_and_the_browser_gets_a_webrtc
     let mixes: Vec<_> = cmds
         .iter()
         .filter_map(|c| match c {
-            MediaCommand::Room(RoomCommand::Mix { leg, room }) => Some((*leg, *room)),
+            MediaCommand::Mix { leg, mix } => Some((*leg, *mix)),
             _ => None,
         })
         .collect();

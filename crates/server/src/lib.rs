@@ -268,7 +268,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(64);
     let live = Arc::new(LiveState::new(control_tx));
-    let prompts = media_shell::PromptLibrary::load(&settings.data_dir.join("prompts"))?;
+    let prompts = media_shell::load_prompts(&settings.data_dir.join("prompts"))?;
     let (media_tx, media_cmd_rx) = std::sync::mpsc::channel();
     let (media_ev_tx, media_ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let media_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));

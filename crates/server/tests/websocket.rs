@@ -399,7 +399,12 @@ fn browser_offers_the_pbx_cannot_take_get_clear_errors_and_leak_nothing() {
     // Nothing half-made remains, and the PBX still takes a good browser offer.
     // (The live view is published at most every 100 ms: wait for it, a leak stays 1.)
     assert_eq!(
-        wait_for_metric(&pbx, "confero_rtp_ports_in_use", 0.0, Duration::from_secs(2)),
+        wait_for_metric(
+            &pbx,
+            "confero_rtp_ports_in_use",
+            0.0,
+            Duration::from_secs(2)
+        ),
         0.0
     );
     let calls = poll(

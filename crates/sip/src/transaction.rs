@@ -751,11 +751,6 @@ impl TransactionLayer {
         self.servers.get(&tx).and_then(|t| t.request.as_ref())
     }
 
-    /// The request of a client transaction (e.g. to build its CANCEL).
-    pub fn client_request(&self, tx: ClientTxId) -> Option<&Request> {
-        self.clients.get(&tx).map(|t| &t.request)
-    }
-
     /// The shell could not deliver to `peer` (ICMP error, connection refused or closed):
     /// every client transaction towards it ends with [`TransactionEvent::ClientTimeout`]
     /// (RFC 3261 §17.1.4). For stream peers the connection id must match.

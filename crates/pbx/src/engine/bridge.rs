@@ -20,12 +20,13 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
 use confero_sip::{Method, StatusCode};
 
-use super::conference::{AfterAnswer, ConfLeg, MediaCommand, Party};
+use super::conference::{AfterAnswer, ConfLeg, Party};
 use super::fork::{self, ForkStep, OutFork};
 use super::{
     build_ack, callee_leg_from_2xx, our_via, CallInfo, ClientPurpose, Engine, EngineEvent,
 };
-use crate::room::{LegId, RoomCommand};
+use crate::room::LegId;
+use confero_media::bridge::{MediaCommand, MixId};
 
 /// How long an ended bridge is kept for late answers to its forks (a callee answering
 /// while we cancel gets its BYE).
@@ -72,12 +73,6 @@ enum CallerSide {
     /// Already on one of our legs, handed over by a blind transfer: hears hold music
     /// until the callee answers, is hung up on if nobody does.
     Transferee { leg: LegId },
-}
-
-/// The media engine's room number for a bridge: negative, so it never meets a
-/// conference's id.
-fn mix_room(id: u64) -> i64 {
-    -i64::try_from(id).unwrap_or(i64::MAX)
 }
 
 impl Engine {
@@ -471,11 +466,10 @@ impl Engine {
             b.legs = Some((caller, callee));
         }
         for leg in [caller, callee] {
-            self.media_out
-                .push_back(MediaCommand::Room(RoomCommand::Mix {
-                    leg,
-                    room: mix_room(id),
-                }));
+            self.media_out.push_back(MediaCommand::Mix {
+                leg,
+                mix: MixId::Call(id),
+            });
         }
         self.events.push_back(EngineEvent::CallsChanged);
     }

@@ -4,10 +4,13 @@
 //! Signalling stays in the engine; audio is the media engine's, which the engine steers
 //! with [`MediaCommand`]s and hears back from through [`MediaEvent`]s.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
+use confero_media::bridge::{LegMedia, LegStats, MediaCommand, MediaEvent, MixId};
+use confero_media::codec::CodecKind;
+use confero_media::webrtc;
 use confero_sip::message::{self, response_for, Request};
 use confero_sip::sdp::{self, LocalMedia, Negotiated};
 use confero_sip::transaction::ServerTxId;
@@ -19,111 +22,46 @@ use crate::config::{Conference, User};
 use crate::headers;
 use crate::room::{LegId, RoomCommand};
 
-/// What the media engine must do. Legs are opened before anything is played to them and
-/// closed exactly once.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum MediaCommand {
-    /// Start a leg: bind `port` (RTP; RTCP on `port + 1` unless multiplexed) and exchange
-    /// audio with `remote` using the negotiated codec.
-    Open {
-        leg: LegId,
-        port: u16,
-        media: Negotiated,
-        /// RTCP shares the RTP port (RFC 5761), as offered.
-        rtcp_mux: bool,
-        /// Where the peer's SIP came from: a phone behind NAT sends its RTP from there,
-        /// whatever its SDP says (the media engine decides whom to listen to).
-        signalled_from: IpAddr,
-    },
-    /// Start a WebRTC leg (ICE-lite, DTLS-SRTP) on `port` answering the browser's `offer`;
-    /// the media engine answers with [`MediaEvent::WebRtcAnswer`] (or `Failed`).
-    OpenWebRtc {
-        leg: LegId,
-        port: u16,
-        offer: String,
-    },
-    /// Prepare a WebRTC leg on `port` that calls a browser: the media engine makes the
-    /// offer and reports it with [`MediaEvent::WebRtcOffer`].
-    OfferWebRtc { leg: LegId, port: u16 },
-    /// A browser's new offer on an existing leg (hold, resume): answered with
-    /// [`MediaEvent::WebRtcAnswer`] or refused with [`MediaEvent::WebRtcRefused`].
-    ReofferWebRtc { leg: LegId, offer: String },
-    /// The browser's answer to the offer of [`MediaCommand::OfferWebRtc`].
-    AnswerWebRtc { leg: LegId, answer: String },
-    /// Play prompts to one leg (see [`RoomCommand::Play`]); `seq` comes back in
-    /// [`MediaEvent::PlaybackDone`] so a stale end is told from the current one.
-    Play {
-        leg: LegId,
-        prompts: Vec<crate::room::Prompt>,
-        then_music: bool,
-        seq: u32,
-    },
-    /// A re-INVITE changed the remote address, codec or direction.
-    Update {
-        leg: LegId,
-        media: Negotiated,
-        /// As in [`MediaCommand::Open`].
-        signalled_from: IpAddr,
-    },
-    /// What a room wants for a leg (mix, tone, mute); never `Hangup` or `Play`.
-    Room(RoomCommand),
-    /// Send a digit to the phone on this leg (RFC 4733 where agreed): relayed from the
-    /// other side of an anchored call.
-    SendDigit { leg: LegId, digit: char },
-    /// The leg is gone: stop, free the port.
-    Close { leg: LegId },
+/// What the bridge needs of what SDP agreed; `None` for a codec the bridge cannot run
+/// (none of [`CODEC_PREFS`] is such a codec, so the call is refused as without one).
+pub(super) fn leg_media(n: &Negotiated) -> Option<LegMedia> {
+    Some(LegMedia {
+        codec: CodecKind::from_encoding_name(&n.codec.encoding, n.codec.clock_rate)?,
+        payload_type: n.codec.payload_type,
+        dtmf_payload_type: n.telephone_event,
+        remote: n.remote,
+        receives: n.direction.receives(),
+    })
 }
 
-/// What the media engine reports.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MediaEvent {
-    Digit {
-        leg: LegId,
-        digit: char,
-    },
-    PlaybackDone {
-        leg: LegId,
-        seq: u32,
-    },
-    Talking {
-        leg: LegId,
-        talking: bool,
-    },
-    Stats {
-        leg: LegId,
-        stats: LegStats,
-    },
-    /// The SDP offer for a [`MediaCommand::OfferWebRtc`] leg.
-    WebRtcOffer {
-        leg: LegId,
-        offer: String,
-    },
-    /// The SDP answer for a [`MediaCommand::OpenWebRtc`] offer, and what it agreed on.
-    WebRtcAnswer {
-        leg: LegId,
-        answer: String,
-        media: Negotiated,
-    },
-    /// A browser's new offer could not be answered; the leg goes on as it was.
-    WebRtcRefused {
-        leg: LegId,
-        reason: String,
-    },
-    /// No RTP for too long, or the port could not be bound: end the call.
-    Failed {
-        leg: LegId,
-        reason: String,
-    },
+/// Our answer to a phone's offer, what it agreed, and that in the bridge's terms.
+fn answer_for_bridge(
+    offer: &sdp::RemoteAudio,
+    local: &LocalMedia,
+) -> Result<(String, Negotiated, LegMedia), sdp::SdpError> {
+    let (answer, media) = sdp::answer(offer, local, CODEC_PREFS)?;
+    let bridged = leg_media(&media).ok_or(sdp::SdpError::NoCommonCodec)?;
+    Ok((answer, media, bridged))
 }
 
-/// Call quality of a leg, as RTCP and the jitter buffer see it.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct LegStats {
-    pub packets_received: u64,
-    pub packets_lost: u64,
-    pub loss_percent: f32,
-    pub jitter_ms: f32,
-    pub rtt_ms: Option<f32>,
+/// What a browser's leg agreed, in SDP terms (for the call's records and later offers).
+pub(super) fn webrtc_negotiated(answer: &webrtc::Answer) -> Negotiated {
+    let direction = sdp::parse_audio(answer.sdp.as_bytes())
+        .map(|a| a.direction)
+        .unwrap_or(sdp::Direction::SendRecv);
+    Negotiated {
+        codec: sdp::RtpMap {
+            payload_type: answer.payload_type,
+            encoding: answer.codec.encoding_name().to_owned(),
+            clock_rate: answer.codec.rtp_clock_rate(),
+            channels: 1,
+            fmtp: None,
+        },
+        telephone_event: answer.dtmf_payload_type,
+        // What WebRTC SDP writes: the media goes where ICE finds it.
+        remote: SocketAddr::from(([0, 0, 0, 0], 9)),
+        direction,
+    }
 }
 
 /// A participant as live views show it.
@@ -394,7 +332,7 @@ impl Engine {
             session_version: 1,
             username: "confero".to_owned(),
         };
-        let (answer, media) = match sdp::answer(&offer, &local, CODEC_PREFS) {
+        let (answer, media, bridged) = match answer_for_bridge(&offer, &local) {
             Ok(x) => x,
             Err(err) => {
                 self.ports.release(port);
@@ -405,7 +343,7 @@ impl Engine {
         self.media_out.push_back(MediaCommand::Open {
             leg: id,
             port,
-            media: media.clone(),
+            media: bridged,
             rtcp_mux: offer.rtcp_mux,
             signalled_from: from.addr.ip(),
         });
@@ -498,12 +436,26 @@ impl Engine {
                         seq,
                     });
                 }
-                other => {
-                    self.events.push_back(EngineEvent::ConferencesChanged);
-                    self.media_out.push_back(MediaCommand::Room(other));
+                RoomCommand::Mix { leg, room } => self.room_media(MediaCommand::Mix {
+                    leg,
+                    mix: MixId::Room(room),
+                }),
+                RoomCommand::Unmix { leg } => self.room_media(MediaCommand::Unmix { leg }),
+                RoomCommand::RoomTone { room, tone } => self.room_media(MediaCommand::MixTone {
+                    mix: MixId::Room(room),
+                    tone,
+                }),
+                RoomCommand::Mute { leg, muted } => {
+                    self.room_media(MediaCommand::Mute { leg, muted })
                 }
             }
         }
+    }
+
+    /// A change of what a room's participants hear: the bridge does it, live views show it.
+    fn room_media(&mut self, cmd: MediaCommand) {
+        self.events.push_back(EngineEvent::ConferencesChanged);
+        self.media_out.push_back(cmd);
     }
 
     /// Ends a conference leg once: BYE (unless the phone hung up), media closed, port freed,
@@ -639,13 +591,13 @@ impl Engine {
                 session_version: c.sdp_version,
                 username: "confero".to_owned(),
             };
-            match sdp::answer(&offer, &local, CODEC_PREFS) {
-                Ok((answer, media)) => {
-                    c.media = media.clone();
+            match answer_for_bridge(&offer, &local) {
+                Ok((answer, media, bridged)) => {
+                    c.media = media;
                     c.local_sdp = answer.clone();
                     self.media_out.push_back(MediaCommand::Update {
                         leg: id,
-                        media,
+                        media: bridged,
                         signalled_from: c.leg.peer.addr.ip(),
                     });
                     answer
@@ -739,8 +691,9 @@ impl Engine {
                     c.stats = stats;
                 }
             }
-            MediaEvent::WebRtcAnswer { leg, answer, media } => {
-                self.webrtc_answered(now, leg, answer, media)
+            MediaEvent::WebRtcAnswer { leg, answer } => {
+                let media = webrtc_negotiated(&answer);
+                self.webrtc_answered(now, leg, answer.sdp, media)
             }
             MediaEvent::WebRtcOffer { leg, offer } => self.webrtc_offered(now, leg, offer),
             MediaEvent::WebRtcRefused { leg, reason } => {
@@ -812,11 +765,6 @@ impl Engine {
         let found = self.rooms.set_muted(leg, muted);
         self.drain_room_commands(now);
         found
-    }
-
-    /// The address RTP for a leg is expected from, per the SDP (for logs and tests).
-    pub fn conference_leg_remote(&self, leg: LegId) -> Option<SocketAddr> {
-        self.conf_legs.get(&leg).map(|c| c.media.remote)
     }
 }
 

@@ -9,11 +9,12 @@ use confero_sip::sdp::{self, LocalMedia};
 use confero_sip::transport::Peer;
 use confero_sip::{Name, SipUri};
 
-use super::conference::{MediaCommand, CODEC_PREFS};
+use super::conference::{leg_media, CODEC_PREFS};
 use super::{binding_peer, build_cancel, ClientPurpose, Engine};
 use crate::config::User;
 use crate::registrar::Binding;
 use crate::room::LegId;
+use confero_media::bridge::MediaCommand;
 
 /// The media of an answered fork, opened.
 #[derive(Debug)]
@@ -253,12 +254,13 @@ impl Engine {
         }
         let port = plain_port?;
         let media = sdp::negotiated_from_answer(&remote, CODEC_PREFS).ok()?;
+        let bridged = leg_media(&media)?;
         let leg = self.next_call_id;
         self.next_call_id += 1;
         self.media_out.push_back(MediaCommand::Open {
             leg,
             port,
-            media: media.clone(),
+            media: bridged,
             rtcp_mux: false,
             signalled_from: peer.addr.ip(),
         });

@@ -18,11 +18,12 @@ use confero_sip::message::{response_for, Request};
 use confero_sip::transaction::ServerTxId;
 use confero_sip::{Method, Name, SipUri, StatusCode};
 
-use super::conference::{AfterAnswer, MediaCommand, Party};
+use super::conference::{AfterAnswer, Party};
 use super::{our_contact, ClientPurpose, Engine, EngineEvent};
 use crate::config::{self, Conference, User};
 use crate::headers::{self, uri_user};
-use crate::room::{LegId, RoomCommand};
+use crate::room::LegId;
+use confero_media::bridge::MediaCommand;
 
 /// Where a REFER sends the transferee.
 enum Target {
@@ -167,8 +168,7 @@ impl Engine {
             if let Some(c) = self.conf_legs.get_mut(&leg) {
                 c.bridge = None;
             }
-            self.media_out
-                .push_back(MediaCommand::Room(RoomCommand::Unmix { leg }));
+            self.media_out.push_back(MediaCommand::Unmix { leg });
         }
         let Some(party) = self.conf_legs.get(&transferee).map(|c| c.caller.clone()) else {
             return;

@@ -10,12 +10,13 @@ use confero_sip::message::Request;
 use confero_sip::sdp::Negotiated;
 use confero_sip::transaction::ServerTxId;
 
-use super::conference::{AfterAnswer, MediaCommand, Party};
+use super::conference::{AfterAnswer, Party};
 use super::fork::OutFork;
 use super::{ClientPurpose, Engine, Leg};
 use crate::config::User;
 use crate::registrar::Binding;
 use crate::room::LegId;
+use confero_media::bridge::MediaCommand;
 
 /// The media engine answers at once; this only bounds a bug.
 const ANSWER_GUARD: Duration = Duration::from_secs(10);

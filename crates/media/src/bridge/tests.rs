@@ -1,0 +1,572 @@
+//! The bridge driven on a simulated network by phones that speak RTP as desk phones do.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use confero_sim::{Driver, Link, SimNet};
+
+use super::*;
+use crate::codec::Decoder;
+use crate::dtmf::event_payload;
+use crate::rtp::{is_rtcp, parse_rtp, write_rtp, RtpHeader};
+use crate::tone::Tone;
+
+const PBX_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+const AMP: i16 = 8000;
+
+fn pbx(port: u16) -> SocketAddr {
+    SocketAddr::new(PBX_IP, port)
+}
+
+/// A desk phone on one leg: sends a 20 ms PCMU frame of its tone (or silence) on its own
+/// clock, keeps every packet the bridge sends it.
+struct Phone {
+    addr: SocketAddr,
+    leg: LegId,
+    /// The bridge's port for this leg.
+    port: u16,
+    tone: Option<Tone>,
+    sending: bool,
+    next_send: Instant,
+    seq: u16,
+    ts: u32,
+    ssrc: u32,
+    encoder: Encoder,
+    /// Audio payloads received, by arrival.
+    audio: Vec<Vec<u8>>,
+    /// RFC 4733 payloads received.
+    events: Vec<[u8; 4]>,
+    /// RTCP received: (from port, to port).
+    rtcp: Vec<(u16, u16)>,
+}
+
+impl Phone {
+    fn new(n: u8, leg: LegId, port: u16, freq: Option<f64>, t0: Instant) -> Phone {
+        Phone {
+            addr: SocketAddr::from(([10, 0, 1, n], 4000)),
+            leg,
+            port,
+            tone: freq.map(|f| Tone::new(8000, f, AMP)),
+            sending: true,
+            next_send: t0,
+            seq: u16::from(n) * 1000,
+            ts: u32::from(n) * 100_000,
+            ssrc: 0xabc0 + u32::from(n),
+            encoder: Encoder::new(CodecKind::Pcmu),
+            audio: Vec::new(),
+            events: Vec::new(),
+            rtcp: Vec::new(),
+        }
+    }
+
+    fn media(&self) -> LegMedia {
+        LegMedia {
+            codec: CodecKind::Pcmu,
+            payload_type: 0,
+            dtmf_payload_type: Some(101),
+            remote: self.addr,
+            receives: true,
+        }
+    }
+
+    fn open(&self) -> MediaCommand {
+        MediaCommand::Open {
+            leg: self.leg,
+            port: self.port,
+            media: self.media(),
+            rtcp_mux: true,
+            signalled_from: self.addr.ip(),
+        }
+    }
+
+    fn packet(&mut self, pt: u8, marker: bool, payload: &[u8]) -> Vec<u8> {
+        let h = RtpHeader {
+            payload_type: pt,
+            marker,
+            sequence: self.seq,
+            timestamp: self.ts,
+            ssrc: self.ssrc,
+        };
+        self.seq = self.seq.wrapping_add(1);
+        let mut out = Vec::new();
+        write_rtp(&h, payload, &mut out);
+        out
+    }
+
+    /// This tick's audio packet.
+    fn frame(&mut self) -> Vec<u8> {
+        let mut pcm = Vec::new();
+        match self.tone.as_mut() {
+            Some(t) => t.fill(160, &mut pcm),
+            None => pcm.resize(160, 0),
+        }
+        let mut payload = Vec::new();
+        self.encoder.encode(&pcm, &mut payload);
+        let p = self.packet(0, false, &payload);
+        self.ts = self.ts.wrapping_add(160);
+        p
+    }
+
+    /// One digit as a phone sends it: three event packets and three ends, one timestamp.
+    fn digit(&mut self, digit: char) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (i, end) in [false, false, false, true, true, true]
+            .into_iter()
+            .enumerate()
+        {
+            let duration = 160 * (i.min(3) as u16 + 1);
+            let payload = event_payload(digit, end, 10, duration).unwrap();
+            out.push(self.packet(101, i == 0, &payload));
+        }
+        self.ts = self.ts.wrapping_add(160 * 4);
+        out
+    }
+
+    fn receive(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+        if is_rtcp(data) {
+            self.rtcp.push((from.port(), to.port()));
+            return;
+        }
+        let (h, payload) = parse_rtp(data).expect("the bridge sends valid RTP");
+        match h.payload_type {
+            0 => self.audio.push(payload.to_vec()),
+            101 => self.events.push(payload.try_into().unwrap()),
+            pt => panic!("payload type {pt}"),
+        }
+    }
+
+    /// The last `frames` frames it heard, decoded.
+    fn heard(&self, frames: usize) -> Vec<i16> {
+        let mut dec = Decoder::new(CodecKind::Pcmu);
+        let mut pcm = Vec::new();
+        let from = self.audio.len().saturating_sub(frames);
+        for p in &self.audio[from..] {
+            dec.decode(p, &mut pcm);
+        }
+        pcm
+    }
+}
+
+/// Amplitude of `freq` in 8 kHz `pcm` (Goertzel).
+fn amplitude(pcm: &[i16], freq: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in pcm {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / pcm.len().max(1) as f64
+}
+
+fn rms(pcm: &[i16]) -> f64 {
+    let sum: f64 = pcm.iter().map(|&s| f64::from(s) * f64::from(s)).sum();
+    (sum / pcm.len().max(1) as f64).sqrt()
+}
+
+/// A bridge, its phones and the network between them, on one virtual clock.
+struct World {
+    bridge: Bridge,
+    net: SimNet,
+    driver: Driver,
+    phones: Vec<Phone>,
+    events: Vec<(Duration, MediaEvent)>,
+    prompts: Arc<PromptLibrary>,
+}
+
+impl World {
+    /// `uplink` is the phones' path to the bridge; the bridge's path to them is perfect, so
+    /// that what a phone "heard" is what the bridge sent, in order.
+    fn new(seed: u64, uplink: Link, rtp_timeout: Duration) -> World {
+        let t0 = Instant::now();
+        let prompts = Arc::new(PromptLibrary::builtin());
+        let bridge = Bridge::new(
+            BridgeConfig {
+                public_ip: PBX_IP,
+                rtp_timeout,
+                seed,
+            },
+            prompts.clone(),
+            t0,
+            Duration::from_secs(1_800_000_000),
+        );
+        World {
+            bridge,
+            net: SimNet::new(seed, uplink),
+            driver: Driver::new(t0),
+            phones: Vec::new(),
+            events: Vec::new(),
+            prompts,
+        }
+    }
+
+    fn now(&self) -> Instant {
+        self.driver.now()
+    }
+
+    /// Adds a phone on leg `n` (port 20000 + 2n) and opens its leg.
+    fn phone(&mut self, n: u8, freq: Option<f64>) -> usize {
+        let phone = Phone::new(
+            n,
+            LegId::from(n),
+            20000 + 2 * u16::from(n),
+            freq,
+            self.now(),
+        );
+        let open = phone.open();
+        // The bridge sends to phones over a perfect path.
+        self.net
+            .set_path(pbx(phone.port), phone.addr, Link::PERFECT);
+        self.phones.push(phone);
+        self.command(open);
+        self.phones.len() - 1
+    }
+
+    fn command(&mut self, cmd: MediaCommand) {
+        let now = self.now();
+        self.bridge.handle_command(now, cmd);
+        self.flush(now);
+    }
+
+    /// A phone's datagram to its leg's port, through the network.
+    fn send_from(&mut self, phone: usize, data: &[u8]) {
+        let now = self.now();
+        let p = &self.phones[phone];
+        self.net.send(now, p.addr, pbx(p.port), data);
+    }
+
+    fn flush(&mut self, now: Instant) {
+        while let Some(t) = self.bridge.poll_transmit() {
+            self.net.send(now, pbx(t.from_port), t.to, t.data);
+        }
+        let at = self.driver.elapsed();
+        while let Some(ev) = self.bridge.poll_event() {
+            self.events.push((at, ev));
+        }
+    }
+
+    /// Runs the world for `d` of simulated time.
+    fn run(&mut self, d: Duration) {
+        let end = self.now() + d;
+        loop {
+            let wakeups = [
+                Some(self.bridge.poll_timeout()),
+                self.net.next_delivery(),
+                self.phones
+                    .iter()
+                    .filter(|p| p.sending)
+                    .map(|p| p.next_send)
+                    .min(),
+            ];
+            let now = match self.driver.step(wakeups).expect("no livelock") {
+                Some(now) if now < end => now,
+                _ => break,
+            };
+            while let Some(d) = self.net.deliver(now) {
+                if d.to.ip() == PBX_IP {
+                    self.bridge
+                        .handle_datagram(now, d.to.port(), d.from, &d.data);
+                } else if let Some(p) = self.phones.iter_mut().find(|p| p.addr.ip() == d.to.ip()) {
+                    p.receive(d.from, d.to, &d.data);
+                }
+            }
+            for i in 0..self.phones.len() {
+                if self.phones[i].sending && self.phones[i].next_send <= now {
+                    self.phones[i].next_send += TICK;
+                    let frame = self.phones[i].frame();
+                    self.send_from(i, &frame);
+                }
+            }
+            self.bridge.handle_timeout(now);
+            self.flush(now);
+        }
+    }
+
+    fn events_of(&self, leg: LegId) -> Vec<(Duration, MediaEvent)> {
+        let leg_of = |ev: &MediaEvent| match ev {
+            MediaEvent::Digit { leg, .. }
+            | MediaEvent::PlaybackDone { leg, .. }
+            | MediaEvent::Talking { leg, .. }
+            | MediaEvent::Stats { leg, .. }
+            | MediaEvent::WebRtcOffer { leg, .. }
+            | MediaEvent::WebRtcAnswer { leg, .. }
+            | MediaEvent::WebRtcRefused { leg, .. }
+            | MediaEvent::Failed { leg, .. } => *leg,
+        };
+        self.events
+            .iter()
+            .filter(|(_, ev)| leg_of(ev) == leg)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Phones lose 5 %, duplicate 2 % and reorder (up to 40 ms of jitter) on their way in.
+fn rough_uplink() -> Link {
+    Link {
+        loss: 0.05,
+        duplicate: 0.02,
+        delay: Duration::from_millis(10),
+        jitter: Duration::from_millis(40),
+    }
+}
+
+#[test]
+fn talkers_hear_each_other_not_themselves_and_a_listener_hears_both_through_a_rough_network() {
+    for seed in [1, 2, 3] {
+        let mut w = World::new(seed, rough_uplink(), Duration::from_secs(30));
+        let a = w.phone(1, Some(440.0));
+        let b = w.phone(2, Some(1000.0));
+        let c = w.phone(3, None);
+        for p in [a, b, c] {
+            let leg = w.phones[p].leg;
+            w.command(MediaCommand::Mix {
+                leg,
+                mix: MixId::Room(7),
+            });
+        }
+        w.run(Duration::from_secs(3));
+        let net = w.net.stats();
+        assert!(
+            net.lost > 0 && net.reordered > 0 && net.duplicated > 0,
+            "seed {seed}: {net:?}"
+        );
+        let last_second = 50;
+        let (ha, hb, hc) = (
+            w.phones[a].heard(last_second),
+            w.phones[b].heard(last_second),
+            w.phones[c].heard(last_second),
+        );
+        let loud = f64::from(AMP) * 0.5;
+        let faint = f64::from(AMP) * 0.02;
+        assert!(amplitude(&ha, 1000.0) > loud, "seed {seed}: A hears B");
+        assert!(
+            amplitude(&ha, 440.0) < faint,
+            "seed {seed}: A does not hear itself"
+        );
+        assert!(amplitude(&hb, 440.0) > loud, "seed {seed}: B hears A");
+        assert!(
+            amplitude(&hb, 1000.0) < faint,
+            "seed {seed}: B does not hear itself"
+        );
+        assert!(
+            amplitude(&hc, 440.0) > loud && amplitude(&hc, 1000.0) > loud,
+            "seed {seed}"
+        );
+        // One packet per tick to each (3 s: 150 ticks).
+        for p in &w.phones {
+            assert!((148..=151).contains(&p.audio.len()), "{}", p.audio.len());
+        }
+        // The talkers were reported talking, the silent listener never.
+        for (p, talks) in [(a, true), (b, true), (c, false)] {
+            let leg = w.phones[p].leg;
+            let talking = w
+                .events_of(leg)
+                .iter()
+                .any(|(_, e)| matches!(e, MediaEvent::Talking { talking: true, .. }));
+            assert_eq!(talking, talks, "seed {seed}, leg {leg}");
+        }
+        assert_eq!(w.bridge.mix_count(), 1);
+    }
+}
+
+#[test]
+fn a_prompt_plays_to_its_end_then_the_leg_hears_the_room() {
+    let mut w = World::new(4, Link::PERFECT, Duration::from_secs(30));
+    let a = w.phone(1, None);
+    let b = w.phone(2, Some(1000.0));
+    let (leg_a, leg_b) = (w.phones[a].leg, w.phones[b].leg);
+    w.command(MediaCommand::Mix {
+        leg: leg_b,
+        mix: MixId::Room(1),
+    });
+    w.command(MediaCommand::Play {
+        leg: leg_a,
+        prompts: vec![Prompt::EnterAccessCode],
+        then_music: false,
+        seq: 7,
+    });
+    let length = w.prompts.duration(Prompt::EnterAccessCode);
+    w.run(length / 2);
+    // The prompt is speech: loud, and not B's tone (A is in no mix).
+    let heard = w.phones[a].heard(10);
+    assert!(rms(&heard) > 300.0, "rms {}", rms(&heard));
+    assert!(amplitude(&heard, 1000.0) < 100.0);
+    w.run(length);
+    let done: Vec<_> = w
+        .events_of(leg_a)
+        .into_iter()
+        .filter(|(_, e)| matches!(e, MediaEvent::PlaybackDone { .. }))
+        .collect();
+    assert_eq!(done.len(), 1, "{done:?}");
+    let (at, ev) = &done[0];
+    assert_eq!(ev, &MediaEvent::PlaybackDone { leg: leg_a, seq: 7 });
+    assert!(
+        at.abs_diff(length) <= TICK * 2,
+        "done at {at:?}, the prompt lasts {length:?}"
+    );
+    // After the prompt: silence, until A is mixed with B.
+    assert!(rms(&w.phones[a].heard(10)) < 50.0);
+    w.command(MediaCommand::Mix {
+        leg: leg_a,
+        mix: MixId::Room(1),
+    });
+    w.run(Duration::from_secs(1));
+    assert!(amplitude(&w.phones[a].heard(25), 1000.0) > f64::from(AMP) * 0.5);
+    // A join tone is heard by everyone in the mix, on top of the voices.
+    let before = w.phones[b].audio.len();
+    w.command(MediaCommand::MixTone {
+        mix: MixId::Room(1),
+        tone: Prompt::JoinTone,
+    });
+    w.run(w.prompts.duration(Prompt::JoinTone));
+    let tone_frames = w.phones[b].audio.len() - before;
+    let with_tone = w.phones[b].heard(tone_frames);
+    assert!(rms(&with_tone) > 300.0, "B (alone talking) hears the tone");
+}
+
+#[test]
+fn hold_music_loops_after_the_prompts() {
+    let mut w = World::new(5, Link::PERFECT, Duration::from_secs(30));
+    let a = w.phone(1, None);
+    let leg = w.phones[a].leg;
+    w.command(MediaCommand::Play {
+        leg,
+        prompts: vec![Prompt::WaitForAdministrator],
+        then_music: true,
+        seq: 1,
+    });
+    let prompt = w.prompts.duration(Prompt::WaitForAdministrator);
+    w.run(prompt + Duration::from_secs(20));
+    // Music, not silence, long after the prompt ended (and past the music's own length).
+    assert!(rms(&w.phones[a].heard(50)) > 300.0);
+}
+
+#[test]
+fn a_leg_that_stops_sending_fails_after_the_rtp_timeout_and_a_held_one_never() {
+    let mut w = World::new(6, Link::PERFECT, Duration::from_secs(2));
+    let a = w.phone(1, Some(440.0));
+    let held = Phone::new(2, 2, 20004, None, w.now());
+    let mut media = held.media();
+    media.receives = false;
+    w.command(MediaCommand::Open {
+        leg: 2,
+        port: 20004,
+        media,
+        rtcp_mux: true,
+        signalled_from: held.addr.ip(),
+    });
+    w.run(Duration::from_secs(1));
+    w.phones[a].sending = false;
+    w.run(Duration::from_secs(8));
+    let failed: Vec<_> = w
+        .events
+        .iter()
+        .filter(|(_, e)| matches!(e, MediaEvent::Failed { .. }))
+        .collect();
+    assert_eq!(failed.len(), 1, "once, and only the silent one: {failed:?}");
+    let (at, ev) = failed[0];
+    assert!(matches!(ev, MediaEvent::Failed { leg: 1, reason } if reason.contains("no RTP")));
+    // 1 s of audio, then 2 s of silence.
+    let expected = Duration::from_secs(3);
+    assert!(at.abs_diff(expected) <= TICK * 2, "failed at {at:?}");
+}
+
+#[test]
+fn digits_go_in_as_events_and_relayed_digits_come_out_as_rfc4733() {
+    let mut w = World::new(8, rough_uplink(), Duration::from_secs(30));
+    let a = w.phone(1, None);
+    let b = w.phone(2, None);
+    w.run(Duration::from_millis(200));
+    for (i, digit) in ['1', '2', '#'].into_iter().enumerate() {
+        for packet in w.phones[a].digit(digit) {
+            w.send_from(a, &packet);
+        }
+        w.run(Duration::from_millis(300 + 10 * i as u64));
+    }
+    let digits: Vec<char> = w
+        .events_of(1)
+        .iter()
+        .filter_map(|(_, e)| match e {
+            MediaEvent::Digit { digit, .. } => Some(*digit),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(digits, ['1', '2', '#']);
+
+    // A digit relayed to B goes out as telephone-events on B's agreed number, begin to end.
+    let leg_b = w.phones[b].leg;
+    w.command(MediaCommand::SendDigit {
+        leg: leg_b,
+        digit: '9',
+    });
+    w.run(Duration::from_millis(500));
+    let events = &w.phones[b].events;
+    assert!(events.len() >= 3, "{events:?}");
+    assert!(events.iter().all(|e| e[0] == 9));
+    assert!(
+        events.last().is_some_and(|e| e[1] & 0x80 != 0),
+        "ends with the E bit"
+    );
+}
+
+#[test]
+fn rtcp_goes_from_the_next_port_to_the_next_port_without_mux() {
+    let mut w = World::new(9, Link::PERFECT, Duration::from_secs(30));
+    let phone = Phone::new(1, 1, 20002, Some(440.0), w.now());
+    let open = MediaCommand::Open {
+        leg: 1,
+        port: 20002,
+        media: phone.media(),
+        rtcp_mux: false,
+        signalled_from: phone.addr.ip(),
+    };
+    w.phones.push(phone);
+    w.command(open);
+    w.run(Duration::from_secs(9));
+    // Reports every 5 s give or take half (RFC 3550): at least one in 9 s, none on the
+    // RTP port.
+    let rtcp = &w.phones[0].rtcp;
+    assert!(!rtcp.is_empty());
+    assert!(rtcp.iter().all(|&r| r == (20003, 4001)), "{rtcp:?}");
+}
+
+#[test]
+fn a_stranger_never_takes_a_silent_leg_and_a_closed_leg_is_forgotten() {
+    let mut w = World::new(10, Link::PERFECT, Duration::from_secs(30));
+    let a = w.phone(1, Some(440.0));
+    let b = w.phone(2, None);
+    for p in [a, b] {
+        let leg = w.phones[p].leg;
+        w.command(MediaCommand::Mix {
+            leg,
+            mix: MixId::Room(3),
+        });
+    }
+    // B sends nothing (no packet at all, as before its first); a stranger sends RTP to
+    // B's port all along.
+    w.phones[b].sending = false;
+    let stranger = SocketAddr::from(([192, 0, 2, 9], 5000));
+    let mut fake = Phone::new(9, 99, 20004, Some(1000.0), w.now());
+    for _ in 0..100 {
+        let frame = fake.frame();
+        let now = w.now();
+        w.net.send(now, stranger, pbx(20004), &frame);
+        w.run(TICK);
+    }
+    // A hears nothing of the stranger; nothing was sent to the stranger.
+    assert!(amplitude(&w.phones[a].heard(50), 1000.0) < 100.0);
+    assert!(w.bridge.legs[&2].stream.stats().foreign >= 99);
+    // Closing A and B forgets them: ports free, the room gone.
+    w.command(MediaCommand::Close { leg: 1 });
+    w.command(MediaCommand::Close { leg: 2 });
+    assert_eq!((w.bridge.leg_count(), w.bridge.mix_count()), (0, 0));
+    assert!(w.bridge.ports.is_empty());
+    w.phones[a].sending = false;
+    let sent = w.net.stats().sent;
+    w.run(Duration::from_secs(1));
+    assert_eq!(w.net.stats().sent, sent, "the bridge sends nothing more");
+}
