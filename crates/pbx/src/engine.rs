@@ -23,6 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use confero_sip::dialog::{Dialog, Local, Retransmit, Unacked};
 use confero_sip::digest;
 use confero_sip::message::{self, response_for, Message, Request, Response};
 use confero_sip::peek::Peek;
@@ -32,9 +33,9 @@ use confero_sip::transaction::{
 use confero_sip::transport::{Peer, Transmit, Transport};
 use confero_sip::{sdp, Method, Name, SipUri, StatusCode};
 
-use crate::auth::{self, Authenticator};
 use crate::config::{self, Snapshot, User};
 use crate::ports::PortPool;
+use crate::registrar::auth::{self, Authenticator};
 use crate::room::Rooms;
 
 mod bridge;
@@ -45,16 +46,13 @@ mod pstn;
 mod transfer;
 mod trunk;
 mod webrtc;
-use crate::headers::{self, uri_user};
-use crate::registrar::{
-    Binding, BindingChange, ContactRequest, RegisterError, RegisterUpdate, Registrar,
-    DEFAULT_EXPIRES, MIN_EXPIRES,
-};
+use crate::registrar::{Binding, BindingChange, Registrar};
 use bridge::Bridge;
 use conference::ConfLeg;
 pub use conference::ConferenceParticipant;
 use conference::Party;
 pub use confero_media::bridge::{LegStats, MediaCommand, MediaEvent, MixId};
+use confero_sip::headers::{self, uri_user};
 use invite::Invitation;
 pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
 use trunk::TrunkLink;
@@ -187,38 +185,6 @@ impl Side {
     }
 }
 
-/// One dialog of a call, from our point of view.
-#[derive(Debug, Clone)]
-struct Leg {
-    call_id: String,
-    local_tag: String,
-    remote_tag: String,
-    /// Name-addr (without tag) of our end and of theirs, as written in From/To.
-    local_uri: String,
-    remote_uri: String,
-    /// Where in-dialog requests are addressed (the peer's Contact).
-    remote_target: String,
-    /// Route headers for requests on this dialog, in order.
-    route_set: Vec<String>,
-    local_cseq: u32,
-    /// The flow requests for this leg travel over.
-    peer: Peer,
-    /// Our ACK to the peer's last 2xx, re-sent when that 2xx is retransmitted.
-    last_ack: Option<Request>,
-    /// A 2xx we sent on this leg and keep retransmitting until the ACK (RFC 3261 §13.3.1.4).
-    unacked_2xx: Option<Unacked>,
-}
-
-#[derive(Debug, Clone)]
-struct Unacked {
-    response: Response,
-    next: Instant,
-    interval: Duration,
-    give_up: Instant,
-    /// The 2xx that answered the call itself (its loss ends the call).
-    initial: bool,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ForkState {
     Calling,
@@ -263,8 +229,8 @@ struct Call {
     /// The caller's INVITE and its server transaction, until the final response is sent.
     invite: Request,
     invite_tx: Option<ServerTxId>,
-    caller_leg: Leg,
-    callee_leg: Option<Leg>,
+    caller_leg: Dialog,
+    callee_leg: Option<Dialog>,
     forks: Vec<Fork>,
     ring_deadline: Instant,
     /// Client transactions of this call still expected to answer.
@@ -273,14 +239,14 @@ struct Call {
 }
 
 impl Call {
-    fn leg_mut(&mut self, side: Side) -> Option<&mut Leg> {
+    fn leg_mut(&mut self, side: Side) -> Option<&mut Dialog> {
         match side {
             Side::Caller => Some(&mut self.caller_leg),
             Side::Callee => self.callee_leg.as_mut(),
         }
     }
 
-    fn leg(&self, side: Side) -> Option<&Leg> {
+    fn leg(&self, side: Side) -> Option<&Dialog> {
         match side {
             Side::Caller => Some(&self.caller_leg),
             Side::Callee => self.callee_leg.as_ref(),
@@ -291,14 +257,11 @@ impl Call {
         let ring = (self.state == CallState::Ringing).then_some(self.ring_deadline);
         [
             ring,
-            self.caller_leg
-                .unacked_2xx
-                .as_ref()
-                .map(|u| u.next.min(u.give_up)),
+            self.caller_leg.unacked_2xx.as_ref().map(Unacked::deadline),
             self.callee_leg
                 .as_ref()
                 .and_then(|l| l.unacked_2xx.as_ref())
-                .map(|u| u.next.min(u.give_up)),
+                .map(Unacked::deadline),
         ]
         .into_iter()
         .flatten()
@@ -867,7 +830,7 @@ impl Engine {
             .unwrap_or_else(|| self.settings.advertised.ip().to_string())
     }
 
-    /// Digest authentication of `req` (see [`crate::auth`]). Answers 401/407 (or 403
+    /// Digest authentication of `req` (see [`crate::registrar::auth`]). Answers 401/407 (or 403
     /// while its source or username is locked for wrong passwords) itself and returns
     /// `None` when the request may not go on.
     fn authenticate(
@@ -928,68 +891,10 @@ impl Engine {
         let Some(user) = self.authenticate(now, tx, req, from, false) else {
             return;
         };
-        let to_user = uri_user(&to.uri.uri).unwrap_or_default();
-        if to_user != user.sip_username && to_user != user.extension {
-            return self.respond(now, tx, req, 403, "Credentials Do Not Match The AOR");
-        }
-        let header_expires = headers::expires_header(&req.headers);
-        let contacts = if headers::is_wildcard_contact(&req.headers) {
-            if header_expires != Some(0)
-                || headers::all_values(&req.headers, &Name::CONTACT).len() != 1
-            {
-                return self.respond(now, tx, req, 400, "Wildcard Contact Needs Expires 0");
-            }
-            None
-        } else {
-            let Some(list) = headers::contacts(&req.headers) else {
-                return self.respond(now, tx, req, 400, "Bad Contact Header");
-            };
-            Some(
-                list.iter()
-                    .map(|c| ContactRequest {
-                        contact: headers::contact_uri_text(c),
-                        expires: headers::contact_expires(c)
-                            .or(header_expires)
-                            .unwrap_or(DEFAULT_EXPIRES),
-                    })
-                    .collect::<Vec<_>>(),
-            )
-        };
-        let (call_id, cseq) = match (req.call_id(), req.cseq()) {
-            (Some(c), Some((n, _))) => (c, n),
-            _ => return self.respond(now, tx, req, 400, "Bad Request"),
-        };
-        let user_agent = headers::first(&req.headers, &Name::USER_AGENT);
-        let update = RegisterUpdate {
-            aor: &user.sip_username,
-            call_id: &call_id,
-            cseq,
-            peer: from,
-            user_agent: user_agent.as_deref(),
-            contacts,
-        };
         let unix = self.unix(now);
-        match self.registrar.apply(now, unix, update) {
-            Ok(changes) => {
-                for c in changes {
-                    self.events.push_back(EngineEvent::Binding(c));
-                }
-            }
-            Err(RegisterError::IntervalTooBrief) => {
-                let mut resp =
-                    response_for(req, StatusCode::from(423), Some(&message::random_tag()));
-                resp.reason = Some("Interval Too Brief".into());
-                resp.headers
-                    .insert(Name::MIN_EXPIRES, MIN_EXPIRES.to_string());
-                return self.send_response(now, tx, resp);
-            }
-        }
-        let mut resp = response_for(req, StatusCode::from(200), Some(&message::random_tag()));
-        for b in self.registrar.contacts_of(&user.sip_username) {
-            resp.headers.insert(
-                Name::CONTACT,
-                format!("<{}>;expires={}", b.contact, b.remaining(now)),
-            );
+        let (resp, changes) = self.registrar.register(now, unix, req, &user, from);
+        for c in changes {
+            self.events.push_back(EngineEvent::Binding(c));
         }
         self.send_response(now, tx, resp);
     }
@@ -1027,20 +932,9 @@ impl Engine {
             );
         }
         trying(self);
-        let (Some(from_hdr), Some(to_hdr), Some(call_id)) = (
-            headers::from_to(&req.headers, Name::FROM),
-            headers::from_to(&req.headers, Name::TO),
-            req.call_id(),
-        ) else {
-            return self.respond(now, tx, &req, 400, "Bad Request");
-        };
-        let Some(from_tag) = from_hdr.tag.as_ref().map(|t| t.to_string()) else {
-            return self.respond(now, tx, &req, 400, "Missing From Tag");
-        };
-        let remote_target =
-            headers::contacts(&req.headers).and_then(|c| c.first().map(headers::contact_uri_text));
-        let Some(remote_target) = remote_target else {
-            return self.respond(now, tx, &req, 400, "Missing Contact");
+        let caller_leg = match Dialog::uas(&req, message::random_tag(), from) {
+            Ok(d) => d,
+            Err(err) => return self.respond(now, tx, &req, 400, &err.to_string()),
         };
         let dialled = uri_user(&req.uri).unwrap_or_default();
         let cfg = self.config.clone();
@@ -1075,20 +969,6 @@ impl Engine {
         }
         let id = self.next_call_id;
         self.next_call_id += 1;
-        let local_tag = message::random_tag();
-        let caller_leg = Leg {
-            call_id: call_id.clone(),
-            local_tag: local_tag.clone(),
-            remote_tag: from_tag,
-            local_uri: headers::name_addr_text(&to_hdr),
-            remote_uri: headers::name_addr_text(&from_hdr),
-            remote_target,
-            route_set: headers::all_values(&req.headers, &Name::RECORD_ROUTE),
-            local_cseq: 1,
-            peer: from,
-            last_ack: None,
-            unacked_2xx: None,
-        };
         let max_forwards = headers::max_forwards(&req).saturating_sub(1).min(70);
         let mut call = Call {
             id,
@@ -1135,7 +1015,10 @@ impl Engine {
             return self.respond(now, tx, &call.invite, 480, "Temporarily Unavailable");
         }
         self.dialogs.insert(
-            (call.caller_leg.call_id.clone(), local_tag),
+            (
+                call.caller_leg.call_id.clone(),
+                call.caller_leg.local_tag.clone(),
+            ),
             (id, Side::Caller),
         );
         self.timers
@@ -1211,7 +1094,9 @@ impl Engine {
                 continue;
             }
             match fork.state {
-                ForkState::Proceeding => cancels.push((build_cancel(&fork.invite), fork.peer)),
+                ForkState::Proceeding => {
+                    cancels.push((message::cancel_for(&fork.invite), fork.peer))
+                }
                 ForkState::Calling => fork.cancel_wanted = true,
                 ForkState::Done => {}
             }
@@ -1261,7 +1146,7 @@ impl Engine {
             fork.state = ForkState::Proceeding;
             if fork.cancel_wanted {
                 fork.cancel_wanted = false;
-                let cancel = build_cancel(&fork.invite);
+                let cancel = message::cancel_for(&fork.invite);
                 let peer = fork.peer;
                 let tx = self.tx.send_request(now, cancel, peer);
                 self.client_txs.insert(tx, (id, ClientPurpose::Fire));
@@ -1280,7 +1165,7 @@ impl Engine {
                         copy_response_body(&resp, &mut ringing);
                         ringing.headers.insert(
                             Name::CONTACT,
-                            our_contact(&self.settings, call.caller_leg.peer.transport),
+                            local(&self.settings).contact(call.caller_leg.peer.transport),
                         );
                     }
                     let _ = self.tx.send_response(now, invite_tx, ringing);
@@ -1305,10 +1190,10 @@ impl Engine {
         // 2xx: build the callee leg, ACK it, and either connect the caller or hang up.
         let invite = fork.invite.clone();
         let peer = fork.peer;
-        let Some(leg) = callee_leg_from_2xx(&invite, &resp, peer) else {
+        let Some(leg) = Dialog::uac(&invite, &resp, peer) else {
             return;
         };
-        let ack = build_ack(&leg, &invite, our_via(&self.settings, peer.transport));
+        let ack = leg.ack_for(&invite, local(&self.settings).via(peer.transport));
         let mut leg = leg;
         leg.last_ack = Some(ack.clone());
         self.tx.send_stateless(Message::Request(ack), peer);
@@ -1335,7 +1220,7 @@ impl Engine {
         copy_response_body(&resp, &mut ok);
         ok.headers.insert(
             Name::CONTACT,
-            our_contact(&self.settings, call.caller_leg.peer.transport),
+            local(&self.settings).contact(call.caller_leg.peer.transport),
         );
         ok.headers.insert(Name::ALLOW, ALLOW);
         ok.headers.insert(Name::SERVER, USER_AGENT);
@@ -1343,7 +1228,7 @@ impl Engine {
             ok.headers.insert(Name::RECORD_ROUTE, rr);
         }
         let _ = self.tx.send_response(now, invite_tx, ok.clone());
-        call.caller_leg.unacked_2xx = Some(unacked(&self.settings, now, ok, true));
+        call.caller_leg.unacked_2xx = Some(Unacked::new(self.settings.timers.t1, now, ok, true));
         self.dialogs.insert(
             (leg.call_id.clone(), leg.local_tag.clone()),
             (id, Side::Callee),
@@ -1369,7 +1254,7 @@ impl Engine {
         let domain = self.domain();
         let mut invite = Request::new(Method::INVITE, uri);
         let h = &mut invite.headers;
-        h.insert(Name::VIA, our_via(&self.settings, transport));
+        h.insert(Name::VIA, local(&self.settings).via(transport));
         h.insert(Name::MAX_FORWARDS, max_forwards.to_string());
         h.insert(
             Name::FROM,
@@ -1387,54 +1272,20 @@ impl Engine {
         );
         h.insert(Name::CALL_ID, message::new_call_id(&domain));
         h.insert(Name::CSEQ, "1 INVITE");
-        h.insert(Name::CONTACT, our_contact(&self.settings, transport));
+        h.insert(Name::CONTACT, local(&self.settings).contact(transport));
         h.insert(Name::ALLOW, ALLOW);
         h.insert(Name::USER_AGENT, USER_AGENT);
         invite
     }
 
     /// Sends BYE on a leg that belongs to no live conversation any more.
-    fn send_bye_on(&mut self, now: Instant, id: CallId, mut leg: Leg) {
-        let bye = self.in_dialog_request(&mut leg, Method::BYE);
+    fn send_bye_on(&mut self, now: Instant, id: CallId, mut leg: Dialog) {
+        let bye = leg.request(Method::BYE, &local(&self.settings));
         let tx = self.tx.send_request(now, bye, leg.peer);
         self.client_txs.insert(tx, (id, ClientPurpose::Fire));
         if let Some(call) = self.calls.get_mut(&id) {
             call.open_client_txs += 1;
         }
-    }
-
-    /// Builds a request inside a leg's dialog (RFC 3261 §12.2.1.1).
-    fn in_dialog_request(&self, leg: &mut Leg, method: Method) -> Request {
-        leg.local_cseq += 1;
-        let uri = leg
-            .remote_target
-            .parse::<SipUri>()
-            .unwrap_or_else(|_| SipUri::new(leg.peer.addr.into()));
-        let mut req = Request::new(method.clone(), uri);
-        let h = &mut req.headers;
-        h.insert(Name::VIA, our_via(&self.settings, leg.peer.transport));
-        h.insert(Name::MAX_FORWARDS, "70");
-        for route in &leg.route_set {
-            h.insert(Name::ROUTE, route.clone());
-        }
-        h.insert(
-            Name::FROM,
-            format!("{};tag={}", leg.local_uri, leg.local_tag),
-        );
-        h.insert(
-            Name::TO,
-            format!("{};tag={}", leg.remote_uri, leg.remote_tag),
-        );
-        h.insert(Name::CALL_ID, leg.call_id.clone());
-        h.insert(Name::CSEQ, format!("{} {}", leg.local_cseq, method));
-        if method == Method::INVITE {
-            h.insert(
-                Name::CONTACT,
-                our_contact(&self.settings, leg.peer.transport),
-            );
-        }
-        h.insert(Name::USER_AGENT, USER_AGENT);
-        req
     }
 
     fn on_ack(&mut self, _now: Instant, ack: &Request) {
@@ -1532,7 +1383,7 @@ impl Engine {
         let Some(mut other) = call.leg(side.other()).cloned() else {
             return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
         };
-        let mut fwd = self.in_dialog_request(&mut other, req.method.clone());
+        let mut fwd = other.request(req.method.clone(), &local(&self.settings));
         copy_body(&req, &mut fwd);
         let peer = other.peer;
         let Some(call) = self.calls.get_mut(&id) else {
@@ -1580,8 +1431,7 @@ impl Engine {
             }
             if let Some(leg) = call.leg(to_side).cloned() {
                 let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(leg.local_cseq);
-                let ack =
-                    build_in_dialog_ack(&leg, cseq, our_via(&self.settings, leg.peer.transport));
+                let ack = leg.ack(cseq, local(&self.settings).via(leg.peer.transport));
                 self.tx
                     .send_stateless(Message::Request(ack.clone()), leg.peer);
                 if let Some(l) = self.calls.get_mut(&id).and_then(|c| c.leg_mut(to_side)) {
@@ -1601,13 +1451,13 @@ impl Engine {
         if is_invite && code < 300 {
             relay.headers.insert(
                 Name::CONTACT,
-                our_contact(&self.settings, from_leg.peer.transport),
+                local(&self.settings).contact(from_leg.peer.transport),
             );
         }
         relay.headers.insert(Name::SERVER, USER_AGENT);
         let _ = self.tx.send_response(now, fwd.server_tx, relay.clone());
         if is_invite && code / 100 == 2 {
-            let unacked = unacked(&self.settings, now, relay, false);
+            let unacked = Unacked::new(self.settings.timers.t1, now, relay, false);
             if let Some(call) = self.calls.get_mut(&id) {
                 if let Some(leg) = call.leg_mut(fwd.from_side) {
                     leg.unacked_2xx = Some(unacked);
@@ -1660,24 +1510,10 @@ impl Engine {
             let Some(leg) = call.leg_mut(side) else {
                 continue;
             };
-            let peer = leg.peer;
-            let Some(u) = leg.unacked_2xx.as_mut() else {
-                continue;
-            };
-            if now >= u.give_up {
-                give_up |= u.initial;
-                leg.unacked_2xx = None;
-                continue;
-            }
-            if now >= u.next {
-                if !peer.transport.is_reliable() {
-                    self.transmits.push_back(Transmit {
-                        peer,
-                        data: u.response.to_bytes(),
-                    });
-                }
-                u.interval = (u.interval * 2).min(t2);
-                u.next = now + u.interval;
+            match leg.poll_unacked(now, t2) {
+                Retransmit::Nothing => {}
+                Retransmit::Send(t) => self.transmits.push_back(t),
+                Retransmit::GaveUp { initial } => give_up |= initial,
             }
         }
         if give_up {
@@ -1749,104 +1585,11 @@ fn copy_response_body(from: &Response, to: &mut Response) {
     to.body = from.body.clone();
 }
 
-/// CANCEL for one of our INVITEs (RFC 3261 §9.1): same Request-URI, Call-ID, From, To,
-/// CSeq number and top Via.
-fn build_cancel(invite: &Request) -> Request {
-    let mut cancel = Request::new(Method::CANCEL, invite.uri.clone());
-    for name in [Name::VIA, Name::FROM, Name::TO, Name::CALL_ID, Name::ROUTE] {
-        if let Some(v) = headers::first(&invite.headers, &name) {
-            cancel.headers.insert(name, v);
-        }
-    }
-    cancel.headers.insert(Name::MAX_FORWARDS, "70");
-    let n = invite.cseq().map(|(n, _)| n).unwrap_or(1);
-    cancel.headers.insert(Name::CSEQ, format!("{n} CANCEL"));
-    cancel
-}
-
-/// The callee leg as established by a 2xx to one of our INVITEs (§12.1.2).
-fn callee_leg_from_2xx(invite: &Request, resp: &Response, peer: Peer) -> Option<Leg> {
-    let from = headers::from_to(&invite.headers, Name::FROM)?;
-    let to = headers::from_to(&resp.headers, Name::TO)?;
-    let remote_target = headers::contacts(&resp.headers)
-        .and_then(|c| c.first().map(headers::contact_uri_text))
-        .unwrap_or_else(|| headers::uri_text(&invite.uri));
-    let mut route_set = headers::all_values(&resp.headers, &Name::RECORD_ROUTE);
-    route_set.reverse();
-    Some(Leg {
-        call_id: invite.call_id()?,
-        local_tag: from.tag.as_ref()?.to_string(),
-        remote_tag: to.tag.as_ref()?.to_string(),
-        local_uri: headers::name_addr_text(&from),
-        remote_uri: headers::name_addr_text(&to),
-        remote_target,
-        route_set,
-        local_cseq: invite.cseq().map(|(n, _)| n).unwrap_or(1),
-        peer,
-        last_ack: None,
-        unacked_2xx: None,
-    })
-}
-
-/// ACK for a 2xx to the initial INVITE (§13.2.2.4): a new transaction-less request.
-fn build_ack(leg: &Leg, invite: &Request, via: String) -> Request {
-    let cseq = invite.cseq().map(|(n, _)| n).unwrap_or(1);
-    build_in_dialog_ack(leg, cseq, via)
-}
-
-fn build_in_dialog_ack(leg: &Leg, cseq: u32, via: String) -> Request {
-    let uri = leg
-        .remote_target
-        .parse::<SipUri>()
-        .unwrap_or_else(|_| SipUri::new(leg.peer.addr.into()));
-    let mut ack = Request::new(Method::ACK, uri);
-    let h = &mut ack.headers;
-    h.insert(Name::VIA, via);
-    h.insert(Name::MAX_FORWARDS, "70");
-    for route in &leg.route_set {
-        h.insert(Name::ROUTE, route.clone());
-    }
-    h.insert(
-        Name::FROM,
-        format!("{};tag={}", leg.local_uri, leg.local_tag),
-    );
-    h.insert(
-        Name::TO,
-        format!("{};tag={}", leg.remote_uri, leg.remote_tag),
-    );
-    h.insert(Name::CALL_ID, leg.call_id.clone());
-    h.insert(Name::CSEQ, format!("{cseq} ACK"));
-    ack
-}
-
-fn our_via(settings: &EngineSettings, transport: Transport) -> String {
-    format!(
-        "SIP/2.0/{} {};branch={};rport",
-        transport.via_name(),
-        settings.advertised,
-        message::new_branch()
-    )
-}
-
-fn our_contact(settings: &EngineSettings, transport: Transport) -> String {
-    match transport {
-        Transport::Udp => format!("<sip:{}>", settings.advertised),
-        t => format!(
-            "<sip:{};transport={}>",
-            settings.advertised,
-            t.via_name().to_ascii_lowercase()
-        ),
-    }
-}
-
-fn unacked(settings: &EngineSettings, now: Instant, response: Response, initial: bool) -> Unacked {
-    let t1 = settings.timers.t1;
-    Unacked {
-        response,
-        next: now + t1,
-        interval: t1,
-        give_up: now + t1 * 64,
-        initial,
+/// What we write about ourselves in the requests we send.
+fn local(settings: &EngineSettings) -> Local {
+    Local {
+        advertised: settings.advertised,
+        user_agent: USER_AGENT,
     }
 }
 
@@ -1873,7 +1616,7 @@ fn binding_peer(b: &Binding) -> Peer {
 /// An ACK ends the retransmission of the 2xx it acknowledges — the one with the same CSeq
 /// number — and no other (a late duplicate ACK of an earlier INVITE must not silence the
 /// 2xx of a re-INVITE).
-fn ack_clears(leg: &mut Leg, ack: &Request) {
+fn ack_clears(leg: &mut Dialog, ack: &Request) {
     let acked = ack.cseq().map(|(n, _)| n);
     let pending = leg
         .unacked_2xx

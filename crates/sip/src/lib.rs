@@ -50,7 +50,9 @@ pub use ezk_sip_types;
 pub use ezk_sip_types::uri::SipUri;
 pub use ezk_sip_types::{Headers, Method, Name, StatusCode};
 
+pub mod dialog;
 pub mod digest;
+pub mod headers;
 pub mod message;
 pub mod peek;
 pub mod sdp;

@@ -22,11 +22,10 @@ use confero_sip::{Method, StatusCode};
 
 use super::conference::{AfterAnswer, ConfLeg, Party};
 use super::fork::{self, ForkStep, OutFork};
-use super::{
-    build_ack, callee_leg_from_2xx, our_via, CallInfo, ClientPurpose, Engine, EngineEvent,
-};
+use super::{local, CallInfo, ClientPurpose, Engine, EngineEvent};
 use crate::room::LegId;
 use confero_media::bridge::{MediaCommand, MixId};
+use confero_sip::dialog::Dialog;
 
 /// How long an ended bridge is kept for late answers to its forks (a callee answering
 /// while we cancel gets its BYE).
@@ -332,10 +331,10 @@ impl Engine {
             return;
         };
         let (invite, peer, webrtc) = (fork.invite.clone(), fork.peer, fork.webrtc);
-        let Some(mut leg) = callee_leg_from_2xx(&invite, &resp, peer) else {
+        let Some(mut leg) = Dialog::uac(&invite, &resp, peer) else {
             return;
         };
-        let ack = build_ack(&leg, &invite, our_via(&self.settings, peer.transport));
+        let ack = leg.ack_for(&invite, local(&self.settings).via(peer.transport));
         self.tx.send_stateless(Message::Request(ack.clone()), peer);
         leg.last_ack = Some(ack);
         let ringing = bridge.state == BridgeState::Ringing;
@@ -348,7 +347,7 @@ impl Engine {
         let Some(opened) = opened else {
             // Too late, or an answer we cannot use: this device is hung up on.
             self.drop_fork_media(webrtc);
-            let bye = self.in_dialog_request(&mut leg, Method::BYE);
+            let bye = leg.request(Method::BYE, &local(&self.settings));
             let tx = self.tx.send_request(now, bye, peer);
             self.client_txs.insert(tx, (id, ClientPurpose::Fire));
             if ringing

@@ -17,10 +17,11 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
 use confero_sip::{Method, Name, StatusCode};
 
-use super::{our_contact, unacked, ClientPurpose, Engine, EngineEvent, Leg, ALLOW, USER_AGENT};
+use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
 use crate::config::{Conference, User};
-use crate::headers;
 use crate::room::{LegId, RoomCommand};
+use confero_sip::dialog::{Dialog, Retransmit, Unacked};
+use confero_sip::headers;
 
 /// What the bridge needs of what SDP agreed; `None` for a codec the bridge cannot run
 /// (none of [`CODEC_PREFS`] is such a codec, so the call is refused as without one).
@@ -123,7 +124,7 @@ impl Party {
 }
 
 pub(super) struct ConfLeg {
-    pub(super) leg: Leg,
+    pub(super) leg: Dialog,
     pub(super) caller: Party,
     /// The anchored call this leg is half of, when it is not in a conference room.
     pub(super) bridge: Option<u64>,
@@ -140,7 +141,7 @@ pub(super) struct ConfLeg {
 
 impl ConfLeg {
     pub(super) fn new(
-        leg: Leg,
+        leg: Dialog,
         caller: Party,
         port: u16,
         media: Negotiated,
@@ -168,7 +169,7 @@ impl ConfLeg {
     /// A leg the PBX called: `offer` is the SDP we sent, which stays ours (a re-INVITE
     /// without an offer is answered with it, and later answers keep its session id).
     pub(super) fn offered(
-        leg: Leg,
+        leg: Dialog,
         caller: Party,
         port: u16,
         media: Negotiated,
@@ -285,21 +286,13 @@ impl Engine {
                 return refuse(self, then);
             }
         };
-        let parts = (
-            headers::from_to(&req.headers, Name::FROM),
-            headers::from_to(&req.headers, Name::TO),
-            req.call_id(),
-        );
-        let (Some(from_hdr), Some(to_hdr), Some(call_id)) = parts else {
-            self.respond(now, tx, req, 400, "Bad Request");
-            return refuse(self, then);
-        };
-        let remote_tag = from_hdr.tag.as_ref().map(|t| t.to_string());
-        let remote_target =
-            headers::contacts(&req.headers).and_then(|c| c.first().map(headers::contact_uri_text));
-        let (Some(remote_tag), Some(remote_target)) = (remote_tag, remote_target) else {
-            self.respond(now, tx, req, 400, "Missing From Tag Or Contact");
-            return refuse(self, then);
+        let local_tag = local_tag.unwrap_or_else(message::random_tag);
+        let leg = match Dialog::uas(req, local_tag, from) {
+            Ok(d) => d,
+            Err(err) => {
+                self.respond(now, tx, req, 400, &err.to_string());
+                return refuse(self, then);
+            }
         };
         let Some(port) = port.or_else(|| self.ports.allocate()) else {
             tracing::warn!("RTP port range exhausted");
@@ -308,19 +301,6 @@ impl Engine {
         };
         let id = self.next_call_id;
         self.next_call_id += 1;
-        let leg = Leg {
-            call_id,
-            local_tag: local_tag.unwrap_or_else(message::random_tag),
-            remote_tag,
-            local_uri: headers::name_addr_text(&to_hdr),
-            remote_uri: headers::name_addr_text(&from_hdr),
-            remote_target,
-            route_set: headers::all_values(&req.headers, &Name::RECORD_ROUTE),
-            local_cseq: 1,
-            peer: from,
-            last_ack: None,
-            unacked_2xx: None,
-        };
         if offer.is_webrtc() {
             return self.defer_to_webrtc(now, tx, req, leg, caller, id, port, then);
         }
@@ -360,7 +340,7 @@ impl Engine {
         now: Instant,
         tx: ServerTxId,
         req: &Request,
-        mut leg: Leg,
+        mut leg: Dialog,
         caller: Party,
         id: LegId,
         port: u16,
@@ -371,7 +351,7 @@ impl Engine {
         let mut ok = response_for(req, StatusCode::from(200), Some(&leg.local_tag));
         ok.headers.insert(
             Name::CONTACT,
-            our_contact(&self.settings, leg.peer.transport),
+            local(&self.settings).contact(leg.peer.transport),
         );
         ok.headers.insert(Name::ALLOW, ALLOW);
         ok.headers.insert(Name::SERVER, USER_AGENT);
@@ -381,10 +361,9 @@ impl Engine {
         }
         ok.body = Bytes::from(answer.clone().into_bytes());
         let _ = self.tx.send_response(now, tx, ok.clone());
-        leg.unacked_2xx = Some(unacked(&self.settings, now, ok, true));
+        leg.unacked_2xx = Some(Unacked::new(self.settings.timers.t1, now, ok, true));
         if let Some(u) = &leg.unacked_2xx {
-            self.timers
-                .push(std::cmp::Reverse((u.next.min(u.give_up), id)));
+            self.timers.push(std::cmp::Reverse((u.deadline(), id)));
         }
         self.conf_dialogs
             .insert((leg.call_id.clone(), leg.local_tag.clone()), id);
@@ -472,7 +451,7 @@ impl Engine {
         self.ports.release(c.port);
         self.media_out.push_back(MediaCommand::Close { leg: id });
         if send_bye {
-            let bye = self.in_dialog_request(&mut c.leg, Method::BYE);
+            let bye = c.leg.request(Method::BYE, &local(&self.settings));
             let tx = self.tx.send_request(now, bye, c.leg.peer);
             self.client_txs.insert(tx, (id, ClientPurpose::Fire));
         }
@@ -626,15 +605,14 @@ impl Engine {
         let mut ok = response_for(req, StatusCode::from(200), Some(&c.leg.local_tag));
         ok.headers.insert(
             Name::CONTACT,
-            our_contact(&self.settings, c.leg.peer.transport),
+            local(&self.settings).contact(c.leg.peer.transport),
         );
         ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
         ok.body = Bytes::from(body.into_bytes());
         let _ = self.tx.send_response(now, tx, ok.clone());
-        c.leg.unacked_2xx = Some(unacked(&self.settings, now, ok, false));
+        c.leg.unacked_2xx = Some(Unacked::new(self.settings.timers.t1, now, ok, false));
         if let Some(u) = &c.leg.unacked_2xx {
-            self.timers
-                .push(std::cmp::Reverse((u.next.min(u.give_up), id)));
+            self.timers.push(std::cmp::Reverse((u.deadline(), id)));
         }
     }
 
@@ -644,31 +622,16 @@ impl Engine {
         let Some(c) = self.conf_legs.get_mut(&id) else {
             return;
         };
-        let peer = c.leg.peer;
-        let Some(u) = c.leg.unacked_2xx.as_mut() else {
-            return;
-        };
-        if now >= u.give_up {
-            let initial = u.initial;
-            c.leg.unacked_2xx = None;
-            if initial {
-                // Never ACKed: the caller is not there.
-                self.end_conf_leg(now, id, true);
-            }
-            return;
+        match c.leg.poll_unacked(now, t2) {
+            Retransmit::Nothing => {}
+            Retransmit::Send(t) => self.transmits.push_back(t),
+            // Never ACKed: the caller is not there.
+            Retransmit::GaveUp { initial: true } => return self.end_conf_leg(now, id, true),
+            Retransmit::GaveUp { initial: false } => return,
         }
-        if now >= u.next {
-            if !peer.transport.is_reliable() {
-                self.transmits.push_back(confero_sip::transport::Transmit {
-                    peer,
-                    data: u.response.to_bytes(),
-                });
-            }
-            u.interval = (u.interval * 2).min(t2);
-            u.next = now + u.interval;
+        if let Some(u) = &c.leg.unacked_2xx {
+            self.timers.push(std::cmp::Reverse((u.deadline(), id)));
         }
-        let at = u.next.min(u.give_up);
-        self.timers.push(std::cmp::Reverse((at, id)));
     }
 
     /// Input from the media engine.

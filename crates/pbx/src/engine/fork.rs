@@ -10,11 +10,12 @@ use confero_sip::transport::Peer;
 use confero_sip::{Name, SipUri};
 
 use super::conference::{leg_media, CODEC_PREFS};
-use super::{binding_peer, build_cancel, ClientPurpose, Engine};
+use super::{binding_peer, ClientPurpose, Engine};
 use crate::config::User;
 use crate::registrar::Binding;
 use crate::room::LegId;
 use confero_media::bridge::MediaCommand;
+use confero_sip::message;
 
 /// The media of an answered fork, opened.
 #[derive(Debug)]
@@ -85,7 +86,7 @@ impl OutFork {
         }
         if self.cancel_wanted {
             self.cancel_wanted = false;
-            return Provisional::Cancel(Box::new(build_cancel(&self.invite)), self.peer);
+            return Provisional::Cancel(Box::new(message::cancel_for(&self.invite)), self.peer);
         }
         if code > 100 {
             Provisional::Ringing
@@ -124,7 +125,7 @@ pub(super) fn cancels(forks: &mut [OutFork], keep: Option<usize>) -> Vec<(Reques
             continue;
         }
         if f.provisional {
-            out.push((build_cancel(&f.invite), f.peer));
+            out.push((message::cancel_for(&f.invite), f.peer));
         } else {
             f.cancel_wanted = true;
         }

@@ -13,8 +13,9 @@ use confero_sip::Method;
 
 use super::conference::{ConfLeg, Party};
 use super::fork::{self, ForkStep, OutFork};
-use super::{build_ack, callee_leg_from_2xx, our_via, ClientPurpose, Engine, EngineEvent};
+use super::{local, ClientPurpose, Engine, EngineEvent};
 use crate::room::LegId;
+use confero_sip::dialog::Dialog;
 
 /// How long a finished invitation stays queryable.
 const KEEP_FINISHED: Duration = Duration::from_secs(600);
@@ -362,10 +363,10 @@ impl Engine {
         // 2xx: ACK it, then either bring the callee in or hang up on a late answer.
         let (invite, peer, webrtc) = (fork.invite.clone(), fork.peer, fork.webrtc);
         let via_trunk = fork.trunk.is_some();
-        let Some(mut leg) = callee_leg_from_2xx(&invite, &resp, peer) else {
+        let Some(mut leg) = Dialog::uac(&invite, &resp, peer) else {
             return;
         };
-        let ack = build_ack(&leg, &invite, our_via(&self.settings, peer.transport));
+        let ack = leg.ack_for(&invite, local(&self.settings).via(peer.transport));
         self.tx.send_stateless(Message::Request(ack.clone()), peer);
         leg.last_ack = Some(ack);
         let (conference_id, callee_ext, callee_name) = (
@@ -403,7 +404,7 @@ impl Engine {
             // Too late (someone else answered, cancelled, timed out), the room or the user
             // went away, or an unusable answer: hang up on this device.
             self.drop_fork_media(webrtc);
-            let bye = self.in_dialog_request(&mut leg, Method::BYE);
+            let bye = leg.request(Method::BYE, &local(&self.settings));
             let tx = self.tx.send_request(now, bye, peer);
             self.client_txs.insert(tx, (id, ClientPurpose::Fire));
             if let Some(inv) = self.invitations.get_mut(&id) {

@@ -18,7 +18,7 @@ use confero_sip::Name;
 use super::conference::Party;
 use super::Engine;
 use crate::config::{Destination, User};
-use crate::headers::{self, uri_user};
+use confero_sip::headers::{self, uri_user};
 
 /// The caller as the provider presents them: P-Asserted-Identity when there is one (the
 /// network-asserted number), else From.

@@ -19,11 +19,11 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::{Method, Name, SipUri, StatusCode};
 
 use super::conference::{AfterAnswer, Party};
-use super::{our_contact, ClientPurpose, Engine, EngineEvent};
+use super::{local, ClientPurpose, Engine, EngineEvent};
 use crate::config::{self, Conference, User};
-use crate::headers::{self, uri_user};
 use crate::room::LegId;
 use confero_media::bridge::MediaCommand;
+use confero_sip::headers::{self, uri_user};
 
 /// Where a REFER sends the transferee.
 enum Target {
@@ -280,12 +280,12 @@ impl Engine {
             Some(c) => c.leg.peer.transport,
             None => return,
         };
-        let contact = our_contact(&self.settings, transport);
+        let contact = local(&self.settings).contact(transport);
         let Some(c) = self.conf_legs.get_mut(&transferor) else {
             return;
         };
         let mut leg = c.leg.clone();
-        let mut notify = self.in_dialog_request(&mut leg, Method::NOTIFY);
+        let mut notify = leg.request(Method::NOTIFY, &local(&self.settings));
         let h = &mut notify.headers;
         h.insert(Name::EVENT, "refer");
         h.insert(Name::SUBSCRIPTION_STATE, "terminated;reason=noresource");

@@ -21,9 +21,9 @@ use confero_sip::transaction::ClientTxId;
 use confero_sip::transport::{Peer, Transport};
 use confero_sip::{Method, Name, SipUri};
 
-use super::{our_via, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
+use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
 use crate::config::{Trunk, TrunkTransport};
-use crate::headers;
+use confero_sip::headers;
 
 /// Registration interval asked of providers.
 const REGISTER_EXPIRES: u32 = 3600;
@@ -281,7 +281,7 @@ impl Engine {
             .unwrap_or_else(|| link.contact_user.clone());
         let mut req = Request::new(Method::REGISTER, uri);
         let h = &mut req.headers;
-        h.insert(Name::VIA, our_via(&self.settings, peer.transport));
+        h.insert(Name::VIA, local(&self.settings).via(peer.transport));
         h.insert(Name::MAX_FORWARDS, "70");
         h.insert(
             Name::FROM,
@@ -503,7 +503,7 @@ impl Engine {
         retry.headers.remove(&Name::PROXY_AUTHORIZATION);
         retry
             .headers
-            .insert(Name::VIA, our_via(&self.settings, transport));
+            .insert(Name::VIA, local(&self.settings).via(transport));
         retry
             .headers
             .insert(Name::CSEQ, format!("{cseq} {}", original.method));
@@ -565,7 +565,7 @@ impl Engine {
         let caller = format!("{} <sip:{caller_number}@{domain}>", super::quoted(display));
         let mut invite = Request::new(Method::INVITE, uri);
         let h = &mut invite.headers;
-        h.insert(Name::VIA, our_via(&self.settings, peer.transport));
+        h.insert(Name::VIA, local(&self.settings).via(peer.transport));
         h.insert(Name::MAX_FORWARDS, "70");
         h.insert(
             Name::FROM,

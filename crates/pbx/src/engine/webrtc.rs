@@ -12,11 +12,12 @@ use confero_sip::transaction::ServerTxId;
 
 use super::conference::{AfterAnswer, Party};
 use super::fork::OutFork;
-use super::{ClientPurpose, Engine, Leg};
+use super::{ClientPurpose, Engine};
 use crate::config::User;
 use crate::registrar::Binding;
 use crate::room::LegId;
 use confero_media::bridge::MediaCommand;
+use confero_sip::dialog::Dialog;
 
 /// The media engine answers at once; this only bounds a bug.
 const ANSWER_GUARD: Duration = Duration::from_secs(10);
@@ -26,7 +27,7 @@ const ANSWER_GUARD: Duration = Duration::from_secs(10);
 pub(super) struct PendingWebRtc {
     tx: ServerTxId,
     req: Request,
-    leg: Leg,
+    leg: Dialog,
     caller: Party,
     port: u16,
     then: AfterAnswer,
@@ -161,7 +162,7 @@ impl Engine {
         now: Instant,
         tx: ServerTxId,
         req: &Request,
-        leg: Leg,
+        leg: Dialog,
         caller: Party,
         id: LegId,
         port: u16,

@@ -4,6 +4,8 @@
 // Shared by several test binaries, each using a part.
 #![allow(dead_code, unreachable_pub)]
 
+pub mod sim;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};

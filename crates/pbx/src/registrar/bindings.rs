@@ -1,7 +1,8 @@
-//! Location service: which devices (contacts) are registered for which user.
+//! The location table: which devices (contacts) are registered for which user.
 //!
-//! The table is pure data keyed by `(aor, contact)`; the engine decides who may change it
-//! (digest authentication) and turns changes into events so the IO shell can persist them.
+//! The table is pure data keyed by `(aor, contact)`; [`super::auth`] decides who may change
+//! it, [`super::register`] reads REGISTER requests into changes, and the engine turns
+//! changes into events so the IO shell can persist them.
 //! Time is passed in as both an [`Instant`] (for expiry timers) and Unix seconds (for what
 //! is stored and shown), so restarts and tests see the same arithmetic.
 

@@ -1,22 +1,23 @@
-//! Small readers and writers for the headers the engine touches, on top of ezk-sip-types.
+//! Small readers for the headers a transaction user touches, on top of ezk-sip-types.
 //!
-//! The engine works with header *values as text* when it builds messages (it copies
-//! name-addrs between legs verbatim) and with ezk's typed headers when it must look inside.
+//! A B2BUA works with header *values as text* when it builds messages (it copies
+//! name-addrs between legs verbatim) and with ezk's typed headers when it must look inside;
+//! every reader returns `None` (or a default it names) for a header a stranger mangled.
 
-use confero_sip::message::Request;
-use confero_sip::{Headers, Name, SipUri};
+use crate::message::Request;
+use crate::{Headers, Name, SipUri};
 use ezk_sip_types::header::typed::{Contact, FromTo};
 use ezk_sip_types::print::AppendCtx;
 use ezk_sip_types::uri::SipUriUserPart;
 
 /// First raw value of a header.
-pub(crate) fn first(headers: &Headers, name: &Name) -> Option<String> {
+pub fn first(headers: &Headers, name: &Name) -> Option<String> {
     headers.get_raw(name).next().map(|v| v.to_string())
 }
 
 /// Every raw value of a header, split at top-level commas (Route, Record-Route, Contact
 /// may be folded into one line).
-pub(crate) fn all_values(headers: &Headers, name: &Name) -> Vec<String> {
+pub fn all_values(headers: &Headers, name: &Name) -> Vec<String> {
     headers
         .get_raw(name)
         .flat_map(|v| split_top_level_commas(v))
@@ -24,7 +25,7 @@ pub(crate) fn all_values(headers: &Headers, name: &Name) -> Vec<String> {
 }
 
 /// Splits at commas outside `<...>` and quotes.
-pub(crate) fn split_top_level_commas(value: &str) -> Vec<String> {
+pub fn split_top_level_commas(value: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut depth_angle = false;
     let mut in_quote = false;
@@ -55,7 +56,7 @@ pub(crate) fn split_top_level_commas(value: &str) -> Vec<String> {
 }
 
 /// The user part of a SIP URI, if it has one.
-pub(crate) fn uri_user(uri: &SipUri) -> Option<String> {
+pub fn uri_user(uri: &SipUri) -> Option<String> {
     match &uri.user_part {
         SipUriUserPart::Empty => None,
         SipUriUserPart::User(u) => Some(u.to_string()),
@@ -64,27 +65,28 @@ pub(crate) fn uri_user(uri: &SipUri) -> Option<String> {
 }
 
 /// Host part of a SIP URI, lower-cased (without port).
-pub(crate) fn uri_host(uri: &SipUri) -> String {
+pub fn uri_host(uri: &SipUri) -> String {
     uri.host_port.host.to_string().to_ascii_lowercase()
 }
 
-pub(crate) fn uri_text(uri: &SipUri) -> String {
+/// A SIP URI as text.
+pub fn uri_text(uri: &SipUri) -> String {
     uri.default_print_ctx().to_string()
 }
 
 /// From or To, typed.
-pub(crate) fn from_to(headers: &Headers, name: Name) -> Option<FromTo> {
+pub fn from_to(headers: &Headers, name: Name) -> Option<FromTo> {
     headers.get::<FromTo>(name).ok()
 }
 
 /// The name-addr of a From/To header without its tag, as text to copy into another leg.
-pub(crate) fn name_addr_text(ft: &FromTo) -> String {
+pub fn name_addr_text(ft: &FromTo) -> String {
     ft.uri.default_print_ctx().to_string()
 }
 
 /// The Contact URIs of a message, typed; `None` when a Contact header is present but
 /// unreadable.
-pub(crate) fn contacts(headers: &Headers) -> Option<Vec<Contact>> {
+pub fn contacts(headers: &Headers) -> Option<Vec<Contact>> {
     if !headers.contains(&Name::CONTACT) {
         return Some(Vec::new());
     }
@@ -92,29 +94,29 @@ pub(crate) fn contacts(headers: &Headers) -> Option<Vec<Contact>> {
 }
 
 /// `Contact: *` (only meaningful in REGISTER).
-pub(crate) fn is_wildcard_contact(headers: &Headers) -> bool {
+pub fn is_wildcard_contact(headers: &Headers) -> bool {
     headers.get_raw(&Name::CONTACT).any(|v| v.trim() == "*")
 }
 
 /// A Contact's `expires` parameter, if present and numeric.
-pub(crate) fn contact_expires(c: &Contact) -> Option<u32> {
+pub fn contact_expires(c: &Contact) -> Option<u32> {
     c.params
         .get_val("expires")
         .and_then(|v| v.trim().parse().ok())
 }
 
 /// The URI of a Contact as text, e.g. `sip:alice@192.0.2.1:5062;transport=tcp`.
-pub(crate) fn contact_uri_text(c: &Contact) -> String {
+pub fn contact_uri_text(c: &Contact) -> String {
     c.uri.uri.default_print_ctx().to_string()
 }
 
 /// The Expires header value, if present and numeric.
-pub(crate) fn expires_header(headers: &Headers) -> Option<u32> {
+pub fn expires_header(headers: &Headers) -> Option<u32> {
     first(headers, &Name::EXPIRES).and_then(|v| v.trim().parse().ok())
 }
 
 /// Max-Forwards, defaulting to 70 when absent or unreadable.
-pub(crate) fn max_forwards(req: &Request) -> u32 {
+pub fn max_forwards(req: &Request) -> u32 {
     first(&req.headers, &Name::MAX_FORWARDS)
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(70)
