@@ -8,12 +8,11 @@
 pub mod api;
 mod cli;
 mod console;
+mod http;
 mod limits;
 mod live;
-mod media_shell;
-mod sip_shell;
-mod throttle;
-mod ws;
+mod shell;
+mod state;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::path::Path;
@@ -30,8 +29,8 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::watch;
 
 use crate::cli::{Cli, Command, Settings};
-use crate::live::LiveState;
-use crate::sip_shell::{restore_binding, unix_now, SipShell};
+use crate::live::publish::LiveState;
+use crate::shell::sip::{restore_binding, unix_now, SipShell};
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
@@ -75,10 +74,10 @@ pub fn main() -> ExitCode {
 
 /// Everything the HTTP listeners serve: the REST API, `/healthz`, `/metrics` and the
 /// management console.
-pub fn app(state: api::ApiState) -> axum::Router {
+pub(crate) fn app(state: state::AppState) -> axum::Router {
     api::router(state.clone())
         .merge(console::router(state.clone()))
-        .merge(ws::router(state))
+        .merge(http::ws::router(state))
         .layer(axum::middleware::map_response(security_headers))
 }
 
@@ -268,11 +267,11 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(64);
     let live = Arc::new(LiveState::new(control_tx));
-    let prompts = media_shell::load_prompts(&settings.data_dir.join("prompts"))?;
+    let prompts = shell::media::load_prompts(&settings.data_dir.join("prompts"))?;
     let (media_tx, media_cmd_rx) = std::sync::mpsc::channel();
     let (media_ev_tx, media_ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let media_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let media = media_shell::MediaShell {
+    let media = shell::media::MediaShell {
         bind_ip: sip_bound.ip(),
         public_ip: advertised.ip(),
         prompts: Arc::new(prompts),
@@ -288,7 +287,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     // Stream connections are shared: the SIP task owns TCP and TLS, the HTTP server
     // accepts WebSockets (`/ws`) and hands their messages to the same engine.
     let (input_tx, input_rx) = tokio::sync::mpsc::channel(4096);
-    let conns = sip_shell::ConnTable::new(
+    let conns = shell::ConnTable::new(
         input_tx,
         Some(trunk_tls(settings.trunk_ca.as_deref())?),
         limits.clone(),
@@ -333,7 +332,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let endpoints = console::Endpoints {
+    let endpoints = state::Endpoints {
         http: http_bound,
         https: match &https_listener {
             Some((_, l)) => Some(l.local_addr()?),
@@ -343,7 +342,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         advertised: advertised.ip(),
         domains: settings.domains.clone(),
     };
-    let router = app(api::ApiState::new(store, live, production_tx)
+    let router = app(state::AppState::new(store, live, production_tx)
         .with_metrics_token(settings.metrics_token.clone())
         .with_connection_limits(limits.clone())
         .with_shutdown(closing_rx)
@@ -482,7 +481,7 @@ async fn start_https(
         .handle(handle.clone())
         .serve(
             router
-                .layer(axum::Extension(console::session::OverTls))
+                .layer(axum::Extension(http::auth::OverTls))
                 .into_make_service_with_connect_info::<SocketAddr>(),
         );
     tokio::spawn(async move {

@@ -11,10 +11,9 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 
-use super::{ApiError, ApiState};
-use crate::console::login::client_address;
-use crate::console::session::{cookie_value, foreign_origin, same_secret, CSRF_HEADER};
-use crate::throttle::Attempt;
+use super::{ApiError, AppState};
+use crate::http::auth::{client_address, cookie_value, foreign_origin, same_secret, CSRF_HEADER};
+use crate::http::throttle::Attempt;
 
 /// The authenticated caller, available to handlers as an `Extension<Caller>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,7 +60,7 @@ fn refuse(message: &str) -> Response {
 }
 
 pub(super) async fn require_auth(
-    State(state): State<ApiState>,
+    State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Response {

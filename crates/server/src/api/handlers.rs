@@ -16,7 +16,7 @@ use confero_store::{
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{ApiError, ApiJson, ApiState, Caller};
+use super::{ApiError, ApiJson, AppState, Caller};
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -85,7 +85,7 @@ impl UserView {
     }
 }
 
-pub(super) async fn list_users(State(s): State<ApiState>) -> ApiResult<Json<Vec<UserView>>> {
+pub(super) async fn list_users(State(s): State<AppState>) -> ApiResult<Json<Vec<UserView>>> {
     let users = s.store.list_users().await?;
     Ok(Json(
         users.into_iter().map(UserView::without_password).collect(),
@@ -93,7 +93,7 @@ pub(super) async fn list_users(State(s): State<ApiState>) -> ApiResult<Json<Vec<
 }
 
 pub(super) async fn get_user(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserView>> {
     let user = s.store.get_user(parse_id(&id)?).await?;
@@ -101,7 +101,7 @@ pub(super) async fn get_user(
 }
 
 pub(super) async fn create_user(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     ApiJson(new): ApiJson<NewUser>,
 ) -> ApiResult<Response> {
     let user = s.store.create_user(new).await?;
@@ -109,7 +109,7 @@ pub(super) async fn create_user(
 }
 
 pub(super) async fn put_user(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<NewUser>,
 ) -> ApiResult<Json<UserView>> {
@@ -120,7 +120,7 @@ pub(super) async fn put_user(
 }
 
 pub(super) async fn patch_user(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UserPatch>,
 ) -> ApiResult<Json<UserView>> {
@@ -131,7 +131,7 @@ pub(super) async fn patch_user(
 }
 
 pub(super) async fn delete_user(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     s.store.delete_user(parse_id(&id)?).await?;
@@ -139,7 +139,7 @@ pub(super) async fn delete_user(
 }
 
 pub(super) async fn reset_user_password(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<UserView>> {
     let user = s.store.reset_user_password(parse_id(&id)?).await?;
@@ -149,27 +149,27 @@ pub(super) async fn reset_user_password(
 // ---- conferences -------------------------------------------------------------
 
 pub(super) async fn list_conferences(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<Conference>>> {
     Ok(Json(s.store.list_conferences().await?))
 }
 
 pub(super) async fn get_conference(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Conference>> {
     Ok(Json(s.store.get_conference(parse_id(&id)?).await?))
 }
 
 pub(super) async fn create_conference(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     ApiJson(new): ApiJson<NewConference>,
 ) -> ApiResult<Response> {
     Ok(created(s.store.create_conference(new).await?))
 }
 
 pub(super) async fn put_conference(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<NewConference>,
 ) -> ApiResult<Json<Conference>> {
@@ -183,7 +183,7 @@ pub(super) async fn put_conference(
 }
 
 pub(super) async fn patch_conference(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<ConferencePatch>,
 ) -> ApiResult<Json<Conference>> {
@@ -193,7 +193,7 @@ pub(super) async fn patch_conference(
 }
 
 pub(super) async fn delete_conference(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     s.store.delete_conference(parse_id(&id)?).await?;
@@ -203,27 +203,27 @@ pub(super) async fn delete_conference(
 // ---- incoming numbers --------------------------------------------------------
 
 pub(super) async fn list_incoming_numbers(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
 ) -> ApiResult<Json<Vec<IncomingNumber>>> {
     Ok(Json(s.store.list_incoming_numbers().await?))
 }
 
 pub(super) async fn get_incoming_number(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<IncomingNumber>> {
     Ok(Json(s.store.get_incoming_number(parse_id(&id)?).await?))
 }
 
 pub(super) async fn create_incoming_number(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     ApiJson(new): ApiJson<NewIncomingNumber>,
 ) -> ApiResult<Response> {
     Ok(created(s.store.create_incoming_number(new).await?))
 }
 
 pub(super) async fn put_incoming_number(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<NewIncomingNumber>,
 ) -> ApiResult<Json<IncomingNumber>> {
@@ -237,7 +237,7 @@ pub(super) async fn put_incoming_number(
 }
 
 pub(super) async fn patch_incoming_number(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<IncomingNumberPatch>,
 ) -> ApiResult<Json<IncomingNumber>> {
@@ -247,7 +247,7 @@ pub(super) async fn patch_incoming_number(
 }
 
 pub(super) async fn delete_incoming_number(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     s.store.delete_incoming_number(parse_id(&id)?).await?;
@@ -276,7 +276,7 @@ pub struct TrunkView {
 }
 
 impl TrunkView {
-    fn with_live(t: Trunk, s: &ApiState) -> Self {
+    fn with_live(t: Trunk, s: &AppState) -> Self {
         let live = s.live.trunk(t.id);
         TrunkView {
             live,
@@ -303,7 +303,7 @@ impl From<Trunk> for TrunkView {
     }
 }
 
-pub(super) async fn list_trunks(State(s): State<ApiState>) -> ApiResult<Json<Vec<TrunkView>>> {
+pub(super) async fn list_trunks(State(s): State<AppState>) -> ApiResult<Json<Vec<TrunkView>>> {
     let trunks = s.store.list_trunks().await?;
     Ok(Json(
         trunks
@@ -314,7 +314,7 @@ pub(super) async fn list_trunks(State(s): State<ApiState>) -> ApiResult<Json<Vec
 }
 
 pub(super) async fn get_trunk(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<TrunkView>> {
     let trunk = s.store.get_trunk(parse_id(&id)?).await?;
@@ -322,14 +322,14 @@ pub(super) async fn get_trunk(
 }
 
 pub(super) async fn create_trunk(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     ApiJson(new): ApiJson<NewTrunk>,
 ) -> ApiResult<Response> {
     Ok(created(TrunkView::from(s.store.create_trunk(new).await?)))
 }
 
 pub(super) async fn put_trunk(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<NewTrunk>,
 ) -> ApiResult<Json<TrunkView>> {
@@ -344,7 +344,7 @@ pub(super) async fn put_trunk(
 }
 
 pub(super) async fn patch_trunk(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<TrunkPatch>,
 ) -> ApiResult<Json<TrunkView>> {
@@ -354,7 +354,7 @@ pub(super) async fn patch_trunk(
 }
 
 pub(super) async fn delete_trunk(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
     s.store.delete_trunk(parse_id(&id)?).await?;
@@ -363,7 +363,7 @@ pub(super) async fn delete_trunk(
 
 // ---- changes -----------------------------------------------------------------
 
-pub(super) async fn list_changes(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+pub(super) async fn list_changes(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     let changes = s.store.pending_changes().await?;
     let revision = s.store.production().await?.map_or(0, |p| p.revision);
     Ok(Json(json!({
@@ -374,29 +374,29 @@ pub(super) async fn list_changes(State(s): State<ApiState>) -> ApiResult<Json<se
 }
 
 /// Publishes the draft, then hands the new revision to the engine.
-pub(super) async fn apply_changes(State(s): State<ApiState>) -> ApiResult<Json<serde_json::Value>> {
+pub(super) async fn apply_changes(State(s): State<AppState>) -> ApiResult<Json<serde_json::Value>> {
     let revision = s.apply().await?.revision;
     Ok(Json(json!({ "revision": revision })))
 }
 
-pub(super) async fn discard_changes(State(s): State<ApiState>) -> ApiResult<StatusCode> {
+pub(super) async fn discard_changes(State(s): State<AppState>) -> ApiResult<StatusCode> {
     s.store.discard().await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 // ---- live state --------------------------------------------------------------
 
-pub(super) async fn registrations(State(s): State<ApiState>) -> Json<Vec<serde_json::Value>> {
+pub(super) async fn registrations(State(s): State<AppState>) -> Json<Vec<serde_json::Value>> {
     Json(s.live.registrations())
 }
 
-pub(super) async fn calls(State(s): State<ApiState>) -> Json<Vec<serde_json::Value>> {
+pub(super) async fn calls(State(s): State<AppState>) -> Json<Vec<serde_json::Value>> {
     Json(s.live.calls())
 }
 
 /// `GET /alerts/code-guessing`: rooms whose access code was being guessed in the last
 /// hour.
-pub(super) async fn code_guessing(State(s): State<ApiState>) -> Json<Vec<serde_json::Value>> {
+pub(super) async fn code_guessing(State(s): State<AppState>) -> Json<Vec<serde_json::Value>> {
     Json(s.live.code_guessing())
 }
 
@@ -405,7 +405,7 @@ pub(super) async fn code_guessing(State(s): State<ApiState>) -> Json<Vec<serde_j
 /// state of every kind. A slow client that falls behind skips to the newest state rather
 /// than slowing anyone down. The stream ends when the server shuts down (browsers
 /// reconnect by themselves).
-pub(super) async fn events(State(s): State<ApiState>) -> Result<Response, ApiError> {
+pub(super) async fn events(State(s): State<AppState>) -> Result<Response, ApiError> {
     use axum::response::sse::{Event, KeepAlive, Sse};
     use std::collections::VecDeque;
     let rx = s
@@ -462,7 +462,7 @@ pub(super) struct InviteBody {
 
 /// `POST /conferences/{id}/invite {"target": "102"}` → 202 with the invitation.
 pub(super) async fn invite(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(raw): Path<String>,
     ApiJson(body): ApiJson<InviteBody>,
 ) -> Result<Response, ApiError> {
@@ -510,7 +510,7 @@ pub(super) async fn invite(
 /// `GET /invitations/{id}`: ringing, answered, busy, no_answer, failed (with status and
 /// reason), cancelled.
 pub(super) async fn get_invitation(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let id = parse_live_id(&raw, "id")?;
@@ -522,7 +522,7 @@ pub(super) async fn get_invitation(
 
 /// `POST /invitations/{id}/cancel` before it is answered.
 pub(super) async fn cancel_invitation(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_live_id(&raw, "id")?;
@@ -542,7 +542,7 @@ pub(super) async fn cancel_invitation(
 
 /// Live participants of a room; 404 when the room is not in the draft or production.
 pub(super) async fn participants(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
     let id = parse_id(&raw)?;
@@ -561,15 +561,15 @@ pub(super) async fn participants(
 
 /// `POST /conferences/{id}/participants/{pid}/{mute|unmute|kick}`.
 pub(super) async fn participant_action(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Path((raw_id, raw_pid, action)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&raw_id)?;
     let pid = parse_live_id(&raw_pid, "participant")?;
     let action = match action.as_str() {
-        "mute" => super::ParticipantAction::Mute,
-        "unmute" => super::ParticipantAction::Unmute,
-        "kick" => super::ParticipantAction::Kick,
+        "mute" => crate::live::ParticipantAction::Mute,
+        "unmute" => crate::live::ParticipantAction::Unmute,
+        "kick" => crate::live::ParticipantAction::Kick,
         other => {
             return Err(ApiError::NotFound(format!(
                 "no participant action {other:?} (mute, unmute, kick)"
@@ -600,7 +600,7 @@ pub(super) struct NewToken {
 /// Only a person logged in with a console account may mint tokens: a leaked
 /// token must not be able to create more of itself.
 pub(super) async fn create_token(
-    State(s): State<ApiState>,
+    State(s): State<AppState>,
     Extension(caller): Extension<Caller>,
     ApiJson(body): ApiJson<NewToken>,
 ) -> ApiResult<Response> {

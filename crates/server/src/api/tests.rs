@@ -13,7 +13,9 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use super::{router, ApiState, LiveView};
+use super::router;
+use crate::live::LiveView;
+use crate::state::AppState;
 
 struct FakeLive;
 
@@ -55,7 +57,7 @@ async fn app() -> App {
         .expect("admin");
     let (_, token) = store.create_token("tests").await.expect("token");
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let router = router(ApiState::new(store.clone(), Arc::new(FakeLive), tx));
+    let router = router(AppState::new(store.clone(), Arc::new(FakeLive), tx));
     App {
         router,
         store,

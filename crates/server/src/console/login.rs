@@ -11,10 +11,11 @@ use maud::{html, Markup};
 use serde::Deserialize;
 
 use super::layout::document;
-use super::session::{cookie_value, foreign_origin, safe_next, set_cookie, FormFields, OverTls};
+use super::session::{safe_next, FormFields};
 use super::PageError;
-use crate::api::ApiState;
-use crate::throttle::Attempt;
+use crate::http::auth::{client_address, cookie_value, foreign_origin, set_cookie, OverTls};
+use crate::http::throttle::Attempt;
+use crate::state::AppState;
 
 #[derive(Deserialize)]
 pub(crate) struct Next {
@@ -54,7 +55,7 @@ fn login_page(next: &str, username: &str, alert: Option<&str>) -> Markup {
 
 /// `GET /login`; someone already signed in goes straight on.
 pub(crate) async fn form(
-    State(state): State<ApiState>,
+    State(state): State<AppState>,
     headers: HeaderMap,
     Query(q): Query<Next>,
 ) -> Result<Response, PageError> {
@@ -67,14 +68,9 @@ pub(crate) async fn form(
     Ok(login_page(&next, "", None).into_response())
 }
 
-/// The client's address, for throttling; requests without one (tests) share one key.
-pub(crate) fn client_address(connect: Option<&ConnectInfo<SocketAddr>>) -> String {
-    connect.map_or_else(|| "unknown".to_owned(), |c| c.0.ip().to_string())
-}
-
 /// `POST /login`.
 pub(crate) async fn submit(
-    State(state): State<ApiState>,
+    State(state): State<AppState>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     tls: Option<Extension<OverTls>>,
     headers: HeaderMap,

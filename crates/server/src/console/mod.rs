@@ -30,12 +30,11 @@ use axum::Router;
 use confero_store::StoreError;
 use maud::html;
 
-use crate::api::{ApiState, MAX_BODY_BYTES};
+use crate::state::{AppState, MAX_BODY_BYTES};
 use layout::document;
-pub(crate) use odoo::Endpoints;
 
 /// The console's routes, to merge beside the API's.
-pub(crate) fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(|| async { Redirect::to("/conferences") }))
         .route("/login", get(login::form).post(login::submit))

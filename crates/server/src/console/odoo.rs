@@ -3,7 +3,7 @@
 //! the server listens on, with the traps spelt out (an Odoo served over https:// cannot
 //! open ws://; a self-signed certificate must be accepted once in each browser).
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
@@ -12,19 +12,7 @@ use maud::{html, Markup};
 use super::layout::{page, Section};
 use super::session::Ctx;
 use super::PageError;
-
-/// Where this server can be reached, as bound at start.
-#[derive(Clone, Debug)]
-pub(crate) struct Endpoints {
-    pub(crate) http: SocketAddr,
-    pub(crate) https: Option<SocketAddr>,
-    /// The HTTPS certificate is our self-signed trial one.
-    pub(crate) self_signed: bool,
-    /// The address put in SIP and SDP (`--public-address`, or the one found).
-    pub(crate) advertised: IpAddr,
-    /// `--domain`: when set, the only SIP domains served.
-    pub(crate) domains: Vec<String>,
-}
+use crate::state::Endpoints;
 
 /// The host part of the request's Host header, when it is a plausible name or address
 /// (it is echoed into the page, so anything else is ignored).

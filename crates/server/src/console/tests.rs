@@ -14,7 +14,8 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::api::{ApiState, LiveView};
+use crate::live::LiveView;
+use crate::state::AppState;
 
 const ADMIN_PASSWORD: &str = "console-admin-secret";
 
@@ -85,7 +86,7 @@ async fn console() -> Console {
         .await
         .expect("admin");
     let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
-    let endpoints = super::Endpoints {
+    let endpoints = crate::state::Endpoints {
         http: "0.0.0.0:8080".parse().unwrap(),
         https: None,
         self_signed: false,
@@ -93,7 +94,7 @@ async fn console() -> Console {
         domains: Vec::new(),
     };
     let router =
-        crate::app(ApiState::new(store.clone(), Arc::new(FakeLive), tx).with_endpoints(endpoints));
+        crate::app(AppState::new(store.clone(), Arc::new(FakeLive), tx).with_endpoints(endpoints));
     Console {
         router,
         store,
@@ -893,7 +894,7 @@ async fn metrics_can_require_a_token() {
     let (tx, _rx) = watch::channel(Arc::new(Snapshot::default()));
     let token = "metrics-token-0123456789";
     let router = crate::app(
-        ApiState::new(store, Arc::new(FakeLive), tx).with_metrics_token(Some(token.into())),
+        AppState::new(store, Arc::new(FakeLive), tx).with_metrics_token(Some(token.into())),
     );
     for (auth, expected) in [
         (None, StatusCode::UNAUTHORIZED),

@@ -21,16 +21,16 @@ use bytes::Bytes;
 use confero_sip::message::MAX_MESSAGE_LEN;
 use confero_sip::transport::{Peer, Transport};
 
-use crate::api::ApiState;
-use crate::console::session::OverTls;
-use crate::sip_shell::ConnTable;
+use super::auth::OverTls;
+use crate::shell::ConnTable;
+use crate::state::AppState;
 
 /// How often the server pings a browser.
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// A connection silent this long (not even answering pings) is closed.
 const SILENT_FOR: Duration = Duration::from_secs(90);
 
-pub(crate) fn router(state: ApiState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     Router::new().route("/ws", get(upgrade)).with_state(state)
 }
 
@@ -45,7 +45,7 @@ fn offers_sip(headers: &HeaderMap) -> bool {
 }
 
 async fn upgrade(
-    State(state): State<ApiState>,
+    State(state): State<AppState>,
     connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     tls: Option<Extension<OverTls>>,
     headers: HeaderMap,

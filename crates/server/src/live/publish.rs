@@ -10,7 +10,7 @@ use confero_pbx::engine::Engine;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::api::{LiveView, ParticipantAction};
+use super::{LiveView, ParticipantAction};
 
 /// An action from the API that only the engine task may carry out.
 #[derive(Debug)]
