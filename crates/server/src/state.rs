@@ -29,11 +29,11 @@ pub(crate) struct Endpoints {
 }
 
 #[derive(Clone)]
-pub struct AppState {
-    pub store: confero_store::Store,
-    pub live: Arc<dyn LiveView>,
+pub(crate) struct AppState {
+    pub(crate) store: confero_store::Store,
+    pub(crate) live: Arc<dyn LiveView>,
     /// Receives each newly applied revision; the engine holds the receiver.
-    pub production: watch::Sender<Arc<Snapshot>>,
+    pub(crate) production: watch::Sender<Arc<Snapshot>>,
     /// Failed sign-ins (console and HTTP Basic), shared so both count toward one budget.
     throttle: Arc<Mutex<LoginThrottle>>,
     /// Becomes true when the server shuts down: long-lived responses (event streams)
@@ -56,7 +56,7 @@ impl std::fmt::Debug for AppState {
 }
 
 impl AppState {
-    pub fn new(
+    pub(crate) fn new(
         store: confero_store::Store,
         live: Arc<dyn LiveView>,
         production: watch::Sender<Arc<Snapshot>>,
@@ -81,7 +81,7 @@ impl AppState {
     }
 
     /// Requires `Authorization: Bearer token` on /metrics.
-    pub fn with_metrics_token(mut self, token: Option<String>) -> Self {
+    pub(crate) fn with_metrics_token(mut self, token: Option<String>) -> Self {
         self.metrics_token = token.map(Arc::from);
         self
     }
@@ -99,7 +99,7 @@ impl AppState {
     }
 
     /// Ends event streams when `closing` turns true.
-    pub fn with_shutdown(mut self, closing: watch::Receiver<bool>) -> Self {
+    pub(crate) fn with_shutdown(mut self, closing: watch::Receiver<bool>) -> Self {
         self.closing = closing;
         self
     }

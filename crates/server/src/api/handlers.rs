@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::{ApiError, ApiJson, AppState, Caller};
+use crate::live;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -258,7 +259,7 @@ pub(super) async fn delete_incoming_number(
 
 /// A trunk as the API shows it: the provider password is write-only;
 /// `has_password` tells whether one is set.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Serialize, PartialEq)]
 pub struct TrunkView {
     pub id: i64,
     pub name: String,
@@ -271,8 +272,8 @@ pub struct TrunkView {
     pub caller_id: Option<String>,
     pub dial_prefix: Option<String>,
     /// Live: the registration as the engine sees it (absent until the trunk is applied).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub live: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) live: Option<crate::live::Trunk>,
 }
 
 impl TrunkView {
@@ -386,17 +387,17 @@ pub(super) async fn discard_changes(State(s): State<AppState>) -> ApiResult<Stat
 
 // ---- live state --------------------------------------------------------------
 
-pub(super) async fn registrations(State(s): State<AppState>) -> Json<Vec<serde_json::Value>> {
+pub(super) async fn registrations(State(s): State<AppState>) -> Json<Vec<live::Registration>> {
     Json(s.live.registrations())
 }
 
-pub(super) async fn calls(State(s): State<AppState>) -> Json<Vec<serde_json::Value>> {
+pub(super) async fn calls(State(s): State<AppState>) -> Json<Vec<live::Call>> {
     Json(s.live.calls())
 }
 
 /// `GET /alerts/code-guessing`: rooms whose access code was being guessed in the last
 /// hour.
-pub(super) async fn code_guessing(State(s): State<AppState>) -> Json<Vec<serde_json::Value>> {
+pub(super) async fn code_guessing(State(s): State<AppState>) -> Json<Vec<live::CodeGuessing>> {
     Json(s.live.code_guessing())
 }
 
@@ -512,7 +513,7 @@ pub(super) async fn invite(
 pub(super) async fn get_invitation(
     State(s): State<AppState>,
     Path(raw): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<live::Invitation>, ApiError> {
     let id = parse_live_id(&raw, "id")?;
     s.live
         .invitation(id)
@@ -544,7 +545,7 @@ pub(super) async fn cancel_invitation(
 pub(super) async fn participants(
     State(s): State<AppState>,
     Path(raw): Path<String>,
-) -> Result<Json<Vec<serde_json::Value>>, ApiError> {
+) -> Result<Json<Vec<live::Participant>>, ApiError> {
     let id = parse_id(&raw)?;
     let known_in_production = s
         .production

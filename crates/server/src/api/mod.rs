@@ -45,7 +45,7 @@ pub fn parse_body_for_fuzzing<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> R
 }
 
 /// Mounts `/api/v1/...`, `/healthz` and `/metrics`.
-pub fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Router {
     use handlers::*;
     let protected = Router::new()
         .route("/users", get(list_users).post(create_user))

@@ -14,17 +14,31 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use super::router;
-use crate::live::LiveView;
+use crate::live::{self, LiveView};
 use crate::state::AppState;
 
 struct FakeLive;
 
 impl LiveView for FakeLive {
-    fn registrations(&self) -> Vec<Value> {
-        vec![json!({"user": "101", "contact": "sip:101@192.0.2.1"})]
+    fn registrations(&self) -> Vec<live::Registration> {
+        vec![live::Registration {
+            user: "101".into(),
+            contact: "sip:101@192.0.2.1".into(),
+            transport: "UDP".into(),
+            source: "192.0.2.1:5060".into(),
+            expires_in: 3600,
+            user_agent: None,
+        }]
     }
-    fn calls(&self) -> Vec<Value> {
-        vec![json!({"id": 1, "caller": "101", "callee": "800"})]
+    fn calls(&self) -> Vec<live::Call> {
+        vec![live::Call {
+            id: 1,
+            caller: "101".into(),
+            callee: "800".into(),
+            state: "ringing",
+            started_at: 0,
+            answered_at: None,
+        }]
     }
     fn metrics(&self) -> String {
         "# TYPE confero_calls gauge\nconfero_calls 1\n".into()

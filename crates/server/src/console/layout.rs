@@ -156,9 +156,8 @@ fn code_guessing_alerts(ctx: &Ctx) -> Vec<String> {
     alerts
         .iter()
         .filter_map(|a| {
-            let id = a["conference_id"].as_i64()?;
-            let n = a["failures_last_hour"].as_u64()?;
-            let room = production.config.conference(id)?;
+            let n = a.failures_last_hour;
+            let room = production.config.conference(a.conference_id)?;
             Some(format!(
                 "Someone is guessing the access code of {} ({}): {n} wrong codes in the last \
                  hour. Callers who keep failing are held back; consider a longer code.",

@@ -78,11 +78,9 @@ pub(crate) async fn show(ctx: Ctx, headers: HeaderMap) -> Result<Response, PageE
     let browsers_of = |username: &str| {
         registrations
             .iter()
-            .filter(|r| r["user"].as_str() == Some(username))
+            .filter(|r| r.user == username)
             .filter(|r| {
-                r["transport"]
-                    .as_str()
-                    .is_some_and(|t| t.eq_ignore_ascii_case("ws") || t.eq_ignore_ascii_case("wss"))
+                r.transport.eq_ignore_ascii_case("ws") || r.transport.eq_ignore_ascii_case("wss")
             })
             .count()
     };

@@ -10,11 +10,10 @@ use axum::Router;
 use confero_pbx::config::{Destination, Snapshot};
 use confero_store::Store;
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
 use tokio::sync::watch;
 use tower::ServiceExt;
 
-use crate::live::LiveView;
+use crate::live::{self, LiveView};
 use crate::state::AppState;
 
 const ADMIN_PASSWORD: &str = "console-admin-secret";
@@ -22,27 +21,60 @@ const ADMIN_PASSWORD: &str = "console-admin-secret";
 struct FakeLive;
 
 impl LiveView for FakeLive {
-    fn registrations(&self) -> Vec<Value> {
+    fn registrations(&self) -> Vec<live::Registration> {
+        let device = |user: &str, contact: &str, transport: &str, source: &str, agent: &str| {
+            live::Registration {
+                user: user.into(),
+                contact: contact.into(),
+                transport: transport.into(),
+                source: source.into(),
+                expires_in: 3600,
+                user_agent: Some(agent.into()),
+            }
+        };
         vec![
-            json!({"user": "alice", "contact": "sip:alice@192.0.2.1", "transport": "udp",
-                    "source": "192.0.2.1:5060", "user_agent": "Yealink T46U"}),
-            json!({"user": "bob", "contact": "sip:x8k2@192.0.2.7;transport=ws", "transport": "WSS",
-                    "source": "192.0.2.7:50312", "user_agent": "Odoo VoIP"}),
+            device(
+                "alice",
+                "sip:alice@192.0.2.1",
+                "udp",
+                "192.0.2.1:5060",
+                "Yealink T46U",
+            ),
+            device(
+                "bob",
+                "sip:x8k2@192.0.2.7;transport=ws",
+                "WSS",
+                "192.0.2.7:50312",
+                "Odoo VoIP",
+            ),
         ]
     }
-    fn calls(&self) -> Vec<Value> {
+    fn calls(&self) -> Vec<live::Call> {
         Vec::new()
     }
     fn metrics(&self) -> String {
         String::new()
     }
-    fn participants(&self, conference_id: i64) -> Vec<Value> {
-        vec![
-            json!({"id": 41, "conference_id": conference_id, "caller": "101",
-                    "caller_name": "Alice", "is_admin": true, "state": "in_room", "muted": false,
-                    "talking": true, "codec": "PCMU", "joined_at": 0, "packets_received": 500,
-                    "packets_lost": 0, "loss_percent": 0.0, "jitter_ms": 2.0, "rtt_ms": null}),
-        ]
+    fn participants(&self, conference_id: i64) -> Vec<live::Participant> {
+        vec![live::Participant {
+            id: 41,
+            conference_id,
+            caller: "101".into(),
+            caller_name: "Alice".into(),
+            is_admin: true,
+            state: "in_room",
+            in_mix: true,
+            muted: false,
+            talking: true,
+            codec: "PCMU".into(),
+            joined_at: 0,
+            packets_received: 500,
+            packets_lost: 0,
+            loss_percent: 0.0,
+            jitter_ms: 2.0,
+            rtt_ms: None,
+            rtp_port: 20000,
+        }]
     }
 }
 

@@ -97,13 +97,10 @@ pub(crate) async fn list(ctx: Ctx) -> Result<Response, PageError> {
 }
 
 /// The registration state in words, kept current by the script from `trunks` events.
-fn status_cell(id: i64, live: Option<&serde_json::Value>) -> Markup {
+fn status_cell(id: i64, live: Option<&crate::live::Trunk>) -> Markup {
     let (state, text) = match live {
-        Some(v) => (
-            v["registration"].as_str().unwrap_or("off").to_owned(),
-            v["summary"].as_str().unwrap_or("").to_owned(),
-        ),
-        None => ("pending".to_owned(), "Not applied yet".to_owned()),
+        Some(t) => (t.registration, t.summary.as_str()),
+        None => ("pending", "Not applied yet"),
     };
     html! {
         span.trunk-status data-trunk-status=(id) data-state=(state) { (text) }

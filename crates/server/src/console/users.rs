@@ -6,13 +6,13 @@ use axum::response::{IntoResponse, Response};
 use confero_pbx::config::User;
 use confero_store::{NewUser, UserPatch};
 use maud::{html, Markup};
-use serde_json::Value;
 
 use super::layout::{
     csrf_field, form_error, page, row_action, store_error, Errors, Field, Section,
 };
 use super::session::{Ctx, FormFields, Posted};
 use super::{done, parse_id, PageError};
+use crate::live::Registration;
 
 const LABELS: &[(&str, &str)] = &[
     ("name", "Name"),
@@ -22,20 +22,16 @@ const LABELS: &[(&str, &str)] = &[
 ];
 const FIELDS: &[&str] = &["name", "extension", "sip_username", "sip_password"];
 
-fn devices_of<'a>(registrations: &'a [Value], user: &User) -> Vec<&'a Value> {
+fn devices_of<'a>(registrations: &'a [Registration], user: &User) -> Vec<&'a Registration> {
     registrations
         .iter()
-        .filter(|r| r["user"].as_str() == Some(user.sip_username.as_str()))
+        .filter(|r| r.user == user.sip_username)
         .collect()
 }
 
-fn device_text(r: &Value) -> String {
-    let agent = r["user_agent"].as_str().unwrap_or("Unknown phone");
-    format!(
-        "{agent} — {} from {}",
-        r["transport"].as_str().unwrap_or("?").to_uppercase(),
-        r["source"].as_str().unwrap_or("?")
-    )
+fn device_text(r: &Registration) -> String {
+    let agent = r.user_agent.as_deref().unwrap_or("Unknown phone");
+    format!("{agent} — {} from {}", r.transport.to_uppercase(), r.source)
 }
 
 /// `GET /users`.

@@ -5,20 +5,22 @@
 //! last publication and never wait on the engine.
 
 pub(crate) mod publish;
+pub(crate) mod views;
+
+pub(crate) use views::{Call, CodeGuessing, Invitation, Participant, Registration, Trunk};
 
 /// Live state published by the engine, read by the API.
-pub trait LiveView: Send + Sync + 'static {
-    fn registrations(&self) -> Vec<serde_json::Value>;
-    fn calls(&self) -> Vec<serde_json::Value>;
+pub(crate) trait LiveView: Send + Sync + 'static {
+    fn registrations(&self) -> Vec<Registration>;
+    fn calls(&self) -> Vec<Call>;
     /// Extra Prometheus text lines appended to /metrics.
     fn metrics(&self) -> String;
     /// Everyone in (or entering, or waiting for) conference `id`.
-    fn participants(&self, _conference_id: i64) -> Vec<serde_json::Value> {
+    fn participants(&self, _conference_id: i64) -> Vec<Participant> {
         Vec::new()
     }
-    /// Rooms whose access code someone was guessing in the last hour:
-    /// `{"conference_id", "failures_last_hour", "alerted_at"}`.
-    fn code_guessing(&self) -> Vec<serde_json::Value> {
+    /// Rooms whose access code someone was guessing in the last hour.
+    fn code_guessing(&self) -> Vec<CodeGuessing> {
         Vec::new()
     }
     /// Starts an invitation from a room; resolves to the invitation as JSON, or to why it
@@ -28,15 +30,15 @@ pub trait LiveView: Send + Sync + 'static {
         _conference_id: i64,
         _target: String,
         _timeout: std::time::Duration,
-    ) -> Option<tokio::sync::oneshot::Receiver<Result<serde_json::Value, String>>> {
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<Invitation, String>>> {
         None
     }
     /// A trunk's live registration state, once the engine has it.
-    fn trunk(&self, _id: i64) -> Option<serde_json::Value> {
+    fn trunk(&self, _id: i64) -> Option<Trunk> {
         None
     }
     /// An invitation's progress, while it is remembered.
-    fn invitation(&self, _id: u64) -> Option<serde_json::Value> {
+    fn invitation(&self, _id: u64) -> Option<Invitation> {
         None
     }
     /// Cancels a ringing invitation; false when it already ended.
@@ -66,7 +68,7 @@ pub trait LiveView: Send + Sync + 'static {
 
 /// What the console can do to a participant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ParticipantAction {
+pub(crate) enum ParticipantAction {
     Mute,
     Unmute,
     Kick,

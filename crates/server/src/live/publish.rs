@@ -4,13 +4,15 @@
 //! handlers read it without ever touching the engine, so a slow client cannot stall calls.
 
 use std::fmt::Write as _;
-use std::sync::RwLock;
+use std::sync::{RwLock, RwLockReadGuard};
 
 use confero_pbx::engine::Engine;
-use serde_json::{json, Value};
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{LiveView, ParticipantAction};
+use super::{
+    Call, CodeGuessing, Invitation, LiveView, Participant, ParticipantAction, Registration, Trunk,
+};
 
 /// An action from the API that only the engine task may carry out.
 #[derive(Debug)]
@@ -25,7 +27,7 @@ pub(crate) enum Control {
         conference_id: i64,
         target: String,
         timeout: std::time::Duration,
-        reply: oneshot::Sender<Result<Value, String>>,
+        reply: oneshot::Sender<Result<Invitation, String>>,
     },
     CancelInvitation {
         id: u64,
@@ -65,13 +67,13 @@ impl Control {
             } => {
                 let result = engine
                     .invite(now, conference_id, &target, timeout)
-                    .map(|id| {
+                    .map_err(|e| e.to_string())
+                    .and_then(|id| {
                         engine
                             .invitation(id)
-                            .map(invitation_json)
-                            .unwrap_or(Value::Null)
-                    })
-                    .map_err(|e| e.to_string());
+                            .map(Invitation::from)
+                            .ok_or_else(|| "the invitation ended at once".to_owned())
+                    });
                 Box::new(move || {
                     let _ = reply.send(result);
                 })
@@ -86,59 +88,59 @@ impl Control {
     }
 }
 
-fn invitation_json(i: confero_pbx::engine::InvitationInfo) -> Value {
-    json!({
-        "id": i.id,
-        "conference_id": i.conference_id,
-        "target": i.target,
-        "state": i.state.as_str(),
-        "status": i.status,
-        "reason": i.reason,
-        "participant_id": i.participant,
-        "created_at": i.created_unix,
-    })
-}
-
-/// A trunk's live state. Times are seconds from now, so clients need no clock.
-fn trunk_json(t: &confero_pbx::engine::TrunkStatus, now_unix: u64) -> Value {
-    use confero_pbx::engine::RegistrationState as R;
-    let summary = match t.registration {
-        R::Off => "Not registering".to_owned(),
-        R::Resolving => "Looking up the provider's address…".to_owned(),
-        R::Registering => "Registering…".to_owned(),
-        R::Registered => "Registered".to_owned(),
-        R::Failed => match (t.status, &t.reason) {
-            (Some(code), Some(reason)) => format!("Failed: {code} {reason}"),
-            (_, Some(reason)) => format!("Failed: {reason}"),
-            _ => "Failed".to_owned(),
-        },
-    };
-    json!({
-        "summary": summary,
-        "trunk_id": t.id,
-        "name": t.name,
-        "registration": t.registration.as_str(),
-        "address": t.address.map(|a| a.to_string()),
-        "status": t.status,
-        "reason": t.reason,
-        "expires_in": t.expires_unix.map(|u| u.saturating_sub(now_unix)),
-        "retry_in": t.retry_unix.map(|u| u.saturating_sub(now_unix)),
-    })
-}
-
+/// One publication.
 #[derive(Default)]
 struct Published {
-    registrations: Vec<Value>,
-    calls: Vec<Value>,
-    participants: Vec<(i64, Value)>,
-    invitations: Vec<(u64, Value)>,
-    trunks: Vec<(i64, Value)>,
-    code_guessing: Vec<Value>,
+    registrations: Vec<Registration>,
+    calls: Vec<Call>,
+    participants: Vec<Participant>,
+    invitations: Vec<Invitation>,
+    trunks: Vec<Trunk>,
+    code_guessing: Vec<CodeGuessing>,
     security: Option<confero_pbx::engine::SecurityStats>,
     engine_revision: i64,
     transactions: usize,
     calls_in_memory: usize,
     rtp_ports: usize,
+}
+
+/// The kinds of live events, in the order a new subscriber gets them.
+const EVENT_KINDS: [&str; 6] = [
+    "trunks",
+    "registrations",
+    "calls",
+    "participants",
+    "invitations",
+    "code_guessing",
+];
+
+impl Published {
+    /// The JSON of one kind of live event: the whole current list.
+    fn event(&self, kind: &str) -> String {
+        fn json<T: Serialize>(v: &T) -> String {
+            serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
+        }
+        match kind {
+            "registrations" => json(&self.registrations),
+            "calls" => json(&self.calls),
+            "participants" => json(&self.participants),
+            "invitations" => json(&self.invitations),
+            "trunks" => json(&self.trunks),
+            _ => json(&self.code_guessing),
+        }
+    }
+
+    /// Whether `kind` differs between two publications.
+    fn changed(&self, other: &Published, kind: &str) -> bool {
+        match kind {
+            "registrations" => self.registrations != other.registrations,
+            "calls" => self.calls != other.calls,
+            "participants" => self.participants != other.participants,
+            "invitations" => self.invitations != other.invitations,
+            "trunks" => self.trunks != other.trunks,
+            _ => self.code_guessing != other.code_guessing,
+        }
+    }
 }
 
 /// Shared between the engine task (writer) and the API (readers).
@@ -158,184 +160,89 @@ impl LiveState {
     }
 
     pub(crate) fn update(&self, engine: &Engine, now_unix: u64) {
-        let registrations = engine
-            .registrar()
-            .all()
-            .map(|b| {
-                json!({
-                    "user": b.aor,
-                    "contact": b.contact,
-                    "transport": b.peer.transport.via_name(),
-                    "source": b.peer.addr.to_string(),
-                    "expires_in": b.expires_unix.saturating_sub(now_unix),
-                    "user_agent": b.user_agent,
-                })
-            })
-            .collect();
-        let calls = engine
-            .calls()
-            .into_iter()
-            .map(|c| {
-                json!({
-                    "id": c.id,
-                    "caller": c.caller,
-                    "callee": c.callee,
-                    "state": c.state,
-                    "started_at": c.started_unix,
-                    "answered_at": c.answered_unix,
-                })
-            })
-            .collect();
-        let participants: Vec<(i64, Value)> = engine
-            .conference_participants()
-            .into_iter()
-            .map(|p| {
-                (
-                    p.conference_id,
-                    json!({
-                        "id": p.id,
-                        "conference_id": p.conference_id,
-                        "caller": p.caller,
-                        "caller_name": p.caller_name,
-                        "is_admin": p.is_admin,
-                        "state": p.state,
-                        "in_mix": p.state == "in_room",
-                        "muted": p.muted,
-                        "talking": p.talking,
-                        "codec": p.codec,
-                        "joined_at": p.joined_unix,
-                        "packets_received": p.stats.packets_received,
-                        "packets_lost": p.stats.packets_lost,
-                        "loss_percent": p.stats.loss_percent,
-                        "jitter_ms": p.stats.jitter_ms,
-                        "rtt_ms": p.stats.rtt_ms,
-                        "rtp_port": p.rtp_port,
-                    }),
+        let next = Published {
+            registrations: engine
+                .registrar()
+                .all()
+                .map(|b| Registration::of(b, now_unix))
+                .collect(),
+            calls: engine.calls().into_iter().map(Call::from).collect(),
+            participants: engine
+                .conference_participants()
+                .into_iter()
+                .map(Participant::from)
+                .collect(),
+            invitations: engine
+                .invitations()
+                .into_iter()
+                .map(Invitation::from)
+                .collect(),
+            trunks: engine
+                .trunk_statuses(std::time::Instant::now())
+                .iter()
+                .map(|t| Trunk::of(t, now_unix))
+                .collect(),
+            code_guessing: engine
+                .code_guessing(now_unix)
+                .into_iter()
+                .map(
+                    |(conference_id, failures_last_hour, alerted_at)| CodeGuessing {
+                        conference_id,
+                        failures_last_hour,
+                        alerted_at,
+                    },
                 )
-            })
-            .collect();
-        let invitations: Vec<(u64, Value)> = engine
-            .invitations()
-            .into_iter()
-            .map(|i| (i.id, invitation_json(i)))
-            .collect();
-        let trunks: Vec<(i64, Value)> = engine
-            .trunk_statuses(std::time::Instant::now())
-            .into_iter()
-            .map(|t| (t.id, trunk_json(&t, now_unix)))
-            .collect();
-        let code_guessing: Vec<Value> = engine
-            .code_guessing(now_unix)
-            .into_iter()
-            .map(|(room, failures, at)| {
-                json!({
-                    "conference_id": room,
-                    "failures_last_hour": failures,
-                    "alerted_at": at,
-                })
-            })
-            .collect();
-        let mut p = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        if self.events.receiver_count() > 0 {
-            let all_participants: Vec<&Value> = participants.iter().map(|(_, v)| v).collect();
-            for (kind, now, before) in [
-                (
-                    "registrations",
-                    json!(registrations),
-                    json!(p.registrations),
-                ),
-                ("calls", json!(calls), json!(p.calls)),
-                (
-                    "participants",
-                    json!(all_participants),
-                    json!(p.participants.iter().map(|(_, v)| v).collect::<Vec<_>>()),
-                ),
-                (
-                    "invitations",
-                    json!(invitations.iter().map(|(_, v)| v).collect::<Vec<_>>()),
-                    json!(p.invitations.iter().map(|(_, v)| v).collect::<Vec<_>>()),
-                ),
-                (
-                    "trunks",
-                    json!(trunks.iter().map(|(_, v)| v).collect::<Vec<_>>()),
-                    json!(p.trunks.iter().map(|(_, v)| v).collect::<Vec<_>>()),
-                ),
-                (
-                    "code_guessing",
-                    json!(code_guessing),
-                    json!(p.code_guessing),
-                ),
-            ] {
-                if now != before {
-                    let _ = self.events.send((kind.to_owned(), now.to_string()));
-                }
-            }
-        }
-        *p = Published {
-            registrations,
-            calls,
-            participants,
-            invitations,
-            trunks,
-            code_guessing,
+                .collect(),
             security: Some(engine.security_stats()),
             engine_revision: engine.config_revision(),
             transactions: engine.transaction_count(),
             calls_in_memory: engine.call_count(),
             rtp_ports: engine.rtp_ports_in_use(),
         };
+        let mut p = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if self.events.receiver_count() > 0 {
+            for kind in EVENT_KINDS {
+                if next.changed(&p, kind) {
+                    let _ = self.events.send((kind.to_owned(), next.event(kind)));
+                }
+            }
+        }
+        *p = next;
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, Published> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
 impl LiveView for LiveState {
-    fn registrations(&self) -> Vec<Value> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .registrations
-            .clone()
+    fn registrations(&self) -> Vec<Registration> {
+        self.read().registrations.clone()
     }
 
-    fn calls(&self) -> Vec<Value> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .calls
-            .clone()
+    fn calls(&self) -> Vec<Call> {
+        self.read().calls.clone()
     }
 
-    fn code_guessing(&self) -> Vec<Value> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .code_guessing
-            .clone()
+    fn code_guessing(&self) -> Vec<CodeGuessing> {
+        self.read().code_guessing.clone()
     }
 
-    fn participants(&self, conference_id: i64) -> Vec<Value> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+    fn participants(&self, conference_id: i64) -> Vec<Participant> {
+        self.read()
             .participants
             .iter()
-            .filter(|(c, _)| *c == conference_id)
-            .map(|(_, v)| v.clone())
+            .filter(|p| p.conference_id == conference_id)
+            .cloned()
             .collect()
     }
 
     fn snapshot_events(&self) -> Vec<(String, String)> {
-        let p = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let participants: Vec<&Value> = p.participants.iter().map(|(_, v)| v).collect();
-        let invitations: Vec<&Value> = p.invitations.iter().map(|(_, v)| v).collect();
-        let trunks: Vec<&Value> = p.trunks.iter().map(|(_, v)| v).collect();
-        vec![
-            ("trunks".into(), json!(trunks).to_string()),
-            ("registrations".into(), json!(p.registrations).to_string()),
-            ("calls".into(), json!(p.calls).to_string()),
-            ("participants".into(), json!(participants).to_string()),
-            ("invitations".into(), json!(invitations).to_string()),
-            ("code_guessing".into(), json!(p.code_guessing).to_string()),
-        ]
+        let p = self.read();
+        EVENT_KINDS
+            .iter()
+            .map(|kind| ((*kind).to_owned(), p.event(kind)))
+            .collect()
     }
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
@@ -365,7 +272,7 @@ impl LiveView for LiveState {
         conference_id: i64,
         target: String,
         timeout: std::time::Duration,
-    ) -> Option<oneshot::Receiver<Result<Value, String>>> {
+    ) -> Option<oneshot::Receiver<Result<Invitation, String>>> {
         let (reply, rx) = oneshot::channel();
         self.control
             .try_send(Control::Invite {
@@ -378,24 +285,16 @@ impl LiveView for LiveState {
         Some(rx)
     }
 
-    fn trunk(&self, id: i64) -> Option<Value> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
+    fn trunk(&self, id: i64) -> Option<Trunk> {
+        self.read()
             .trunks
             .iter()
-            .find(|(t, _)| *t == id)
-            .map(|(_, v)| v.clone())
+            .find(|t| t.trunk_id == id)
+            .cloned()
     }
 
-    fn invitation(&self, id: u64) -> Option<Value> {
-        self.inner
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .invitations
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, v)| v.clone())
+    fn invitation(&self, id: u64) -> Option<Invitation> {
+        self.read().invitations.iter().find(|i| i.id == id).cloned()
     }
 
     fn cancel_invitation(&self, id: u64) -> Option<oneshot::Receiver<bool>> {
@@ -407,7 +306,7 @@ impl LiveView for LiveState {
     }
 
     fn metrics(&self) -> String {
-        let p = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let p = self.read();
         let mut out = String::new();
         let _ = writeln!(
             out,

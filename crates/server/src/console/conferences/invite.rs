@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
+use crate::live::Invitation;
 use axum::extract::Path;
 use axum::response::{IntoResponse, Redirect, Response};
 use confero_pbx::config::Conference;
 use maud::{html, Markup, PreEscaped};
-use serde_json::Value;
 
 use super::production_rooms;
 use crate::console::layout::{csrf_field, form_error, form_page, page, Errors, Field, Section};
@@ -114,8 +114,7 @@ pub(crate) async fn invite(Path(raw): Path<String>, posted: Posted) -> Result<Re
     };
     match reply.await {
         Ok(Ok(invitation)) => {
-            let inv_id = invitation["id"].as_u64().unwrap_or(0);
-            Ok(Redirect::to(&format!("/invitations/{inv_id}")).into_response())
+            Ok(Redirect::to(&format!("/invitations/{}", invitation.id)).into_response())
         }
         Ok(Err(message)) => {
             let errors = Errors::on("target", crate::console::layout::humanize(&message, &[]));
@@ -139,10 +138,10 @@ async fn invite_again(
 }
 
 /// How an invitation's state reads in the console.
-pub(crate) fn invitation_text(inv: &Value) -> String {
-    let status = inv["status"].as_u64();
-    let reason = inv["reason"].as_str().unwrap_or("");
-    match inv["state"].as_str().unwrap_or("") {
+pub(crate) fn invitation_text(inv: &Invitation) -> String {
+    let status = inv.status;
+    let reason = inv.reason.as_deref().unwrap_or("");
+    match inv.state {
         "calling" => "Calling…".into(),
         "ringing" => "Ringing…".into(),
         "answered" => "Answered: they are in the room.".into(),
@@ -166,12 +165,12 @@ pub(crate) async fn invitation_page(
 ) -> Result<Response, PageError> {
     let id: u64 = raw.parse().map_err(|_| PageError::NotFound)?;
     let inv = ctx.state.live.invitation(id).ok_or(PageError::NotFound)?;
-    let state = inv["state"].as_str().unwrap_or("").to_owned();
-    let ongoing = matches!(state.as_str(), "calling" | "ringing");
-    let room_id = inv["conference_id"].as_i64().unwrap_or(0);
+    let state = inv.state;
+    let ongoing = matches!(state, "calling" | "ringing");
+    let room_id = inv.conference_id;
     let body = html! {
         @if ongoing { (PreEscaped("<meta http-equiv=\"refresh\" content=\"2\">")) }
-        div.page-head { h1 { "Invitation to " (inv["target"].as_str().unwrap_or("")) } }
+        div.page-head { h1 { "Invitation to " (inv.target) } }
         div.card {
             p.invite-status data-testid="invite-status" data-state=(state) { (invitation_text(&inv)) }
             p { a.btn href=(format!("/conferences/{room_id}")) { "Back to the room" } }
@@ -188,12 +187,24 @@ mod tests {
 
     #[test]
     fn invitation_states_read_well() {
-        let v = serde_json::json!({"state": "failed", "status": 404, "reason": "Not Found"});
-        assert_eq!(invitation_text(&v), "Failed: 404 Not Found.");
-        assert_eq!(
-            invitation_text(&serde_json::json!({"state": "ringing"})),
-            "Ringing…"
-        );
+        let failed = Invitation {
+            id: 1,
+            conference_id: 7,
+            target: "102".into(),
+            state: "failed",
+            status: Some(404),
+            reason: Some("Not Found".into()),
+            participant_id: None,
+            created_at: 0,
+        };
+        assert_eq!(invitation_text(&failed), "Failed: 404 Not Found.");
+        let ringing = Invitation {
+            state: "ringing",
+            status: None,
+            reason: None,
+            ..failed
+        };
+        assert_eq!(invitation_text(&ringing), "Ringing…");
     }
 
     #[test]

@@ -4,13 +4,12 @@
 use axum::extract::Path;
 use axum::response::{IntoResponse, Response};
 use maud::{html, Markup};
-use serde_json::Value;
 
 use super::{invite_button, invite_dialog, production_rooms, user_label};
 use crate::console::layout::{page, row_action, Section};
 use crate::console::session::{Ctx, Posted};
 use crate::console::{done, parse_id, PageError};
-use crate::live::ParticipantAction;
+use crate::live::{Participant, ParticipantAction};
 
 fn state_text(state: &str) -> &'static str {
     match state {
@@ -33,10 +32,9 @@ fn duration_text(secs: u64) -> String {
 
 /// Call quality in words, from loss and jitter (the thresholds of common VoIP practice:
 /// under 1 % loss and 30 ms jitter sounds clean).
-fn quality(p: &Value) -> (&'static str, &'static str) {
-    let loss = p["loss_percent"].as_f64().unwrap_or(0.0);
-    let jitter = p["jitter_ms"].as_f64().unwrap_or(0.0);
-    if p["packets_received"].as_u64().unwrap_or(0) == 0 {
+fn quality(p: &Participant) -> (&'static str, &'static str) {
+    let (loss, jitter) = (p.loss_percent, p.jitter_ms);
+    if p.packets_received == 0 {
         ("unknown", "No audio yet")
     } else if loss < 1.0 && jitter < 30.0 {
         ("good", "Good")
@@ -48,7 +46,12 @@ fn quality(p: &Value) -> (&'static str, &'static str) {
 }
 
 /// The participants table (also served alone, for the live page's script to swap in).
-fn participants_table(ctx: &Ctx, conference_id: i64, people: &[Value], now_unix: u64) -> Markup {
+fn participants_table(
+    ctx: &Ctx,
+    conference_id: i64,
+    people: &[Participant],
+    now_unix: u64,
+) -> Markup {
     html! {
         div #participants data-conference=(conference_id) {
             @if people.is_empty() {
@@ -66,20 +69,20 @@ fn participants_table(ctx: &Ctx, conference_id: i64, people: &[Value], now_unix:
                     } }
                     tbody {
                         @for p in people {
-                            @let pid = p["id"].as_u64().unwrap_or(0);
-                            @let talking = p["talking"].as_bool().unwrap_or(false);
-                            @let muted = p["muted"].as_bool().unwrap_or(false);
+                            @let pid = p.id;
+                            @let talking = p.talking;
+                            @let muted = p.muted;
                             @let (qclass, qtext) = quality(p);
-                            @let name = p["caller_name"].as_str().unwrap_or("");
-                            @let number = p["caller"].as_str().unwrap_or("");
+                            @let name = p.caller_name.as_str();
+                            @let number = p.caller.as_str();
                             tr data-participant-id=(pid) {
                                 td {
                                     span.strong { @if name.is_empty() { (number) } @else { (name) } }
                                     @if !name.is_empty() { " " span.muted.mono { (number) } }
-                                    @if p["is_admin"].as_bool().unwrap_or(false) { " " span.badge.badge-admin { "Administrator" } }
+                                    @if p.is_admin { " " span.badge.badge-admin { "Administrator" } }
                                     @if muted { " " span.badge.badge-muted { "Muted" } }
                                 }
-                                td { span.state.(format!("state-{}", p["state"].as_str().unwrap_or(""))) { (state_text(p["state"].as_str().unwrap_or(""))) } }
+                                td { span.state.(format!("state-{}", p.state)) { (state_text(p.state)) } }
                                 td {
                                     span.talking data-testid="talking" data-talking=(talking)
                                         title=(if talking { "Talking" } else { "Silent" }) {
@@ -87,17 +90,17 @@ fn participants_table(ctx: &Ctx, conference_id: i64, people: &[Value], now_unix:
                                         span.visually-hidden { @if talking { "Talking" } @else { "Silent" } }
                                     }
                                 }
-                                td.mono { (p["codec"].as_str().unwrap_or("")) }
+                                td.mono { (p.codec) }
                                 td {
                                     span.quality.(format!("q-{qclass}")) { (qtext) }
                                     @if qclass != "unknown" {
                                         span.muted.small { " "
-                                            (format!("{:.1} % loss, {:.0} ms jitter", p["loss_percent"].as_f64().unwrap_or(0.0), p["jitter_ms"].as_f64().unwrap_or(0.0)))
-                                            @if let Some(rtt) = p["rtt_ms"].as_f64() { (format!(", {rtt:.0} ms RTT")) }
+                                            (format!("{:.1} % loss, {:.0} ms jitter", p.loss_percent, p.jitter_ms))
+                                            @if let Some(rtt) = p.rtt_ms { (format!(", {rtt:.0} ms RTT")) }
                                         }
                                     }
                                 }
-                                td { (duration_text(now_unix.saturating_sub(p["joined_at"].as_u64().unwrap_or(now_unix)))) }
+                                td { (duration_text(now_unix.saturating_sub(p.joined_at))) }
                                 td.actions {
                                     @let base = format!("/conferences/{conference_id}/participants/{pid}");
                                     @if muted {
