@@ -1,21 +1,34 @@
-//! The signalling engine: registrar, OPTIONS and calls between users, as one sans-IO machine.
+//! The signalling engine: one sans-IO machine for registrations, calls between users,
+//! anchored calls, conference rooms, invitations, transfers and trunks.
 //!
 //! Run loop (driven by the IO shell, see `confero-server`):
 //! 1. feed input: [`Engine::handle_datagram`] for a UDP datagram or a framed stream message,
+//!    [`Engine::handle_media_event`] for what the media bridge reports,
 //!    [`Engine::handle_timeout`] when the instant from [`Engine::poll_timeout`] has come,
 //!    [`Engine::set_config`] when a new production revision is applied;
-//! 2. drain [`Engine::poll_transmit`] until `None` and send each datagram;
-//! 3. drain [`Engine::poll_event`] (binding changes to persist, live-state changes);
-//! 4. sleep until [`Engine::poll_timeout`].
+//! 2. drain [`Engine::poll_media`] (to the media bridge), then [`Engine::poll_transmit`]
+//!    (to the network), then [`Engine::poll_event`] (bindings to persist, live views to
+//!    refresh);
+//! 3. sleep until [`Engine::poll_timeout`].
+//!
+//! Inside, every input goes through the transaction layer of `confero-sip`, then is
+//! routed: a REGISTER to [`crate::registrar`]; a new INVITE to a room
+//! (`conference.rs`), a user's phones (a direct call, or an anchored one through
+//! `bridge.rs` when a browser or a trunk is involved, `pstn.rs`), or a trunk; an in-dialog
+//! request by its dialog (Call-ID and our tag) to its call or leg; a response by its
+//! client transaction to the `Owner` that sent it; a timer by its
+//! `Timer` to the owner it names. Ids are typed (`ids.rs`): a call, an
+//! anchored call, an invitation and a leg can never be mistaken for one another.
 //!
 //! The engine is a back-to-back user agent: every call has a caller leg (we are its UAS)
 //! and one or more callee legs (we are their UAC, one per registered device while ringing,
 //! the winner once answered). Nothing is forwarded as-is between legs; each leg has its own
 //! Call-ID, tags and CSeq space, so a misbehaving phone cannot confuse the other side.
 //!
-//! Invariants: every map entry that points at a call (`dialogs`, `client_txs`) is removed
-//! when the call is dropped, and a call is dropped only when none of its transactions can
-//! still produce a response we must act on.
+//! Invariants: every map entry that points at a call, leg or invitation (dialogs, client
+//! transactions) is removed when its owner is dropped, and an owner is dropped only when
+//! none of its transactions can still produce a response we must act on. Timers are never
+//! cancelled: one whose owner is gone or whose deadline moved finds nothing to do.
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -41,6 +54,7 @@ use crate::room::Rooms;
 mod bridge;
 mod conference;
 mod fork;
+mod ids;
 mod invite;
 mod pstn;
 mod transfer;
@@ -53,6 +67,8 @@ pub use conference::ConferenceParticipant;
 use conference::Party;
 pub use confero_media::bridge::{LegStats, MediaCommand, MediaEvent, MixId};
 use confero_sip::headers::{self, uri_user};
+pub use ids::{BridgeId, CallId, InvitationId, LegId};
+use ids::{Ids, Owner, Timer};
 use invite::Invitation;
 pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
 use trunk::TrunkLink;
@@ -166,8 +182,6 @@ pub struct CallInfo {
     pub answered_unix: Option<u64>,
 }
 
-type CallId = u64;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Side {
     /// Toward the caller: we are UAS of its dialog.
@@ -278,16 +292,14 @@ impl Call {
 /// Why we started a client transaction: tells how to treat its response.
 #[derive(Debug, Clone)]
 enum ClientPurpose {
+    /// One of the owner's forks (a call's, an invitation's, an anchored call's).
     Fork(usize),
+    /// A request of one side of a direct call, forwarded to the other.
     Forwarded(Box<Forwarded>),
     /// BYE or CANCEL we sent; the answer changes nothing.
     Fire,
-    /// One fork of an invitation from a room.
-    Invitation(usize),
-    /// One fork toward the callee of an anchored call.
-    Bridge(usize),
     /// A REGISTER to a provider.
-    TrunkRegister(i64),
+    Register,
 }
 
 /// The signalling engine. See the module docs for the run loop.
@@ -300,26 +312,24 @@ pub struct Engine {
     auth: Authenticator,
     registrar: Registrar,
     calls: HashMap<CallId, Call>,
-    next_call_id: CallId,
+    ids: Ids,
     /// (Call-ID, our tag) → call and side.
     dialogs: HashMap<(String, String), (CallId, Side)>,
-    client_txs: HashMap<ClientTxId, (CallId, ClientPurpose)>,
-    timers: BinaryHeap<std::cmp::Reverse<(Instant, CallId)>>,
+    client_txs: HashMap<ClientTxId, (Owner, ClientPurpose)>,
+    timers: BinaryHeap<std::cmp::Reverse<(Instant, Timer)>>,
     rooms: Rooms,
-    conf_legs: HashMap<u64, ConfLeg>,
+    conf_legs: HashMap<LegId, ConfLeg>,
     /// (Call-ID, our tag) → conference leg.
-    conf_dialogs: HashMap<(String, String), u64>,
-    invitations: HashMap<u64, Invitation>,
-    bridges: HashMap<u64, Bridge>,
+    conf_dialogs: HashMap<(String, String), LegId>,
+    invitations: HashMap<InvitationId, Invitation>,
+    bridges: HashMap<BridgeId, Bridge>,
     trunks: HashMap<i64, TrunkLink>,
-    /// Timer id → trunk id (trunk timers share the engine's timer heap).
-    trunk_timers: HashMap<u64, i64>,
     /// Browser INVITEs waiting for the media engine's WebRTC answer.
-    pending_webrtc: HashMap<u64, webrtc::PendingWebRtc>,
+    pending_webrtc: HashMap<LegId, webrtc::PendingWebRtc>,
     /// Browsers about to be rung, waiting for the media engine's WebRTC offer.
-    pending_offers: HashMap<u64, webrtc::PendingOffer>,
+    pending_offers: HashMap<LegId, webrtc::PendingOffer>,
     /// Browsers' re-INVITEs waiting for the media engine's answer, by leg.
-    pending_reinvites: HashMap<u64, (ServerTxId, Request)>,
+    pending_reinvites: HashMap<LegId, (ServerTxId, Request)>,
     ports: PortPool,
     /// Rooms whose code is being guessed: wrong codes in the last hour, and when (Unix).
     code_alerts: HashMap<i64, (u32, u64)>,
@@ -357,7 +367,7 @@ impl Engine {
             auth,
             registrar: Registrar::new(),
             calls: HashMap::new(),
-            next_call_id: 1,
+            ids: Ids::new(),
             dialogs: HashMap::new(),
             client_txs: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -367,7 +377,6 @@ impl Engine {
             invitations: HashMap::new(),
             bridges: HashMap::new(),
             trunks: HashMap::new(),
-            trunk_timers: HashMap::new(),
             pending_webrtc: HashMap::new(),
             pending_offers: HashMap::new(),
             pending_reinvites: HashMap::new(),
@@ -464,7 +473,7 @@ impl Engine {
             .values()
             .filter(|c| c.state != CallState::Ended)
             .map(|c| CallInfo {
-                id: c.id,
+                id: c.id.0,
                 caller: c.caller.clone(),
                 callee: c.callee.clone(),
                 state: match c.state {
@@ -485,7 +494,7 @@ impl Engine {
     /// (BYE when answered, 503 to a caller still ringing, CANCEL to the devices) rather
     /// than left to time out on the phones.
     pub fn hang_up_all(&mut self, now: Instant) {
-        let legs: Vec<u64> = self.conf_legs.keys().copied().collect();
+        let legs: Vec<LegId> = self.conf_legs.keys().copied().collect();
         for leg in legs {
             self.end_conf_leg(now, leg, true);
         }
@@ -498,7 +507,7 @@ impl Engine {
                 CallState::Ended => {}
             }
         }
-        let invitations: Vec<u64> = self.invitations.keys().copied().collect();
+        let invitations: Vec<InvitationId> = self.invitations.keys().copied().collect();
         for id in invitations {
             self.cancel_invitation(now, id);
         }
@@ -528,7 +537,7 @@ impl Engine {
         }) {
             self.events.push_back(EngineEvent::Binding(change));
         }
-        let orphaned: Vec<u64> = self
+        let orphaned: Vec<LegId> = self
             .conf_legs
             .iter()
             .filter(|(_, c)| {
@@ -590,23 +599,18 @@ impl Engine {
         for change in self.registrar.expire(now) {
             self.events.push_back(EngineEvent::Binding(change));
         }
-        while let Some(std::cmp::Reverse((at, id))) = self.timers.peek().copied() {
+        while let Some(std::cmp::Reverse((at, timer))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            if self.calls.contains_key(&id) {
-                self.call_timers(now, id);
-            } else if self.invitations.contains_key(&id) {
-                self.invitation_timers(now, id);
-            } else if self.bridges.contains_key(&id) {
-                self.bridge_timers(now, id);
-            } else if let Some(&trunk) = self.trunk_timers.get(&id) {
-                self.trunk_timers(now, trunk);
-            } else if self.pending_webrtc.contains_key(&id) {
-                self.webrtc_timers(now, id);
-            } else {
-                self.conf_leg_timers(now, id);
+            match timer {
+                Timer::Call(id) => self.call_timers(now, id),
+                Timer::Bridge(id) => self.bridge_timers(now, id),
+                Timer::Invitation(id) => self.invitation_timers(now, id),
+                Timer::Trunk(trunk) => self.trunk_timers(now, trunk),
+                Timer::BrowserAnswer(leg) => self.webrtc_timers(now, leg),
+                Timer::Leg(leg) => self.conf_leg_timers(now, leg),
             }
         }
         self.rooms.handle_timeout(now);
@@ -967,8 +971,7 @@ impl Engine {
             let callee = callee.clone();
             return self.ring_user_anchored(now, tx, req, from, Party::user(&caller), &callee);
         }
-        let id = self.next_call_id;
-        self.next_call_id += 1;
+        let id = self.ids.call();
         let max_forwards = headers::max_forwards(&req).saturating_sub(1).min(70);
         let mut call = Call {
             id,
@@ -1000,8 +1003,10 @@ impl Engine {
             copy_body(&call.invite, &mut invite);
             let peer = binding_peer(&binding);
             let fork_tx = self.tx.send_request(now, invite.clone(), peer);
-            self.client_txs
-                .insert(fork_tx, (id, ClientPurpose::Fork(call.forks.len())));
+            self.client_txs.insert(
+                fork_tx,
+                (Owner::Call(id), ClientPurpose::Fork(call.forks.len())),
+            );
             call.open_client_txs += 1;
             call.forks.push(Fork {
                 invite,
@@ -1022,7 +1027,7 @@ impl Engine {
             (id, Side::Caller),
         );
         self.timers
-            .push(std::cmp::Reverse((call.ring_deadline, id)));
+            .push(std::cmp::Reverse((call.ring_deadline, Timer::Call(id))));
         self.calls.insert(id, call);
         self.events.push_back(EngineEvent::CallsChanged);
     }
@@ -1103,7 +1108,8 @@ impl Engine {
         }
         for (cancel, peer) in cancels {
             let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            self.client_txs
+                .insert(tx, (Owner::Call(id), ClientPurpose::Fire));
             if let Some(call) = self.calls.get_mut(&id) {
                 call.open_client_txs += 1;
             }
@@ -1112,26 +1118,43 @@ impl Engine {
 
     fn on_response(&mut self, now: Instant, tx: ClientTxId, resp: Response) {
         let code = resp.code.into_u16();
-        let Some((id, purpose)) = self.client_txs.get(&tx).cloned() else {
+        let Some((owner, purpose)) = self.client_txs.get(&tx).cloned() else {
             return;
         };
         if code >= 200 {
             self.client_txs.remove(&tx);
-            if let Some(call) = self.calls.get_mut(&id) {
-                call.open_client_txs = call.open_client_txs.saturating_sub(1);
+            if let Owner::Call(id) = owner {
+                if let Some(call) = self.calls.get_mut(&id) {
+                    call.open_client_txs = call.open_client_txs.saturating_sub(1);
+                }
             }
         }
-        match purpose {
-            ClientPurpose::Fork(i) => self.on_fork_response(now, id, i, resp),
-            ClientPurpose::Forwarded(fwd) => self.on_forwarded_response(now, id, *fwd, resp),
-            ClientPurpose::Fire => {}
-            ClientPurpose::Invitation(i) => self.on_invitation_response(now, id, i, resp),
-            ClientPurpose::Bridge(i) => self.on_bridge_response(now, id, i, resp),
-            ClientPurpose::TrunkRegister(trunk) => {
+        match (owner, purpose) {
+            (_, ClientPurpose::Fire) => {}
+            (Owner::Call(id), ClientPurpose::Fork(i)) => self.on_fork_response(now, id, i, resp),
+            (Owner::Call(id), ClientPurpose::Forwarded(fwd)) => {
+                self.on_forwarded_response(now, id, *fwd, resp)
+            }
+            (Owner::Invitation(id), ClientPurpose::Fork(i)) => {
+                self.on_invitation_response(now, id, i, resp)
+            }
+            (Owner::Bridge(id), ClientPurpose::Fork(i)) => {
+                self.on_bridge_response(now, id, i, resp)
+            }
+            (Owner::Trunk(trunk), ClientPurpose::Register) => {
                 self.on_trunk_register_response(now, trunk, resp)
             }
+            (owner, purpose) => {
+                tracing::error!(
+                    ?owner,
+                    ?purpose,
+                    "a response for a transaction of no such kind"
+                );
+            }
         }
-        self.gc(id);
+        if let Owner::Call(id) = owner {
+            self.gc(id);
+        }
     }
 
     fn on_fork_response(&mut self, now: Instant, id: CallId, i: usize, resp: Response) {
@@ -1149,7 +1172,8 @@ impl Engine {
                 let cancel = message::cancel_for(&fork.invite);
                 let peer = fork.peer;
                 let tx = self.tx.send_request(now, cancel, peer);
-                self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+                self.client_txs
+                    .insert(tx, (Owner::Call(id), ClientPurpose::Fire));
                 call.open_client_txs += 1;
                 return;
             }
@@ -1235,7 +1259,7 @@ impl Engine {
         );
         call.callee_leg = Some(leg);
         if let Some(at) = call.next_deadline() {
-            self.timers.push(std::cmp::Reverse((at, id)));
+            self.timers.push(std::cmp::Reverse((at, Timer::Call(id))));
         }
         self.cancel_forks(now, id, Some(i));
         self.events.push_back(EngineEvent::CallsChanged);
@@ -1282,7 +1306,8 @@ impl Engine {
     fn send_bye_on(&mut self, now: Instant, id: CallId, mut leg: Dialog) {
         let bye = leg.request(Method::BYE, &local(&self.settings));
         let tx = self.tx.send_request(now, bye, leg.peer);
-        self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+        self.client_txs
+            .insert(tx, (Owner::Call(id), ClientPurpose::Fire));
         if let Some(call) = self.calls.get_mut(&id) {
             call.open_client_txs += 1;
         }
@@ -1397,7 +1422,7 @@ impl Engine {
         self.client_txs.insert(
             client_tx,
             (
-                id,
+                Owner::Call(id),
                 ClientPurpose::Forwarded(Box::new(Forwarded {
                     from_side: side,
                     server_tx: tx,
@@ -1463,7 +1488,7 @@ impl Engine {
                     leg.unacked_2xx = Some(unacked);
                 }
                 if let Some(at) = call.next_deadline() {
-                    self.timers.push(std::cmp::Reverse((at, id)));
+                    self.timers.push(std::cmp::Reverse((at, Timer::Call(id))));
                 }
             }
         }
@@ -1521,7 +1546,7 @@ impl Engine {
             return self.hang_up(now, id, None);
         }
         if let Some(at) = call.next_deadline() {
-            self.timers.push(std::cmp::Reverse((at, id)));
+            self.timers.push(std::cmp::Reverse((at, Timer::Call(id))));
         }
     }
 
@@ -1539,7 +1564,8 @@ impl Engine {
                 self.dialogs
                     .remove(&(leg.call_id.clone(), leg.local_tag.clone()));
             }
-            self.client_txs.retain(|_, (cid, _)| *cid != id);
+            self.client_txs
+                .retain(|_, (owner, _)| *owner != Owner::Call(id));
         }
     }
 }

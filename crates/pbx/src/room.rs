@@ -15,7 +15,7 @@ use crate::config::{AdminLeaves, Conference};
 use crate::guard::{Guard, Limit, Policy, Verdict};
 
 /// A call leg answered by a room (the engine's numbering).
-pub type LegId = u64;
+pub use confero_media::bridge::LegId;
 
 /// Wrong codes before the receptionist says goodbye.
 pub const MAX_CODE_ATTEMPTS: u8 = 3;
@@ -881,18 +881,24 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(None, false);
-        r.handle_join(now, 1, &conf, "101", "user:101", false);
+        r.handle_join(now, LegId(1), &conf, "101", "user:101", false);
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::Play {
-                leg: 1,
+                leg: LegId(1),
                 prompts: vec![Prompt::FirstParticipant],
                 then_music: false
             }]
         );
-        r.handle_playback_done(now, 1);
-        assert_eq!(drain(&mut r), vec![RoomCommand::Mix { leg: 1, room: 7 }]);
-        r.handle_join(now, 2, &conf, "102", "user:102", false);
+        r.handle_playback_done(now, LegId(1));
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::Mix {
+                leg: LegId(1),
+                room: 7
+            }]
+        );
+        r.handle_join(now, LegId(2), &conf, "102", "user:102", false);
         assert_eq!(
             drain(&mut r),
             vec![
@@ -900,10 +906,13 @@ mod tests {
                     room: 7,
                     tone: Prompt::JoinTone
                 },
-                RoomCommand::Mix { leg: 2, room: 7 }
+                RoomCommand::Mix {
+                    leg: LegId(2),
+                    room: 7
+                }
             ]
         );
-        r.handle_leave(now, 2);
+        r.handle_leave(now, LegId(2));
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::RoomTone {
@@ -917,23 +926,30 @@ mod tests {
     fn right_code_after_a_wrong_one_and_barge_in() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(Some("4321"), false), "101", "user:101", false);
+        r.handle_join(
+            now,
+            LegId(1),
+            &room(Some("4321"), false),
+            "101",
+            "user:101",
+            false,
+        );
         drain(&mut r);
-        assert_eq!(state(&r, 1), "entering_code");
+        assert_eq!(state(&r, LegId(1)), "entering_code");
         // Digits during the prompt count (barge-in).
-        keys(&mut r, now, 1, "1111#");
+        keys(&mut r, now, LegId(1), "1111#");
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::Play {
-                leg: 1,
+                leg: LegId(1),
                 prompts: vec![Prompt::WrongAccessCode, Prompt::EnterAccessCode],
                 then_music: false
             }]
         );
-        keys(&mut r, now, 1, "4321#");
-        assert_eq!(state(&r, 1), "joining");
-        r.handle_playback_done(now, 1);
-        assert_eq!(state(&r, 1), "in_room");
+        keys(&mut r, now, LegId(1), "4321#");
+        assert_eq!(state(&r, LegId(1)), "joining");
+        r.handle_playback_done(now, LegId(1));
+        assert_eq!(state(&r, LegId(1)), "in_room");
     }
 
     /// One call of `guesser` keying `codes` (each followed by `#`) at `now`; returns what
@@ -964,20 +980,20 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Rooms::new();
         // First call: three wrong codes are free (checked at once), then goodbye.
-        let first = call(&mut r, t0, 1, "user:666", &["1111", "1112", "1113"]);
+        let first = call(&mut r, t0, LegId(1), "user:666", &["1111", "1112", "1113"]);
         assert!(played(&first, Prompt::Goodbye), "{first:?}");
-        r.handle_leave(t0, 1);
+        r.handle_leave(t0, LegId(1));
         // Second call at once: the code is typed, but its check waits 5 s (digits in
         // the meantime are ignored), then it is checked.
-        let second = call(&mut r, t0, 2, "user:666", &["1114"]);
+        let second = call(&mut r, t0, LegId(2), "user:666", &["1114"]);
         assert!(!played(&second, Prompt::WrongAccessCode), "{second:?}");
-        keys(&mut r, t0, 2, "4321#");
+        keys(&mut r, t0, LegId(2), "4321#");
         assert!(drain(&mut r).is_empty());
         r.handle_timeout(t0 + Duration::from_secs(5));
         assert!(played(&drain(&mut r), Prompt::WrongAccessCode));
-        r.handle_leave(t0, 2);
+        r.handle_leave(t0, LegId(2));
         // Meanwhile a colleague keys the right code and is in at once.
-        let colleague = call(&mut r, t0, 3, "user:102", &["4321"]);
+        let colleague = call(&mut r, t0, LegId(3), "user:102", &["4321"]);
         assert!(
             played(&colleague, Prompt::FirstParticipant),
             "{colleague:?}"
@@ -985,7 +1001,7 @@ mod tests {
         // The guesser keeps going for an hour, a call after another: at most 30 codes
         // are checked, then they are told to try again later.
         let (mut checked, mut refused, mut now) = (0, 0, t0 + Duration::from_secs(5));
-        for leg in 10..2000 {
+        for leg in (10..2000).map(LegId) {
             if now > t0 + Duration::from_secs(3600) {
                 break;
             }
@@ -1015,12 +1031,12 @@ mod tests {
         assert!(refused > 100, "{refused}");
         assert_eq!(r.code_stats().wrong as usize, 4 + checked);
         // The colleague still gets in.
-        let colleague = call(&mut r, now, 5000, "user:102", &["4321"]);
+        let colleague = call(&mut r, now, LegId(5000), "user:102", &["4321"]);
         assert!(
             !played(&colleague, Prompt::TooManyAttempts),
             "{colleague:?}"
         );
-        assert_eq!(state(&r, 5000), "in_room");
+        assert_eq!(state(&r, LegId(5000)), "in_room");
     }
 
     #[test]
@@ -1028,8 +1044,8 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Rooms::new();
         let mut alerts = Vec::new();
-        for leg in 0..200u64 {
-            let now = t0 + Duration::from_secs(leg * 5);
+        for n in 0..200u64 {
+            let (leg, now) = (LegId(n), t0 + Duration::from_secs(n * 5));
             let cmds = call(
                 &mut r,
                 now,
@@ -1066,34 +1082,48 @@ mod tests {
     fn three_wrong_codes_say_goodbye_and_hang_up() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(Some("4321"), false), "101", "user:101", false);
-        keys(&mut r, now, 1, "1#2#");
+        r.handle_join(
+            now,
+            LegId(1),
+            &room(Some("4321"), false),
+            "101",
+            "user:101",
+            false,
+        );
+        keys(&mut r, now, LegId(1), "1#2#");
         drain(&mut r);
-        keys(&mut r, now, 1, "3#");
+        keys(&mut r, now, LegId(1), "3#");
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::Play {
-                leg: 1,
+                leg: LegId(1),
                 prompts: vec![Prompt::WrongAccessCode, Prompt::Goodbye],
                 then_music: false
             }]
         );
         // More digits while saying goodbye change nothing.
-        keys(&mut r, now, 1, "4321#");
+        keys(&mut r, now, LegId(1), "4321#");
         assert!(drain(&mut r).is_empty());
-        r.handle_playback_done(now, 1);
-        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: 1 }]);
+        r.handle_playback_done(now, LegId(1));
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: LegId(1) }]);
     }
 
     #[test]
     fn two_hundred_digits_without_pound_are_a_wrong_attempt_not_a_buffer() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(Some("4321"), false), "101", "user:101", false);
-        keys(&mut r, now, 1, &"5".repeat(200));
+        r.handle_join(
+            now,
+            LegId(1),
+            &room(Some("4321"), false),
+            "101",
+            "user:101",
+            false,
+        );
+        keys(&mut r, now, LegId(1), &"5".repeat(200));
         let cmds = drain(&mut r);
         assert!(cmds.contains(&RoomCommand::Play {
-            leg: 1,
+            leg: LegId(1),
             prompts: vec![Prompt::WrongAccessCode, Prompt::Goodbye],
             then_music: false
         }));
@@ -1103,24 +1133,42 @@ mod tests {
     fn inter_digit_timeout_checks_and_silence_costs_an_attempt() {
         let t0 = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(t0, 1, &room(Some("42"), false), "101", "user:101", false);
-        r.handle_playback_done(t0, 1);
+        r.handle_join(
+            t0,
+            LegId(1),
+            &room(Some("42"), false),
+            "101",
+            "user:101",
+            false,
+        );
+        r.handle_playback_done(t0, LegId(1));
         drain(&mut r);
-        keys(&mut r, t0, 1, "42");
+        keys(&mut r, t0, LegId(1), "42");
         let t1 = t0 + INTER_DIGIT_TIMEOUT;
         assert_eq!(r.poll_timeout(), Some(t1));
         r.handle_timeout(t1);
-        assert_eq!(state(&r, 1), "joining", "typed code checked on timeout");
+        assert_eq!(
+            state(&r, LegId(1)),
+            "joining",
+            "typed code checked on timeout"
+        );
 
         let mut r = Rooms::new();
-        r.handle_join(t0, 2, &room(Some("42"), false), "101", "user:101", false);
-        r.handle_playback_done(t0, 2);
+        r.handle_join(
+            t0,
+            LegId(2),
+            &room(Some("42"), false),
+            "101",
+            "user:101",
+            false,
+        );
+        r.handle_playback_done(t0, LegId(2));
         drain(&mut r);
         r.handle_timeout(t0 + NO_INPUT_TIMEOUT);
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::Play {
-                leg: 2,
+                leg: LegId(2),
                 prompts: vec![Prompt::WrongAccessCode, Prompt::EnterAccessCode],
                 then_music: false
             }]
@@ -1132,41 +1180,41 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(None, true);
-        r.handle_join(now, 1, &conf, "102", "user:102", false);
+        r.handle_join(now, LegId(1), &conf, "102", "user:102", false);
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::Play {
-                leg: 1,
+                leg: LegId(1),
                 prompts: vec![Prompt::WaitForAdministrator],
                 then_music: true
             }]
         );
-        assert_eq!(state(&r, 1), "waiting");
-        r.handle_playback_done(now, 1); // end of the announcement: music goes on, still waiting
-        assert_eq!(state(&r, 1), "waiting");
+        assert_eq!(state(&r, LegId(1)), "waiting");
+        r.handle_playback_done(now, LegId(1)); // end of the announcement: music goes on, still waiting
+        assert_eq!(state(&r, LegId(1)), "waiting");
         // The administrator arrives: first in the mix, the waiting one is told and joins.
-        r.handle_join(now, 2, &conf, "101", "user:101", true);
+        r.handle_join(now, LegId(2), &conf, "101", "user:101", true);
         let cmds = drain(&mut r);
         assert!(cmds.contains(&RoomCommand::Play {
-            leg: 1,
+            leg: LegId(1),
             prompts: vec![Prompt::ConferenceStarting],
             then_music: false
         }));
-        r.handle_playback_done(now, 2);
-        r.handle_playback_done(now, 1);
-        assert_eq!(state(&r, 1), "in_room");
-        assert_eq!(state(&r, 2), "in_room");
+        r.handle_playback_done(now, LegId(2));
+        r.handle_playback_done(now, LegId(1));
+        assert_eq!(state(&r, LegId(1)), "in_room");
+        assert_eq!(state(&r, LegId(2)), "in_room");
         drain(&mut r);
         // The administrator leaves: back to waiting with an announcement and music.
-        r.handle_leave(now, 2);
+        r.handle_leave(now, LegId(2));
         let cmds = drain(&mut r);
-        assert!(cmds.contains(&RoomCommand::Unmix { leg: 1 }));
+        assert!(cmds.contains(&RoomCommand::Unmix { leg: LegId(1) }));
         assert!(cmds.contains(&RoomCommand::Play {
-            leg: 1,
+            leg: LegId(1),
             prompts: vec![Prompt::AdministratorLeft],
             then_music: true
         }));
-        assert_eq!(state(&r, 1), "waiting");
+        assert_eq!(state(&r, LegId(1)), "waiting");
     }
 
     #[test]
@@ -1175,19 +1223,19 @@ mod tests {
         let mut r = Rooms::new();
         let mut conf = room(None, true);
         conf.when_admin_leaves = AdminLeaves::End;
-        r.handle_join(now, 1, &conf, "101", "user:101", true);
-        r.handle_playback_done(now, 1);
-        r.handle_join(now, 2, &conf, "102", "user:102", false);
+        r.handle_join(now, LegId(1), &conf, "101", "user:101", true);
+        r.handle_playback_done(now, LegId(1));
+        r.handle_join(now, LegId(2), &conf, "102", "user:102", false);
         drain(&mut r);
-        r.handle_leave(now, 1);
+        r.handle_leave(now, LegId(1));
         let cmds = drain(&mut r);
         assert!(cmds.contains(&RoomCommand::Play {
-            leg: 2,
+            leg: LegId(2),
             prompts: vec![Prompt::ConferenceEnded],
             then_music: false
         }));
-        r.handle_playback_done(now, 2);
-        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: 2 }]);
+        r.handle_playback_done(now, LegId(2));
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: LegId(2) }]);
     }
 
     #[test]
@@ -1195,44 +1243,50 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(Some("1"), false);
-        r.handle_join(now, 1, &conf, "101", "user:101", false);
-        keys(&mut r, now, 1, "1#");
-        r.handle_playback_done(now, 1);
-        assert_eq!(state(&r, 1), "in_room");
+        r.handle_join(now, LegId(1), &conf, "101", "user:101", false);
+        keys(&mut r, now, LegId(1), "1#");
+        r.handle_playback_done(now, LegId(1));
+        assert_eq!(state(&r, LegId(1)), "in_room");
         // New code: the one inside stays; a newcomer needs the new code.
         let mut changed = conf.clone();
         changed.access_code = Some("2".into());
         r.handle_config(now, &[changed.clone()]);
-        assert_eq!(state(&r, 1), "in_room");
-        r.handle_join(now, 2, &changed, "102", "user:102", false);
-        keys(&mut r, now, 2, "1#");
-        assert_eq!(state(&r, 2), "entering_code");
-        keys(&mut r, now, 2, "2#");
-        assert_eq!(state(&r, 2), "in_room");
+        assert_eq!(state(&r, LegId(1)), "in_room");
+        r.handle_join(now, LegId(2), &changed, "102", "user:102", false);
+        keys(&mut r, now, LegId(2), "1#");
+        assert_eq!(state(&r, LegId(2)), "entering_code");
+        keys(&mut r, now, LegId(2), "2#");
+        assert_eq!(state(&r, LegId(2)), "in_room");
         drain(&mut r);
         // Deleted: both hear it closed and are hung up.
         r.handle_config(now, &[]);
         let cmds = drain(&mut r);
         assert!(cmds.contains(&RoomCommand::Play {
-            leg: 1,
+            leg: LegId(1),
             prompts: vec![Prompt::ConferenceClosed],
             then_music: false
         }));
-        r.handle_playback_done(now, 1);
-        r.handle_playback_done(now, 2);
+        r.handle_playback_done(now, LegId(1));
+        r.handle_playback_done(now, LegId(2));
         let cmds = drain(&mut r);
-        assert!(cmds.contains(&RoomCommand::Hangup { leg: 1 }));
-        assert!(cmds.contains(&RoomCommand::Hangup { leg: 2 }));
+        assert!(cmds.contains(&RoomCommand::Hangup { leg: LegId(1) }));
+        assert!(cmds.contains(&RoomCommand::Hangup { leg: LegId(2) }));
     }
 
     #[test]
     fn lost_playback_event_is_covered_by_a_guard_timer() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(None, false), "101", "user:101", false);
+        r.handle_join(now, LegId(1), &room(None, false), "101", "user:101", false);
         drain(&mut r);
         r.handle_timeout(now + PLAYBACK_GUARD);
-        assert_eq!(drain(&mut r), vec![RoomCommand::Mix { leg: 1, room: 7 }]);
+        assert_eq!(
+            drain(&mut r),
+            vec![RoomCommand::Mix {
+                leg: LegId(1),
+                room: 7
+            }]
+        );
     }
 
     #[test]
@@ -1241,12 +1295,16 @@ mod tests {
         let mut r = Rooms::new();
         let mut conf = room(Some("4321"), true);
         conf.when_admin_leaves = AdminLeaves::Wait;
-        r.handle_invited(now, 1, &conf, "103", false);
-        assert_eq!(state(&r, 1), "waiting");
+        r.handle_invited(now, LegId(1), &conf, "103", false);
+        assert_eq!(state(&r, LegId(1)), "waiting");
         let mut open = room(Some("4321"), false);
         open.id = 8;
-        r.handle_invited(now, 2, &open, "103", false);
-        assert_eq!(state(&r, 2), "joining", "no access code for the invited");
+        r.handle_invited(now, LegId(2), &open, "103", false);
+        assert_eq!(
+            state(&r, LegId(2)),
+            "joining",
+            "no access code for the invited"
+        );
     }
 
     #[test]
@@ -1254,12 +1312,15 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(None, true);
-        r.handle_join(now, 1, &conf, "101", "user:101", true); // the administrator, hearing "first participant"
-        r.handle_join(now, 2, &conf, "102", "user:102", false);
-        assert_ne!(state(&r, 2), "waiting");
-        r.handle_playback_done(now, 1);
-        r.handle_playback_done(now, 2);
-        assert_eq!((state(&r, 1), state(&r, 2)), ("in_room", "in_room"));
+        r.handle_join(now, LegId(1), &conf, "101", "user:101", true); // the administrator, hearing "first participant"
+        r.handle_join(now, LegId(2), &conf, "102", "user:102", false);
+        assert_ne!(state(&r, LegId(2)), "waiting");
+        r.handle_playback_done(now, LegId(1));
+        r.handle_playback_done(now, LegId(2));
+        assert_eq!(
+            (state(&r, LegId(1)), state(&r, LegId(2))),
+            ("in_room", "in_room")
+        );
     }
 
     #[test]
@@ -1267,13 +1328,17 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(None, true);
-        r.handle_join(now, 2, &conf, "102", "user:102", false);
-        assert_eq!(state(&r, 2), "waiting");
-        r.handle_join(now, 1, &conf, "101", "user:101", true); // releases 2: "conference starting"
-        assert_eq!(state(&r, 2), "joining");
-        r.handle_leave(now, 1); // gone before anyone reached the mix
-        r.handle_playback_done(now, 2);
-        assert_eq!(state(&r, 2), "waiting", "no administrator: back to waiting");
+        r.handle_join(now, LegId(2), &conf, "102", "user:102", false);
+        assert_eq!(state(&r, LegId(2)), "waiting");
+        r.handle_join(now, LegId(1), &conf, "101", "user:101", true); // releases 2: "conference starting"
+        assert_eq!(state(&r, LegId(2)), "joining");
+        r.handle_leave(now, LegId(1)); // gone before anyone reached the mix
+        r.handle_playback_done(now, LegId(2));
+        assert_eq!(
+            state(&r, LegId(2)),
+            "waiting",
+            "no administrator: back to waiting"
+        );
     }
 
     #[test]
@@ -1281,61 +1346,68 @@ mod tests {
         let now = Instant::now();
         let mut r = Rooms::new();
         let conf = room(Some("4321"), false);
-        r.handle_join(now, 1, &conf, "102", "user:102", false);
-        assert_eq!(state(&r, 1), "entering_code");
+        r.handle_join(now, LegId(1), &conf, "102", "user:102", false);
+        assert_eq!(state(&r, LegId(1)), "entering_code");
         let mut open = conf.clone();
         open.access_code = None;
         r.handle_config(now, &[open]);
-        assert_eq!(state(&r, 1), "joining");
+        assert_eq!(state(&r, LegId(1)), "joining");
 
         let mut r = Rooms::new();
         let waiting = room(None, true);
-        r.handle_join(now, 2, &waiting, "102", "user:102", false);
-        assert_eq!(state(&r, 2), "waiting");
+        r.handle_join(now, LegId(2), &waiting, "102", "user:102", false);
+        assert_eq!(state(&r, LegId(2)), "waiting");
         let mut relaxed = waiting.clone();
         relaxed.wait_for_admin = false;
         r.handle_config(now, &[relaxed]);
-        assert_eq!(state(&r, 2), "joining");
-        r.handle_playback_done(now, 2);
-        assert_eq!(state(&r, 2), "in_room");
+        assert_eq!(state(&r, LegId(2)), "joining");
+        r.handle_playback_done(now, LegId(2));
+        assert_eq!(state(&r, LegId(2)), "in_room");
     }
 
     #[test]
     fn end_of_an_earlier_prompt_does_not_end_the_next_one() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(Some("4321"), false), "101", "user:101", false);
-        let first = r.playback_seq(1).unwrap();
-        keys(&mut r, now, 1, "1#2#3#"); // third wrong code: "wrong, goodbye"
+        r.handle_join(
+            now,
+            LegId(1),
+            &room(Some("4321"), false),
+            "101",
+            "user:101",
+            false,
+        );
+        let first = r.playback_seq(LegId(1)).unwrap();
+        keys(&mut r, now, LegId(1), "1#2#3#"); // third wrong code: "wrong, goodbye"
         drain(&mut r);
         // The media thread reports the end of the first prompt after the new Play.
-        r.handle_playback_done_of(now, 1, first);
+        r.handle_playback_done_of(now, LegId(1), first);
         assert!(
             drain(&mut r).is_empty(),
             "goodbye must be heard before hanging up"
         );
-        let last = r.playback_seq(1).unwrap();
-        r.handle_playback_done_of(now, 1, last);
-        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: 1 }]);
+        let last = r.playback_seq(LegId(1)).unwrap();
+        r.handle_playback_done_of(now, LegId(1), last);
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: LegId(1) }]);
     }
 
     #[test]
     fn kick_and_mute() {
         let now = Instant::now();
         let mut r = Rooms::new();
-        r.handle_join(now, 1, &room(None, false), "101", "user:101", false);
-        r.handle_playback_done(now, 1);
+        r.handle_join(now, LegId(1), &room(None, false), "101", "user:101", false);
+        r.handle_playback_done(now, LegId(1));
         drain(&mut r);
-        assert!(r.set_muted(1, true));
+        assert!(r.set_muted(LegId(1), true));
         assert_eq!(
             drain(&mut r),
             vec![RoomCommand::Mute {
-                leg: 1,
+                leg: LegId(1),
                 muted: true
             }]
         );
-        assert!(r.kick(1));
-        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: 1 }]);
-        assert!(!r.kick(99));
+        assert!(r.kick(LegId(1)));
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: LegId(1) }]);
+        assert!(!r.kick(LegId(99)));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use confero_pbx::config::TrunkTransport;
-use confero_pbx::engine::{MediaCommand, MediaEvent, MixId};
+use confero_pbx::engine::{LegId, MediaCommand, MediaEvent, MixId};
 use confero_sip::message::{Message, Request, Response};
 use confero_sip::Name;
 
@@ -22,7 +22,7 @@ struct Call {
     carrier_ok: Response,
     bob_cseq: u32,
     /// The two media legs of the call, as opened.
-    legs: Vec<u64>,
+    legs: Vec<LegId>,
 }
 
 fn answered_call() -> Call {
@@ -118,7 +118,7 @@ fn assert_transferred(out: &[(u16, Message)], frag: &str) {
     );
 }
 
-fn mixes(cmds: &[MediaCommand]) -> Vec<(u64, MixId)> {
+fn mixes(cmds: &[MediaCommand]) -> Vec<(LegId, MixId)> {
     cmds.iter()
         .filter_map(|c| match c {
             MediaCommand::Mix { leg, mix } => Some((*leg, *mix)),
@@ -317,7 +317,7 @@ fn digits_cross_an_anchored_call_to_reach_the_menus_of_the_phone_network() {
     let [a, b] = c.legs[..] else {
         panic!("two legs: {:?}", c.legs)
     };
-    let sent = |h: &mut Harness| -> Vec<(u64, char)> {
+    let sent = |h: &mut Harness| -> Vec<(LegId, char)> {
         media(h)
             .into_iter()
             .filter_map(|m| match m {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use confero_pbx::config::TrunkTransport;
-use confero_pbx::engine::{InvitationState, MediaCommand, MixId, RegistrationState};
+use confero_pbx::engine::{InvitationState, LegId, MediaCommand, MixId, RegistrationState};
 use confero_sip::digest;
 use confero_sip::message::{Message, Request};
 use confero_sip::transport::{Peer, Transport};
@@ -174,7 +174,7 @@ fn hang_up_not_configured_unknown_numbers_and_strangers_are_turned_away() {
 }
 
 /// The Open commands and the bridge room both legs were mixed into.
-fn bridge_media(h: &mut Harness) -> (Vec<u64>, Vec<MixId>) {
+fn bridge_media(h: &mut Harness) -> (Vec<LegId>, Vec<MixId>) {
     let cmds = media(h);
     let opened = cmds
         .iter()

@@ -9,7 +9,7 @@ use std::time::Duration;
 use common::*;
 use confero_media::codec::CodecKind;
 use confero_media::webrtc::Answer;
-use confero_pbx::engine::{MediaCommand, MediaEvent};
+use confero_pbx::engine::{LegId, MediaCommand, MediaEvent};
 use confero_sip::digest;
 use confero_sip::message::Message;
 use confero_sip::transport::{ConnId, Peer, Transport};
@@ -30,7 +30,7 @@ fn agreed(sdp: &str) -> Answer {
 }
 
 /// The OpenWebRtc command the engine sent: (leg, port, offer).
-fn open_webrtc(h: &mut Harness) -> (u64, u16, String) {
+fn open_webrtc(h: &mut Harness) -> (LegId, u16, String) {
     media(h)
         .into_iter()
         .find_map(|c| match c {

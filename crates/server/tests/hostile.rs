@@ -618,10 +618,19 @@ fn idle_connections_are_capped_cheap_and_closed() {
     assert_eq!(still_open, 0, "silent connections closed");
     drop(idle);
     drop(greedy);
-    std::thread::sleep(Duration::from_secs(2));
-    let after = pbx.rss_kib();
-    // What the connections cost is what their closing gave back.
-    let per_conn = held.saturating_sub(after) * 1024 / open;
+    // What the connections cost while held.
+    let per_conn = held.saturating_sub(before) * 1024 / open;
+    // Their memory comes back. The allocator gives freed pages back as its threads next
+    // run, so the server is kept lightly busy (a metrics read every half second) for at
+    // most 15 s while RSS is watched.
+    let bound = before + before / 5 + 2048;
+    let mut after = pbx.rss_kib();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while after > bound && Instant::now() < deadline {
+        let _ = metric(&pbx, "confero_stream_connections");
+        std::thread::sleep(Duration::from_millis(500));
+        after = pbx.rss_kib();
+    }
     eprintln!(
         "{open} idle connections: RSS {} MiB before, {} MiB with them, {} MiB after: {per_conn} bytes each",
         before / 1024,
@@ -632,10 +641,7 @@ fn idle_connections_are_capped_cheap_and_closed() {
         per_conn <= 16 * 1024,
         "{per_conn} bytes per idle connection"
     );
-    assert!(
-        after <= before + before / 5 + 2048,
-        "{after} KiB after, {before} before"
-    );
+    assert!(after <= bound, "{after} KiB after, {before} before");
     // The one left is the request reading the metric.
     assert!(metric(&pbx, "confero_stream_connections") <= 1.0);
 }

@@ -57,7 +57,14 @@ use player::Player;
 pub use prompt::{Prompt, PromptError, PromptLibrary};
 
 /// The engine's handle for a call leg.
-pub type LegId = u64;
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u64);
+
+impl std::fmt::Display for LegId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// The period of the bridge's clock: one frame of every leg per tick.
 pub const TICK: Duration = Duration::from_millis(20);
@@ -337,7 +344,7 @@ impl Leg {
                     payload,
                     quiet,
                 } => self.stream.handle_rtp(now, &header, &payload, quiet),
-                WebRtcOutput::Connected => tracing::debug!(leg = id, "WebRTC connected"),
+                WebRtcOutput::Connected => tracing::debug!(leg = %id, "WebRTC connected"),
                 WebRtcOutput::Gone(reason) => {
                     if !std::mem::replace(&mut self.failed, true) {
                         events.push_back(MediaEvent::Failed { leg: id, reason });
@@ -604,7 +611,7 @@ impl Bridge {
             MediaCommand::Mute { leg, muted } => {
                 let mix = self.legs.get(&leg).and_then(|l| l.mix);
                 if let Some(m) = mix.and_then(|mix| self.mixes.get_mut(&mix)) {
-                    m.mixer.set_muted(leg, muted);
+                    m.mixer.set_muted(leg.0, muted);
                 }
             }
             MediaCommand::Close { leg } => self.close(leg),
@@ -669,7 +676,7 @@ impl Bridge {
         l.codec = media.codec;
         l.encoder = Encoder::new(media.codec);
         if let Some(m) = l.mix.and_then(|mix| self.mixes.get_mut(&mix)) {
-            m.mixer.add(id, media.codec);
+            m.mixer.add(id.0, media.codec);
         }
     }
 
@@ -743,7 +750,7 @@ impl Bridge {
             l.codec = answer.codec;
             l.encoder = Encoder::new(answer.codec);
             if let Some(m) = l.mix.and_then(|mix| self.mixes.get_mut(&mix)) {
-                m.mixer.add(id, answer.codec);
+                m.mixer.add(id.0, answer.codec);
             }
         }
         self.drain_webrtc(now, id);
@@ -770,13 +777,13 @@ impl Bridge {
             members: BTreeSet::new(),
             tone: None,
         });
-        m.mixer.add(id, codec);
+        m.mixer.add(id.0, codec);
         m.members.insert(id);
     }
 
     fn leave_mix(&mut self, id: LegId, mix: MixId) {
         if let Some(m) = self.mixes.get_mut(&mix) {
-            m.mixer.remove(id);
+            m.mixer.remove(id.0);
             m.members.remove(&id);
             if m.members.is_empty() {
                 self.mixes.remove(&mix);
@@ -858,7 +865,7 @@ impl Bridge {
             let frame = leg.stream.pull_frame(now);
             if let (Some(mix), Some(frame)) = (leg.mix, frame) {
                 if let Some(m) = self.mixes.get_mut(&mix) {
-                    m.mixer.put_frame(id, frame);
+                    m.mixer.put_frame(id.0, frame);
                 }
             }
             while let Some(digit) = leg.stream.poll_dtmf() {
@@ -880,7 +887,7 @@ impl Bridge {
             let mixed = leg
                 .mix
                 .and_then(|mix| self.mixes.get(&mix))
-                .and_then(|m| m.mixer.output(id));
+                .and_then(|m| m.mixer.output(id.0));
             match mixed {
                 Some(bytes) => payload.extend_from_slice(bytes),
                 None => {
@@ -929,7 +936,7 @@ impl Bridge {
             let talking = leg
                 .mix
                 .and_then(|mix| self.mixes.get(&mix))
-                .is_some_and(|m| m.mixer.is_talking(id));
+                .is_some_and(|m| m.mixer.is_talking(id.0));
             if talking != leg.talking {
                 leg.talking = talking;
                 self.events

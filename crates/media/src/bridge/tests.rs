@@ -211,7 +211,7 @@ impl World {
     fn phone(&mut self, n: u8, freq: Option<f64>) -> usize {
         let phone = Phone::new(
             n,
-            LegId::from(n),
+            LegId(u64::from(n)),
             20000 + 2 * u16::from(n),
             freq,
             self.now(),
@@ -449,11 +449,11 @@ fn hold_music_loops_after_the_prompts() {
 fn a_leg_that_stops_sending_fails_after_the_rtp_timeout_and_a_held_one_never() {
     let mut w = World::new(6, Link::PERFECT, Duration::from_secs(2));
     let a = w.phone(1, Some(440.0));
-    let held = Phone::new(2, 2, 20004, None, w.now());
+    let held = Phone::new(2, LegId(2), 20004, None, w.now());
     let mut media = held.media();
     media.receives = false;
     w.command(MediaCommand::Open {
-        leg: 2,
+        leg: LegId(2),
         port: 20004,
         media,
         rtcp_mux: true,
@@ -469,7 +469,9 @@ fn a_leg_that_stops_sending_fails_after_the_rtp_timeout_and_a_held_one_never() {
         .collect();
     assert_eq!(failed.len(), 1, "once, and only the silent one: {failed:?}");
     let (at, ev) = failed[0];
-    assert!(matches!(ev, MediaEvent::Failed { leg: 1, reason } if reason.contains("no RTP")));
+    assert!(
+        matches!(ev, MediaEvent::Failed { leg: LegId(1), reason } if reason.contains("no RTP"))
+    );
     // 1 s of audio, then 2 s of silence.
     let expected = Duration::from_secs(3);
     assert!(at.abs_diff(expected) <= TICK * 2, "failed at {at:?}");
@@ -488,7 +490,7 @@ fn digits_go_in_as_events_and_relayed_digits_come_out_as_rfc4733() {
         w.run(Duration::from_millis(300 + 10 * i as u64));
     }
     let digits: Vec<char> = w
-        .events_of(1)
+        .events_of(LegId(1))
         .iter()
         .filter_map(|(_, e)| match e {
             MediaEvent::Digit { digit, .. } => Some(*digit),
@@ -516,9 +518,9 @@ fn digits_go_in_as_events_and_relayed_digits_come_out_as_rfc4733() {
 #[test]
 fn rtcp_goes_from_the_next_port_to_the_next_port_without_mux() {
     let mut w = World::new(9, Link::PERFECT, Duration::from_secs(30));
-    let phone = Phone::new(1, 1, 20002, Some(440.0), w.now());
+    let phone = Phone::new(1, LegId(1), 20002, Some(440.0), w.now());
     let open = MediaCommand::Open {
-        leg: 1,
+        leg: LegId(1),
         port: 20002,
         media: phone.media(),
         rtcp_mux: false,
@@ -550,7 +552,7 @@ fn a_stranger_never_takes_a_silent_leg_and_a_closed_leg_is_forgotten() {
     // B's port all along.
     w.phones[b].sending = false;
     let stranger = SocketAddr::from(([192, 0, 2, 9], 5000));
-    let mut fake = Phone::new(9, 99, 20004, Some(1000.0), w.now());
+    let mut fake = Phone::new(9, LegId(99), 20004, Some(1000.0), w.now());
     for _ in 0..100 {
         let frame = fake.frame();
         let now = w.now();
@@ -559,10 +561,10 @@ fn a_stranger_never_takes_a_silent_leg_and_a_closed_leg_is_forgotten() {
     }
     // A hears nothing of the stranger; nothing was sent to the stranger.
     assert!(amplitude(&w.phones[a].heard(50), 1000.0) < 100.0);
-    assert!(w.bridge.legs[&2].stream.stats().foreign >= 99);
+    assert!(w.bridge.legs[&LegId(2)].stream.stats().foreign >= 99);
     // Closing A and B forgets them: ports free, the room gone.
-    w.command(MediaCommand::Close { leg: 1 });
-    w.command(MediaCommand::Close { leg: 2 });
+    w.command(MediaCommand::Close { leg: LegId(1) });
+    w.command(MediaCommand::Close { leg: LegId(2) });
     assert_eq!((w.bridge.leg_count(), w.bridge.mix_count()), (0, 0));
     assert!(w.bridge.ports.is_empty());
     w.phones[a].sending = false;

@@ -22,6 +22,7 @@ use confero_sip::{Method, StatusCode};
 
 use super::conference::{AfterAnswer, ConfLeg, Party};
 use super::fork::{self, ForkStep, OutFork};
+use super::ids::{BridgeId, Owner, Timer};
 use super::{local, CallInfo, ClientPurpose, Engine, EngineEvent};
 use crate::room::LegId;
 use confero_media::bridge::{MediaCommand, MixId};
@@ -97,7 +98,7 @@ impl Engine {
         from: Peer,
         caller: Party,
         callee: Party,
-    ) -> Option<(u64, u16)> {
+    ) -> Option<(BridgeId, u16)> {
         if let Err(err) = sdp::parse_audio(&req.body) {
             self.refuse_sdp(now, tx, &req, &err);
             return None;
@@ -132,9 +133,8 @@ impl Engine {
         callee: Party,
         caller_side: CallerSide,
         callee_port: u16,
-    ) -> u64 {
-        let id = self.next_call_id;
-        self.next_call_id += 1;
+    ) -> BridgeId {
+        let id = self.ids.bridge();
         let bridge = Bridge {
             caller,
             callee,
@@ -163,7 +163,7 @@ impl Engine {
         transferee: LegId,
         caller: Party,
         callee: Party,
-    ) -> Option<(u64, u16)> {
+    ) -> Option<(BridgeId, u16)> {
         let Some(port) = self.ports.allocate() else {
             tracing::warn!("RTP port range exhausted; a transfer fails");
             return None;
@@ -177,7 +177,7 @@ impl Engine {
     }
 
     /// The other leg of an answered bridge.
-    pub(super) fn bridge_other_leg(&self, id: u64, leg: LegId) -> Option<LegId> {
+    pub(super) fn bridge_other_leg(&self, id: BridgeId, leg: LegId) -> Option<LegId> {
         let bridge = self.bridges.get(&id)?;
         match (bridge.state, bridge.legs) {
             (BridgeState::Answered, Some((a, b))) if a == leg => Some(b),
@@ -187,7 +187,7 @@ impl Engine {
     }
 
     /// An answered bridge ends without hanging up its legs (they are being transferred).
-    pub(super) fn bridge_dissolved(&mut self, now: Instant, id: u64) {
+    pub(super) fn bridge_dissolved(&mut self, now: Instant, id: BridgeId) {
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
@@ -195,7 +195,8 @@ impl Engine {
         if bridge.state != BridgeState::Ended {
             bridge.state = BridgeState::Ended;
             bridge.ended_at = Some(now);
-            self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
+            self.timers
+                .push(std::cmp::Reverse((now + KEEP_ENDED, Timer::Bridge(id))));
             self.events.push_back(EngineEvent::CallsChanged);
         }
     }
@@ -204,36 +205,36 @@ impl Engine {
     pub(super) fn bridge_fork(
         &mut self,
         now: Instant,
-        id: u64,
+        id: BridgeId,
         invite: Request,
         peer: Peer,
         trunk: Option<i64>,
     ) {
-        self.push_fork(now, id, OutFork::new(invite, peer, trunk));
+        self.push_fork(now, Owner::Bridge(id), OutFork::new(invite, peer, trunk));
     }
 
-    pub(super) fn bridge_is_ringing(&self, id: u64) -> bool {
+    pub(super) fn bridge_is_ringing(&self, id: BridgeId) -> bool {
         self.bridges
             .get(&id)
             .is_some_and(|b| b.state == BridgeState::Ringing)
     }
 
     /// Starts the ring timer, or fails the call when no fork could be sent.
-    pub(super) fn ring_bridge(&mut self, now: Instant, id: u64) {
+    pub(super) fn ring_bridge(&mut self, now: Instant, id: BridgeId) {
         let Some(bridge) = self.bridges.get(&id) else {
             return;
         };
-        if bridge.forks.is_empty() && !self.offers_pending_for(id) {
+        if bridge.forks.is_empty() && !self.offers_pending_for(Owner::Bridge(id)) {
             return self.fail_bridge(now, id, 480, "Temporarily Unavailable");
         }
         self.timers
-            .push(std::cmp::Reverse((bridge.ring_deadline, id)));
+            .push(std::cmp::Reverse((bridge.ring_deadline, Timer::Bridge(id))));
         self.events.push_back(EngineEvent::CallsChanged);
     }
 
     /// Ends a bridge that was not answered: the final response to the caller, CANCEL to
     /// the forks, ports back.
-    pub(super) fn fail_bridge(&mut self, now: Instant, id: u64, code: u16, reason: &str) {
+    pub(super) fn fail_bridge(&mut self, now: Instant, id: BridgeId, code: u16, reason: &str) {
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
@@ -267,19 +268,27 @@ impl Engine {
         }
         for (cancel, peer) in fork::cancels(&mut bridge.forks, None) {
             let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            self.client_txs
+                .insert(tx, (Owner::Bridge(id), ClientPurpose::Fire));
         }
-        self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
+        self.timers
+            .push(std::cmp::Reverse((now + KEEP_ENDED, Timer::Bridge(id))));
         self.events.push_back(EngineEvent::CallsChanged);
         if let Some(leg) = transferee {
-            tracing::info!(leg, code, reason, "transfer target not reached");
+            tracing::info!(%leg, code, reason, "transfer target not reached");
             self.end_conf_leg(now, leg, true);
         }
     }
 
-    pub(super) fn on_bridge_response(&mut self, now: Instant, id: u64, i: usize, resp: Response) {
+    pub(super) fn on_bridge_response(
+        &mut self,
+        now: Instant,
+        id: BridgeId,
+        i: usize,
+        resp: Response,
+    ) {
         let code = resp.code.into_u16();
-        match self.fork_step(now, id, i, &resp, ClientPurpose::Bridge(i)) {
+        match self.fork_step(now, Owner::Bridge(id), i, &resp, ClientPurpose::Fork(i)) {
             ForkStep::Final => {}
             ForkStep::Ringing => return self.bridge_ringing(now, id),
             ForkStep::Handled | ForkStep::Gone => return,
@@ -301,7 +310,7 @@ impl Engine {
     }
 
     /// The first ringing callee: the caller hears 180.
-    fn bridge_ringing(&mut self, now: Instant, id: u64) {
+    fn bridge_ringing(&mut self, now: Instant, id: BridgeId) {
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
@@ -323,7 +332,7 @@ impl Engine {
     }
 
     /// A 2xx from fork `i`: ACK it, then connect both sides — or hang up on a late one.
-    fn bridge_answered(&mut self, now: Instant, id: u64, i: usize, resp: Response) {
+    fn bridge_answered(&mut self, now: Instant, id: BridgeId, i: usize, resp: Response) {
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
@@ -349,7 +358,8 @@ impl Engine {
             self.drop_fork_media(webrtc);
             let bye = leg.request(Method::BYE, &local(&self.settings));
             let tx = self.tx.send_request(now, bye, peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            self.client_txs
+                .insert(tx, (Owner::Bridge(id), ClientPurpose::Fire));
             if ringing
                 && self
                     .bridges
@@ -443,7 +453,7 @@ impl Engine {
     }
 
     /// Fork `i` won: the bridge is answered, the other forks are cancelled.
-    fn answered_now(&mut self, now: Instant, id: u64, i: usize, joined: u64) {
+    fn answered_now(&mut self, now: Instant, id: BridgeId, i: usize, joined: u64) {
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
@@ -451,12 +461,19 @@ impl Engine {
         bridge.answered_unix = Some(joined);
         for (cancel, peer) in fork::cancels(&mut bridge.forks, Some(i)) {
             let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            self.client_txs
+                .insert(tx, (Owner::Bridge(id), ClientPurpose::Fire));
         }
     }
 
     /// Both halves are answered: they hear each other through a private mix.
-    pub(super) fn bridge_connected(&mut self, now: Instant, id: u64, caller: LegId, callee: LegId) {
+    pub(super) fn bridge_connected(
+        &mut self,
+        now: Instant,
+        id: BridgeId,
+        caller: LegId,
+        callee: LegId,
+    ) {
         let _ = now;
         if let Some(c) = self.conf_legs.get_mut(&caller) {
             c.bridge = Some(id);
@@ -467,7 +484,7 @@ impl Engine {
         for leg in [caller, callee] {
             self.media_out.push_back(MediaCommand::Mix {
                 leg,
-                mix: MixId::Call(id),
+                mix: MixId::Call(id.0),
             });
         }
         self.events.push_back(EngineEvent::CallsChanged);
@@ -475,17 +492,18 @@ impl Engine {
 
     /// The caller could not be answered after all (a port or an offer problem): the
     /// callee, already answered, is hung up on.
-    pub(super) fn bridge_refused(&mut self, now: Instant, id: u64, callee: LegId) {
+    pub(super) fn bridge_refused(&mut self, now: Instant, id: BridgeId, callee: LegId) {
         if let Some(b) = self.bridges.get_mut(&id) {
             b.state = BridgeState::Ended;
             b.ended_at = Some(now);
-            self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
+            self.timers
+                .push(std::cmp::Reverse((now + KEEP_ENDED, Timer::Bridge(id))));
         }
         self.end_conf_leg(now, callee, true);
     }
 
     /// One leg of an answered bridge ended: the other is hung up, the bridge is over.
-    pub(super) fn bridge_leg_ended(&mut self, now: Instant, id: u64, leg: LegId) {
+    pub(super) fn bridge_leg_ended(&mut self, now: Instant, id: BridgeId, leg: LegId) {
         let Some(bridge) = self.bridges.get_mut(&id) else {
             return;
         };
@@ -497,7 +515,8 @@ impl Engine {
         if bridge.state != BridgeState::Ended {
             bridge.state = BridgeState::Ended;
             bridge.ended_at = Some(now);
-            self.timers.push(std::cmp::Reverse((now + KEEP_ENDED, id)));
+            self.timers
+                .push(std::cmp::Reverse((now + KEEP_ENDED, Timer::Bridge(id))));
             self.events.push_back(EngineEvent::CallsChanged);
         }
         if let Some(other) = other {
@@ -508,7 +527,7 @@ impl Engine {
     }
 
     /// Ring timeout, and forgetting an ended bridge.
-    pub(super) fn bridge_timers(&mut self, now: Instant, id: u64) {
+    pub(super) fn bridge_timers(&mut self, now: Instant, id: BridgeId) {
         let Some(bridge) = self.bridges.get(&id) else {
             return;
         };
@@ -518,14 +537,15 @@ impl Engine {
             }
             BridgeState::Ended if bridge.ended_at.is_some_and(|t| now >= t + KEEP_ENDED) => {
                 self.bridges.remove(&id);
-                self.client_txs.retain(|_, (owner, _)| *owner != id);
+                self.client_txs
+                    .retain(|_, (owner, _)| *owner != Owner::Bridge(id));
             }
             _ => {}
         }
     }
 
     /// The bridge whose caller's INVITE is `invite_tx` (for CANCEL).
-    pub(super) fn bridge_of_invite(&self, invite_tx: ServerTxId) -> Option<u64> {
+    pub(super) fn bridge_of_invite(&self, invite_tx: ServerTxId) -> Option<BridgeId> {
         self.bridges
             .iter()
             .find(|(_, b)| {
@@ -540,7 +560,7 @@ impl Engine {
             .iter()
             .filter(|(_, b)| b.state != BridgeState::Ended)
             .map(|(id, b)| CallInfo {
-                id: *id,
+                id: id.0,
                 caller: b.caller.number.clone(),
                 callee: b.callee.number.clone(),
                 state: match b.state {
@@ -556,7 +576,7 @@ impl Engine {
     /// The server is stopping: callers still ringing get 503 (answered bridges end with
     /// their legs).
     pub(super) fn fail_ringing_bridges(&mut self, now: Instant) {
-        let ringing: Vec<u64> = self
+        let ringing: Vec<BridgeId> = self
             .bridges
             .iter()
             .filter(|(_, b)| b.state == BridgeState::Ringing)

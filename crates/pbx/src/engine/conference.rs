@@ -17,6 +17,7 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
 use confero_sip::{Method, Name, StatusCode};
 
+use super::ids::{BridgeId, Owner, Timer};
 use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
 use crate::config::{Conference, User};
 use crate::room::{LegId, RoomCommand};
@@ -127,7 +128,7 @@ pub(super) struct ConfLeg {
     pub(super) leg: Dialog,
     pub(super) caller: Party,
     /// The anchored call this leg is half of, when it is not in a conference room.
-    pub(super) bridge: Option<u64>,
+    pub(super) bridge: Option<BridgeId>,
     pub(super) port: u16,
     pub(super) media: Negotiated,
     /// Our last SDP, re-sent when a re-INVITE asks without an offer.
@@ -203,7 +204,7 @@ pub(super) enum AfterAnswer {
         is_admin: bool,
     },
     /// The caller's half of an anchored call whose callee leg is `callee`.
-    BridgeCaller { bridge: u64, callee: LegId },
+    BridgeCaller { bridge: BridgeId, callee: LegId },
 }
 
 impl Engine {
@@ -299,8 +300,7 @@ impl Engine {
             self.respond(now, tx, req, 503, "Service Unavailable");
             return self.after_refusal(now, then);
         };
-        let id = self.next_call_id;
-        self.next_call_id += 1;
+        let id = self.ids.leg();
         if offer.is_webrtc() {
             return self.defer_to_webrtc(now, tx, req, leg, caller, id, port, then);
         }
@@ -363,7 +363,8 @@ impl Engine {
         let _ = self.tx.send_response(now, tx, ok.clone());
         leg.unacked_2xx = Some(Unacked::new(self.settings.timers.t1, now, ok, true));
         if let Some(u) = &leg.unacked_2xx {
-            self.timers.push(std::cmp::Reverse((u.deadline(), id)));
+            self.timers
+                .push(std::cmp::Reverse((u.deadline(), Timer::Leg(id))));
         }
         self.conf_dialogs
             .insert((leg.call_id.clone(), leg.local_tag.clone()), id);
@@ -453,7 +454,8 @@ impl Engine {
         if send_bye {
             let bye = c.leg.request(Method::BYE, &local(&self.settings));
             let tx = self.tx.send_request(now, bye, c.leg.peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            self.client_txs
+                .insert(tx, (Owner::Leg(id), ClientPurpose::Fire));
         }
         self.rooms.handle_leave(now, id);
         self.drain_room_commands(now);
@@ -612,7 +614,8 @@ impl Engine {
         let _ = self.tx.send_response(now, tx, ok.clone());
         c.leg.unacked_2xx = Some(Unacked::new(self.settings.timers.t1, now, ok, false));
         if let Some(u) = &c.leg.unacked_2xx {
-            self.timers.push(std::cmp::Reverse((u.deadline(), id)));
+            self.timers
+                .push(std::cmp::Reverse((u.deadline(), Timer::Leg(id))));
         }
     }
 
@@ -630,7 +633,8 @@ impl Engine {
             Retransmit::GaveUp { initial: false } => return,
         }
         if let Some(u) = &c.leg.unacked_2xx {
-            self.timers.push(std::cmp::Reverse((u.deadline(), id)));
+            self.timers
+                .push(std::cmp::Reverse((u.deadline(), Timer::Leg(id))));
         }
     }
 
@@ -661,13 +665,13 @@ impl Engine {
             MediaEvent::WebRtcOffer { leg, offer } => self.webrtc_offered(now, leg, offer),
             MediaEvent::WebRtcRefused { leg, reason } => {
                 if let Some((tx, req)) = self.pending_reinvites.remove(&leg) {
-                    tracing::info!(leg, %reason, "a browser's new offer is refused");
+                    tracing::info!(%leg, %reason, "a browser's new offer is refused");
                     self.respond(now, tx, &req, 488, "Not Acceptable Here");
                 }
             }
             MediaEvent::Failed { leg, reason } => {
                 if !self.webrtc_refused(now, leg, &reason) && !self.webrtc_offer_failed(leg) {
-                    tracing::info!(leg, %reason, "media failed; ending the leg");
+                    tracing::info!(%leg, %reason, "media failed; ending the leg");
                     self.end_conf_leg(now, leg, true);
                 }
             }

@@ -10,6 +10,7 @@ use confero_sip::transport::Peer;
 use confero_sip::{Name, SipUri};
 
 use super::conference::{leg_media, CODEC_PREFS};
+use super::ids::Owner;
 use super::{binding_peer, ClientPurpose, Engine};
 use crate::config::User;
 use crate::registrar::Binding;
@@ -160,12 +161,14 @@ pub(super) enum ForkStep {
 }
 
 impl Engine {
-    /// The fork `i` of an invitation or an anchored call (their ids never collide).
-    fn fork_mut(&mut self, owner: u64, i: usize) -> Option<&mut OutFork> {
-        if self.invitations.contains_key(&owner) {
-            return self.invitations.get_mut(&owner)?.forks.get_mut(i);
-        }
-        self.bridges.get_mut(&owner)?.forks.get_mut(i)
+    /// The fork `i` of an invitation or an anchored call.
+    fn fork_mut(&mut self, owner: Owner, i: usize) -> Option<&mut OutFork> {
+        let forks = match owner {
+            Owner::Invitation(id) => &mut self.invitations.get_mut(&id)?.forks,
+            Owner::Bridge(id) => &mut self.bridges.get_mut(&id)?.forks,
+            Owner::Call(_) | Owner::Leg(_) | Owner::Trunk(_) => return None,
+        };
+        forks.get_mut(i)
     }
 
     /// The steps every outgoing fork takes with a response: a CANCEL waiting for a
@@ -174,7 +177,7 @@ impl Engine {
     pub(super) fn fork_step(
         &mut self,
         now: Instant,
-        owner: u64,
+        owner: Owner,
         i: usize,
         resp: &Response,
         again: ClientPurpose,
@@ -256,8 +259,7 @@ impl Engine {
         let port = plain_port?;
         let media = sdp::negotiated_from_answer(&remote, CODEC_PREFS).ok()?;
         let bridged = leg_media(&media)?;
-        let leg = self.next_call_id;
-        self.next_call_id += 1;
+        let leg = self.ids.leg();
         self.media_out.push_back(MediaCommand::Open {
             leg,
             port,

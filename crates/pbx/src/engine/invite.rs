@@ -13,6 +13,7 @@ use confero_sip::Method;
 
 use super::conference::{ConfLeg, Party};
 use super::fork::{self, ForkStep, OutFork};
+use super::ids::{InvitationId, Owner, Timer};
 use super::{local, ClientPurpose, Engine, EngineEvent};
 use crate::room::LegId;
 use confero_sip::dialog::Dialog;
@@ -56,7 +57,7 @@ impl InvitationState {
 /// An invitation as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvitationInfo {
-    pub id: u64,
+    pub id: InvitationId,
     pub conference_id: i64,
     pub target: String,
     pub state: InvitationState,
@@ -98,7 +99,7 @@ impl Engine {
         conference_id: i64,
         target: &str,
         timeout: Duration,
-    ) -> Result<u64, InviteError> {
+    ) -> Result<InvitationId, InviteError> {
         let target = target.trim();
         let digits = target.strip_prefix('+').unwrap_or(target);
         if digits.is_empty() || digits.len() > 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -112,8 +113,7 @@ impl Engine {
             .find(|c| c.id == conference_id)
             .ok_or(InviteError::NoSuchConference(conference_id))?
             .clone();
-        let id = self.next_call_id;
-        self.next_call_id += 1;
+        let id = self.ids.invitation();
         let mut inv = Invitation {
             info: InvitationInfo {
                 id,
@@ -165,7 +165,8 @@ impl Engine {
                 (503, "RTP port range exhausted")
             };
             finish(&mut inv, now, InvitationState::Failed, Some(code), why);
-            self.timers.push(std::cmp::Reverse((inv.deadline, id)));
+            self.timers
+                .push(std::cmp::Reverse((inv.deadline, Timer::Invitation(id))));
             self.invitations.insert(id, inv);
             self.events.push_back(EngineEvent::ConferencesChanged);
             return Ok(id);
@@ -176,12 +177,12 @@ impl Engine {
         self.invitations.insert(id, inv);
         // The room's name and extension as caller ID.
         let caller = (conference.name.as_str(), conference.extension.as_str());
-        self.ring_devices(now, id, &bindings, caller, &user, &offer);
+        self.ring_devices(now, Owner::Invitation(id), &bindings, caller, &user, &offer);
         let nothing_rings = self
             .invitations
             .get(&id)
             .is_some_and(|i| i.forks.is_empty())
-            && !self.offers_pending_for(id);
+            && !self.offers_pending_for(Owner::Invitation(id));
         if nothing_rings {
             self.release_invite_port(id);
             if let Some(inv) = self.invitations.get_mut(&id) {
@@ -194,14 +195,16 @@ impl Engine {
                 );
             }
         }
-        self.timers.push(std::cmp::Reverse((deadline, id)));
+        self.timers
+            .push(std::cmp::Reverse((deadline, Timer::Invitation(id))));
         self.events.push_back(EngineEvent::ConferencesChanged);
         Ok(id)
     }
 
     /// Files an invitation (ringing or already over) and arms its timer.
-    fn keep_invitation(&mut self, id: u64, inv: Invitation) -> u64 {
-        self.timers.push(std::cmp::Reverse((inv.deadline, id)));
+    fn keep_invitation(&mut self, id: InvitationId, inv: Invitation) -> InvitationId {
+        self.timers
+            .push(std::cmp::Reverse((inv.deadline, Timer::Invitation(id))));
         self.invitations.insert(id, inv);
         self.events.push_back(EngineEvent::ConferencesChanged);
         id
@@ -211,10 +214,10 @@ impl Engine {
     fn invite_number(
         &mut self,
         now: Instant,
-        id: u64,
+        id: InvitationId,
         mut inv: Invitation,
         conference: &crate::config::Conference,
-    ) -> u64 {
+    ) -> InvitationId {
         let cfg = self.config.clone();
         let target = inv.info.target.clone();
         let Some((trunk, number)) = cfg.config.outbound_route(&target) else {
@@ -262,13 +265,13 @@ impl Engine {
         inv.callee_extension = target;
         let tx = self.tx.send_request(now, invite.clone(), peer);
         self.client_txs
-            .insert(tx, (id, ClientPurpose::Invitation(0)));
+            .insert(tx, (Owner::Invitation(id), ClientPurpose::Fork(0)));
         inv.forks.push(OutFork::new(invite, peer, Some(trunk.id)));
         self.keep_invitation(id, inv)
     }
 
     /// Gives up on an invitation that has not been answered yet.
-    pub fn cancel_invitation(&mut self, now: Instant, id: u64) -> bool {
+    pub fn cancel_invitation(&mut self, now: Instant, id: InvitationId) -> bool {
         let Some(inv) = self.invitations.get_mut(&id) else {
             return false;
         };
@@ -282,13 +285,13 @@ impl Engine {
         true
     }
 
-    pub(super) fn invitation_is_ringing(&self, id: u64) -> bool {
+    pub(super) fn invitation_is_ringing(&self, id: InvitationId) -> bool {
         self.invitations
             .get(&id)
             .is_some_and(|i| !i.info.state.is_final())
     }
 
-    pub fn invitation(&self, id: u64) -> Option<InvitationInfo> {
+    pub fn invitation(&self, id: InvitationId) -> Option<InvitationInfo> {
         self.invitations.get(&id).map(|i| i.info.clone())
     }
 
@@ -298,7 +301,7 @@ impl Engine {
         v
     }
 
-    fn release_invite_port(&mut self, id: u64) {
+    fn release_invite_port(&mut self, id: InvitationId) {
         if let Some(port) = self.invitations.get_mut(&id).and_then(|i| i.port.take()) {
             self.ports.release(port);
         }
@@ -306,25 +309,26 @@ impl Engine {
 
     /// CANCEL to every fork still ringing except `keep` (RFC 3261 §9.1: only after a
     /// provisional; otherwise when one comes).
-    fn cancel_invite_forks(&mut self, now: Instant, id: u64, keep: Option<usize>) {
+    fn cancel_invite_forks(&mut self, now: Instant, id: InvitationId, keep: Option<usize>) {
         let Some(inv) = self.invitations.get_mut(&id) else {
             return;
         };
         for (cancel, peer) in fork::cancels(&mut inv.forks, keep) {
             let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            self.client_txs
+                .insert(tx, (Owner::Invitation(id), ClientPurpose::Fire));
         }
     }
 
     pub(super) fn on_invitation_response(
         &mut self,
         now: Instant,
-        id: u64,
+        id: InvitationId,
         i: usize,
         resp: Response,
     ) {
         let code = resp.code.into_u16();
-        match self.fork_step(now, id, i, &resp, ClientPurpose::Invitation(i)) {
+        match self.fork_step(now, Owner::Invitation(id), i, &resp, ClientPurpose::Fork(i)) {
             ForkStep::Final => {}
             ForkStep::Ringing => {
                 if let Some(inv) = self.invitations.get_mut(&id) {
@@ -406,7 +410,8 @@ impl Engine {
             self.drop_fork_media(webrtc);
             let bye = leg.request(Method::BYE, &local(&self.settings));
             let tx = self.tx.send_request(now, bye, peer);
-            self.client_txs.insert(tx, (id, ClientPurpose::Fire));
+            self.client_txs
+                .insert(tx, (Owner::Invitation(id), ClientPurpose::Fire));
             if let Some(inv) = self.invitations.get_mut(&id) {
                 if !inv.info.state.is_final() {
                     finish(
@@ -459,7 +464,7 @@ impl Engine {
     }
 
     /// Ring timeout and pruning of old finished invitations.
-    pub(super) fn invitation_timers(&mut self, now: Instant, id: u64) {
+    pub(super) fn invitation_timers(&mut self, now: Instant, id: InvitationId) {
         let Some(inv) = self.invitations.get_mut(&id) else {
             return;
         };
@@ -477,9 +482,12 @@ impl Engine {
         match keep_until {
             Some(t) if now >= t => {
                 self.invitations.remove(&id);
-                self.client_txs.retain(|_, (owner, _)| *owner != id);
+                self.client_txs
+                    .retain(|_, (owner, _)| *owner != Owner::Invitation(id));
             }
-            Some(t) => self.timers.push(std::cmp::Reverse((t, id))),
+            Some(t) => self
+                .timers
+                .push(std::cmp::Reverse((t, Timer::Invitation(id)))),
             None => {}
         }
     }

@@ -16,6 +16,7 @@ use confero_sip::transport::Peer;
 use confero_sip::Name;
 
 use super::conference::Party;
+use super::ids::Owner;
 use super::Engine;
 use crate::config::{Destination, User};
 use confero_sip::headers::{self, uri_user};
@@ -130,7 +131,7 @@ impl Engine {
         };
         let offer = self.offer_on(port);
         let caller_id = (display.as_str(), caller.number.as_str());
-        self.ring_devices(now, id, &targets, caller_id, user, &offer);
+        self.ring_devices(now, Owner::Bridge(id), &targets, caller_id, user, &offer);
         self.ring_bridge(now, id);
     }
 

@@ -19,6 +19,7 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::{Method, Name, SipUri, StatusCode};
 
 use super::conference::{AfterAnswer, Party};
+use super::ids::Owner;
 use super::{local, ClientPurpose, Engine, EngineEvent};
 use crate::config::{self, Conference, User};
 use crate::room::LegId;
@@ -75,7 +76,7 @@ impl Engine {
         match self.plan_transfer(&req, id) {
             Ok((other, target)) => self.transfer(now, tx, &req, id, other, target),
             Err(Refusal(code, reason)) => {
-                tracing::info!(leg = id, code, reason, "REFER refused");
+                tracing::info!(leg = %id, code, reason, "REFER refused");
                 let tag = self.conf_legs.get(&id).map(|c| c.leg.local_tag.clone());
                 let mut resp = response_for(&req, StatusCode::from(code), tag.as_deref());
                 resp.reason = Some(reason.to_owned());
@@ -229,7 +230,14 @@ impl Engine {
         };
         self.hold_music(transferee);
         let offer = self.offer_on(port);
-        self.ring_devices(now, id, &targets, (&display, &number), user, &offer);
+        self.ring_devices(
+            now,
+            Owner::Bridge(id),
+            &targets,
+            (&display, &number),
+            user,
+            &offer,
+        );
         self.ring_bridge(now, id);
         "200 OK"
     }
@@ -298,7 +306,7 @@ impl Engine {
         }
         let tx = self.tx.send_request(now, notify, peer);
         self.client_txs
-            .insert(tx, (transferor, ClientPurpose::Fire));
+            .insert(tx, (Owner::Leg(transferor), ClientPurpose::Fire));
     }
 }
 

@@ -21,6 +21,7 @@ use confero_sip::transaction::ClientTxId;
 use confero_sip::transport::{Peer, Transport};
 use confero_sip::{Method, Name, SipUri};
 
+use super::ids::{Owner, Timer};
 use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
 use crate::config::{Trunk, TrunkTransport};
 use confero_sip::headers;
@@ -80,8 +81,6 @@ pub struct TrunkStatus {
 #[derive(Debug)]
 pub(super) struct TrunkLink {
     pub(super) trunk: Trunk,
-    /// Names this trunk's timers and REGISTER transactions in the engine's maps.
-    timer_id: u64,
     /// The user part of the Contact we register: calls to it are the provider's.
     pub(super) contact_user: String,
     pub(super) addresses: Vec<SocketAddr>,
@@ -179,12 +178,9 @@ impl Engine {
     }
 
     fn add_trunk(&mut self, now: Instant, trunk: Trunk) {
-        let timer_id = self.next_call_id;
-        self.next_call_id += 1;
         let id = trunk.id;
         let literal = literal_address(&trunk.host, trunk.port);
         let mut link = TrunkLink {
-            timer_id,
             contact_user: format!("confero-{}", message::random_tag().to_ascii_lowercase()),
             addresses: literal.into_iter().collect(),
             state: RegistrationState::Off,
@@ -212,7 +208,6 @@ impl Engine {
                 port: link.trunk.port,
             });
         }
-        self.trunk_timers.insert(timer_id, id);
         self.trunks.insert(id, link);
         if literal.is_some() {
             self.register_trunk(now, id);
@@ -225,9 +220,8 @@ impl Engine {
         let Some(link) = self.trunks.remove(&id) else {
             return;
         };
-        self.trunk_timers.remove(&link.timer_id);
         self.client_txs
-            .retain(|_, (owner, _)| *owner != link.timer_id);
+            .retain(|_, (owner, _)| *owner != Owner::Trunk(id));
         if link.state == RegistrationState::Registered {
             if let Some(peer) = link.peer() {
                 let req = self.register_request(&link, 0, peer);
@@ -342,10 +336,9 @@ impl Engine {
                 return false;
             }
         }
-        let timer_id = link.timer_id;
         let tx = self.tx.send_request(now, req, peer);
         self.client_txs
-            .insert(tx, (timer_id, ClientPurpose::TrunkRegister(id)));
+            .insert(tx, (Owner::Trunk(id), ClientPurpose::Register));
         if let Some(link) = self.trunks.get_mut(&id) {
             link.cseq += 1;
             link.register_tx = Some(tx);
@@ -371,8 +364,7 @@ impl Engine {
         link.auth_tries = 0;
         let at = now + backoff(failures);
         link.next_at = Some(at);
-        let timer = link.timer_id;
-        self.timers.push(std::cmp::Reverse((at, timer)));
+        self.timers.push(std::cmp::Reverse((at, Timer::Trunk(id))));
         self.events.push_back(EngineEvent::TrunksChanged);
     }
 
@@ -405,9 +397,8 @@ impl Engine {
                 link.expires_at = Some(now + Duration::from_secs(u64::from(granted)));
                 let at = now + refresh_after(granted);
                 link.next_at = Some(at);
-                let timer = link.timer_id;
                 tracing::info!(trunk = %link.trunk.name, expires = granted, "trunk registered");
-                self.timers.push(std::cmp::Reverse((at, timer)));
+                self.timers.push(std::cmp::Reverse((at, Timer::Trunk(id))));
                 self.events.push_back(EngineEvent::TrunksChanged);
             }
             401 | 407 if link.auth_tries < MAX_AUTH_TRIES => {

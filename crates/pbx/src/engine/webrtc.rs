@@ -12,6 +12,7 @@ use confero_sip::transaction::ServerTxId;
 
 use super::conference::{AfterAnswer, Party};
 use super::fork::OutFork;
+use super::ids::{Owner, Timer};
 use super::{ClientPurpose, Engine};
 use crate::config::User;
 use crate::registrar::Binding;
@@ -38,7 +39,7 @@ pub(super) struct PendingWebRtc {
 #[derive(Debug)]
 pub(super) struct PendingOffer {
     /// The anchored call or invitation the fork belongs to.
-    owner: u64,
+    owner: Owner,
     binding: Binding,
     /// Display name and number shown to the callee.
     caller: (String, String),
@@ -58,13 +59,12 @@ pub(super) fn is_browser(b: &Binding) -> bool {
 impl Engine {
     /// Rings a browser on behalf of `owner`: the media engine first makes a WebRTC offer
     /// on a port of its own; the fork goes out when the offer comes back.
-    fn ring_browser(&mut self, owner: u64, binding: Binding, caller: (&str, &str), user: &User) {
+    fn ring_browser(&mut self, owner: Owner, binding: Binding, caller: (&str, &str), user: &User) {
         let Some(port) = self.ports.allocate() else {
             tracing::warn!("RTP port range exhausted; a browser is not rung");
             return;
         };
-        let leg = self.next_call_id;
-        self.next_call_id += 1;
+        let leg = self.ids.leg();
         self.media_out
             .push_back(MediaCommand::OfferWebRtc { leg, port });
         self.pending_offers.insert(
@@ -84,7 +84,7 @@ impl Engine {
     pub(super) fn ring_devices(
         &mut self,
         now: Instant,
-        owner: u64,
+        owner: Owner,
         bindings: &[Binding],
         caller: (&str, &str),
         user: &User,
@@ -101,7 +101,7 @@ impl Engine {
     }
 
     /// Whether `owner` still has browser offers in the making.
-    pub(super) fn offers_pending_for(&self, owner: u64) -> bool {
+    pub(super) fn offers_pending_for(&self, owner: Owner) -> bool {
         self.pending_offers.values().any(|p| p.owner == owner)
     }
 
@@ -112,7 +112,11 @@ impl Engine {
             self.media_out.push_back(MediaCommand::Close { leg });
             return;
         };
-        let ringing = self.bridge_is_ringing(p.owner) || self.invitation_is_ringing(p.owner);
+        let ringing = match p.owner {
+            Owner::Bridge(id) => self.bridge_is_ringing(id),
+            Owner::Invitation(id) => self.invitation_is_ringing(id),
+            Owner::Call(_) | Owner::Leg(_) | Owner::Trunk(_) => false,
+        };
         let invite = self
             .device_invites(
                 std::slice::from_ref(&p.binding),
@@ -140,17 +144,18 @@ impl Engine {
     }
 
     /// Sends `fork` as the next fork of an anchored call or an invitation.
-    pub(super) fn push_fork(&mut self, now: Instant, owner: u64, fork: OutFork) {
+    pub(super) fn push_fork(&mut self, now: Instant, owner: Owner, fork: OutFork) {
         let (invite, peer) = (fork.invite.clone(), fork.peer);
-        let purpose = if let Some(b) = self.bridges.get_mut(&owner) {
-            b.forks.push(fork);
-            ClientPurpose::Bridge(b.forks.len() - 1)
-        } else if let Some(inv) = self.invitations.get_mut(&owner) {
-            inv.forks.push(fork);
-            ClientPurpose::Invitation(inv.forks.len() - 1)
-        } else {
+        let forks = match owner {
+            Owner::Bridge(id) => self.bridges.get_mut(&id).map(|b| &mut b.forks),
+            Owner::Invitation(id) => self.invitations.get_mut(&id).map(|i| &mut i.forks),
+            Owner::Call(_) | Owner::Leg(_) | Owner::Trunk(_) => None,
+        };
+        let Some(forks) = forks else {
             return self.drop_fork_media(fork.webrtc);
         };
+        forks.push(fork);
+        let purpose = ClientPurpose::Fork(forks.len() - 1);
         let tx = self.tx.send_request(now, invite, peer);
         self.client_txs.insert(tx, (owner, purpose));
     }
@@ -175,7 +180,8 @@ impl Engine {
             offer,
         });
         let deadline = now + ANSWER_GUARD;
-        self.timers.push(std::cmp::Reverse((deadline, id)));
+        self.timers
+            .push(std::cmp::Reverse((deadline, Timer::BrowserAnswer(id))));
         self.pending_webrtc.insert(
             id,
             PendingWebRtc {
@@ -228,7 +234,7 @@ impl Engine {
         let Some(p) = self.pending_webrtc.remove(&id) else {
             return false;
         };
-        tracing::info!(leg = id, why, "WebRTC offer refused");
+        tracing::info!(leg = %id, why, "WebRTC offer refused");
         self.media_out.push_back(MediaCommand::Close { leg: id });
         self.ports.release(p.port);
         self.respond_warning(now, p.tx, &p.req, (488, "Not Acceptable Here"), why);

@@ -2,8 +2,8 @@
 //!
 //! - [`auth`]: who a request comes from (digest with replay protection, limits on password
 //!   guessing), for REGISTER and for every other request that needs a user;
-//! - [`register`]: what an authenticated REGISTER changes, and its answer (RFC 3261 §10.3);
-//! - [`bindings`]: the location table itself, with expiry, restore after restart and the
+//! - `register`: what an authenticated REGISTER changes, and its answer (RFC 3261 §10.3);
+//! - `bindings`: the location table itself, with expiry, restore after restart and the
 //!   flows devices registered over.
 //!
 //! The engine routes a REGISTER here after its domain check: `auth` first (a challenge or

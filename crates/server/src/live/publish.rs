@@ -6,7 +6,7 @@
 use std::fmt::Write as _;
 use std::sync::{RwLock, RwLockReadGuard};
 
-use confero_pbx::engine::Engine;
+use confero_pbx::engine::{Engine, InvitationId, LegId};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,6 +46,7 @@ impl Control {
                 action,
                 reply,
             } => {
+                let participant = LegId(participant);
                 let in_room = engine.participant_room(participant) == Some(conference_id);
                 let done = in_room
                     && match action {
@@ -79,7 +80,7 @@ impl Control {
                 })
             }
             Control::CancelInvitation { id, reply } => {
-                let done = engine.cancel_invitation(now, id);
+                let done = engine.cancel_invitation(now, InvitationId(id));
                 Box::new(move || {
                     let _ = reply.send(done);
                 })

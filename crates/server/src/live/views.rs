@@ -83,7 +83,7 @@ pub(crate) struct Participant {
 impl From<ConferenceParticipant> for Participant {
     fn from(p: ConferenceParticipant) -> Participant {
         Participant {
-            id: p.id,
+            id: p.id.0,
             conference_id: p.conference_id,
             caller: p.caller,
             caller_name: p.caller_name,
@@ -122,13 +122,13 @@ pub(crate) struct Invitation {
 impl From<InvitationInfo> for Invitation {
     fn from(i: InvitationInfo) -> Invitation {
         Invitation {
-            id: i.id,
+            id: i.id.0,
             conference_id: i.conference_id,
             target: i.target,
             state: i.state.as_str(),
             status: i.status,
             reason: i.reason,
-            participant_id: i.participant,
+            participant_id: i.participant.map(|p| p.0),
             created_at: i.created_unix,
         }
     }

@@ -1,0 +1,95 @@
+//! Typed handles for what the engine keeps, the timers it sets, and who owns each client
+//! transaction: a timer or a response finds its owner by its type, never by probing maps.
+
+pub use confero_media::bridge::LegId;
+
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub u64);
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id!(
+    /// A call between two users' phones, media directly between them.
+    CallId
+);
+id!(
+    /// An anchored call: its two legs meet in a private mix of the media bridge.
+    BridgeId
+);
+id!(
+    /// An invitation from a room to a phone.
+    InvitationId
+);
+
+/// Hands out ids. One sequence for every kind, so that the numbers the API shows (calls,
+/// invitations, participants) never repeat across kinds.
+#[derive(Debug)]
+pub(super) struct Ids {
+    next: u64,
+}
+
+impl Ids {
+    pub(super) fn new() -> Ids {
+        Ids { next: 1 }
+    }
+
+    fn next(&mut self) -> u64 {
+        let n = self.next;
+        self.next += 1;
+        n
+    }
+
+    pub(super) fn call(&mut self) -> CallId {
+        CallId(self.next())
+    }
+
+    pub(super) fn bridge(&mut self) -> BridgeId {
+        BridgeId(self.next())
+    }
+
+    pub(super) fn invitation(&mut self) -> InvitationId {
+        InvitationId(self.next())
+    }
+
+    pub(super) fn leg(&mut self) -> LegId {
+        LegId(self.next())
+    }
+}
+
+/// Why the engine wants to be woken, and for whom. A timer whose owner is gone, or whose
+/// deadline moved, finds nothing to do: timers are never cancelled, only ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) enum Timer {
+    /// Ring timeout, 2xx retransmission of a direct call.
+    Call(CallId),
+    /// Ring timeout, forgetting an ended anchored call.
+    Bridge(BridgeId),
+    /// No answer, forgetting a finished invitation.
+    Invitation(InvitationId),
+    /// A trunk's next REGISTER (by its configuration id).
+    Trunk(i64),
+    /// A browser's offer the media bridge has not answered in time.
+    BrowserAnswer(LegId),
+    /// 2xx retransmission of a leg the PBX answered.
+    Leg(LegId),
+}
+
+/// Who a client transaction belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Owner {
+    Call(CallId),
+    Bridge(BridgeId),
+    Invitation(InvitationId),
+    /// A BYE, NOTIFY or re-INVITE on a leg the PBX answered.
+    Leg(LegId),
+    Trunk(i64),
+}
