@@ -67,6 +67,7 @@ pub use conference::ConferenceParticipant;
 use conference::Party;
 pub use confero_media::bridge::{LegStats, MediaCommand, MediaEvent, MixId};
 use confero_sip::headers::{self, uri_user};
+use fork::{ForkStep, OutFork};
 pub use ids::{BridgeId, CallId, InvitationId, LegId};
 use ids::{Ids, Owner, Timer};
 use invite::Invitation;
@@ -200,24 +201,6 @@ impl Side {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ForkState {
-    Calling,
-    Proceeding,
-    Done,
-}
-
-#[derive(Debug)]
-struct Fork {
-    invite: Request,
-    peer: Peer,
-    state: ForkState,
-    /// We decided to cancel before any provisional response: RFC 3261 §9.1 wants us to wait
-    /// for one before sending CANCEL.
-    cancel_wanted: bool,
-    final_code: Option<u16>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum CallState {
     Ringing,
     Answered,
@@ -245,7 +228,7 @@ struct Call {
     invite_tx: Option<ServerTxId>,
     caller_leg: Dialog,
     callee_leg: Option<Dialog>,
-    forks: Vec<Fork>,
+    forks: Vec<OutFork>,
     ring_deadline: Instant,
     /// Client transactions of this call still expected to answer.
     open_client_txs: usize,
@@ -285,7 +268,7 @@ impl Call {
     fn is_finished(&self) -> bool {
         self.state == CallState::Ended
             && self.open_client_txs == 0
-            && self.forks.iter().all(|f| f.state == ForkState::Done)
+            && self.forks.iter().all(|f| f.done)
     }
 }
 
@@ -1001,20 +984,8 @@ impl Engine {
                 max_forwards,
             );
             copy_body(&call.invite, &mut invite);
-            let peer = binding_peer(&binding);
-            let fork_tx = self.tx.send_request(now, invite.clone(), peer);
-            self.client_txs.insert(
-                fork_tx,
-                (Owner::Call(id), ClientPurpose::Fork(call.forks.len())),
-            );
-            call.open_client_txs += 1;
-            call.forks.push(Fork {
-                invite,
-                peer,
-                state: ForkState::Calling,
-                cancel_wanted: false,
-                final_code: None,
-            });
+            call.forks
+                .push(OutFork::new(invite, binding_peer(&binding), None));
         }
         if call.forks.is_empty() {
             return self.respond(now, tx, &call.invite, 480, "Temporarily Unavailable");
@@ -1028,7 +999,15 @@ impl Engine {
         );
         self.timers
             .push(std::cmp::Reverse((call.ring_deadline, Timer::Call(id))));
+        let invites: Vec<_> = call
+            .forks
+            .iter()
+            .map(|f| (f.invite.clone(), f.peer))
+            .collect();
         self.calls.insert(id, call);
+        for (i, (invite, peer)) in invites.into_iter().enumerate() {
+            self.send_owned(now, Owner::Call(id), ClientPurpose::Fork(i), invite, peer);
+        }
         self.events.push_back(EngineEvent::CallsChanged);
     }
 
@@ -1093,27 +1072,29 @@ impl Engine {
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };
-        let mut cancels = Vec::new();
-        for (i, fork) in call.forks.iter_mut().enumerate() {
-            if Some(i) == keep || fork.state == ForkState::Done {
-                continue;
-            }
-            match fork.state {
-                ForkState::Proceeding => {
-                    cancels.push((message::cancel_for(&fork.invite), fork.peer))
-                }
-                ForkState::Calling => fork.cancel_wanted = true,
-                ForkState::Done => {}
-            }
+        for (cancel, peer) in fork::cancels(&mut call.forks, keep) {
+            self.send_owned(now, Owner::Call(id), ClientPurpose::Fire, cancel, peer);
         }
-        for (cancel, peer) in cancels {
-            let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs
-                .insert(tx, (Owner::Call(id), ClientPurpose::Fire));
+    }
+
+    /// Sends a request whose answers go to `owner` for `purpose`.
+    fn send_owned(
+        &mut self,
+        now: Instant,
+        owner: Owner,
+        purpose: ClientPurpose,
+        req: Request,
+        peer: Peer,
+    ) -> ClientTxId {
+        let tx = self.tx.send_request(now, req, peer);
+        self.client_txs.insert(tx, (owner, purpose));
+        if let Owner::Call(id) = owner {
+            // A call is kept until every transaction it started has its answer.
             if let Some(call) = self.calls.get_mut(&id) {
                 call.open_client_txs += 1;
             }
         }
+        tx
     }
 
     fn on_response(&mut self, now: Instant, tx: ClientTxId, resp: Response) {
@@ -1157,60 +1138,46 @@ impl Engine {
         }
     }
 
+    /// A callee device rings: the caller hears it (with early media, when a 183 brings SDP).
+    fn call_ringing(&mut self, now: Instant, id: CallId, resp: &Response) {
+        let Some(call) = self.calls.get(&id) else {
+            return;
+        };
+        let (CallState::Ringing, Some(invite_tx)) = (call.state, call.invite_tx) else {
+            return;
+        };
+        let mut ringing = response_for(&call.invite, resp.code, Some(&call.caller_leg.local_tag));
+        ringing.reason = resp.reason.clone();
+        if resp.code.into_u16() == 183 && !resp.body.is_empty() {
+            copy_response_body(resp, &mut ringing);
+            ringing.headers.insert(
+                Name::CONTACT,
+                local(&self.settings).contact(call.caller_leg.peer.transport),
+            );
+        }
+        let _ = self.tx.send_response(now, invite_tx, ringing);
+    }
+
     fn on_fork_response(&mut self, now: Instant, id: CallId, i: usize, resp: Response) {
         let code = resp.code.into_u16();
-        let Some(call) = self.calls.get_mut(&id) else {
-            return;
-        };
-        let Some(fork) = call.forks.get_mut(i) else {
-            return;
-        };
-        if (101..200).contains(&code) || (code == 100 && fork.cancel_wanted) {
-            fork.state = ForkState::Proceeding;
-            if fork.cancel_wanted {
-                fork.cancel_wanted = false;
-                let cancel = message::cancel_for(&fork.invite);
-                let peer = fork.peer;
-                let tx = self.tx.send_request(now, cancel, peer);
-                self.client_txs
-                    .insert(tx, (Owner::Call(id), ClientPurpose::Fire));
-                call.open_client_txs += 1;
-                return;
-            }
-            if code == 100 {
-                return;
-            }
-            if call.state == CallState::Ringing {
-                if let Some(invite_tx) = call.invite_tx {
-                    let mut ringing =
-                        response_for(&call.invite, resp.code, Some(&call.caller_leg.local_tag));
-                    ringing.reason = resp.reason.clone();
-                    if code == 183 && !resp.body.is_empty() {
-                        copy_response_body(&resp, &mut ringing);
-                        ringing.headers.insert(
-                            Name::CONTACT,
-                            local(&self.settings).contact(call.caller_leg.peer.transport),
-                        );
-                    }
-                    let _ = self.tx.send_response(now, invite_tx, ringing);
+        match self.fork_step(now, Owner::Call(id), i, &resp, ClientPurpose::Fork(i)) {
+            ForkStep::Gone | ForkStep::Handled => return,
+            ForkStep::Ringing => return self.call_ringing(now, id, &resp),
+            ForkStep::Final if code >= 300 => {
+                let Some(call) = self.calls.get(&id) else {
+                    return;
+                };
+                if call.state == CallState::Ringing && call.forks.iter().all(|f| f.done) {
+                    let (code, reason) = fork::failure_of(&call.forks);
+                    self.fail_call(now, id, code, &reason);
                 }
+                return;
             }
-            return;
+            ForkStep::Final => {}
         }
-        if code < 200 {
+        let Some(fork) = self.calls.get(&id).and_then(|c| c.forks.get(i)) else {
             return;
-        }
-        fork.state = ForkState::Done;
-        fork.final_code = Some(code);
-        if code >= 300 {
-            if call.state == CallState::Ringing
-                && call.forks.iter().all(|f| f.state == ForkState::Done)
-            {
-                let (code, reason) = pick_failure(call.forks.iter().filter_map(|f| f.final_code));
-                self.fail_call(now, id, code, reason);
-            }
-            return;
-        }
+        };
         // 2xx: build the callee leg, ACK it, and either connect the caller or hang up.
         let invite = fork.invite.clone();
         let peer = fork.peer;
@@ -1305,12 +1272,7 @@ impl Engine {
     /// Sends BYE on a leg that belongs to no live conversation any more.
     fn send_bye_on(&mut self, now: Instant, id: CallId, mut leg: Dialog) {
         let bye = leg.request(Method::BYE, &local(&self.settings));
-        let tx = self.tx.send_request(now, bye, leg.peer);
-        self.client_txs
-            .insert(tx, (Owner::Call(id), ClientPurpose::Fire));
-        if let Some(call) = self.calls.get_mut(&id) {
-            call.open_client_txs += 1;
-        }
+        self.send_owned(now, Owner::Call(id), ClientPurpose::Fire, bye, leg.peer);
     }
 
     fn on_ack(&mut self, _now: Instant, ack: &Request) {
@@ -1417,19 +1379,13 @@ impl Engine {
         if let Some(leg) = call.leg_mut(side.other()) {
             leg.local_cseq = other.local_cseq;
         }
-        call.open_client_txs += 1;
-        let client_tx = self.tx.send_request(now, fwd, peer);
-        self.client_txs.insert(
-            client_tx,
-            (
-                Owner::Call(id),
-                ClientPurpose::Forwarded(Box::new(Forwarded {
-                    from_side: side,
-                    server_tx: tx,
-                    request: req,
-                })),
-            ),
-        );
+        let forwarded = Forwarded {
+            from_side: side,
+            server_tx: tx,
+            request: req,
+        };
+        let purpose = ClientPurpose::Forwarded(Box::new(forwarded));
+        self.send_owned(now, Owner::Call(id), purpose, fwd, peer);
     }
 
     fn on_forwarded_response(&mut self, now: Instant, id: CallId, fwd: Forwarded, resp: Response) {

@@ -267,9 +267,7 @@ impl Engine {
             self.ports.release(port);
         }
         for (cancel, peer) in fork::cancels(&mut bridge.forks, None) {
-            let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs
-                .insert(tx, (Owner::Bridge(id), ClientPurpose::Fire));
+            self.send_owned(now, Owner::Bridge(id), ClientPurpose::Fire, cancel, peer);
         }
         self.timers
             .push(std::cmp::Reverse((now + KEEP_ENDED, Timer::Bridge(id))));
@@ -357,9 +355,7 @@ impl Engine {
             // Too late, or an answer we cannot use: this device is hung up on.
             self.drop_fork_media(webrtc);
             let bye = leg.request(Method::BYE, &local(&self.settings));
-            let tx = self.tx.send_request(now, bye, peer);
-            self.client_txs
-                .insert(tx, (Owner::Bridge(id), ClientPurpose::Fire));
+            self.send_owned(now, Owner::Bridge(id), ClientPurpose::Fire, bye, peer);
             if ringing
                 && self
                     .bridges
@@ -460,9 +456,7 @@ impl Engine {
         bridge.state = BridgeState::Answered;
         bridge.answered_unix = Some(joined);
         for (cancel, peer) in fork::cancels(&mut bridge.forks, Some(i)) {
-            let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs
-                .insert(tx, (Owner::Bridge(id), ClientPurpose::Fire));
+            self.send_owned(now, Owner::Bridge(id), ClientPurpose::Fire, cancel, peer);
         }
     }
 

@@ -453,9 +453,7 @@ impl Engine {
         self.media_out.push_back(MediaCommand::Close { leg: id });
         if send_bye {
             let bye = c.leg.request(Method::BYE, &local(&self.settings));
-            let tx = self.tx.send_request(now, bye, c.leg.peer);
-            self.client_txs
-                .insert(tx, (Owner::Leg(id), ClientPurpose::Fire));
+            self.send_owned(now, Owner::Leg(id), ClientPurpose::Fire, bye, c.leg.peer);
         }
         self.rooms.handle_leave(now, id);
         self.drain_room_commands(now);

@@ -161,12 +161,13 @@ pub(super) enum ForkStep {
 }
 
 impl Engine {
-    /// The fork `i` of an invitation or an anchored call.
+    /// The fork `i` of a call, an invitation or an anchored call.
     fn fork_mut(&mut self, owner: Owner, i: usize) -> Option<&mut OutFork> {
         let forks = match owner {
             Owner::Invitation(id) => &mut self.invitations.get_mut(&id)?.forks,
             Owner::Bridge(id) => &mut self.bridges.get_mut(&id)?.forks,
-            Owner::Call(_) | Owner::Leg(_) | Owner::Trunk(_) => return None,
+            Owner::Call(id) => &mut self.calls.get_mut(&id)?.forks,
+            Owner::Leg(_) | Owner::Trunk(_) => return None,
         };
         forks.get_mut(i)
     }
@@ -189,8 +190,7 @@ impl Engine {
         if code < 200 {
             return match fork.on_provisional(code) {
                 Provisional::Cancel(cancel, peer) => {
-                    let tx = self.tx.send_request(now, *cancel, peer);
-                    self.client_txs.insert(tx, (owner, ClientPurpose::Fire));
+                    self.send_owned(now, owner, ClientPurpose::Fire, *cancel, peer);
                     ForkStep::Handled
                 }
                 Provisional::Ringing => ForkStep::Ringing,

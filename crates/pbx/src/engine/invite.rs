@@ -263,9 +263,13 @@ impl Engine {
         inv.port = Some(port);
         inv.callee_name = target.clone();
         inv.callee_extension = target;
-        let tx = self.tx.send_request(now, invite.clone(), peer);
-        self.client_txs
-            .insert(tx, (Owner::Invitation(id), ClientPurpose::Fork(0)));
+        self.send_owned(
+            now,
+            Owner::Invitation(id),
+            ClientPurpose::Fork(0),
+            invite.clone(),
+            peer,
+        );
         inv.forks.push(OutFork::new(invite, peer, Some(trunk.id)));
         self.keep_invitation(id, inv)
     }
@@ -314,9 +318,13 @@ impl Engine {
             return;
         };
         for (cancel, peer) in fork::cancels(&mut inv.forks, keep) {
-            let tx = self.tx.send_request(now, cancel, peer);
-            self.client_txs
-                .insert(tx, (Owner::Invitation(id), ClientPurpose::Fire));
+            self.send_owned(
+                now,
+                Owner::Invitation(id),
+                ClientPurpose::Fire,
+                cancel,
+                peer,
+            );
         }
     }
 
@@ -409,9 +417,7 @@ impl Engine {
             // went away, or an unusable answer: hang up on this device.
             self.drop_fork_media(webrtc);
             let bye = leg.request(Method::BYE, &local(&self.settings));
-            let tx = self.tx.send_request(now, bye, peer);
-            self.client_txs
-                .insert(tx, (Owner::Invitation(id), ClientPurpose::Fire));
+            self.send_owned(now, Owner::Invitation(id), ClientPurpose::Fire, bye, peer);
             if let Some(inv) = self.invitations.get_mut(&id) {
                 if !inv.info.state.is_final() {
                     finish(

@@ -304,9 +304,13 @@ impl Engine {
         if let Some(c) = self.conf_legs.get_mut(&transferor) {
             c.leg.local_cseq = leg.local_cseq;
         }
-        let tx = self.tx.send_request(now, notify, peer);
-        self.client_txs
-            .insert(tx, (Owner::Leg(transferor), ClientPurpose::Fire));
+        self.send_owned(
+            now,
+            Owner::Leg(transferor),
+            ClientPurpose::Fire,
+            notify,
+            peer,
+        );
     }
 }
 

@@ -336,9 +336,7 @@ impl Engine {
                 return false;
             }
         }
-        let tx = self.tx.send_request(now, req, peer);
-        self.client_txs
-            .insert(tx, (Owner::Trunk(id), ClientPurpose::Register));
+        let tx = self.send_owned(now, Owner::Trunk(id), ClientPurpose::Register, req, peer);
         if let Some(link) = self.trunks.get_mut(&id) {
             link.cseq += 1;
             link.register_tx = Some(tx);
