@@ -7,6 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::sim::{PhoneEvent, SimWorld};
+use common::{numbers, trunk};
+use confero_pbx::config::TrunkTransport;
 use confero_sim::Link;
 
 /// 20 % of datagrams lost, 2 % duplicated, 10–60 ms of delay: reordering everywhere.
@@ -151,4 +153,67 @@ fn a_fork_race_under_reordering_leaves_exactly_one_dialog() {
         raced > 0,
         "no seed made both devices answer: the race was not run"
     );
+}
+
+#[test]
+fn a_blind_transfer_through_loss_hands_the_caller_over_with_its_audio() {
+    for seed in 1..=4 {
+        let mut w = SimWorld::configured(seed, lossy(), |c| {
+            // The provider's gateway at 127.0.0.9:5060 (calls from it are the trunk's).
+            let mut t = trunk(TrunkTransport::Udp, false);
+            t.host = "127.0.0.9".into();
+            t.port = 5060;
+            c.trunks.push(t);
+            numbers(c);
+        });
+        let carrier = w.phone("carrier", [127, 0, 0, 9], 440.0);
+        let bob = w.phone("bob", [127, 0, 0, 3], 1000.0);
+        let alice = w.phone("alice", [127, 0, 0, 2], 1500.0);
+        for (p, after) in [(bob, 100), (alice, 300)] {
+            w.phones[p].answer_after = Some(Duration::from_millis(after));
+            w.act(p, |ph, now| ph.register(now));
+        }
+        w.run(Duration::from_secs(8));
+        // A caller from the phone network reaches Bob's direct number; Bob answers.
+        w.act(carrier, |ph, now| ph.dial(now, "+3225550101"));
+        w.run(Duration::from_secs(8));
+        assert!(
+            w.phones[carrier].outgoing_dialog().is_some(),
+            "seed {seed}: {:?}",
+            w.phones[carrier].events
+        );
+        assert_eq!(w.phones[bob].answered_dialogs(), 1, "seed {seed}");
+        // Bob transfers the caller to Alice (101) and is let go.
+        w.act(bob, |ph, now| ph.refer(now, "101"));
+        w.run(Duration::from_secs(15));
+        let bob_events = &w.phones[bob].events;
+        assert!(
+            bob_events.contains(&PhoneEvent::Bye),
+            "seed {seed}: {bob_events:?}"
+        );
+        assert_eq!(w.phones[bob].answered_dialogs(), 0, "seed {seed}");
+        assert_eq!(w.phones[alice].answered_dialogs(), 1, "seed {seed}");
+        // The caller never left its call, and now talks with Alice.
+        assert!(w.phones[carrier].outgoing_dialog().is_some(), "seed {seed}");
+        let (c, a) = (&w.phones[carrier], &w.phones[alice]);
+        for (who, hears, not) in [(c, 1500.0, 1000.0), (a, 440.0, 1000.0)] {
+            let heard = who.heard(hears, 100);
+            let bobs = who.heard(not, 100);
+            assert!(
+                heard > 2000.0,
+                "seed {seed}: {} hears {hears} Hz at {heard}",
+                who.user
+            );
+            assert!(
+                bobs < heard / 10.0,
+                "seed {seed}: {} still hears Bob at {bobs}",
+                who.user
+            );
+        }
+        let stats = w.net.stats();
+        assert!(
+            stats.lost > 50 && stats.reordered > 50,
+            "seed {seed}: {stats:?}"
+        );
+    }
 }

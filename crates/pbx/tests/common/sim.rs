@@ -26,6 +26,7 @@ use confero_sip::transport::{Peer, Transport};
 use confero_sip::{Method, Name, StatusCode};
 
 use super::Harness;
+use confero_pbx::config::Config;
 
 const T1: Duration = Duration::from_millis(500);
 
@@ -188,6 +189,21 @@ impl SimPhone {
             authorized: false,
             dialog: None,
         });
+    }
+
+    /// Transfers the call it answered to `target` (an extension), blind: REFER in that
+    /// call's dialog, retransmitted as any request.
+    pub fn refer(&mut self, now: Instant, target: &str) {
+        let local = self.local;
+        let Some(d) = self.incoming.iter_mut().find_map(|c| c.dialog.as_mut()) else {
+            return;
+        };
+        let mut refer = d.request(Method::REFER, &local);
+        refer.headers.insert(
+            Name::from("Refer-To".to_owned()),
+            format!("<sip:{target}@127.0.0.1>"),
+        );
+        self.tl.send_request(now, refer, udp(self.pbx));
     }
 
     /// Keys `digits` by RFC 4733, 250 ms apart, starting at `at`.
@@ -608,7 +624,12 @@ impl SimWorld {
     /// The standard configuration (see [`Harness::configured`]) on a network of `link`
     /// everywhere, every choice drawn from `seed`.
     pub fn new(seed: u64, link: Link) -> SimWorld {
-        let h = Harness::configured(|_| {}, |_| {});
+        Self::configured(seed, link, |_| {})
+    }
+
+    /// As [`SimWorld::new`], the configuration changed by `edit`.
+    pub fn configured(seed: u64, link: Link, edit: impl FnOnce(&mut Config)) -> SimWorld {
+        let h = Harness::configured(edit, |_| {});
         let pbx: SocketAddr = super::PBX.parse().unwrap();
         let bridge = Bridge::new(
             BridgeConfig {
