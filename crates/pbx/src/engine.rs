@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use confero_sip::dialog::{Dialog, Local, Retransmit, Unacked};
 use confero_sip::digest;
-use confero_sip::message::{self, response_for, Message, Request, Response};
+use confero_sip::message::{response_for, Entropy, Message, Request, Response};
 use confero_sip::peek::Peek;
 use confero_sip::transaction::{
     ClientTxId, ServerTxId, TimerConfig, TransactionEvent, TransactionLayer,
@@ -69,7 +69,7 @@ pub use confero_media::bridge::{LegStats, MediaCommand, MediaEvent, MixId};
 use confero_sip::headers::{self, uri_user};
 use fork::{ForkStep, OutFork};
 pub use ids::{BridgeId, CallId, InvitationId, LegId};
-use ids::{Ids, Owner, Timer};
+use ids::{IdMap, Ids, Owner, Timer};
 use invite::Invitation;
 pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
 use trunk::TrunkLink;
@@ -87,17 +87,17 @@ const USER_AGENT: &str = "Confero";
 /// ([`confero_sip::transaction::MAX_KEPT_SERVER_TRANSACTIONS`]), so refusing starts first.
 const MAX_TRANSACTIONS: usize = 40_000;
 
-/// A final response to `req` with a To tag of ours and `reason`.
-fn final_response(req: &Request, code: u16, reason: &str) -> Response {
-    let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
+/// A final response to `req` with a To tag of ours (`tag`) and `reason`.
+fn final_response(req: &Request, code: u16, reason: &str, tag: &str) -> Response {
+    let mut resp = response_for(req, StatusCode::from(code), Some(tag));
     resp.reason = Some(reason.to_owned());
     resp
 }
 
 /// Seconds a client refused for overload should wait: spread over 5–20 s so that the
 /// refused do not all come back at once.
-fn overload_retry_after() -> u8 {
-    5 + rand::random::<u8>() % 16
+fn overload_retry_after(entropy: &mut Entropy) -> u64 {
+    5 + entropy.next_u64() % 16
 }
 
 /// Static settings of the engine (from the command line).
@@ -122,6 +122,9 @@ pub struct EngineSettings {
     pub digest_algorithms: Vec<digest::Algorithm>,
     /// Calls one user may have at once (each holds an RTP port or two).
     pub max_calls_per_user: usize,
+    /// Seeds the engine's tags, branches, Call-IDs and port choice, so that a simulated
+    /// run replays exactly; `None` (the server) draws them from the operating system.
+    pub seed: Option<u64>,
 }
 
 impl EngineSettings {
@@ -138,6 +141,7 @@ impl EngineSettings {
             rtp_ports: 10000..=20000,
             digest_algorithms: vec![digest::Algorithm::Md5],
             max_calls_per_user: 8,
+            seed: None,
         }
     }
 }
@@ -294,28 +298,29 @@ pub struct Engine {
     tx: TransactionLayer,
     auth: Authenticator,
     registrar: Registrar,
-    calls: HashMap<CallId, Call>,
+    calls: IdMap<CallId, Call>,
     ids: Ids,
+    entropy: Entropy,
     /// (Call-ID, our tag) → call and side.
     dialogs: HashMap<(String, String), (CallId, Side)>,
     client_txs: HashMap<ClientTxId, (Owner, ClientPurpose)>,
     timers: BinaryHeap<std::cmp::Reverse<(Instant, Timer)>>,
     rooms: Rooms,
-    conf_legs: HashMap<LegId, ConfLeg>,
+    conf_legs: IdMap<LegId, ConfLeg>,
     /// (Call-ID, our tag) → conference leg.
     conf_dialogs: HashMap<(String, String), LegId>,
-    invitations: HashMap<InvitationId, Invitation>,
-    bridges: HashMap<BridgeId, Bridge>,
-    trunks: HashMap<i64, TrunkLink>,
+    invitations: IdMap<InvitationId, Invitation>,
+    bridges: IdMap<BridgeId, Bridge>,
+    trunks: IdMap<i64, TrunkLink>,
     /// Browser INVITEs waiting for the media engine's WebRTC answer.
-    pending_webrtc: HashMap<LegId, webrtc::PendingWebRtc>,
+    pending_webrtc: IdMap<LegId, webrtc::PendingWebRtc>,
     /// Browsers about to be rung, waiting for the media engine's WebRTC offer.
-    pending_offers: HashMap<LegId, webrtc::PendingOffer>,
+    pending_offers: IdMap<LegId, webrtc::PendingOffer>,
     /// Browsers' re-INVITEs waiting for the media engine's answer, by leg.
-    pending_reinvites: HashMap<LegId, (ServerTxId, Request)>,
+    pending_reinvites: IdMap<LegId, (ServerTxId, Request)>,
     ports: PortPool,
     /// Rooms whose code is being guessed: wrong codes in the last hour, and when (Unix).
-    code_alerts: HashMap<i64, (u32, u64)>,
+    code_alerts: IdMap<i64, (u32, u64)>,
     /// The shell cannot keep up with its input ([`Engine::set_backlogged`]).
     backlogged: bool,
     /// New requests refused with 503 for overload, since start.
@@ -340,7 +345,8 @@ impl Engine {
             now,
             now_unix,
         );
-        let ports = PortPool::starting_at(settings.rtp_ports.clone(), rand::random());
+        let mut entropy = settings.seed.map_or_else(Entropy::from_os, Entropy::seeded);
+        let ports = PortPool::starting_at(settings.rtp_ports.clone(), entropy.next_u64() as u32);
         let mut engine = Self {
             tx: TransactionLayer::new(settings.timers),
             settings,
@@ -349,22 +355,23 @@ impl Engine {
             config,
             auth,
             registrar: Registrar::new(),
-            calls: HashMap::new(),
+            calls: IdMap::default(),
             ids: Ids::new(),
+            entropy,
             dialogs: HashMap::new(),
             client_txs: HashMap::new(),
             timers: BinaryHeap::new(),
             rooms: Rooms::new(),
-            conf_legs: HashMap::new(),
+            conf_legs: IdMap::default(),
             conf_dialogs: HashMap::new(),
-            invitations: HashMap::new(),
-            bridges: HashMap::new(),
-            trunks: HashMap::new(),
-            pending_webrtc: HashMap::new(),
-            pending_offers: HashMap::new(),
-            pending_reinvites: HashMap::new(),
+            invitations: IdMap::default(),
+            bridges: IdMap::default(),
+            trunks: IdMap::default(),
+            pending_webrtc: IdMap::default(),
+            pending_offers: IdMap::default(),
+            pending_reinvites: IdMap::default(),
             ports,
-            code_alerts: HashMap::new(),
+            code_alerts: IdMap::default(),
             backlogged: false,
             overload_refusals: 0,
             media_out: VecDeque::new(),
@@ -664,7 +671,7 @@ impl Engine {
     // ----- requests ------------------------------------------------------------------------
 
     fn respond(&mut self, now: Instant, tx: ServerTxId, req: &Request, code: u16, reason: &str) {
-        let resp = final_response(req, code, reason);
+        let resp = final_response(req, code, reason, &self.entropy.tag());
         self.send_response(now, tx, resp);
     }
 
@@ -678,7 +685,7 @@ impl Engine {
         (code, reason): (u16, &str),
         detail: &str,
     ) {
-        let mut resp = final_response(req, code, reason);
+        let mut resp = final_response(req, code, reason, &self.entropy.tag());
         let text: String = detail
             .chars()
             .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
@@ -722,8 +729,7 @@ impl Engine {
             Method::OPTIONS if !in_dialog => self.answer_options(tx, &req),
             _ if in_dialog => self.on_in_dialog(now, tx, req),
             _ => {
-                let mut resp =
-                    response_for(&req, StatusCode::from(405), Some(&message::random_tag()));
+                let mut resp = response_for(&req, StatusCode::from(405), Some(&self.entropy.tag()));
                 resp.reason = Some("Method Not Allowed".into());
                 resp.headers.insert(Name::ALLOW, ALLOW);
                 self.send_response(now, tx, resp);
@@ -760,9 +766,9 @@ impl Engine {
         self.overload_refusals += 1;
         let extra = format!(
             "Retry-After: {}\r\nServer: {USER_AGENT}\r\n",
-            overload_retry_after()
+            overload_retry_after(&mut self.entropy)
         );
-        let bytes = peek.refusal(503, "Service Unavailable", &message::random_tag(), &extra);
+        let bytes = peek.refusal(503, "Service Unavailable", &self.entropy.tag(), &extra);
         self.transmits.push_back(Transmit {
             peer: from,
             data: Bytes::from(bytes),
@@ -775,9 +781,11 @@ impl Engine {
     /// [`Engine::shed_raw`] could not judge from the raw bytes.
     fn shed(&mut self, tx: ServerTxId, req: &Request) {
         self.overload_refusals += 1;
-        let mut resp = final_response(req, 503, "Service Unavailable");
-        resp.headers
-            .insert(Name::RETRY_AFTER, overload_retry_after().to_string());
+        let mut resp = final_response(req, 503, "Service Unavailable", &self.entropy.tag());
+        resp.headers.insert(
+            Name::RETRY_AFTER,
+            overload_retry_after(&mut self.entropy).to_string(),
+        );
         self.send_final_and_forget(tx, resp);
     }
 
@@ -790,7 +798,7 @@ impl Engine {
     /// OPTIONS is answered without state: it is what monitors and keep-alives send, and
     /// what a flood is made of.
     fn answer_options(&mut self, tx: ServerTxId, req: &Request) {
-        let tag = req.to_tag().unwrap_or_else(message::random_tag);
+        let tag = req.to_tag().unwrap_or_else(|| self.entropy.tag());
         let mut resp = response_for(req, StatusCode::from(200), Some(&tag));
         resp.headers.insert(Name::ALLOW, ALLOW);
         resp.headers.insert(Name::ACCEPT, "application/sdp");
@@ -842,7 +850,8 @@ impl Engine {
                 return cfg.config.user_by_sip_username(&name).cloned();
             }
             auth::Outcome::Refused => {
-                let resp = final_response(req, 403, "Too Many Failed Attempts");
+                let resp =
+                    final_response(req, 403, "Too Many Failed Attempts", &self.entropy.tag());
                 self.send_final_and_forget(tx, resp);
                 return None;
             }
@@ -857,7 +866,7 @@ impl Engine {
         } else {
             (401, "Unauthorized", Name::WWW_AUTHENTICATE)
         };
-        let mut resp = final_response(req, code, reason);
+        let mut resp = final_response(req, code, reason, &self.entropy.tag());
         for challenge in self
             .auth
             .challenges(&nonce, stale, &self.settings.digest_algorithms)
@@ -879,7 +888,8 @@ impl Engine {
             return;
         };
         let unix = self.unix(now);
-        let (resp, changes) = self.registrar.register(now, unix, req, &user, from);
+        let tag = self.entropy.tag();
+        let (resp, changes) = self.registrar.register(now, unix, req, &user, from, &tag);
         for c in changes {
             self.events.push_back(EngineEvent::Binding(c));
         }
@@ -901,7 +911,7 @@ impl Engine {
         // Strangers get one answer and no 100 before it: a spoofed INVITE must not make
         // the PBX send a victim more than it received.
         if !self.serves_domain(&headers::uri_host(&req.uri)) {
-            let resp = final_response(&req, 404, "Domain Not Served");
+            let resp = final_response(&req, 404, "Domain Not Served", &self.entropy.tag());
             return self.send_final_and_forget(tx, resp);
         }
         let Some(caller) = self.authenticate(now, tx, &req, from, true) else {
@@ -919,7 +929,7 @@ impl Engine {
             );
         }
         trying(self);
-        let caller_leg = match Dialog::uas(&req, message::random_tag(), from) {
+        let caller_leg = match Dialog::uas(&req, self.entropy.tag(), from) {
             Ok(d) => d,
             Err(err) => return self.respond(now, tx, &req, 400, &err.to_string()),
         };
@@ -1184,7 +1194,10 @@ impl Engine {
         let Some(leg) = Dialog::uac(&invite, &resp, peer) else {
             return;
         };
-        let ack = leg.ack_for(&invite, local(&self.settings).via(peer.transport));
+        let ack = leg.ack_for(
+            &invite,
+            local(&self.settings).via(peer.transport, &mut self.entropy),
+        );
         let mut leg = leg;
         leg.last_ack = Some(ack.clone());
         self.tx.send_stateless(Message::Request(ack), peer);
@@ -1235,7 +1248,7 @@ impl Engine {
     /// A dialog-creating INVITE from the PBX: `from` and `to` are (display name, user) at
     /// our domain, with a fresh tag, Call-ID and branch.
     fn new_invite(
-        &self,
+        &mut self,
         uri: SipUri,
         transport: Transport,
         from: (&str, &str),
@@ -1245,7 +1258,10 @@ impl Engine {
         let domain = self.domain();
         let mut invite = Request::new(Method::INVITE, uri);
         let h = &mut invite.headers;
-        h.insert(Name::VIA, local(&self.settings).via(transport));
+        h.insert(
+            Name::VIA,
+            local(&self.settings).via(transport, &mut self.entropy),
+        );
         h.insert(Name::MAX_FORWARDS, max_forwards.to_string());
         h.insert(
             Name::FROM,
@@ -1254,14 +1270,14 @@ impl Engine {
                 quoted(from.0),
                 from.1,
                 domain,
-                message::random_tag()
+                self.entropy.tag()
             ),
         );
         h.insert(
             Name::TO,
             format!("{} <sip:{}@{}>", quoted(to.0), to.1, domain),
         );
-        h.insert(Name::CALL_ID, message::new_call_id(&domain));
+        h.insert(Name::CALL_ID, self.entropy.call_id(&domain));
         h.insert(Name::CSEQ, "1 INVITE");
         h.insert(Name::CONTACT, local(&self.settings).contact(transport));
         h.insert(Name::ALLOW, ALLOW);
@@ -1271,7 +1287,7 @@ impl Engine {
 
     /// Sends BYE on a leg that belongs to no live conversation any more.
     fn send_bye_on(&mut self, now: Instant, id: CallId, mut leg: Dialog) {
-        let bye = leg.request(Method::BYE, &local(&self.settings));
+        let bye = leg.request(Method::BYE, &local(&self.settings), &mut self.entropy);
         self.send_owned(now, Owner::Call(id), ClientPurpose::Fire, bye, leg.peer);
     }
 
@@ -1370,7 +1386,11 @@ impl Engine {
         let Some(mut other) = call.leg(side.other()).cloned() else {
             return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
         };
-        let mut fwd = other.request(req.method.clone(), &local(&self.settings));
+        let mut fwd = other.request(
+            req.method.clone(),
+            &local(&self.settings),
+            &mut self.entropy,
+        );
         copy_body(&req, &mut fwd);
         let peer = other.peer;
         let Some(call) = self.calls.get_mut(&id) else {
@@ -1412,7 +1432,10 @@ impl Engine {
             }
             if let Some(leg) = call.leg(to_side).cloned() {
                 let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(leg.local_cseq);
-                let ack = leg.ack(cseq, local(&self.settings).via(leg.peer.transport));
+                let ack = leg.ack(
+                    cseq,
+                    local(&self.settings).via(leg.peer.transport, &mut self.entropy),
+                );
                 self.tx
                     .send_stateless(Message::Request(ack.clone()), leg.peer);
                 if let Some(l) = self.calls.get_mut(&id).and_then(|c| c.leg_mut(to_side)) {

@@ -8,12 +8,13 @@
 //! Every participant is in exactly one [`Stage`]; each transition is a method below, so a
 //! reader can follow a caller from "enter the access code" to the mix.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::{Duration, Instant};
 
 use crate::config::{AdminLeaves, Conference};
 use crate::guard::{Guard, Limit, Policy, Verdict};
 
+use confero_media::bridge::IdMap;
 /// A call leg answered by a room (the engine's numbering).
 pub use confero_media::bridge::LegId;
 
@@ -183,14 +184,14 @@ struct Room {
 /// Every room and its participants.
 #[derive(Debug, Default)]
 pub struct Rooms {
-    rooms: HashMap<i64, Room>,
-    legs: HashMap<LegId, Participant>,
+    rooms: IdMap<i64, Room>,
+    legs: IdMap<LegId, Participant>,
     timers: BTreeMap<(Instant, LegId), ()>,
     commands: VecDeque<RoomCommand>,
     /// Wrong access codes across calls; made at the first join (its clock starts there).
     guard: Option<Guard<String, i64>>,
     /// When each room's administrator was last alerted of guessing.
-    alerted: HashMap<i64, Instant>,
+    alerted: IdMap<i64, Instant>,
     stats: CodeStats,
 }
 

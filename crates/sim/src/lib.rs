@@ -106,6 +106,9 @@ pub struct NetStats {
     pub delivered: u64,
     /// Delivered before a datagram of the same path sent earlier.
     pub reordered: u64,
+    /// A hash of every datagram sent (addresses and bytes, in order): two runs that sent
+    /// the same things in the same order have the same fingerprint.
+    pub fingerprint: u64,
 }
 
 /// See the [crate documentation](crate).
@@ -149,6 +152,9 @@ impl SimNet {
     /// A datagram sent at `now`.
     pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
         self.stats.sent += 1;
+        self.stats.fingerprint = fnv1a(self.stats.fingerprint, from.to_string().as_bytes());
+        self.stats.fingerprint = fnv1a(self.stats.fingerprint, to.to_string().as_bytes());
+        self.stats.fingerprint = fnv1a(self.stats.fingerprint, data);
         let link = self.paths.get(&(from, to)).copied().unwrap_or(self.link);
         if self.rng.chance(link.loss) {
             self.stats.lost += 1;
@@ -205,6 +211,20 @@ impl SimNet {
     pub fn in_flight(&self) -> usize {
         self.in_flight.len()
     }
+}
+
+/// FNV-1a, continued from `hash` (start from 0).
+fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    let mut h = if hash == 0 {
+        0xcbf2_9ce4_8422_2325
+    } else {
+        hash
+    };
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
 }
 
 /// A simulation that stopped making progress.

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crate::headers;
-use crate::message::{self, Request, Response};
+use crate::message::{Entropy, Request, Response};
 use crate::transport::{Peer, Transmit, Transport};
 use crate::{Method, Name, SipUri};
 
@@ -34,12 +34,12 @@ pub struct Local {
 
 impl Local {
     /// A Via for a new request over `transport`, with a fresh branch.
-    pub fn via(&self, transport: Transport) -> String {
+    pub fn via(&self, transport: Transport, entropy: &mut Entropy) -> String {
         format!(
             "SIP/2.0/{} {};branch={};rport",
             transport.via_name(),
             self.advertised,
-            message::new_branch()
+            entropy.branch()
         )
     }
 
@@ -136,10 +136,11 @@ impl Dialog {
     }
 
     /// A request in this dialog with the next CSeq (§12.2.1.1).
-    pub fn request(&mut self, method: Method, local: &Local) -> Request {
+    pub fn request(&mut self, method: Method, local: &Local, entropy: &mut Entropy) -> Request {
         self.local_cseq += 1;
         let cseq = self.local_cseq;
-        let mut req = self.addressed(method.clone(), cseq, local.via(self.peer.transport));
+        let via = local.via(self.peer.transport, entropy);
+        let mut req = self.addressed(method.clone(), cseq, via);
         if method == Method::INVITE {
             req.headers
                 .insert(Name::CONTACT, local.contact(self.peer.transport));
@@ -284,7 +285,7 @@ mod tests {
             advertised: "198.51.100.1:5060".parse().unwrap(),
             user_agent: "Confero",
         };
-        let bye = d.request(Method::BYE, &local);
+        let bye = d.request(Method::BYE, &local, &mut Entropy::seeded(1));
         let text = String::from_utf8(Message::Request(bye).to_bytes().to_vec()).unwrap();
         assert!(
             text.starts_with("BYE sip:alice@192.0.2.7:5060 SIP/2.0\r\n"),
@@ -316,7 +317,7 @@ mod tests {
         let mut d = Dialog::uas(&inv, "ours".into(), peer()).unwrap();
         let t0 = Instant::now();
         let t1 = Duration::from_millis(500);
-        let ok = message::response_for(&inv, crate::StatusCode::OK, Some("ours"));
+        let ok = crate::message::response_for(&inv, crate::StatusCode::OK, Some("ours"));
         d.unacked_2xx = Some(Unacked::new(t1, t0, ok, true));
         let mut sent = Vec::new();
         let mut t = t0;

@@ -782,24 +782,74 @@ pub(crate) fn split_first_via(value: &str) -> (&str, &str) {
     value.split_at(split)
 }
 
-/// A fresh From/To tag: 64 random bits, enough that two dialogs never collide.
-pub fn random_tag() -> String {
-    format!("{:016x}", rand::thread_rng().gen::<u64>())
+/// Where a sans-IO core draws its tags, branches, Call-IDs and other random numbers
+/// from: seeded, a simulated run replays exactly; from the operating system, nobody can
+/// predict them.
+#[derive(Clone, Debug)]
+pub struct Entropy(rand::rngs::StdRng);
+
+impl Entropy {
+    /// A sequence that is the same for the same seed (tests, simulations).
+    pub fn seeded(seed: u64) -> Entropy {
+        Entropy(rand::SeedableRng::seed_from_u64(seed))
+    }
+
+    /// Seeded from the operating system.
+    pub fn from_os() -> Entropy {
+        Entropy(rand::SeedableRng::from_entropy())
+    }
+
+    /// See [`random_tag`].
+    pub fn tag(&mut self) -> String {
+        tag_from(&mut self.0)
+    }
+
+    /// See [`new_branch`].
+    pub fn branch(&mut self) -> String {
+        branch_from(&mut self.0)
+    }
+
+    /// See [`new_call_id`].
+    pub fn call_id(&mut self, host: &str) -> String {
+        call_id_from(&mut self.0, host)
+    }
+
+    /// A random number.
+    pub fn next_u64(&mut self) -> u64 {
+        self.0.gen()
+    }
 }
 
-/// A fresh Via branch with the RFC 3261 magic cookie, so peers use §17 matching.
-pub fn new_branch() -> String {
-    format!("z9hG4bK{:024x}", rand::thread_rng().gen::<u128>() >> 32)
+fn tag_from(rng: &mut impl Rng) -> String {
+    format!("{:016x}", rng.gen::<u64>())
 }
 
-/// A fresh Call-ID, globally unique through 128 random bits and our host name.
-pub fn new_call_id(host: &str) -> String {
-    let id = format!("{:032x}", rand::thread_rng().gen::<u128>());
+fn branch_from(rng: &mut impl Rng) -> String {
+    format!("z9hG4bK{:024x}", rng.gen::<u128>() >> 32)
+}
+
+fn call_id_from(rng: &mut impl Rng, host: &str) -> String {
+    let id = format!("{:032x}", rng.gen::<u128>());
     if host.is_empty() {
         id
     } else {
         format!("{id}@{host}")
     }
+}
+
+/// A fresh From/To tag: 64 random bits, enough that two dialogs never collide.
+pub fn random_tag() -> String {
+    tag_from(&mut rand::thread_rng())
+}
+
+/// A fresh Via branch with the RFC 3261 magic cookie, so peers use §17 matching.
+pub fn new_branch() -> String {
+    branch_from(&mut rand::thread_rng())
+}
+
+/// A fresh Call-ID, globally unique through 128 random bits and our host name.
+pub fn new_call_id(host: &str) -> String {
+    call_id_from(&mut rand::thread_rng(), host)
 }
 
 #[cfg(test)]

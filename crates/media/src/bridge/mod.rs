@@ -43,7 +43,9 @@ pub mod prompt;
 #[cfg(test)]
 mod tests;
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::hash::BuildHasherDefault;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -55,6 +57,11 @@ use crate::stream::{Latch, MediaStream, StreamConfig};
 use crate::webrtc::{Answer, WebRtcLeg, WebRtcOutput};
 use player::Player;
 pub use prompt::{Prompt, PromptError, PromptLibrary};
+
+/// A map keyed by our own numbers (never a stranger's bytes, so no flooding of one
+/// bucket to fear): hashed the same way every run, so that its order, and with it the
+/// order of each tick's packets, replays exactly.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
 /// The engine's handle for a call leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -388,11 +395,11 @@ struct Scratch {
 pub struct Bridge {
     cfg: BridgeConfig,
     prompts: Arc<PromptLibrary>,
-    legs: HashMap<LegId, Leg>,
-    offering: HashMap<LegId, Offering>,
+    legs: IdMap<LegId, Leg>,
+    offering: IdMap<LegId, Offering>,
     /// Local port (RTP, or RTCP when not multiplexed) → its leg.
-    ports: HashMap<u16, LegId>,
-    mixes: HashMap<MixId, Mix>,
+    ports: IdMap<u16, LegId>,
+    mixes: IdMap<MixId, Mix>,
     next_tick: Instant,
     /// Wall-clock time at `next_tick`'s origin, for RTCP sender reports.
     wallclock: (Instant, Duration),
@@ -453,10 +460,10 @@ impl Bridge {
             rng: cfg.seed,
             cfg,
             prompts,
-            legs: HashMap::new(),
-            offering: HashMap::new(),
-            ports: HashMap::new(),
-            mixes: HashMap::new(),
+            legs: IdMap::default(),
+            offering: IdMap::default(),
+            ports: IdMap::default(),
+            mixes: IdMap::default(),
             next_tick: now,
             wallclock: (now, unix_now),
             events: VecDeque::new(),

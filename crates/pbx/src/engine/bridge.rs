@@ -118,7 +118,7 @@ impl Engine {
             invite: Box::new(req),
             tx: Some(tx),
             peer: from,
-            tag: confero_sip::message::random_tag(),
+            tag: self.entropy.tag(),
             port: Some(a),
         };
         let id = self.file_bridge(now, caller, callee, side, b);
@@ -341,7 +341,10 @@ impl Engine {
         let Some(mut leg) = Dialog::uac(&invite, &resp, peer) else {
             return;
         };
-        let ack = leg.ack_for(&invite, local(&self.settings).via(peer.transport));
+        let ack = leg.ack_for(
+            &invite,
+            local(&self.settings).via(peer.transport, &mut self.entropy),
+        );
         self.tx.send_stateless(Message::Request(ack.clone()), peer);
         leg.last_ack = Some(ack);
         let ringing = bridge.state == BridgeState::Ringing;
@@ -354,7 +357,7 @@ impl Engine {
         let Some(opened) = opened else {
             // Too late, or an answer we cannot use: this device is hung up on.
             self.drop_fork_media(webrtc);
-            let bye = leg.request(Method::BYE, &local(&self.settings));
+            let bye = leg.request(Method::BYE, &local(&self.settings), &mut self.entropy);
             self.send_owned(now, Owner::Bridge(id), ClientPurpose::Fire, bye, peer);
             if ringing
                 && self

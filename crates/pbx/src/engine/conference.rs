@@ -11,7 +11,7 @@ use bytes::Bytes;
 use confero_media::bridge::{LegMedia, LegStats, MediaCommand, MediaEvent, MixId};
 use confero_media::codec::CodecKind;
 use confero_media::webrtc;
-use confero_sip::message::{self, response_for, Request};
+use confero_sip::message::{response_for, Request};
 use confero_sip::sdp::{self, LocalMedia, Negotiated};
 use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
@@ -287,7 +287,7 @@ impl Engine {
                 return refuse(self, then);
             }
         };
-        let local_tag = local_tag.unwrap_or_else(message::random_tag);
+        let local_tag = local_tag.unwrap_or_else(|| self.entropy.tag());
         let leg = match Dialog::uas(req, local_tag, from) {
             Ok(d) => d,
             Err(err) => {
@@ -304,7 +304,7 @@ impl Engine {
         if offer.is_webrtc() {
             return self.defer_to_webrtc(now, tx, req, leg, caller, id, port, then);
         }
-        let session_id = u64::from(rand::random::<u32>());
+        let session_id = self.entropy.next_u64() & 0xffff_ffff;
         let local = LocalMedia {
             addr: self.settings.advertised.ip(),
             port,
@@ -452,7 +452,9 @@ impl Engine {
         self.ports.release(c.port);
         self.media_out.push_back(MediaCommand::Close { leg: id });
         if send_bye {
-            let bye = c.leg.request(Method::BYE, &local(&self.settings));
+            let bye = c
+                .leg
+                .request(Method::BYE, &local(&self.settings), &mut self.entropy);
             self.send_owned(now, Owner::Leg(id), ClientPurpose::Fire, bye, c.leg.peer);
         }
         self.rooms.handle_leave(now, id);
@@ -536,7 +538,7 @@ impl Engine {
             resp.reason = Some("Previous INVITE Not Yet Acknowledged".into());
             resp.headers.insert(
                 Name::RETRY_AFTER,
-                (1 + rand::random::<u8>() % 5).to_string(),
+                (1 + self.entropy.next_u64() % 5).to_string(),
             );
             return self.send_response(now, tx, resp);
         }

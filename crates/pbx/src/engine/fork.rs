@@ -279,11 +279,11 @@ impl Engine {
     }
 
     /// Our SDP offer of the media port `port` (a fresh session).
-    pub(super) fn offer_on(&self, port: u16) -> String {
+    pub(super) fn offer_on(&mut self, port: u16) -> String {
         let local = LocalMedia {
             addr: self.settings.advertised.ip(),
             port,
-            session_id: u64::from(rand::random::<u32>()),
+            session_id: self.entropy.next_u64() & 0xffff_ffff,
             session_version: 1,
             username: "confero".to_owned(),
         };
@@ -293,28 +293,24 @@ impl Engine {
     /// One INVITE carrying `offer` to each registered device of `user`, from `caller`
     /// (display name, number), with where each goes.
     pub(super) fn device_invites(
-        &self,
+        &mut self,
         bindings: &[Binding],
         caller: (&str, &str),
         user: &User,
         offer: &str,
     ) -> Vec<(Request, Peer)> {
-        bindings
-            .iter()
-            .filter_map(|binding| {
-                let uri = binding.contact.parse::<SipUri>().ok()?;
-                let peer = binding_peer(binding);
-                let mut invite = self.new_invite(
-                    uri,
-                    peer.transport,
-                    caller,
-                    (&user.name, &user.extension),
-                    70,
-                );
-                invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-                invite.body = bytes::Bytes::from(offer.to_owned().into_bytes());
-                Some((invite, peer))
-            })
-            .collect()
+        let mut invites = Vec::with_capacity(bindings.len());
+        for binding in bindings {
+            let Ok(uri) = binding.contact.parse::<SipUri>() else {
+                continue;
+            };
+            let peer = binding_peer(binding);
+            let to = (user.name.as_str(), user.extension.as_str());
+            let mut invite = self.new_invite(uri, peer.transport, caller, to, 70);
+            invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+            invite.body = bytes::Bytes::from(offer.to_owned().into_bytes());
+            invites.push((invite, peer));
+        }
+        invites
     }
 }

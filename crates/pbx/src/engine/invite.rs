@@ -378,7 +378,10 @@ impl Engine {
         let Some(mut leg) = Dialog::uac(&invite, &resp, peer) else {
             return;
         };
-        let ack = leg.ack_for(&invite, local(&self.settings).via(peer.transport));
+        let ack = leg.ack_for(
+            &invite,
+            local(&self.settings).via(peer.transport, &mut self.entropy),
+        );
         self.tx.send_stateless(Message::Request(ack.clone()), peer);
         leg.last_ack = Some(ack);
         let (conference_id, callee_ext, callee_name) = (
@@ -416,7 +419,7 @@ impl Engine {
             // Too late (someone else answered, cancelled, timed out), the room or the user
             // went away, or an unusable answer: hang up on this device.
             self.drop_fork_media(webrtc);
-            let bye = leg.request(Method::BYE, &local(&self.settings));
+            let bye = leg.request(Method::BYE, &local(&self.settings), &mut self.entropy);
             self.send_owned(now, Owner::Invitation(id), ClientPurpose::Fire, bye, peer);
             if let Some(inv) = self.invitations.get_mut(&id) {
                 if !inv.info.state.is_final() {

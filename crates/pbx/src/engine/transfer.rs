@@ -293,7 +293,7 @@ impl Engine {
             return;
         };
         let mut leg = c.leg.clone();
-        let mut notify = leg.request(Method::NOTIFY, &local(&self.settings));
+        let mut notify = leg.request(Method::NOTIFY, &local(&self.settings), &mut self.entropy);
         let h = &mut notify.headers;
         h.insert(Name::EVENT, "refer");
         h.insert(Name::SUBSCRIPTION_STATE, "terminated;reason=noresource");

@@ -16,7 +16,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use confero_sip::digest;
-use confero_sip::message::{self, Request, Response};
+use confero_sip::message::{Request, Response};
 use confero_sip::transaction::ClientTxId;
 use confero_sip::transport::{Peer, Transport};
 use confero_sip::{Method, Name, SipUri};
@@ -181,12 +181,12 @@ impl Engine {
         let id = trunk.id;
         let literal = literal_address(&trunk.host, trunk.port);
         let mut link = TrunkLink {
-            contact_user: format!("confero-{}", message::random_tag().to_ascii_lowercase()),
+            contact_user: format!("confero-{}", self.entropy.tag().to_ascii_lowercase()),
             addresses: literal.into_iter().collect(),
             state: RegistrationState::Off,
             register_tx: None,
-            call_id: message::new_call_id(&self.domain()),
-            from_tag: message::random_tag(),
+            call_id: self.entropy.call_id(&self.domain()),
+            from_tag: self.entropy.tag(),
             cseq: 0,
             auth_tries: 0,
             next_at: None,
@@ -224,7 +224,8 @@ impl Engine {
             .retain(|_, (owner, _)| *owner != Owner::Trunk(id));
         if link.state == RegistrationState::Registered {
             if let Some(peer) = link.peer() {
-                let req = self.register_request(&link, 0, peer);
+                let via = local(&self.settings).via(peer.transport, &mut self.entropy);
+                let req = self.register_request(&link, 0, peer, via);
                 // Nobody listens for the answer: the link is gone.
                 let _ = self.tx.send_request(now, req, peer);
             }
@@ -263,7 +264,7 @@ impl Engine {
         self.events.push_back(EngineEvent::TrunksChanged);
     }
 
-    fn register_request(&self, link: &TrunkLink, expires: u32, peer: Peer) -> Request {
+    fn register_request(&self, link: &TrunkLink, expires: u32, peer: Peer, via: String) -> Request {
         let domain = link.domain();
         let uri: SipUri = format!("sip:{domain}")
             .parse()
@@ -275,7 +276,7 @@ impl Engine {
             .unwrap_or_else(|| link.contact_user.clone());
         let mut req = Request::new(Method::REGISTER, uri);
         let h = &mut req.headers;
-        h.insert(Name::VIA, local(&self.settings).via(peer.transport));
+        h.insert(Name::VIA, via);
         h.insert(Name::MAX_FORWARDS, "70");
         h.insert(
             Name::FROM,
@@ -330,7 +331,8 @@ impl Engine {
         let Some(peer) = link.peer() else {
             return false;
         };
-        let mut req = self.register_request(link, expires, peer);
+        let via = local(&self.settings).via(peer.transport, &mut self.entropy);
+        let mut req = self.register_request(link, expires, peer, via);
         if let Some(challenge) = challenge {
             if !self.authorize(id, &mut req, challenge) {
                 return false;
@@ -444,10 +446,16 @@ impl Engine {
 
     /// Adds the credentials answering `challenge` to `req` (a retry of a request the
     /// provider challenged). False when the trunk has none or the challenge is unusable.
-    pub(super) fn authorize(&self, trunk: i64, req: &mut Request, challenge: &Response) -> bool {
+    pub(super) fn authorize(
+        &mut self,
+        trunk: i64,
+        req: &mut Request,
+        challenge: &Response,
+    ) -> bool {
         let Some(link) = self.trunks.get(&trunk) else {
             return false;
         };
+        let entropy = &mut self.entropy;
         let (Some(user), Some(password)) = (&link.trunk.username, &link.trunk.password) else {
             return false;
         };
@@ -463,7 +471,7 @@ impl Engine {
             .into_iter()
             .chain(challenge.headers.get_raw(&ask).map(|v| v.to_string()))
             .find_map(|c| {
-                let cnonce = message::random_tag();
+                let cnonce = entropy.tag();
                 digest::answer_challenge(&c, &method, &uri, user, password, 1, &cnonce).ok()
             });
         match value {
@@ -478,7 +486,7 @@ impl Engine {
     /// A retry of `original` (an INVITE to a trunk that the provider challenged): same
     /// dialog identifiers, next CSeq, new branch, with credentials.
     pub(super) fn authorized_retry(
-        &self,
+        &mut self,
         trunk: i64,
         original: &Request,
         challenge: &Response,
@@ -490,9 +498,10 @@ impl Engine {
         retry.headers.remove(&Name::CSEQ);
         retry.headers.remove(&Name::AUTHORIZATION);
         retry.headers.remove(&Name::PROXY_AUTHORIZATION);
-        retry
-            .headers
-            .insert(Name::VIA, local(&self.settings).via(transport));
+        retry.headers.insert(
+            Name::VIA,
+            local(&self.settings).via(transport, &mut self.entropy),
+        );
         retry
             .headers
             .insert(Name::CSEQ, format!("{cseq} {}", original.method));
@@ -540,7 +549,7 @@ impl Engine {
     /// `display` and `caller_number` as caller ID (From and P-Asserted-Identity). `None`
     /// while the trunk has no address.
     pub(super) fn trunk_invite(
-        &self,
+        &mut self,
         trunk: i64,
         number: &str,
         display: &str,
@@ -554,14 +563,14 @@ impl Engine {
         let caller = format!("{} <sip:{caller_number}@{domain}>", super::quoted(display));
         let mut invite = Request::new(Method::INVITE, uri);
         let h = &mut invite.headers;
-        h.insert(Name::VIA, local(&self.settings).via(peer.transport));
-        h.insert(Name::MAX_FORWARDS, "70");
         h.insert(
-            Name::FROM,
-            format!("{caller};tag={}", message::random_tag()),
+            Name::VIA,
+            local(&self.settings).via(peer.transport, &mut self.entropy),
         );
+        h.insert(Name::MAX_FORWARDS, "70");
+        h.insert(Name::FROM, format!("{caller};tag={}", self.entropy.tag()));
         h.insert(Name::TO, format!("<sip:{number}@{domain}>"));
-        h.insert(Name::CALL_ID, message::new_call_id(&self.domain()));
+        h.insert(Name::CALL_ID, self.entropy.call_id(&self.domain()));
         h.insert(Name::CSEQ, "1 INVITE");
         h.insert(Name::CONTACT, self.trunk_contact(link, peer.transport));
         h.insert(Name::from("P-Asserted-Identity"), caller);

@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use confero_sip::headers::{self, uri_user};
-use confero_sip::message::{self, response_for, Request, Response};
+use confero_sip::message::{response_for, Request, Response};
 use confero_sip::transport::Peer;
 use confero_sip::{Name, StatusCode};
 
@@ -15,8 +15,9 @@ use super::{
 use crate::config::User;
 
 impl Registrar {
-    /// What `req`, a REGISTER that authenticated as `user`, does: the response to send,
-    /// and the binding changes to persist (none unless it is a 200).
+    /// What `req`, a REGISTER that authenticated as `user`, does: the response to send
+    /// (with our To tag `tag`), and the binding changes to persist (none unless it is a
+    /// 200).
     pub fn register(
         &mut self,
         now: Instant,
@@ -24,9 +25,10 @@ impl Registrar {
         req: &Request,
         user: &User,
         from: Peer,
+        tag: &str,
     ) -> (Response, Vec<BindingChange>) {
         let refuse = |code: u16, reason: &str| {
-            let mut resp = response_for(req, StatusCode::from(code), Some(&message::random_tag()));
+            let mut resp = response_for(req, StatusCode::from(code), Some(tag));
             resp.reason = Some(reason.to_owned());
             (resp, Vec::new())
         };
@@ -81,7 +83,7 @@ impl Registrar {
                 return (resp, none);
             }
         };
-        let mut resp = response_for(req, StatusCode::OK, Some(&message::random_tag()));
+        let mut resp = response_for(req, StatusCode::OK, Some(tag));
         for b in self.contacts_of(&user.sip_username) {
             resp.headers.insert(
                 Name::CONTACT,

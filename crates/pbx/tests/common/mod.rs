@@ -80,6 +80,7 @@ impl Harness {
         });
         let mut settings = EngineSettings::new(PBX.parse().unwrap(), [7u8; 32]);
         settings.ring_timeout = Duration::from_secs(30);
+        settings.seed = Some(7);
         tune(&mut settings);
         Harness {
             engine: Engine::new(settings, snapshot, now, 1_700_000_000),

@@ -17,7 +17,7 @@ use confero_pbx::engine::{Engine, EngineEvent};
 use confero_sim::{Driver, Link, SimNet};
 use confero_sip::dialog::{Dialog, Local, Retransmit, Unacked};
 use confero_sip::digest;
-use confero_sip::message::{response_for, Message, Request, Response};
+use confero_sip::message::{response_for, Entropy, Message, Request, Response};
 use confero_sip::sdp;
 use confero_sip::transaction::{
     ClientTxId, ServerTxId, TimerConfig, TransactionEvent, TransactionLayer,
@@ -88,6 +88,7 @@ pub struct SimPhone {
     pbx: SocketAddr,
     tl: TransactionLayer,
     local: Local,
+    entropy: Entropy,
     outgoing: Option<Outgoing>,
     incoming: Vec<Incoming>,
     register: Option<(Request, ClientTxId, bool)>,
@@ -125,6 +126,7 @@ impl SimPhone {
                 advertised: sip,
                 user_agent: "SimPhone",
             },
+            entropy: Entropy::seeded(u64::from(u32::from_be_bytes(ip))),
             outgoing: None,
             incoming: Vec::new(),
             register: None,
@@ -160,7 +162,7 @@ impl SimPhone {
         let cseq = self.next_cseq();
         let req = parse_request(&format!(
             "REGISTER sip:127.0.0.1 SIP/2.0\nVia: {via}\nMax-Forwards: 70\nFrom: <sip:{u}@127.0.0.1>;tag={tag}\nTo: <sip:{u}@127.0.0.1>\nCall-ID: reg-{u}-{ip}\nCSeq: {cseq} REGISTER\nContact: <sip:{u}@{sip}>\nExpires: 3600\nContent-Length: 0\n\n",
-            via = self.local.via(Transport::Udp),
+            via = self.local.via(Transport::Udp, &mut self.entropy),
             u = self.user,
             tag = self.tag,
             ip = self.sip.ip(),
@@ -176,7 +178,7 @@ impl SimPhone {
         let sdp = self.sdp();
         let invite = parse_request(&format!(
             "INVITE sip:{target}@127.0.0.1 SIP/2.0\nVia: {via}\nMax-Forwards: 70\nFrom: <sip:{u}@127.0.0.1>;tag={tag}\nTo: <sip:{target}@127.0.0.1>\nCall-ID: call-{u}-{target}\nCSeq: {cseq} INVITE\nContact: <sip:{u}@{sip}>\nContent-Type: application/sdp\nContent-Length: {len}\n\n",
-            via = self.local.via(Transport::Udp),
+            via = self.local.via(Transport::Udp, &mut self.entropy),
             u = self.user,
             tag = self.tag,
             sip = self.sip,
@@ -198,7 +200,7 @@ impl SimPhone {
         let Some(d) = self.incoming.iter_mut().find_map(|c| c.dialog.as_mut()) else {
             return;
         };
-        let mut refer = d.request(Method::REFER, &local);
+        let mut refer = d.request(Method::REFER, &local, &mut self.entropy);
         refer.headers.insert(
             Name::from("Refer-To".to_owned()),
             format!("<sip:{target}@127.0.0.1>"),
@@ -385,7 +387,8 @@ impl SimPhone {
                     .as_ref()
                     .and_then(|o| Some((o.dialog.as_ref()?, o)));
                 if let (Some((d, o)), true) = (answered, response.code.into_u16() / 100 == 2) {
-                    let ack = d.ack_for(&o.invite, self.local.via(Transport::Udp));
+                    let ack =
+                        d.ack_for(&o.invite, self.local.via(Transport::Udp, &mut self.entropy));
                     out.push((
                         self.sip,
                         self.pbx,
@@ -444,7 +447,7 @@ impl SimPhone {
         again.headers.remove(&Name::CSEQ);
         again
             .headers
-            .insert(Name::VIA, self.local.via(Transport::Udp));
+            .insert(Name::VIA, self.local.via(Transport::Udp, &mut self.entropy));
         again
             .headers
             .insert(Name::CSEQ, format!("{cseq} {}", req.method));
@@ -498,7 +501,7 @@ impl SimPhone {
         let Some(dialog) = Dialog::uac(&o.invite, &resp, udp(self.pbx)) else {
             return;
         };
-        let ack = dialog.ack_for(&o.invite, self.local.via(Transport::Udp));
+        let ack = dialog.ack_for(&o.invite, self.local.via(Transport::Udp, &mut self.entropy));
         out.push((
             self.sip,
             self.pbx,
@@ -629,7 +632,7 @@ impl SimWorld {
 
     /// As [`SimWorld::new`], the configuration changed by `edit`.
     pub fn configured(seed: u64, link: Link, edit: impl FnOnce(&mut Config)) -> SimWorld {
-        let h = Harness::configured(edit, |_| {});
+        let h = Harness::configured(edit, |s| s.seed = Some(seed));
         let pbx: SocketAddr = super::PBX.parse().unwrap();
         let bridge = Bridge::new(
             BridgeConfig {
