@@ -312,11 +312,11 @@ pub struct Engine {
     invitations: IdMap<InvitationId, Invitation>,
     bridges: IdMap<BridgeId, Bridge>,
     trunks: IdMap<i64, TrunkLink>,
-    /// Browser INVITEs waiting for the media engine's WebRTC answer.
+    /// Browser INVITEs waiting for the media bridge's WebRTC answer.
     pending_webrtc: IdMap<LegId, webrtc::PendingWebRtc>,
-    /// Browsers about to be rung, waiting for the media engine's WebRTC offer.
+    /// Browsers about to be rung, waiting for the media bridge's WebRTC offer.
     pending_offers: IdMap<LegId, webrtc::PendingOffer>,
-    /// Browsers' re-INVITEs waiting for the media engine's answer, by leg.
+    /// Browsers' re-INVITEs waiting for the media bridge's answer, by leg.
     pending_reinvites: IdMap<LegId, (ServerTxId, Request)>,
     ports: PortPool,
     /// Rooms whose code is being guessed: wrong codes in the last hour, and when (Unix).

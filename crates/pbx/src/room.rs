@@ -4,7 +4,7 @@
 //! The signalling engine tells it who arrived ([`Rooms::handle_join`]), what they keyed
 //! ([`Rooms::handle_digit`]), when a prompt finished ([`Rooms::handle_playback_done`]) and
 //! who left; time comes in through [`Rooms::handle_timeout`]. Out come
-//! [`RoomCommand`]s for the media engine (play, mix, tone) and for signalling (hang up).
+//! [`RoomCommand`]s for the media bridge (play, mix, tone) and for signalling (hang up).
 //! Every participant is in exactly one [`Stage`]; each transition is a method below, so a
 //! reader can follow a caller from "enter the access code" to the mix.
 
@@ -26,7 +26,7 @@ pub const MAX_CODE_DIGITS: usize = 20;
 pub const INTER_DIGIT_TIMEOUT: Duration = Duration::from_secs(8);
 /// Silence after the prompt with no digit at all: the prompt is repeated (one attempt).
 pub const NO_INPUT_TIMEOUT: Duration = Duration::from_secs(12);
-/// A prompt whose end the media engine never reports is taken as finished after this.
+/// A prompt whose end the media bridge never reports is taken as finished after this.
 pub const PLAYBACK_GUARD: Duration = Duration::from_secs(30);
 
 const HOUR: Duration = Duration::from_secs(3600);
@@ -72,11 +72,11 @@ pub const MAX_CODE_WAIT: Duration = Duration::from_secs(30);
 
 pub use confero_media::bridge::Prompt;
 
-/// What the room machine asks of the media engine and of signalling.
+/// What the room machine asks of the media bridge and of signalling.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RoomCommand {
     /// Play these to one leg (it hears nothing else meanwhile); when they end, play hold
-    /// music in a loop if `then_music`, else silence. The media engine reports the end
+    /// music in a loop if `then_music`, else silence. The media bridge reports the end
     /// with a playback-done event either way.
     Play {
         leg: LegId,
@@ -591,7 +591,7 @@ impl Rooms {
         self.play(now, leg, vec![Prompt::TooManyAttempts], false);
     }
 
-    /// The media engine finished playing to `leg`.
+    /// The media bridge finished playing to `leg`.
     pub fn handle_playback_done(&mut self, now: Instant, leg: LegId) {
         let Some(p) = self.legs.get_mut(&leg) else {
             return;
@@ -799,7 +799,7 @@ impl Rooms {
             return;
         };
         if p.playback_deadline.is_some_and(|d| d <= now) {
-            // The media engine never said the prompt ended: carry on as if it had.
+            // The media bridge never said the prompt ended: carry on as if it had.
             return self.handle_playback_done(now, leg);
         }
         let Stage::EnteringCode(entry) = &mut p.stage else {

@@ -326,7 +326,7 @@ fn digits_cross_an_anchored_call_to_reach_the_menus_of_the_phone_network() {
             })
             .collect()
     };
-    // RFC 4733 (or in-band) digits reported by the media engine, either way.
+    // RFC 4733 (or in-band) digits reported by the media bridge, either way.
     c.h.engine
         .handle_media_event(c.h.now, MediaEvent::Digit { leg: a, digit: '4' });
     c.h.engine

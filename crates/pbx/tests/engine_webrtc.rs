@@ -1,4 +1,4 @@
-//! Browser offers on a virtual clock: a DTLS-SRTP offer is handed to the media engine,
+//! Browser offers on a virtual clock: a DTLS-SRTP offer is handed to the media bridge,
 //! the INVITE waits for its answer, and the 200 OK carries exactly that answer; a refusal
 //! gives 488, a CANCEL meanwhile gives 487, and nothing leaks.
 
@@ -37,7 +37,7 @@ fn open_webrtc(h: &mut Harness) -> (LegId, u16, String) {
             MediaCommand::OpenWebRtc { leg, port, offer } => Some((leg, port, offer)),
             _ => None,
         })
-        .expect("the offer goes to the media engine")
+        .expect("the offer goes to the media bridge")
 }
 
 #[test]
@@ -93,7 +93,7 @@ fn a_refused_or_cancelled_browser_offer_frees_its_port() {
     assert_eq!(h.engine.rtp_ports_in_use(), 0);
     assert!(h.engine.conference_participants().is_empty());
 
-    // A second try, cancelled while the media engine works.
+    // A second try, cancelled while the media bridge works.
     let mut h = Harness::new();
     dial_offering(&mut h, "800", CHROME_OFFER);
     open_webrtc(&mut h);
@@ -102,7 +102,7 @@ fn a_refused_or_cancelled_browser_offer_frees_its_port() {
     assert!(out.iter().any(|(_, m)| status(m) == Some(487)), "{out:?}");
     assert_eq!(h.engine.rtp_ports_in_use(), 0);
 
-    // And one the media engine never answers: 488 after the guard.
+    // And one the media bridge never answers: 488 after the guard.
     let mut h = Harness::new();
     dial_offering(&mut h, "800", CHROME_OFFER);
     open_webrtc(&mut h);
@@ -157,7 +157,7 @@ fn a_desk_phone_calling_a_browser_user_is_anchored_and_the_browser_gets_a_webrtc
     let out = dial(&mut h, "102");
     assert!(
         requests_to(&out, 61000, "INVITE").is_empty(),
-        "the browser's INVITE waits for the media engine's offer"
+        "the browser's INVITE waits for the media bridge's offer"
     );
     let (leg, port) = media(&mut h)
         .into_iter()
@@ -177,7 +177,7 @@ fn a_desk_phone_calling_a_browser_user_is_anchored_and_the_browser_gets_a_webrtc
     let out = h.out();
     let invite = requests_to(&out, 61000, "INVITE").remove(0);
     assert_eq!(String::from_utf8_lossy(&invite.body), offer);
-    // The browser answers: its SDP goes to the media engine, Alice's phone gets our
+    // The browser answers: its SDP goes to the media bridge, Alice's phone gets our
     // plain answer, and both legs share a private mix.
     let answer = "v=0\r\no=- 5 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 9 101\r\nc=IN IP4 0.0.0.0\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\n";
     let raw = |n: Name| invite.headers.get_raw(&n).next().unwrap().to_string();

@@ -1,7 +1,7 @@
 //! Anchored calls: a provider's call to a user, or a user calling a number through a
 //! trunk. Unlike calls between users (whose phones exchange media directly), the PBX
 //! stays in the media path: the caller's leg and the callee's leg each terminate on one
-//! of our RTP ports, and the media engine joins them in a private two-party mix — which
+//! of our RTP ports, and the media bridge joins them in a private two-party mix — which
 //! also transcodes when the two sides chose different codecs, and keeps every phone's
 //! private address away from the provider.
 //!

@@ -1,7 +1,7 @@
 //! Calls answered by a conference room: the PBX is the far end (UAS) of the caller's
 //! dialog, media is anchored here, and [`Rooms`] decides what the caller hears.
 //!
-//! Signalling stays in the engine; audio is the media engine's, which the engine steers
+//! Signalling stays in the engine; audio is the media bridge's, which the engine steers
 //! with [`MediaCommand`]s and hears back from through [`MediaEvent`]s.
 
 use std::net::SocketAddr;
@@ -192,7 +192,7 @@ impl ConfLeg {
 pub(super) const CODEC_PREFS: &[&str] = &["G722/8000", "PCMU/8000", "PCMA/8000"];
 
 /// What happens to a leg once its INVITE is answered (at once for plain RTP, when the
-/// media engine has answered for WebRTC).
+/// media bridge has answered for WebRTC).
 #[derive(Clone, Debug)]
 pub(super) enum AfterAnswer {
     /// Into a conference room's flow (receptionist, waiting, mix).
@@ -258,8 +258,8 @@ impl Engine {
 
     /// Answers an INVITE with media anchored here: SDP answer on one of our RTP ports
     /// (`port`, or a fresh one), 200 OK retransmitted until ACKed, the leg opened in the
-    /// media engine, then `then`. `local_tag` is the To tag already used in provisional
-    /// responses, if any. A WebRTC offer is handed to the media engine, and the answer
+    /// media bridge, then `then`. `local_tag` is the To tag already used in provisional
+    /// responses, if any. A WebRTC offer is handed to the media bridge, and the answer
     /// goes out when it comes back. Refuses the INVITE itself (and frees `port`) when that
     /// cannot be done.
     #[allow(clippy::too_many_arguments)]
@@ -638,7 +638,7 @@ impl Engine {
         }
     }
 
-    /// Input from the media engine.
+    /// Input from the media bridge.
     pub fn handle_media_event(&mut self, now: Instant, event: MediaEvent) {
         match event {
             MediaEvent::Digit { leg, digit } => self.leg_digit(now, leg, digit),

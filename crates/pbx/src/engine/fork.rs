@@ -223,7 +223,7 @@ impl Engine {
     }
 
     /// Opens the media of a fork's 2xx: a plain answer is negotiated against our offer
-    /// on `plain_port` (a new leg); a browser's answer goes to the media engine, which
+    /// on `plain_port` (a new leg); a browser's answer goes to the media bridge, which
     /// completes ICE and DTLS on the leg its offer made. `None` for an unusable answer.
     pub(super) fn open_fork_media(
         &mut self,

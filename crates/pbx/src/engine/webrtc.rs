@@ -1,5 +1,5 @@
 //! Browser legs: an offer for DTLS-SRTP (`UDP/TLS/RTP/SAVPF`, what WebRTC sends) is
-//! answered by the media engine's WebRTC stack, not by the plain-RTP SDP module. The
+//! answered by the media bridge's WebRTC stack, not by the plain-RTP SDP module. The
 //! engine hands the offer over with [`MediaCommand::OpenWebRtc`], holds the INVITE (the
 //! browser has its 100 Trying) and sends the 200 OK when [`MediaEvent::WebRtcAnswer`]
 //! brings the answer; from then on the leg is like any anchored leg.
@@ -20,10 +20,10 @@ use crate::room::LegId;
 use confero_media::bridge::MediaCommand;
 use confero_sip::dialog::Dialog;
 
-/// The media engine answers at once; this only bounds a bug.
+/// The media bridge answers at once; this only bounds a bug.
 const ANSWER_GUARD: Duration = Duration::from_secs(10);
 
-/// An INVITE waiting for the media engine's WebRTC answer.
+/// An INVITE waiting for the media bridge's WebRTC answer.
 #[derive(Debug)]
 pub(super) struct PendingWebRtc {
     tx: ServerTxId,
@@ -35,7 +35,7 @@ pub(super) struct PendingWebRtc {
     deadline: Instant,
 }
 
-/// A browser the PBX is about to ring, waiting for the media engine's offer.
+/// A browser the PBX is about to ring, waiting for the media bridge's offer.
 #[derive(Debug)]
 pub(super) struct PendingOffer {
     /// The anchored call or invitation the fork belongs to.
@@ -57,7 +57,7 @@ pub(super) fn is_browser(b: &Binding) -> bool {
 }
 
 impl Engine {
-    /// Rings a browser on behalf of `owner`: the media engine first makes a WebRTC offer
+    /// Rings a browser on behalf of `owner`: the media bridge first makes a WebRTC offer
     /// on a port of its own; the fork goes out when the offer comes back.
     fn ring_browser(&mut self, owner: Owner, binding: Binding, caller: (&str, &str), user: &User) {
         let Some(port) = self.ports.allocate() else {
@@ -105,7 +105,7 @@ impl Engine {
         self.pending_offers.values().any(|p| p.owner == owner)
     }
 
-    /// The media engine's offer for a browser: the INVITE goes out as a fork of its owner,
+    /// The media bridge's offer for a browser: the INVITE goes out as a fork of its owner,
     /// unless the owner has moved on meanwhile.
     pub(super) fn webrtc_offered(&mut self, now: Instant, leg: LegId, offer: String) {
         let Some(p) = self.pending_offers.remove(&leg) else {
@@ -132,7 +132,7 @@ impl Engine {
         self.push_fork(now, p.owner, OutFork::browser(invite, peer, leg, p.port));
     }
 
-    /// The media engine could not make an offer (the port could not be bound…).
+    /// The media bridge could not make an offer (the port could not be bound…).
     pub(super) fn webrtc_offer_failed(&mut self, leg: LegId) -> bool {
         match self.pending_offers.remove(&leg) {
             Some(p) => {
@@ -160,7 +160,7 @@ impl Engine {
         self.client_txs.insert(tx, (owner, purpose));
     }
 
-    /// Hands a WebRTC offer to the media engine; the INVITE is answered when it replies.
+    /// Hands a WebRTC offer to the media bridge; the INVITE is answered when it replies.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn defer_to_webrtc(
         &mut self,
@@ -196,7 +196,7 @@ impl Engine {
         );
     }
 
-    /// The media engine's answer to a browser's offer: the 200 OK goes out.
+    /// The media bridge's answer to a browser's offer: the 200 OK goes out.
     pub(super) fn webrtc_answered(
         &mut self,
         now: Instant,
@@ -228,7 +228,7 @@ impl Engine {
         self.after_answer(now, id, p.then);
     }
 
-    /// The media engine could not answer (no common codec, a broken offer…), or took too
+    /// The media bridge could not answer (no common codec, a broken offer…), or took too
     /// long: the browser gets 488 and whatever waited for the leg gives up.
     pub(super) fn webrtc_refused(&mut self, now: Instant, id: LegId, why: &str) -> bool {
         let Some(p) = self.pending_webrtc.remove(&id) else {
@@ -281,7 +281,7 @@ impl Engine {
             .get(&id)
             .is_some_and(|p| now >= p.deadline)
         {
-            self.webrtc_refused(now, id, "the media engine did not answer");
+            self.webrtc_refused(now, id, "the media bridge did not answer");
         }
     }
 }
