@@ -143,7 +143,7 @@ pub(super) fn failure_of(forks: &[OutFork]) -> (u16, String) {
             return (*only, String::new());
         }
     }
-    let (code, reason) = super::pick_failure(codes.into_iter());
+    let (code, reason) = super::call::pick_failure(codes.into_iter());
     (code, reason.to_owned())
 }
 
