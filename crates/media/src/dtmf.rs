@@ -77,9 +77,11 @@ pub enum SendTick {
 /// One packet of an outgoing event: all packets of one event carry its start timestamp.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EventFrame {
+    /// The key.
     pub digit: char,
     /// The event's first packet (marker bit, timestamp taken now).
     pub start: bool,
+    /// One of the packets that end it (the E bit; sent three times).
     pub end: bool,
     /// 20 ms ticks since the event began, this one included.
     pub ticks: u32,

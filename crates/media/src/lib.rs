@@ -40,6 +40,7 @@
 //!   buffers have grown to a frame nothing allocates per packet.
 //! - Frames are 20 ms everywhere ([`codec::FRAME_MS`]).
 
+#![warn(missing_docs)]
 #![forbid(unsafe_code)]
 
 pub mod bridge;

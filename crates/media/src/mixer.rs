@@ -79,7 +79,7 @@ const LIMITER_KNEE: i32 = 24_576;
 const LIMITER_HEAD: i64 = (i16::MAX as i32 - LIMITER_KNEE) as i64;
 
 /// Brings a sum of samples back to `i16` without ever wrapping around: identity up to
-/// ±[`LIMITER_KNEE`], then `knee + head·e/(e + head)` for an excess `e`, which has slope 1
+/// ±`LIMITER_KNEE`, then `knee + head·e/(e + head)` for an excess `e`, which has slope 1
 /// at the knee and tends to full scale without reaching it.
 #[inline]
 pub fn soft_limit(sum: i32) -> i16 {

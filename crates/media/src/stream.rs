@@ -77,7 +77,12 @@ pub enum Latch {
     Never,
     /// A phone or provider whose SIP came from `signalling`; `nat` when its SDP names an
     /// address nobody could reach, so its RTP comes from a port we cannot know.
-    Phone { signalling: IpAddr, nat: bool },
+    Phone {
+        /// Where its SIP came from.
+        signalling: IpAddr,
+        /// Its SDP names an address nobody could reach.
+        nat: bool,
+    },
 }
 
 impl Latch {

@@ -45,12 +45,16 @@ const TELEPHONE_EVENT_48K_PT: u8 = 110;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum WebRtcError {
+    /// The SDP could not be read.
     #[error("unreadable WebRTC offer: {0}")]
     BadOffer(String),
+    /// str0m could not answer (or apply) it.
     #[error("cannot answer the offer: {0}")]
     Refused(String),
+    /// No audio codec both sides take.
     #[error("no audio codec in common (we take Opus, G.722, PCMU, PCMA)")]
     NoCommonCodec,
+    /// The address we would announce is not a valid ICE candidate.
     #[error("our address cannot be a candidate: {0}")]
     BadCandidate(String),
 }
@@ -62,6 +66,7 @@ pub struct Answer {
     pub sdp: String,
     /// The audio codec the browser sends and we send.
     pub codec: CodecKind,
+    /// Its payload type, as agreed.
     pub payload_type: u8,
     /// telephone-event at the codec's RTP clock, if the browser offered it.
     pub dtmf_payload_type: Option<u8>,
@@ -73,13 +78,21 @@ pub struct Answer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum WebRtcOutput {
     /// A datagram to send from the leg's port.
-    Transmit { to: SocketAddr, data: Vec<u8> },
+    Transmit {
+        /// Where to.
+        to: SocketAddr,
+        /// The datagram.
+        data: Vec<u8>,
+    },
     /// A received media packet, decrypted, for the leg's stream
     /// ([`MediaStream::handle_rtp`](crate::stream::MediaStream::handle_rtp)); `quiet` when
     /// the browser's RFC 6464 audio level says it carries only silence.
     Rtp {
+        /// The RTP header, with the payload type the stream knows.
         header: RtpHeader,
+        /// The decrypted payload.
         payload: Arc<[u8]>,
+        /// The browser said it is silence.
         quiet: bool,
     },
     /// ICE, DTLS and SRTP are up: media flows.
@@ -368,6 +381,7 @@ impl WebRtcLeg {
         }
     }
 
+    /// When [`handle_timeout`](Self::handle_timeout) is next due.
     #[must_use]
     pub fn poll_timeout(&self) -> Instant {
         self.connect_by
@@ -425,11 +439,13 @@ impl WebRtcLeg {
         sent
     }
 
+    /// The next thing for the shell to act on.
     #[must_use]
     pub fn poll_output(&mut self) -> Option<WebRtcOutput> {
         self.out.pop_front()
     }
 
+    /// The audio codec agreed.
     pub fn codec(&self) -> CodecKind {
         self.codec
     }

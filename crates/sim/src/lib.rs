@@ -18,6 +18,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
@@ -28,10 +30,12 @@ use std::time::{Duration, Instant};
 pub struct Rng(u64);
 
 impl Rng {
+    /// The sequence of `seed`.
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
+    /// The next number of the sequence.
     pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let mut z = self.0;
@@ -92,17 +96,24 @@ impl Link {
 /// before it is unique.)
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Datagram {
+    /// Who sent it.
     pub from: SocketAddr,
+    /// Who it is for.
     pub to: SocketAddr,
+    /// Its bytes.
     pub data: Vec<u8>,
 }
 
 /// What the network did, for a test to check that its conditions really happened.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
+    /// Datagrams handed to the network.
     pub sent: u64,
+    /// Of them, dropped.
     pub lost: u64,
+    /// Of them, delivered twice.
     pub duplicated: u64,
+    /// Deliveries (duplicates counted).
     pub delivered: u64,
     /// Delivered before a datagram of the same path sent earlier.
     pub reordered: u64,
@@ -145,6 +156,7 @@ impl SimNet {
         self.paths.insert((from, to), link);
     }
 
+    /// What the network did so far.
     pub fn stats(&self) -> NetStats {
         self.stats
     }
@@ -230,7 +242,9 @@ fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
 /// A simulation that stopped making progress.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Livelock {
+    /// Simulated time since the start when it was caught.
     pub at: Duration,
+    /// Steps taken without time passing.
     pub steps: u32,
 }
 
@@ -268,6 +282,7 @@ impl Driver {
         }
     }
 
+    /// The simulated time.
     pub fn now(&self) -> Instant {
         self.now
     }

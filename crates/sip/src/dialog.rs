@@ -15,10 +15,13 @@ use crate::{Method, Name, SipUri};
 /// Why a request cannot start a dialog; each is answered 400 with this reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum DialogError {
+    /// From, To or Call-ID missing or unreadable.
     #[error("Bad Request")]
     BadHeaders,
+    /// The caller's From has no tag: its dialog could not be told from another.
     #[error("Missing From Tag")]
     MissingFromTag,
+    /// No Contact: nowhere to send requests in the dialog.
     #[error("Missing Contact")]
     MissingContact,
 }
@@ -59,16 +62,21 @@ impl Local {
 /// One dialog, from our end.
 #[derive(Debug, Clone)]
 pub struct Dialog {
+    /// The dialog's Call-ID.
     pub call_id: String,
+    /// Our tag (in To when we answered, in From when we called).
     pub local_tag: String,
+    /// The peer's tag.
     pub remote_tag: String,
-    /// Name-addr (without tag) of our end and of theirs, as written in From/To.
+    /// Name-addr (without tag) of our end, as written in From/To.
     pub local_uri: String,
+    /// Name-addr (without tag) of the peer's end.
     pub remote_uri: String,
     /// Where in-dialog requests are addressed (the peer's Contact).
     pub remote_target: String,
     /// Route headers for requests on this dialog, in order.
     pub route_set: Vec<String>,
+    /// The CSeq of the last request we sent in it.
     pub local_cseq: u32,
     /// The flow requests for this dialog travel over.
     pub peer: Peer,
@@ -216,6 +224,7 @@ impl Dialog {
 /// A 2xx we sent, kept until its ACK comes.
 #[derive(Debug, Clone)]
 pub struct Unacked {
+    /// The 2xx, as sent.
     pub response: Response,
     next: Instant,
     interval: Duration,
@@ -245,10 +254,13 @@ impl Unacked {
 /// What [`Dialog::poll_unacked`] decided.
 #[derive(Debug)]
 pub enum Retransmit {
+    /// Not due.
     Nothing,
+    /// Send this again.
     Send(Transmit),
     /// No ACK came: the 2xx is given up.
     GaveUp {
+        /// It answered the call itself (the call is lost), not a re-INVITE.
         initial: bool,
     },
 }

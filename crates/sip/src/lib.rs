@@ -46,6 +46,8 @@
 //! which status code answers it), a panic would be a bug. The parsers are fuzzed
 //! (`fuzz/fuzz_targets/sip_message.rs`).
 
+#![warn(missing_docs)]
+
 pub use ezk_sip_types;
 pub use ezk_sip_types::uri::SipUri;
 pub use ezk_sip_types::{Headers, Method, Name, StatusCode};

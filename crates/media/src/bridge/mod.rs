@@ -88,15 +88,20 @@ const MAX_EARLY_DATAGRAMS: usize = 16;
 /// A mix: a conference room, or the private mix of an anchored two-party call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MixId {
+    /// A conference room, by its configuration id.
     Room(i64),
+    /// The private mix of an anchored call, by the engine's id for it.
     Call(u64),
 }
 
 /// What a plain-RTP leg agreed in SDP, in media terms.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LegMedia {
+    /// The codec both sides use.
     pub codec: CodecKind,
+    /// Its RTP payload type, as the peer numbered it.
     pub payload_type: u8,
+    /// RFC 4733 telephone-events, if agreed.
     pub dtmf_payload_type: Option<u8>,
     /// The address in the peer's SDP.
     pub remote: SocketAddr,
@@ -112,8 +117,11 @@ pub enum MediaCommand {
     /// Start a plain-RTP leg on `port` (RTCP on `port + 1` unless multiplexed; the shell
     /// has bound both).
     Open {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// The local UDP port the shell bound for it.
         port: u16,
+        /// What SDP agreed.
         media: LegMedia,
         /// RTCP shares the RTP port (RFC 5761), as offered.
         rtcp_mux: bool,
@@ -124,30 +132,41 @@ pub enum MediaCommand {
     /// Start a browser's leg (ICE-lite, DTLS-SRTP) on `port` answering its `offer`;
     /// answered with [`MediaEvent::WebRtcAnswer`] or `Failed`.
     OpenWebRtc {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// The local UDP port the shell bound for it.
         port: u16,
+        /// The browser's SDP offer.
         offer: String,
     },
     /// Prepare a leg on `port` that calls a browser: the offer comes back in
     /// [`MediaEvent::WebRtcOffer`].
     OfferWebRtc {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// The local UDP port the shell bound for it.
         port: u16,
     },
     /// A browser's new offer on a running leg (hold, resume): answered with
     /// [`MediaEvent::WebRtcAnswer`] or refused with [`MediaEvent::WebRtcRefused`].
     ReofferWebRtc {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// The browser's SDP offer.
         offer: String,
     },
     /// The browser's answer to the offer of [`MediaCommand::OfferWebRtc`].
     AnswerWebRtc {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// The browser's SDP answer.
         answer: String,
     },
     /// A re-INVITE changed a plain-RTP leg's remote address, codec or direction.
     Update {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// What SDP agreed.
         media: LegMedia,
         /// As in [`MediaCommand::Open`].
         signalled_from: IpAddr,
@@ -156,37 +175,52 @@ pub enum MediaCommand {
     /// silence; `seq` comes back in [`MediaEvent::PlaybackDone`] so that a stale end is
     /// told from the current one.
     Play {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// Played in order.
         prompts: Vec<Prompt>,
+        /// Hold music after the prompts, else silence.
         then_music: bool,
+        /// Echoed in [`MediaEvent::PlaybackDone`].
         seq: u32,
     },
     /// Put the leg in a mix (it hears the others and is heard), leaving any other.
     Mix {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// The mix it joins.
         mix: MixId,
     },
     /// Take the leg out of its mix (before playing to it alone).
     Unmix {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
     },
     /// A short tone everyone in the mix hears.
     MixTone {
+        /// The mix that hears it.
         mix: MixId,
+        /// A short recording (a join or leave tone).
         tone: Prompt,
     },
+    /// Mute or unmute the leg in its mix.
     Mute {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// Heard by nobody, while still hearing the mix.
         muted: bool,
     },
     /// Send a digit to the peer of this leg (RFC 4733 where agreed): relayed from the
     /// other side of an anchored call.
     SendDigit {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
+        /// `0`–`9`, `*`, `#` or `A`–`D`.
         digit: char,
     },
     /// The leg is gone: forget it (the shell frees its ports).
     Close {
+        /// The leg, as the engine named it when it opened it.
         leg: LegId,
     },
 }
@@ -194,42 +228,62 @@ pub enum MediaCommand {
 /// What the bridge reports to the signalling engine.
 #[derive(Clone, Debug, PartialEq)]
 pub enum MediaEvent {
+    /// A key pressed on the leg's phone (RFC 4733 events or in-band tones).
     Digit {
+        /// The leg it happened on.
         leg: LegId,
+        /// `0`–`9`, `*`, `#` or `A`–`D`, once per key press.
         digit: char,
     },
+    /// The prompts of a [`MediaCommand::Play`] ran out.
     PlaybackDone {
+        /// The leg it happened on.
         leg: LegId,
+        /// The `seq` of the [`MediaCommand::Play`] that ended.
         seq: u32,
     },
+    /// The leg started or stopped talking.
     Talking {
+        /// The leg it happened on.
         leg: LegId,
+        /// Whether voice is heard from it now (with a hangover between words).
         talking: bool,
     },
+    /// Call quality, every 2 s.
     Stats {
+        /// The leg it happened on.
         leg: LegId,
+        /// Loss, jitter and round-trip time so far.
         stats: LegStats,
     },
     /// The SDP offer for a [`MediaCommand::OfferWebRtc`] leg.
     WebRtcOffer {
+        /// The leg it happened on.
         leg: LegId,
+        /// Our SDP offer, for the INVITE to the browser.
         offer: String,
     },
     /// The answer to a browser's offer (or what its answer to ours agreed, with the SDP
     /// we were given).
     WebRtcAnswer {
+        /// The leg it happened on.
         leg: LegId,
+        /// The SDP and what it agreed.
         answer: Answer,
     },
     /// A browser's new offer could not be answered; the leg goes on as it was.
     WebRtcRefused {
+        /// The leg it happened on.
         leg: LegId,
+        /// Why, for the logs and the refusal the engine sends.
         reason: String,
     },
     /// The leg cannot go on (no RTP for too long, a browser gone, an offer that cannot be
     /// answered): the engine ends its call and closes it.
     Failed {
+        /// The leg it happened on.
         leg: LegId,
+        /// Why, for the logs and the refusal the engine sends.
         reason: String,
     },
 }
@@ -237,10 +291,15 @@ pub enum MediaEvent {
 /// Call quality of a leg, as RTCP and the jitter buffer see it.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct LegStats {
+    /// RTP packets received.
     pub packets_received: u64,
+    /// RTP packets lost (sequence gaps).
     pub packets_lost: u64,
+    /// Lost in the last report interval.
     pub loss_percent: f32,
+    /// Interarrival jitter (RFC 3550).
     pub jitter_ms: f32,
+    /// Round-trip time, once RTCP measured it.
     pub rtt_ms: Option<f32>,
 }
 
@@ -249,10 +308,13 @@ pub struct LegStats {
 pub struct Transmit<'a> {
     /// The local port to send from (the leg's RTP port, or its RTCP port).
     pub from_port: u16,
+    /// Where to.
     pub to: SocketAddr,
+    /// The datagram.
     pub data: &'a [u8],
 }
 
+/// What a bridge is told once, at start.
 #[derive(Clone, Debug)]
 pub struct BridgeConfig {
     /// The address browsers are told to send to (our one ICE candidate).
@@ -479,6 +541,7 @@ impl Bridge {
         self.next_tick
     }
 
+    /// The next thing to tell the engine.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<MediaEvent> {
         self.events.pop_front()
@@ -533,6 +596,7 @@ impl Bridge {
         SocketAddr::new(self.cfg.public_ip, port)
     }
 
+    /// What the engine decided, applied between two ticks.
     pub fn handle_command(&mut self, now: Instant, cmd: MediaCommand) {
         match cmd {
             MediaCommand::Open {

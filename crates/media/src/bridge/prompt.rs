@@ -8,21 +8,34 @@ use crate::tone::read_wav;
 /// Recorded announcements and tones.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Prompt {
+    /// Asks for the access code, ended by `#`.
     EnterAccessCode,
+    /// Says the code keyed was wrong.
     WrongAccessCode,
+    /// Before hanging up.
     Goodbye,
+    /// Too many wrong codes from this line: try again later.
     TooManyAttempts,
+    /// The room waits for its administrator.
     WaitForAdministrator,
+    /// Nobody else is in the room yet.
     FirstParticipant,
+    /// The administrator is in: the room opens.
     ConferenceStarting,
+    /// The administrator left: the others wait again.
     AdministratorLeft,
+    /// The administrator left and the room ends.
     ConferenceEnded,
+    /// The room was deleted while the caller was in it.
     ConferenceClosed,
+    /// Someone joined the room.
     JoinTone,
+    /// Someone left the room.
     LeaveTone,
 }
 
 impl Prompt {
+    /// Every prompt, to load them all.
     pub const ALL: [Prompt; 12] = [
         Prompt::EnterAccessCode,
         Prompt::WrongAccessCode,
@@ -64,10 +77,22 @@ pub const HOLD_MUSIC: &str = "hold-music.wav";
 /// Why a prompt could not be loaded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PromptError {
+    /// Not a WAV file we can read.
     #[error("prompt {name}: {reason}")]
-    Unreadable { name: String, reason: String },
+    Unreadable {
+        /// The file name.
+        name: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Recorded at a rate the mixers do not run at.
     #[error("prompt {name}: {rate} Hz; use 8000 or 16000 Hz mono PCM WAV")]
-    Rate { name: String, rate: u32 },
+    Rate {
+        /// The file name.
+        name: String,
+        /// Its sample rate.
+        rate: u32,
+    },
 }
 
 /// One recording at 8 and 16 kHz, so that no leg resamples while it plays.
