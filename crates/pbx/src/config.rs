@@ -25,10 +25,15 @@ use serde::{Deserialize, Serialize};
 /// A person with a phone: an internal extension and SIP credentials.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
+    /// Its key in the store.
     pub id: i64,
+    /// The name shown on phones and in the console.
     pub name: String,
+    /// The number colleagues dial (3 to 5 digits).
     pub extension: String,
+    /// The user part of its SIP address (what phones register as).
     pub sip_username: String,
+    /// The SIP password phones authenticate with.
     pub sip_password: String,
 }
 
@@ -49,8 +54,11 @@ pub enum AdminLeaves {
 /// A conference room reachable at its own extension.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Conference {
+    /// Its key in the store.
     pub id: i64,
+    /// The name shown to the invited and in the console.
     pub name: String,
+    /// The number callers dial (3 to 5 digits).
     pub extension: String,
     /// Digits a caller must enter (followed by `#`) before joining; `None` means open.
     #[serde(default)]
@@ -61,6 +69,7 @@ pub struct Conference {
     /// When true, callers wait (and hear no one) until the administrator joins.
     #[serde(default)]
     pub wait_for_admin: bool,
+    /// What happens when the last administrator hangs up, for a room that waits for one.
     #[serde(default)]
     pub when_admin_leaves: AdminLeaves,
 }
@@ -68,8 +77,11 @@ pub struct Conference {
 /// A public phone number (DID) that reaches the PBX through a trunk.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IncomingNumber {
+    /// Its key in the store.
     pub id: i64,
+    /// The number as the administrator wrote it (any common writing matches).
     pub number: String,
+    /// Where its calls go.
     #[serde(default)]
     pub destination: Destination,
 }
@@ -86,12 +98,16 @@ pub enum Destination {
     /// The number is known but nobody decided yet; the caller hears a busy/unavailable answer.
     #[default]
     NotConfigured,
+    /// The caller is refused (603).
     HangUp,
     /// A user's or a conference room's extension.
     Extension {
+        /// The extension dialled.
         extension: String,
     },
+    /// A conference room, by id (with its receptionist and access code).
     Conference {
+        /// The room's id.
         conference_id: i64,
     },
 }
@@ -164,23 +180,33 @@ impl<'de> Deserialize<'de> for Destination {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TrunkTransport {
+    /// Plain UDP (port 5060 by default).
     #[default]
     Udp,
+    /// TCP.
     Tcp,
+    /// TLS, the provider's certificate checked against its host.
     Tls,
 }
 
 /// A SIP provider account used for calls to and from the public network.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trunk {
+    /// Its key in the store.
     pub id: i64,
+    /// The name shown in the console.
     pub name: String,
+    /// The provider's host name or address.
     pub host: String,
+    /// The provider's port.
     pub port: u16,
+    /// How to reach it.
     #[serde(default)]
     pub transport: TrunkTransport,
+    /// The account's user name, for REGISTER and challenges.
     #[serde(default)]
     pub username: Option<String>,
+    /// The account's password.
     #[serde(default)]
     pub password: Option<String>,
     /// Whether the PBX sends REGISTER to the provider (most providers need it to route DIDs).
@@ -199,12 +225,16 @@ pub struct Trunk {
 /// One whole configuration (what the draft holds and what a production revision freezes).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Config {
+    /// Everyone with a phone.
     #[serde(default)]
     pub users: Vec<User>,
+    /// The conference rooms.
     #[serde(default)]
     pub conferences: Vec<Conference>,
+    /// The public numbers and where they lead.
     #[serde(default)]
     pub incoming_numbers: Vec<IncomingNumber>,
+    /// The provider accounts.
     #[serde(default)]
     pub trunks: Vec<Trunk>,
 }
@@ -214,6 +244,7 @@ pub struct Config {
 pub struct Snapshot {
     /// Increases by one with each apply; 0 means "nothing was ever applied" (empty config).
     pub revision: i64,
+    /// What it publishes.
     pub config: Config,
 }
 
@@ -224,11 +255,14 @@ pub struct Snapshot {
 /// (`"conferences[id=7].admin_extension"`) because the whole draft is checked at once.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FieldError {
+    /// The field, as the API names it.
     pub field: String,
+    /// What is wrong, for the person who filled in the form.
     pub message: String,
 }
 
 impl FieldError {
+    /// A problem with `field`.
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             field: field.into(),
@@ -253,30 +287,37 @@ impl fmt::Display for FieldError {
 impl std::error::Error for FieldError {}
 
 impl Config {
+    /// The user with this extension.
     pub fn user_by_extension(&self, ext: &str) -> Option<&User> {
         self.users.iter().find(|u| u.extension == ext)
     }
 
+    /// The user who registers as `username`.
     pub fn user_by_sip_username(&self, username: &str) -> Option<&User> {
         self.users.iter().find(|u| u.sip_username == username)
     }
 
+    /// The room with this extension.
     pub fn conference_by_extension(&self, ext: &str) -> Option<&Conference> {
         self.conferences.iter().find(|c| c.extension == ext)
     }
 
+    /// The user of this id.
     pub fn user(&self, id: i64) -> Option<&User> {
         self.users.iter().find(|u| u.id == id)
     }
 
+    /// The room of this id.
     pub fn conference(&self, id: i64) -> Option<&Conference> {
         self.conferences.iter().find(|c| c.id == id)
     }
 
+    /// The incoming number of this id.
     pub fn incoming_number(&self, id: i64) -> Option<&IncomingNumber> {
         self.incoming_numbers.iter().find(|n| n.id == id)
     }
 
+    /// The trunk of this id.
     pub fn trunk(&self, id: i64) -> Option<&Trunk> {
         self.trunks.iter().find(|t| t.id == id)
     }
@@ -823,11 +864,15 @@ pub fn check_conference_removal(
 // ---------------------------------------------------------------------------
 // Diff between two configurations (what "Apply changes" would publish).
 
+/// How an entity changed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ChangeKind {
+    /// New in the draft.
     Added,
+    /// Changed in the draft.
     Modified,
+    /// Gone from the draft.
     Deleted,
 }
 
@@ -835,13 +880,18 @@ pub enum ChangeKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum EntityKind {
+    /// A user.
     User,
+    /// A conference room.
     Conference,
+    /// An incoming number.
     IncomingNumber,
+    /// A trunk.
     Trunk,
 }
 
 impl EntityKind {
+    /// Its name in the API.
     pub fn as_str(self) -> &'static str {
         match self {
             EntityKind::User => "user",
@@ -861,8 +911,11 @@ impl fmt::Display for EntityKind {
 /// One pending difference between production and the draft.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
+    /// How it changed.
     pub kind: ChangeKind,
+    /// What kind of entity.
     pub entity: EntityKind,
+    /// Its id.
     pub id: i64,
     /// A human label such as `Sales meeting (800)`, taken from the new version
     /// (or the old one for a deletion).

@@ -193,9 +193,11 @@ fn secs(s: u32) -> Duration {
 /// The limits of one kind of secret.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {
+    /// Per (source, target): one address guessing one secret.
     pub pair: Limit,
     /// Per source across targets; `None` to count only pairs and targets.
     pub source: Option<Limit>,
+    /// Per target across sources: a crowd guessing one secret.
     pub target: Limit,
     /// How long a success keeps its pair trusted.
     pub trust_for: Duration,

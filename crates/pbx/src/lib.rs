@@ -39,6 +39,8 @@
 //! - A configuration change never ends a call in progress, except a room deleted by it,
 //!   whose participants hear that it closed.
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod engine;
 pub mod guard;

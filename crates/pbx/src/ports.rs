@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 
+/// RTP ports handed out in pairs (RTP, RTCP) from a range, each at most once.
 #[derive(Debug, Clone)]
 pub struct PortPool {
     first: u16,
@@ -16,6 +17,7 @@ pub struct PortPool {
 }
 
 impl PortPool {
+    /// The whole range, first pair first.
     pub fn new(range: RangeInclusive<u16>) -> Self {
         Self::starting_at(range, 0)
     }
@@ -59,10 +61,12 @@ impl PortPool {
         None
     }
 
+    /// Gives `port` back.
     pub fn release(&mut self, port: u16) {
         self.in_use.remove(&port);
     }
 
+    /// Ports held.
     pub fn in_use(&self) -> usize {
         self.in_use.len()
     }

@@ -79,36 +79,50 @@ pub enum RoomCommand {
     /// music in a loop if `then_music`, else silence. The media bridge reports the end
     /// with a playback-done event either way.
     Play {
+        /// The leg that hears them.
         leg: LegId,
+        /// Played in order.
         prompts: Vec<Prompt>,
+        /// Hold music after them, else silence.
         then_music: bool,
     },
     /// Put the leg in its room's mix (it hears the room and is heard).
     Mix {
+        /// The leg that joins.
         leg: LegId,
+        /// Its room's id.
         room: i64,
     },
     /// Take the leg out of the mix (before playing to it alone).
     Unmix {
+        /// The leg that leaves the mix.
         leg: LegId,
     },
     /// A short tone everyone in the room's mix hears.
     RoomTone {
+        /// The room whose mix hears it.
         room: i64,
+        /// A join or leave tone.
         tone: Prompt,
     },
+    /// Mute or unmute a leg in its room's mix.
     Mute {
+        /// The leg.
         leg: LegId,
+        /// Heard by nobody, while still hearing the room.
         muted: bool,
     },
     /// End the call (signalling sends BYE, media closes).
     Hangup {
+        /// The leg.
         leg: LegId,
     },
     /// Someone is guessing the room's access code: `failures` wrong codes in the last hour
     /// (for the administrator: event, console, metrics).
     CodeGuessing {
+        /// The room's id.
         room: i64,
+        /// Wrong codes keyed into it in the last hour.
         failures: u32,
     },
 }
@@ -126,6 +140,7 @@ pub enum Stage {
     InRoom,
 }
 
+/// Where a caller is in keying the access code.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodeEntry {
     digits: String,
@@ -139,6 +154,7 @@ pub struct CodeEntry {
     held: bool,
 }
 
+/// What follows an announcement played to one leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AfterAnnouncement {
     /// Into the mix.
@@ -150,11 +166,17 @@ pub enum AfterAnnouncement {
 /// A participant as shown in live views.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ParticipantInfo {
+    /// The leg.
     pub leg: LegId,
+    /// Its room's id.
     pub room: i64,
+    /// Who calls, as shown.
     pub caller: String,
+    /// Dialled in from the room's administrator extension.
     pub is_admin: bool,
+    /// Where it is in the flow (`entering_code`, `waiting`, `in_room`…).
     pub state: &'static str,
+    /// Muted by an administrator.
     pub muted: bool,
 }
 
@@ -205,6 +227,7 @@ pub struct CodeStats {
 }
 
 impl Rooms {
+    /// No room, nobody in one.
     pub fn new() -> Self {
         Self::default()
     }
@@ -215,16 +238,19 @@ impl Rooms {
         self.stats
     }
 
+    /// The next thing for media or signalling to do.
     #[must_use]
     pub fn poll_command(&mut self) -> Option<RoomCommand> {
         self.commands.pop_front()
     }
 
+    /// When [`Rooms::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.timers.keys().next().map(|(at, _)| *at)
     }
 
+    /// Everyone in room `room`.
     pub fn participants(&self, room: i64) -> Vec<ParticipantInfo> {
         let Some(r) = self.rooms.get(&room) else {
             return Vec::new();
@@ -235,6 +261,7 @@ impl Rooms {
             .collect()
     }
 
+    /// Everyone in every room.
     pub fn all_participants(&self) -> Vec<ParticipantInfo> {
         let mut v: Vec<_> = self.legs.iter().map(|(l, p)| info(*l, p)).collect();
         v.sort_by_key(|p| p.leg);
@@ -282,10 +309,12 @@ impl Rooms {
         wait && !p.is_admin && !self.admin_present(p.room)
     }
 
+    /// The room `leg` is in.
     pub fn room_of(&self, leg: LegId) -> Option<i64> {
         self.legs.get(&leg).map(|p| p.room)
     }
 
+    /// Whether `leg` is in a room.
     pub fn contains(&self, leg: LegId) -> bool {
         self.legs.contains_key(&leg)
     }
@@ -736,6 +765,7 @@ impl Rooms {
         true
     }
 
+    /// Mutes or unmutes `leg`; false when it is in no room.
     pub fn set_muted(&mut self, leg: LegId, muted: bool) -> bool {
         let Some(p) = self.legs.get_mut(&leg) else {
             return false;
@@ -784,6 +814,7 @@ impl Rooms {
         }
     }
 
+    /// Time passes: code-entry deadlines, held checks, alerts.
     pub fn handle_timeout(&mut self, now: Instant) {
         while let Some((&(at, leg), _)) = self.timers.iter().next() {
             if at > now {

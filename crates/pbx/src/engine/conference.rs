@@ -69,16 +69,27 @@ pub(super) fn webrtc_negotiated(answer: &webrtc::Answer) -> Negotiated {
 /// A participant as live views show it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ConferenceParticipant {
+    /// Its leg (the id the API shows).
     pub id: LegId,
+    /// The room's id.
     pub conference_id: i64,
+    /// The caller's number or extension.
     pub caller: String,
+    /// The caller's name, when known.
     pub caller_name: String,
+    /// Dialled in from the room's administrator extension.
     pub is_admin: bool,
+    /// Where it is in the flow.
     pub state: &'static str,
+    /// Muted by an administrator.
     pub muted: bool,
+    /// Voice heard from it now.
     pub talking: bool,
+    /// The codec of its leg.
     pub codec: String,
+    /// When it joined (Unix seconds).
     pub joined_unix: u64,
+    /// Call quality of its leg.
     pub stats: LegStats,
     /// Our RTP port for this leg.
     pub rtp_port: u16,
@@ -685,6 +696,7 @@ impl Engine {
         self.ports.in_use()
     }
 
+    /// The next command for the media bridge.
     #[must_use]
     pub fn poll_media(&mut self) -> Option<MediaCommand> {
         self.media_out.pop_front()
@@ -728,6 +740,7 @@ impl Engine {
         found
     }
 
+    /// Mutes or unmutes a participant; false when there is no such participant.
     pub fn mute_participant(&mut self, now: Instant, leg: LegId, muted: bool) -> bool {
         let found = self.rooms.set_muted(leg, muted);
         self.drain_room_commands(now);

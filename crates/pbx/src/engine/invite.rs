@@ -28,15 +28,22 @@ pub const MAX_INVITE_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum InvitationState {
     /// INVITEs sent, nothing heard yet.
     Calling,
+    /// A device rings.
     Ringing,
+    /// Someone answered: they are in the room.
     Answered,
+    /// Every device was busy.
     Busy,
+    /// Nobody answered in time.
     NoAnswer,
+    /// It could not be delivered (the SIP status says why).
     Failed,
+    /// Cancelled before anyone answered.
     Cancelled,
 }
 
 impl InvitationState {
+    /// Its name in the API.
     pub fn as_str(self) -> &'static str {
         match self {
             InvitationState::Calling => "calling",
@@ -57,15 +64,21 @@ impl InvitationState {
 /// An invitation as the API shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InvitationInfo {
+    /// Its id.
     pub id: InvitationId,
+    /// The room it invites into.
     pub conference_id: i64,
+    /// Who is invited (an extension or a number).
     pub target: String,
+    /// Where it stands.
     pub state: InvitationState,
     /// The SIP status that decided a failure, when there was one.
     pub status: Option<u16>,
+    /// Why it failed, in words.
     pub reason: Option<String>,
     /// The participant it became, once answered.
     pub participant: Option<LegId>,
+    /// When it started (Unix seconds).
     pub created_unix: u64,
 }
 
@@ -73,8 +86,10 @@ pub struct InvitationInfo {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum InviteError {
+    /// No such room is in production.
     #[error("no conference {0} in production")]
     NoSuchConference(i64),
+    /// The target is neither an extension nor a number.
     #[error("target must be an extension or a phone number (digits, optional leading +)")]
     BadTarget,
 }
@@ -295,10 +310,12 @@ impl Engine {
             .is_some_and(|i| !i.info.state.is_final())
     }
 
+    /// An invitation, while it is remembered.
     pub fn invitation(&self, id: InvitationId) -> Option<InvitationInfo> {
         self.invitations.get(&id).map(|i| i.info.clone())
     }
 
+    /// Every invitation remembered.
     pub fn invitations(&self) -> Vec<InvitationInfo> {
         let mut v: Vec<_> = self.invitations.values().map(|i| i.info.clone()).collect();
         v.sort_by_key(|i| i.id);

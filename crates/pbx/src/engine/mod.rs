@@ -112,9 +112,11 @@ pub struct EngineSettings {
     pub realm: String,
     /// Secret for stateless nonces; random per process unless given.
     pub nonce_secret: [u8; 32],
+    /// How long a nonce is good for (then `stale=true`).
     pub nonce_lifetime: Duration,
     /// How long a call rings before the caller gets 480.
     pub ring_timeout: Duration,
+    /// RFC 3261 timers (T1, T2, T4).
     pub timers: TimerConfig,
     /// Where RTP ports for anchored media come from (`--rtp-ports`).
     pub rtp_ports: std::ops::RangeInclusive<u16>,
@@ -159,11 +161,20 @@ pub enum EngineEvent {
     /// A trunk's registration state changed.
     TrunksChanged,
     /// Look up a trunk's host name and answer with [`Engine::set_trunk_addresses`].
-    ResolveTrunk { trunk: i64, host: String, port: u16 },
+    ResolveTrunk {
+        /// The trunk's configuration id.
+        trunk: i64,
+        /// The name to look up.
+        host: String,
+        /// The port the addresses go with.
+        port: u16,
+    },
     /// Someone is guessing a room's access code (repeated at most every 10 minutes while
     /// it goes on): tell its administrator.
     CodeGuessing {
+        /// The room's id.
         conference_id: i64,
+        /// Wrong codes keyed into it in the last hour.
         failures_last_hour: u32,
     },
 }
@@ -171,7 +182,9 @@ pub enum EngineEvent {
 /// What [`Engine::security_stats`] counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SecurityStats {
+    /// Digest authentication: failures, refusals, replays.
     pub auth: auth::AuthStats,
+    /// Access codes: wrong ones, callers told to try later.
     pub codes: crate::room::CodeStats,
     /// New requests refused with 503 under overload.
     pub overload_refusals: u64,
@@ -180,11 +193,17 @@ pub struct SecurityStats {
 /// A call as shown in `GET /api/v1/calls`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallInfo {
+    /// The call's id (unique with invitations' and participants').
     pub id: u64,
+    /// Who calls (extension or number).
     pub caller: String,
+    /// Who is called.
     pub callee: String,
+    /// `ringing`, `answered` or `ended`.
     pub state: &'static str,
+    /// When it started (Unix seconds).
     pub started_unix: u64,
+    /// When it was answered (Unix seconds).
     pub answered_unix: Option<u64>,
 }
 
@@ -325,6 +344,7 @@ impl Engine {
         self.registrar.restore(binding);
     }
 
+    /// The location table.
     pub fn registrar(&self) -> &Registrar {
         &self.registrar
     }
@@ -369,6 +389,7 @@ impl Engine {
         v
     }
 
+    /// Calls between two parties in progress (direct and anchored).
     pub fn calls(&self) -> Vec<CallInfo> {
         let mut v: Vec<_> = self
             .calls
@@ -495,6 +516,7 @@ impl Engine {
         }
     }
 
+    /// Time passes: transactions, registrations, calls, rooms and trunks do what is due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.tx.handle_timeout(now);
         self.drain_tx_events(now);
@@ -520,17 +542,20 @@ impl Engine {
         self.drain_tx_events(now);
     }
 
+    /// The next datagram to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.drain_tx_transmits();
         self.transmits.pop_front()
     }
 
+    /// The next thing for the shell to know.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<EngineEvent> {
         self.events.pop_front()
     }
 
+    /// When [`Engine::handle_timeout`] must next be called.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         [

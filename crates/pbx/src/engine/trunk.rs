@@ -42,13 +42,16 @@ pub enum RegistrationState {
     Off,
     /// Waiting for the provider's host name to resolve.
     Resolving,
+    /// A REGISTER is on its way.
     Registering,
+    /// The provider accepted the registration.
     Registered,
     /// The last attempt failed; another is scheduled.
     Failed,
 }
 
 impl RegistrationState {
+    /// Its name in the API.
     pub fn as_str(self) -> &'static str {
         match self {
             RegistrationState::Off => "off",
@@ -63,13 +66,17 @@ impl RegistrationState {
 /// A trunk's live state for the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrunkStatus {
+    /// The trunk's configuration id.
     pub id: i64,
+    /// Its name.
     pub name: String,
+    /// Where its registration stands.
     pub registration: RegistrationState,
     /// The provider's address in use, once known.
     pub address: Option<SocketAddr>,
     /// SIP status of the last registration answer (or 408/503 for no answer / no route).
     pub status: Option<u16>,
+    /// The reason phrase of that answer, or why there was none.
     pub reason: Option<String>,
     /// Unix time the registration runs out, while registered.
     pub expires_unix: Option<u64>,

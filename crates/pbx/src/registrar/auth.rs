@@ -60,7 +60,12 @@ pub enum Outcome {
     Authenticated(String),
     /// Answer 401/407 with a fresh nonce; `stale` when the client's nonce was ours but is
     /// spent, so it retries without asking anyone for the password.
-    Challenge { nonce: String, stale: bool },
+    Challenge {
+        /// The nonce to send.
+        nonce: String,
+        /// The client's nonce was ours but spent.
+        stale: bool,
+    },
     /// Too many wrong passwords: refuse without looking at the credentials.
     Refused,
 }

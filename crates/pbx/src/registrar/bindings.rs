@@ -32,9 +32,11 @@ pub struct Binding {
     pub expires_unix: u64,
     /// Call-ID and CSeq of the REGISTER that made it, to ignore stale reordered requests.
     pub call_id: String,
+    /// CSeq of that REGISTER.
     pub cseq: u32,
     /// Where requests for this device are sent: the flow it registered over (NAT-friendly).
     pub peer: Peer,
+    /// The device's User-Agent, for the console.
     pub user_agent: Option<String>,
 }
 
@@ -49,8 +51,15 @@ impl Binding {
 /// What happened to a binding, for persistence and live views.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindingChange {
+    /// Added or refreshed.
     Upserted(Binding),
-    Removed { aor: String, contact: String },
+    /// Removed (expired, unregistered, or its user deleted).
+    Removed {
+        /// The user's SIP username.
+        aor: String,
+        /// The Contact URI that went.
+        contact: String,
+    },
 }
 
 /// All bindings of the PBX.
@@ -68,6 +77,7 @@ pub struct Registrar {
 /// One contact of a REGISTER request, as the engine read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContactRequest {
+    /// The Contact URI.
     pub contact: String,
     /// Requested interval in seconds (already resolved from the contact's `expires`
     /// parameter or the Expires header or the default).
@@ -77,10 +87,15 @@ pub struct ContactRequest {
 /// A REGISTER that the engine authenticated, reduced to what the table needs.
 #[derive(Debug, Clone)]
 pub struct RegisterUpdate<'a> {
+    /// The user's SIP username.
     pub aor: &'a str,
+    /// The REGISTER's Call-ID.
     pub call_id: &'a str,
+    /// The REGISTER's CSeq.
     pub cseq: u32,
+    /// The flow it came over.
     pub peer: Peer,
+    /// Its User-Agent.
     pub user_agent: Option<&'a str>,
     /// `None` means `Contact: *` with `Expires: 0` (remove all).
     pub contacts: Option<Vec<ContactRequest>>,
@@ -96,6 +111,7 @@ pub enum RegisterError {
 }
 
 impl Registrar {
+    /// An empty table.
     pub fn new() -> Self {
         Self::default()
     }
@@ -210,14 +226,17 @@ impl Registrar {
             .map(|(_, b)| b)
     }
 
+    /// Every binding.
     pub fn all(&self) -> impl Iterator<Item = &Binding> {
         self.bindings.values()
     }
 
+    /// Bindings held.
     pub fn len(&self) -> usize {
         self.bindings.len()
     }
 
+    /// Whether none is held.
     pub fn is_empty(&self) -> bool {
         self.bindings.is_empty()
     }
