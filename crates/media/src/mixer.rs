@@ -641,20 +641,7 @@ mod tests {
             .collect()
     }
 
-    /// Amplitude of the `freq` component of `pcm` (Goertzel; exact when the window holds a
-    /// whole number of periods).
-    fn tone_amplitude(pcm: &[i16], freq: f64, rate: u32) -> f64 {
-        let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
-        let coeff = 2.0 * w.cos();
-        let (mut s1, mut s2) = (0.0f64, 0.0f64);
-        for &x in pcm {
-            let s0 = f64::from(x) + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-        2.0 * power.max(0.0).sqrt() / pcm.len() as f64
-    }
+    use crate::tone::amplitude as tone_amplitude;
 
     /// A room driven tick by tick, decoding what every participant receives.
     struct Room {

@@ -99,6 +99,22 @@ pub fn dtmf_frequencies(digit: char) -> Option<(u32, u32)> {
     })
 }
 
+/// The amplitude of the `freq` component of `pcm` sampled at `rate` (Goertzel; exact when
+/// the window holds a whole number of periods). How tests check audio by content: which
+/// tone a listener heard, and that it did not hear its own.
+pub fn amplitude(pcm: &[i16], freq: f64, rate: u32) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * freq / f64::from(rate);
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0f64, 0.0f64);
+    for &x in pcm {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
+    2.0 * power.max(0.0).sqrt() / pcm.len().max(1) as f64
+}
+
 /// Appends a beep of `ms` milliseconds with 5 ms raised-cosine edges, so it starts and stops
 /// without a click (join and leave sounds).
 pub fn beep(sample_rate: u32, freq: f64, ms: u32, amplitude: i16, out: &mut Vec<i16>) {

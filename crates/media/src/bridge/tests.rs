@@ -148,18 +148,9 @@ impl Phone {
     }
 }
 
-/// Amplitude of `freq` in 8 kHz `pcm` (Goertzel).
+/// Amplitude of `freq` in 8 kHz `pcm`.
 fn amplitude(pcm: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in pcm {
-        let s0 = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    let power = s1 * s1 + s2 * s2 - coeff * s1 * s2;
-    2.0 * power.max(0.0).sqrt() / pcm.len().max(1) as f64
+    crate::tone::amplitude(pcm, freq, 8000)
 }
 
 fn rms(pcm: &[i16]) -> f64 {

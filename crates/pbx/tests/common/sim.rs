@@ -12,7 +12,7 @@ use confero_media::bridge::{Bridge, BridgeConfig, PromptLibrary, TICK};
 use confero_media::codec::{CodecKind, Decoder, Encoder};
 use confero_media::dtmf::event_payload;
 use confero_media::rtp::{is_rtcp, parse_rtp, write_rtp, RtpHeader};
-use confero_media::tone::Tone;
+use confero_media::tone::{amplitude, Tone};
 use confero_pbx::engine::{Engine, EngineEvent};
 use confero_sim::{Driver, Link, SimNet};
 use confero_sip::dialog::{Dialog, Local, Retransmit, Unacked};
@@ -237,7 +237,7 @@ impl SimPhone {
             .map(|(_, p)| {
                 pcm.clear();
                 dec.decode(p, &mut pcm);
-                goertzel(&pcm, freq)
+                amplitude(&pcm, freq, 8000)
             })
             .collect();
         each.sort_by(f64::total_cmp);
@@ -597,19 +597,6 @@ impl SimPhone {
             self.start_media(now, to);
         }
     }
-}
-
-/// Amplitude of `freq` in 8 kHz `pcm` (Goertzel).
-pub fn goertzel(pcm: &[i16], freq: f64) -> f64 {
-    let w = 2.0 * std::f64::consts::PI * freq / 8000.0;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f64, 0.0f64);
-    for &x in pcm {
-        let s0 = f64::from(x) + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s0;
-    }
-    2.0 * (s1 * s1 + s2 * s2 - coeff * s1 * s2).max(0.0).sqrt() / pcm.len().max(1) as f64
 }
 
 /// The engine, a media bridge, phones, and the network between them.
