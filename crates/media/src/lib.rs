@@ -46,6 +46,7 @@
 pub mod bridge;
 pub mod codec;
 pub mod dtmf;
+pub mod idmap;
 pub mod jitter;
 pub mod mixer;
 pub mod resample;

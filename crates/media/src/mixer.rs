@@ -42,9 +42,8 @@
 //! topology changes allocate. Per participant the tick costs one energy measurement; per
 //! mixed talker one resampling (if needed), one subtraction, one encode.
 
-use std::collections::HashMap;
-
 use crate::codec::{CodecKind, Encoder};
+use crate::idmap::IdMap;
 use crate::resample::{Downsampler2x, Upsampler2x};
 
 /// The caller's handle for a participant of a room (a call leg id, for instance).
@@ -240,7 +239,7 @@ enum Change {
 /// One conference room's mixer. See the [module documentation](self).
 pub struct Mixer {
     parts: Vec<Participant>,
-    index: HashMap<PartId, usize>,
+    index: IdMap<PartId, usize>,
     pending: Vec<Change>,
     /// One per codec ever used in the room; never removed (there are only a few codecs).
     groups: Vec<SharedMix>,
@@ -292,7 +291,7 @@ impl Mixer {
     pub fn new() -> Self {
         Self {
             parts: Vec::new(),
-            index: HashMap::new(),
+            index: IdMap::default(),
             pending: Vec::new(),
             groups: Vec::new(),
             wideband: 0,
@@ -624,6 +623,8 @@ impl Mixer {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
     use crate::codec::Decoder;
 

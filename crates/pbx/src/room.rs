@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use crate::config::{AdminLeaves, Conference};
 use crate::guard::{Guard, Limit, Policy, Verdict};
 
-use confero_media::bridge::IdMap;
 /// A call leg answered by a room (the engine's numbering).
 pub use confero_media::bridge::LegId;
+use confero_media::idmap::IdMap;
 
 /// Wrong codes before the receptionist says goodbye.
 pub const MAX_CODE_ATTEMPTS: u8 = 3;

@@ -43,25 +43,19 @@ pub mod prompt;
 #[cfg(test)]
 mod tests;
 
-use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::BuildHasherDefault;
+use std::collections::{BTreeSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::codec::{CodecKind, Encoder};
 use crate::dtmf::{EventSender, SendTick, SEND_TONE_TICKS};
+use crate::idmap::IdMap;
 use crate::mixer::Mixer;
 use crate::stream::{Latch, MediaStream, StreamConfig};
 use crate::webrtc::{Answer, WebRtcLeg, WebRtcOutput};
 use player::Player;
 pub use prompt::{Prompt, PromptError, PromptLibrary};
-
-/// A map keyed by our own numbers (never a stranger's bytes, so no flooding of one
-/// bucket to fear): hashed the same way every run, so that its order, and with it the
-/// order of each tick's packets, replays exactly.
-pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<DefaultHasher>>;
 
 /// The engine's handle for a call leg.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,8 +1,8 @@
 //! Typed handles for what the engine keeps, the timers it sets, and who owns each client
 //! transaction: a timer or a response finds its owner by its type, never by probing maps.
 
-pub(super) use confero_media::bridge::IdMap;
 pub use confero_media::bridge::LegId;
+pub(super) use confero_media::idmap::IdMap;
 
 macro_rules! id {
     ($(#[$doc:meta])* $name:ident) => {
