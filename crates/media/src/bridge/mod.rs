@@ -861,11 +861,14 @@ impl Bridge {
         let Some(&id) = self.ports.get(&port) else {
             return;
         };
-        if let Some(o) = self.offering.get_mut(&id) {
-            if o.early.len() < MAX_EARLY_DATAGRAMS {
-                o.early.push((from, data.to_vec()));
+        // (Almost never a leg still waiting for a browser's answer: skip the lookup.)
+        if !self.offering.is_empty() {
+            if let Some(o) = self.offering.get_mut(&id) {
+                if o.early.len() < MAX_EARLY_DATAGRAMS {
+                    o.early.push((from, data.to_vec()));
+                }
+                return;
             }
-            return;
         }
         let Some(leg) = self.legs.get_mut(&id) else {
             return;

@@ -12,7 +12,6 @@
 //! Nothing here blocks but the sleep until the next tick: sockets are non-blocking and
 //! events go to the engine through an unbounded channel.
 
-use std::collections::HashMap;
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
@@ -24,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use confero_media::bridge::{
     Bridge, BridgeConfig, LegId, MediaCommand, MediaEvent, PromptError, PromptLibrary,
 };
+use confero_media::idmap::IdMap;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Datagrams read per socket per drive: a phone sends one per tick; a flood must not stall
@@ -56,8 +56,8 @@ pub(crate) struct MediaShell {
 /// The bound ports, and which leg holds which.
 #[derive(Default)]
 struct Sockets {
-    by_port: HashMap<u16, UdpSocket>,
-    of_leg: HashMap<LegId, Vec<u16>>,
+    by_port: IdMap<u16, UdpSocket>,
+    of_leg: IdMap<LegId, Vec<u16>>,
 }
 
 impl Sockets {
