@@ -679,8 +679,8 @@ impl MediaStream {
     }
 }
 
-/// xorshift64*: enough randomness for report jitter, reproducible from the seed.
-fn next_random(state: &mut u64) -> u64 {
+/// xorshift64*: enough randomness for report jitter and SSRCs, reproducible from the seed.
+pub(crate) fn next_random(state: &mut u64) -> u64 {
     if *state == 0 {
         *state = 0x2545_f491_4f6c_dd1d;
     }

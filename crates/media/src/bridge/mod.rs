@@ -52,7 +52,7 @@ use crate::codec::{CodecKind, Encoder};
 use crate::dtmf::{EventSender, SendTick, SEND_TONE_TICKS};
 use crate::idmap::IdMap;
 use crate::mixer::Mixer;
-use crate::stream::{Latch, MediaStream, StreamConfig};
+use crate::stream::{next_random, Latch, MediaStream, StreamConfig};
 use crate::webrtc::{Answer, WebRtcLeg, WebRtcOutput};
 use player::Player;
 pub use prompt::{Prompt, PromptError, PromptLibrary};
@@ -345,7 +345,6 @@ struct Leg {
     /// Where RTCP goes out from when it is not multiplexed on the RTP port.
     rtcp_port: Option<u16>,
     stream: MediaStream,
-    codec: CodecKind,
     encoder: Encoder,
     /// Digits relayed to this leg from the other side of its call.
     digits: EventSender,
@@ -366,13 +365,11 @@ struct Leg {
 
 impl Leg {
     fn new(port: u16, rtcp_port: Option<u16>, stream: MediaStream, now: Instant) -> Leg {
-        let codec = stream.config().codec;
         Leg {
             port,
             rtcp_port,
+            encoder: Encoder::new(stream.config().codec),
             stream,
-            codec,
-            encoder: Encoder::new(codec),
             digits: EventSender::default(),
             player: Player::idle(),
             mix: None,
@@ -408,21 +405,16 @@ impl Leg {
                     quiet,
                 } => self.stream.handle_rtp(now, &header, &payload, quiet),
                 WebRtcOutput::Connected => tracing::debug!(leg = %id, "WebRTC connected"),
-                WebRtcOutput::Gone(reason) => {
-                    if !std::mem::replace(&mut self.failed, true) {
-                        events.push_back(MediaEvent::Failed { leg: id, reason });
-                    }
-                }
+                WebRtcOutput::Gone(reason) => report_failed(&mut self.failed, id, reason, events),
             }
         }
     }
+}
 
-    /// Reports the leg failed, once.
-    fn fail(&mut self, id: LegId, reason: String, events: &mut VecDeque<MediaEvent>) {
-        if !self.failed {
-            self.failed = true;
-            events.push_back(MediaEvent::Failed { leg: id, reason });
-        }
+/// Reports leg `id` failed, once (`failed` remembers that it was).
+fn report_failed(failed: &mut bool, id: LegId, reason: String, events: &mut VecDeque<MediaEvent>) {
+    if !std::mem::replace(failed, true) {
+        events.push_back(MediaEvent::Failed { leg: id, reason });
     }
 }
 
@@ -463,7 +455,6 @@ pub struct Bridge {
     events: VecDeque<MediaEvent>,
     out: Outbox,
     scratch: Scratch,
-    ticks: u64,
 }
 
 /// A leg's stream, taking audio from the sources `latch` allows.
@@ -525,7 +516,6 @@ impl Bridge {
             events: VecDeque::new(),
             out: Outbox::default(),
             scratch: Scratch::default(),
-            ticks: 0,
         }
     }
 
@@ -567,18 +557,8 @@ impl Bridge {
         self.mixes.len()
     }
 
-    /// Ticks run since the bridge started.
-    pub fn ticks(&self) -> u64 {
-        self.ticks
-    }
-
     fn next_ssrc(&mut self) -> u32 {
-        // splitmix64: every seed gives a different, well-spread sequence.
-        self.rng = self.rng.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        (z ^ (z >> 31)) as u32
+        (next_random(&mut self.rng) >> 32) as u32
     }
 
     fn fail(&mut self, leg: LegId, reason: String) {
@@ -715,7 +695,6 @@ impl Bridge {
     }
 
     fn update(&mut self, now: Instant, id: LegId, media: &LegMedia, signalled_from: IpAddr) {
-        let ssrc = self.next_ssrc();
         let Some(l) = self.legs.get_mut(&id) else {
             return;
         };
@@ -727,18 +706,25 @@ impl Bridge {
         l.expect_since = now;
         let latch = Latch::for_phone(media.remote, signalled_from);
         let cfg = l.stream.config();
-        if media.codec == l.codec
+        if media.codec == cfg.codec
             && cfg.payload_type == media.payload_type
             && cfg.dtmf_payload_type == media.dtmf_payload_type
         {
             l.stream.set_remote(media.remote, latch);
             return;
         }
-        // A new codec or payload numbers: a fresh stream and encoder, and the mixer told
-        // the leg's new codec.
+        self.restream(now, id, media, latch);
+    }
+
+    /// A new codec or payload numbers for leg `id` (a re-INVITE, a browser's new offer): a
+    /// fresh stream and encoder, and its mix told the new codec.
+    fn restream(&mut self, now: Instant, id: LegId, media: &LegMedia, latch: Latch) {
+        let ssrc = self.next_ssrc();
+        let Some(l) = self.legs.get_mut(&id) else {
+            return;
+        };
         l.stream = stream_for(media, latch, ssrc, now, self.wallclock);
         l.stream.enable_inband(l.mix.is_none());
-        l.codec = media.codec;
         l.encoder = Encoder::new(media.codec);
         if let Some(m) = l.mix.and_then(|mix| self.mixes.get_mut(&mix)) {
             m.mixer.add(id.0, media.codec);
@@ -795,7 +781,6 @@ impl Bridge {
             leg: id,
             reason: reason.to_owned(),
         };
-        let ssrc = self.next_ssrc();
         let Some(l) = self.legs.get_mut(&id) else {
             return self.events.push_back(refused("no such leg"));
         };
@@ -808,15 +793,8 @@ impl Bridge {
         };
         l.expect_rtp = answer.receives;
         l.expect_since = now;
-        if answer.codec != l.codec {
-            let media = webrtc_media(&answer);
-            l.stream = stream_for(&media, Latch::Never, ssrc, now, self.wallclock);
-            l.stream.enable_inband(l.mix.is_none());
-            l.codec = answer.codec;
-            l.encoder = Encoder::new(answer.codec);
-            if let Some(m) = l.mix.and_then(|mix| self.mixes.get_mut(&mix)) {
-                m.mixer.add(id.0, answer.codec);
-            }
+        if answer.codec != l.stream.config().codec {
+            self.restream(now, id, &webrtc_media(&answer), Latch::Never);
         }
         self.drain_webrtc(now, id);
         self.events
@@ -828,7 +806,7 @@ impl Bridge {
             return;
         };
         let old = l.mix.replace(mix);
-        let codec = l.codec;
+        let codec = l.stream.config().codec;
         l.stream.enable_inband(false);
         // The mixer encodes for it now; the player's encoder state can go.
         l.encoder.release();
@@ -902,7 +880,6 @@ impl Bridge {
     }
 
     fn tick(&mut self, now: Instant) {
-        self.ticks += 1;
         for (&id, leg) in &mut self.legs {
             if let Some(rtc) = leg.webrtc.as_mut() {
                 rtc.handle_timeout(now);
@@ -940,9 +917,9 @@ impl Bridge {
                 self.events.push_back(MediaEvent::Digit { leg: id, digit });
             }
             let silent = leg.stream.idle_for(now).min(now - leg.expect_since);
-            if leg.expect_rtp && silent > timeout {
+            if leg.expect_rtp && !leg.failed && silent > timeout {
                 let reason = format!("no RTP for {} s", timeout.as_secs());
-                leg.fail(id, reason, &mut self.events);
+                report_failed(&mut leg.failed, id, reason, &mut self.events);
             }
         }
     }
@@ -952,14 +929,14 @@ impl Bridge {
         let Scratch { pcm, payload } = &mut self.scratch;
         for (&id, leg) in &mut self.legs {
             payload.clear();
-            let mixed = leg
+            let mixer = leg
                 .mix
                 .and_then(|mix| self.mixes.get(&mix))
-                .and_then(|m| m.mixer.output(id.0));
-            match mixed {
+                .map(|m| &m.mixer);
+            match mixer.and_then(|m| m.output(id.0)) {
                 Some(bytes) => payload.extend_from_slice(bytes),
                 None => {
-                    let rate = leg.codec.sample_rate();
+                    let rate = leg.stream.config().codec.sample_rate();
                     if leg.player.next_frame(&self.prompts, rate, pcm) {
                         self.events.push_back(MediaEvent::PlaybackDone {
                             leg: id,
@@ -1001,10 +978,7 @@ impl Bridge {
                     let _ = stream.poll_rtcp(now, buf);
                 });
             }
-            let talking = leg
-                .mix
-                .and_then(|mix| self.mixes.get(&mix))
-                .is_some_and(|m| m.mixer.is_talking(id.0));
+            let talking = mixer.is_some_and(|m| m.is_talking(id.0));
             if talking != leg.talking {
                 leg.talking = talking;
                 self.events
