@@ -106,40 +106,54 @@ struct Published {
 }
 
 /// The kinds of live events, in the order a new subscriber gets them.
-const EVENT_KINDS: [&str; 6] = [
-    "trunks",
-    "registrations",
-    "calls",
-    "participants",
-    "invitations",
-    "code_guessing",
-];
+#[derive(Clone, Copy)]
+enum Kind {
+    Trunks,
+    Registrations,
+    Calls,
+    Participants,
+    Invitations,
+    CodeGuessing,
+}
 
-impl Published {
-    /// The JSON of one kind of live event: the whole current list.
-    fn event(&self, kind: &str) -> String {
-        fn json<T: Serialize>(v: &T) -> String {
-            serde_json::to_string(v).unwrap_or_else(|_| "[]".to_owned())
-        }
-        match kind {
-            "registrations" => json(&self.registrations),
-            "calls" => json(&self.calls),
-            "participants" => json(&self.participants),
-            "invitations" => json(&self.invitations),
-            "trunks" => json(&self.trunks),
-            _ => json(&self.code_guessing),
+impl Kind {
+    const ALL: [Kind; 6] = [
+        Kind::Trunks,
+        Kind::Registrations,
+        Kind::Calls,
+        Kind::Participants,
+        Kind::Invitations,
+        Kind::CodeGuessing,
+    ];
+
+    /// The event's name on the wire (server-sent events).
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Trunks => "trunks",
+            Kind::Registrations => "registrations",
+            Kind::Calls => "calls",
+            Kind::Participants => "participants",
+            Kind::Invitations => "invitations",
+            Kind::CodeGuessing => "code_guessing",
         }
     }
+}
 
-    /// Whether `kind` differs between two publications.
-    fn changed(&self, other: &Published, kind: &str) -> bool {
+impl Published {
+    /// The JSON of one kind of live event (the whole current list), if it differs from
+    /// `before`'s (always, without `before`).
+    fn event(&self, kind: Kind, before: Option<&Published>) -> Option<String> {
+        fn json<T: Serialize + PartialEq>(now: &T, before: Option<&T>) -> Option<String> {
+            (before != Some(now))
+                .then(|| serde_json::to_string(now).unwrap_or_else(|_| "[]".to_owned()))
+        }
         match kind {
-            "registrations" => self.registrations != other.registrations,
-            "calls" => self.calls != other.calls,
-            "participants" => self.participants != other.participants,
-            "invitations" => self.invitations != other.invitations,
-            "trunks" => self.trunks != other.trunks,
-            _ => self.code_guessing != other.code_guessing,
+            Kind::Trunks => json(&self.trunks, before.map(|b| &b.trunks)),
+            Kind::Registrations => json(&self.registrations, before.map(|b| &b.registrations)),
+            Kind::Calls => json(&self.calls, before.map(|b| &b.calls)),
+            Kind::Participants => json(&self.participants, before.map(|b| &b.participants)),
+            Kind::Invitations => json(&self.invitations, before.map(|b| &b.invitations)),
+            Kind::CodeGuessing => json(&self.code_guessing, before.map(|b| &b.code_guessing)),
         }
     }
 }
@@ -202,9 +216,9 @@ impl LiveState {
         };
         let mut p = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if self.events.receiver_count() > 0 {
-            for kind in EVENT_KINDS {
-                if next.changed(&p, kind) {
-                    let _ = self.events.send((kind.to_owned(), next.event(kind)));
+            for kind in Kind::ALL {
+                if let Some(json) = next.event(kind, Some(&p)) {
+                    let _ = self.events.send((kind.name().to_owned(), json));
                 }
             }
         }
@@ -240,9 +254,9 @@ impl LiveView for LiveState {
 
     fn snapshot_events(&self) -> Vec<(String, String)> {
         let p = self.read();
-        EVENT_KINDS
+        Kind::ALL
             .iter()
-            .map(|kind| ((*kind).to_owned(), p.event(kind)))
+            .filter_map(|&kind| Some((kind.name().to_owned(), p.event(kind, None)?)))
             .collect()
     }
 
