@@ -824,6 +824,12 @@ impl Engine {
         let Some(user) = self.authenticate(now, tx, req, from, false) else {
             return;
         };
+        // The credentials must be the address of record's (one user cannot register for
+        // another).
+        let to_user = uri_user(&to.uri.uri).unwrap_or_default();
+        if to_user != user.sip_username && to_user != user.extension {
+            return self.respond(now, tx, req, 403, "Credentials Do Not Match The AOR");
+        }
         let unix = self.unix(now);
         let tag = self.entropy.tag();
         let (resp, changes) = self.registrar.register(now, unix, req, &user, from, &tag);

@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use confero_sip::headers::{self, uri_user};
+use confero_sip::headers;
 use confero_sip::message::{response_for, Request, Response};
 use confero_sip::transport::Peer;
 use confero_sip::{Name, StatusCode};
@@ -15,9 +15,9 @@ use super::{
 use crate::config::User;
 
 impl Registrar {
-    /// What `req`, a REGISTER that authenticated as `user`, does: the response to send
-    /// (with our To tag `tag`), and the binding changes to persist (none unless it is a
-    /// 200).
+    /// What `req`, a REGISTER for `user`'s address of record that authenticated as `user`,
+    /// does: the response to send (with our To tag `tag`), and the binding changes to
+    /// persist (none unless it is a 200).
     pub fn register(
         &mut self,
         now: Instant,
@@ -32,13 +32,6 @@ impl Registrar {
             resp.reason = Some(reason.to_owned());
             (resp, Vec::new())
         };
-        let Some(to) = headers::from_to(&req.headers, Name::TO) else {
-            return refuse(400, "Bad To Header");
-        };
-        let to_user = uri_user(&to.uri.uri).unwrap_or_default();
-        if to_user != user.sip_username && to_user != user.extension {
-            return refuse(403, "Credentials Do Not Match The AOR");
-        }
         let header_expires = headers::expires_header(&req.headers);
         let contacts = if headers::is_wildcard_contact(&req.headers) {
             if header_expires != Some(0)
