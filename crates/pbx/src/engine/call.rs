@@ -128,7 +128,7 @@ impl Engine {
     ) {
         let id = self.ids.call();
         let max_forwards = headers::max_forwards(&req).saturating_sub(1).min(70);
-        let mut call = Call {
+        let call = Call {
             id,
             caller: caller.extension.clone(),
             callee: callee.extension.clone(),
@@ -144,6 +144,7 @@ impl Engine {
             open_client_txs: 0,
             forwarded_invite_pending: false,
         };
+        let mut invites = Vec::with_capacity(targets.len());
         for binding in targets {
             let Ok(uri) = binding.contact.parse::<SipUri>() else {
                 continue;
@@ -156,10 +157,9 @@ impl Engine {
                 max_forwards,
             );
             copy_body(&call.invite, &mut invite);
-            call.forks
-                .push(OutFork::new(invite, binding_peer(&binding), None));
+            invites.push((invite, binding_peer(&binding)));
         }
-        if call.forks.is_empty() {
+        if invites.is_empty() {
             return self.respond(now, tx, &call.invite, 480, "Temporarily Unavailable");
         }
         self.dialogs.insert(
@@ -171,14 +171,9 @@ impl Engine {
         );
         self.timers
             .push(std::cmp::Reverse((call.ring_deadline, Timer::Call(id))));
-        let invites: Vec<_> = call
-            .forks
-            .iter()
-            .map(|f| (f.invite.clone(), f.peer))
-            .collect();
         self.calls.insert(id, call);
-        for (i, (invite, peer)) in invites.into_iter().enumerate() {
-            self.send_owned(now, Owner::Call(id), ClientPurpose::Fork(i), invite, peer);
+        for (invite, peer) in invites {
+            self.push_fork(now, Owner::Call(id), OutFork::new(invite, peer, None));
         }
         self.events.push_back(EngineEvent::CallsChanged);
     }

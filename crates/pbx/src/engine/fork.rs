@@ -161,15 +161,29 @@ pub(super) enum ForkStep {
 }
 
 impl Engine {
-    /// The fork `i` of a call, an invitation or an anchored call.
-    fn fork_mut(&mut self, owner: Owner, i: usize) -> Option<&mut OutFork> {
-        let forks = match owner {
+    /// The forks of a call, an invitation or an anchored call.
+    fn forks_mut(&mut self, owner: Owner) -> Option<&mut Vec<OutFork>> {
+        Some(match owner {
             Owner::Invitation(id) => &mut self.invitations.get_mut(&id)?.forks,
             Owner::Bridge(id) => &mut self.bridges.get_mut(&id)?.forks,
             Owner::Call(id) => &mut self.calls.get_mut(&id)?.forks,
             Owner::Leg(_) | Owner::Trunk(_) => return None,
+        })
+    }
+
+    fn fork_mut(&mut self, owner: Owner, i: usize) -> Option<&mut OutFork> {
+        self.forks_mut(owner)?.get_mut(i)
+    }
+
+    /// Sends `fork` as the next fork of `owner` (its media dropped when the owner is gone).
+    pub(super) fn push_fork(&mut self, now: Instant, owner: Owner, fork: OutFork) {
+        let (invite, peer) = (fork.invite.clone(), fork.peer);
+        let Some(forks) = self.forks_mut(owner) else {
+            return self.drop_fork_media(fork.webrtc);
         };
-        forks.get_mut(i)
+        forks.push(fork);
+        let purpose = ClientPurpose::Fork(forks.len() - 1);
+        self.send_owned(now, owner, purpose, invite, peer);
     }
 
     /// The steps every outgoing fork takes with a response: a CANCEL waiting for a

@@ -13,7 +13,7 @@ use confero_sip::transaction::ServerTxId;
 use super::conference::{AfterAnswer, Party};
 use super::fork::OutFork;
 use super::ids::{Owner, Timer};
-use super::{ClientPurpose, Engine};
+use super::Engine;
 use crate::config::User;
 use crate::registrar::Binding;
 use crate::room::LegId;
@@ -141,23 +141,6 @@ impl Engine {
             }
             None => false,
         }
-    }
-
-    /// Sends `fork` as the next fork of an anchored call or an invitation.
-    pub(super) fn push_fork(&mut self, now: Instant, owner: Owner, fork: OutFork) {
-        let (invite, peer) = (fork.invite.clone(), fork.peer);
-        let forks = match owner {
-            Owner::Bridge(id) => self.bridges.get_mut(&id).map(|b| &mut b.forks),
-            Owner::Invitation(id) => self.invitations.get_mut(&id).map(|i| &mut i.forks),
-            Owner::Call(_) | Owner::Leg(_) | Owner::Trunk(_) => None,
-        };
-        let Some(forks) = forks else {
-            return self.drop_fork_media(fork.webrtc);
-        };
-        forks.push(fork);
-        let purpose = ClientPurpose::Fork(forks.len() - 1);
-        let tx = self.tx.send_request(now, invite, peer);
-        self.client_txs.insert(tx, (owner, purpose));
     }
 
     /// Hands a WebRTC offer to the media bridge; the INVITE is answered when it replies.
