@@ -286,7 +286,7 @@ impl Engine {
         resp: Response,
     ) {
         let code = resp.code.into_u16();
-        match self.fork_step(now, Owner::Bridge(id), i, &resp, ClientPurpose::Fork(i)) {
+        match self.fork_step(now, Owner::Bridge(id), i, &resp) {
             ForkStep::Final => {}
             ForkStep::Ringing => return self.bridge_ringing(now, id),
             ForkStep::Handled | ForkStep::Gone => return,

@@ -301,7 +301,7 @@ impl Engine {
 
     pub(super) fn on_fork_response(&mut self, now: Instant, id: CallId, i: usize, resp: Response) {
         let code = resp.code.into_u16();
-        match self.fork_step(now, Owner::Call(id), i, &resp, ClientPurpose::Fork(i)) {
+        match self.fork_step(now, Owner::Call(id), i, &resp) {
             ForkStep::Gone | ForkStep::Handled => return,
             ForkStep::Ringing => return self.call_ringing(now, id, &resp),
             ForkStep::Final if code >= 300 => {

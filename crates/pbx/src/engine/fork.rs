@@ -188,14 +188,13 @@ impl Engine {
 
     /// The steps every outgoing fork takes with a response: a CANCEL waiting for a
     /// provisional goes out, a trunk's challenge is answered (the retry becomes the fork's
-    /// INVITE and its answers come back as `again`), a final response marks the fork done.
+    /// INVITE, its answers come back to the same fork), a final response marks it done.
     pub(super) fn fork_step(
         &mut self,
         now: Instant,
         owner: Owner,
         i: usize,
         resp: &Response,
-        again: ClientPurpose,
     ) -> ForkStep {
         let code = resp.code.into_u16();
         let Some(fork) = self.fork_mut(owner, i) else {
@@ -219,8 +218,7 @@ impl Engine {
                 };
                 fork.retried(retry.clone());
                 let peer = fork.peer;
-                let tx = self.tx.send_request(now, retry, peer);
-                self.client_txs.insert(tx, (owner, again));
+                self.send_owned(now, owner, ClientPurpose::Fork(i), retry, peer);
                 return ForkStep::Handled;
             }
         }

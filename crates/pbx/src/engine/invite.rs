@@ -353,7 +353,7 @@ impl Engine {
         resp: Response,
     ) {
         let code = resp.code.into_u16();
-        match self.fork_step(now, Owner::Invitation(id), i, &resp, ClientPurpose::Fork(i)) {
+        match self.fork_step(now, Owner::Invitation(id), i, &resp) {
             ForkStep::Final => {}
             ForkStep::Ringing => {
                 if let Some(inv) = self.invitations.get_mut(&id) {
