@@ -799,17 +799,17 @@ impl Entropy {
         Entropy(rand::SeedableRng::from_entropy())
     }
 
-    /// See [`random_tag`].
+    /// A fresh From/To tag: 64 random bits, enough that two dialogs never collide.
     pub fn tag(&mut self) -> String {
         tag_from(&mut self.0)
     }
 
-    /// See [`new_branch`].
+    /// A fresh Via branch with the RFC 3261 magic cookie, so peers use §17 matching.
     pub fn branch(&mut self) -> String {
         branch_from(&mut self.0)
     }
 
-    /// See [`new_call_id`].
+    /// A fresh Call-ID, globally unique through 128 random bits and our host name.
     pub fn call_id(&mut self, host: &str) -> String {
         call_id_from(&mut self.0, host)
     }
@@ -837,19 +837,10 @@ fn call_id_from(rng: &mut impl Rng, host: &str) -> String {
     }
 }
 
-/// A fresh From/To tag: 64 random bits, enough that two dialogs never collide.
-pub fn random_tag() -> String {
+/// A fresh tag for the stateless 400 that answers a request too broken to reach a core
+/// (and its [`Entropy`]).
+fn random_tag() -> String {
     tag_from(&mut rand::thread_rng())
-}
-
-/// A fresh Via branch with the RFC 3261 magic cookie, so peers use §17 matching.
-pub fn new_branch() -> String {
-    branch_from(&mut rand::thread_rng())
-}
-
-/// A fresh Call-ID, globally unique through 128 random bits and our host name.
-pub fn new_call_id(host: &str) -> String {
-    call_id_from(&mut rand::thread_rng(), host)
 }
 
 #[cfg(test)]
@@ -1336,11 +1327,13 @@ Content-Length: 0
 
     #[test]
     fn ids_have_the_right_shape() {
-        assert!(new_branch().starts_with("z9hG4bK"));
-        assert_ne!(new_branch(), new_branch());
-        assert_ne!(random_tag(), random_tag());
-        assert!(new_call_id("pbx.example.com").ends_with("@pbx.example.com"));
-        assert!(!new_call_id("").contains('@'));
+        let mut e = Entropy::seeded(1);
+        assert!(e.branch().starts_with("z9hG4bK"));
+        assert_ne!(e.branch(), e.branch());
+        assert_ne!(e.tag(), e.tag());
+        assert!(e.call_id("pbx.example.com").ends_with("@pbx.example.com"));
+        assert!(!e.call_id("").contains('@'));
+        assert_eq!(Entropy::seeded(1).tag(), Entropy::seeded(1).tag());
     }
 
     #[test]
