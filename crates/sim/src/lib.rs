@@ -164,8 +164,14 @@ impl SimNet {
     /// A datagram sent at `now`.
     pub fn send(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
         self.stats.sent += 1;
-        self.stats.fingerprint = fnv1a(self.stats.fingerprint, from.to_string().as_bytes());
-        self.stats.fingerprint = fnv1a(self.stats.fingerprint, to.to_string().as_bytes());
+        for addr in [from, to] {
+            let ip = match addr.ip() {
+                std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped().octets(),
+                std::net::IpAddr::V6(v6) => v6.octets(),
+            };
+            self.stats.fingerprint = fnv1a(self.stats.fingerprint, &ip);
+            self.stats.fingerprint = fnv1a(self.stats.fingerprint, &addr.port().to_be_bytes());
+        }
         self.stats.fingerprint = fnv1a(self.stats.fingerprint, data);
         let link = self.paths.get(&(from, to)).copied().unwrap_or(self.link);
         if self.rng.chance(link.loss) {
