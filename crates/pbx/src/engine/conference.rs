@@ -17,7 +17,7 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
 use confero_sip::{Method, Name, StatusCode};
 
-use super::ids::{BridgeId, Owner, Timer};
+use super::ids::{CallId, Owner, Timer};
 use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
 use crate::config::{Conference, User};
 use crate::room::{LegId, RoomCommand};
@@ -139,7 +139,7 @@ pub(super) struct ConfLeg {
     pub(super) leg: Dialog,
     pub(super) caller: Party,
     /// The anchored call this leg is half of, when it is not in a conference room.
-    pub(super) bridge: Option<BridgeId>,
+    pub(super) call: Option<CallId>,
     pub(super) port: u16,
     pub(super) media: Negotiated,
     /// Our last SDP, re-sent when a re-INVITE asks without an offer.
@@ -164,7 +164,7 @@ impl ConfLeg {
         ConfLeg {
             leg,
             caller,
-            bridge: None,
+            call: None,
             port,
             media,
             local_sdp,
@@ -215,7 +215,7 @@ pub(super) enum AfterAnswer {
         is_admin: bool,
     },
     /// The caller's half of an anchored call whose callee leg is `callee`.
-    BridgeCaller { bridge: BridgeId, callee: LegId },
+    CallCaller { call: CallId, callee: LegId },
 }
 
 impl Engine {
@@ -254,16 +254,14 @@ impl Engine {
                 self.drain_room_commands(now);
                 self.events.push_back(EngineEvent::ConferencesChanged);
             }
-            AfterAnswer::BridgeCaller { bridge, callee } => {
-                self.bridge_connected(now, bridge, id, callee)
-            }
+            AfterAnswer::CallCaller { call, callee } => self.call_connected(call, id, callee),
         }
     }
 
     /// The INVITE could not be answered: whatever waited for it gives up.
     pub(super) fn after_refusal(&mut self, now: Instant, then: AfterAnswer) {
-        if let AfterAnswer::BridgeCaller { bridge, callee } = then {
-            self.bridge_refused(now, bridge, callee);
+        if let AfterAnswer::CallCaller { call, callee } = then {
+            self.call_refused(now, call, callee);
         }
     }
 
@@ -471,8 +469,8 @@ impl Engine {
         self.rooms.handle_leave(now, id);
         self.drain_room_commands(now);
         self.events.push_back(EngineEvent::ConferencesChanged);
-        if let Some(bridge) = c.bridge {
-            self.bridge_leg_ended(now, bridge, id);
+        if let Some(call) = c.call {
+            self.call_leg_ended(now, call, id);
         }
     }
 
@@ -525,8 +523,8 @@ impl Engine {
         let other = self
             .conf_legs
             .get(&id)
-            .and_then(|c| c.bridge)
-            .and_then(|b| self.bridge_other_leg(b, id));
+            .and_then(|c| c.call)
+            .and_then(|call| self.call_other_leg(call, id));
         match other {
             Some(other) => self
                 .media_out

@@ -165,7 +165,6 @@ impl Engine {
     fn forks_mut(&mut self, owner: Owner) -> Option<&mut Vec<OutFork>> {
         Some(match owner {
             Owner::Invitation(id) => &mut self.invitations.get_mut(&id)?.forks,
-            Owner::Bridge(id) => &mut self.bridges.get_mut(&id)?.forks,
             Owner::Call(id) => &mut self.calls.get_mut(&id)?.forks,
             Owner::Leg(_) | Owner::Trunk(_) => return None,
         })
@@ -302,14 +301,14 @@ impl Engine {
         sdp::offer(&local, CODEC_PREFS)
     }
 
-    /// One INVITE carrying `offer` to each registered device of `user`, from `caller`
+    /// One INVITE without a body to each registered device of `user`, from `caller`
     /// (display name, number), with where each goes.
     pub(super) fn device_invites(
         &mut self,
         bindings: &[Binding],
         caller: (&str, &str),
         user: &User,
-        offer: &str,
+        max_forwards: u32,
     ) -> Vec<(Request, Peer)> {
         let mut invites = Vec::with_capacity(bindings.len());
         for binding in bindings {
@@ -318,11 +317,15 @@ impl Engine {
             };
             let peer = binding_peer(binding);
             let to = (user.name.as_str(), user.extension.as_str());
-            let mut invite = self.new_invite(uri, peer.transport, caller, to, 70);
-            invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-            invite.body = bytes::Bytes::from(offer.to_owned().into_bytes());
+            let invite = self.new_invite(uri, peer.transport, caller, to, max_forwards);
             invites.push((invite, peer));
         }
         invites
     }
+}
+
+/// Puts our SDP offer in an INVITE.
+pub(super) fn with_offer(invite: &mut Request, offer: &str) {
+    invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+    invite.body = bytes::Bytes::from(offer.to_owned().into_bytes());
 }

@@ -19,12 +19,8 @@ macro_rules! id {
 }
 
 id!(
-    /// A call between two users' phones, media directly between them.
+    /// A two-party call (direct or anchored media).
     CallId
-);
-id!(
-    /// An anchored call: its two legs meet in a private mix of the media bridge.
-    BridgeId
 );
 id!(
     /// An invitation from a room to a phone.
@@ -53,10 +49,6 @@ impl Ids {
         CallId(self.next())
     }
 
-    pub(super) fn bridge(&mut self) -> BridgeId {
-        BridgeId(self.next())
-    }
-
     pub(super) fn invitation(&mut self) -> InvitationId {
         InvitationId(self.next())
     }
@@ -70,10 +62,8 @@ impl Ids {
 /// deadline moved, finds nothing to do: timers are never cancelled, only ignored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Timer {
-    /// Ring timeout, 2xx retransmission of a direct call.
+    /// Ring timeout, 2xx retransmission, forgetting an ended call.
     Call(CallId),
-    /// Ring timeout, forgetting an ended anchored call.
-    Bridge(BridgeId),
     /// No answer, forgetting a finished invitation.
     Invitation(InvitationId),
     /// A trunk's next REGISTER (by its configuration id).
@@ -88,7 +78,6 @@ pub(super) enum Timer {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Owner {
     Call(CallId),
-    Bridge(BridgeId),
     Invitation(InvitationId),
     /// A BYE, NOTIFY or re-INVITE on a leg the PBX answered.
     Leg(LegId),

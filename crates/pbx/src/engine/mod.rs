@@ -51,7 +51,6 @@ use crate::ports::PortPool;
 use crate::registrar::auth::{self, Authenticator};
 use crate::room::Rooms;
 
-mod bridge;
 mod call;
 mod conference;
 mod fork;
@@ -62,14 +61,13 @@ mod transfer;
 mod trunk;
 mod webrtc;
 use crate::registrar::{Binding, BindingChange, Registrar};
-use bridge::Bridge;
-use call::{Call, CallState, Forwarded, Side};
+use call::{Call, Forwarded, MediaKind, Side};
 use conference::ConfLeg;
 pub use conference::ConferenceParticipant;
 use conference::Party;
 pub use confero_media::bridge::{LegStats, MediaCommand, MediaEvent, MixId};
 use confero_sip::headers::{self, uri_user};
-pub use ids::{BridgeId, CallId, InvitationId, LegId};
+pub use ids::{CallId, InvitationId, LegId};
 use ids::{IdMap, Ids, Owner, Timer};
 use invite::Invitation;
 pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
@@ -241,7 +239,6 @@ pub struct Engine {
     /// (Call-ID, our tag) → conference leg.
     conf_dialogs: HashMap<(String, String), LegId>,
     invitations: IdMap<InvitationId, Invitation>,
-    bridges: IdMap<BridgeId, Bridge>,
     trunks: IdMap<i64, TrunkLink>,
     /// Browser INVITEs waiting for the media bridge's WebRTC answer.
     pending_webrtc: IdMap<LegId, webrtc::PendingWebRtc>,
@@ -296,7 +293,6 @@ impl Engine {
             conf_legs: IdMap::default(),
             conf_dialogs: HashMap::new(),
             invitations: IdMap::default(),
-            bridges: IdMap::default(),
             trunks: IdMap::default(),
             pending_webrtc: IdMap::default(),
             pending_offers: IdMap::default(),
@@ -355,14 +351,9 @@ impl Engine {
         let rooms = self
             .conf_legs
             .values()
-            .filter(|c| c.bridge.is_none() && c.caller.is_user && c.caller.number == extension)
+            .filter(|c| c.call.is_none() && c.caller.is_user && c.caller.number == extension)
             .count();
-        let direct = self
-            .calls
-            .values()
-            .filter(|c| c.caller == extension && c.state != CallState::Ended)
-            .count();
-        rooms + direct + self.anchored_calls_of_user(extension)
+        rooms + self.calls_placed_by(extension)
     }
 
     /// Counters of what attackers tried, since start.
@@ -391,24 +382,7 @@ impl Engine {
 
     /// Calls between two parties in progress (direct and anchored).
     pub fn calls(&self) -> Vec<CallInfo> {
-        let mut v: Vec<_> = self
-            .calls
-            .values()
-            .filter(|c| c.state != CallState::Ended)
-            .map(|c| CallInfo {
-                id: c.id.0,
-                caller: c.caller.clone(),
-                callee: c.callee.clone(),
-                state: match c.state {
-                    CallState::Ringing => "ringing",
-                    CallState::Answered => "answered",
-                    CallState::Ended => "ended",
-                },
-                started_unix: c.started_unix,
-                answered_unix: c.answered_unix,
-            })
-            .collect();
-        v.extend(self.bridge_calls());
+        let mut v: Vec<_> = self.call_infos().collect();
         v.sort_by_key(|c| c.id);
         v
     }
@@ -421,20 +395,11 @@ impl Engine {
         for leg in legs {
             self.end_conf_leg(now, leg, true);
         }
-        let calls: Vec<(CallId, CallState)> =
-            self.calls.values().map(|c| (c.id, c.state)).collect();
-        for (id, state) in calls {
-            match state {
-                CallState::Ringing => self.fail_call(now, id, 503, "Service Unavailable"),
-                CallState::Answered => self.hang_up(now, id, None),
-                CallState::Ended => {}
-            }
-        }
+        self.hang_up_calls(now);
         let invitations: Vec<InvitationId> = self.invitations.keys().copied().collect();
         for id in invitations {
             self.cancel_invitation(now, id);
         }
-        self.fail_ringing_bridges(now);
         self.refuse_pending_webrtc(now);
         self.unregister_trunks(now);
         self.drain_tx_transmits();
@@ -530,7 +495,6 @@ impl Engine {
             self.timers.pop();
             match timer {
                 Timer::Call(id) => self.call_timers(now, id),
-                Timer::Bridge(id) => self.bridge_timers(now, id),
                 Timer::Invitation(id) => self.invitation_timers(now, id),
                 Timer::Trunk(trunk) => self.trunk_timers(now, trunk),
                 Timer::BrowserAnswer(leg) => self.webrtc_timers(now, leg),
@@ -872,10 +836,6 @@ impl Engine {
             );
         }
         trying(self);
-        let caller_leg = match Dialog::uas(&req, self.entropy.tag(), from) {
-            Ok(d) => d,
-            Err(err) => return self.respond(now, tx, &req, 400, &err.to_string()),
-        };
         let dialled = uri_user(&req.uri).unwrap_or_default();
         let cfg = self.config.clone();
         let callee = cfg
@@ -892,54 +852,40 @@ impl Engine {
             }
             return self.respond(now, tx, &req, 404, "Not Found");
         };
-        let targets: Vec<Binding> = self
-            .registrar
-            .contacts_of(&callee.sip_username)
-            .cloned()
-            .collect();
-        if targets.is_empty() {
-            return self.respond(now, tx, &req, 480, "Temporarily Unavailable");
-        }
         // A browser on either side cannot exchange media with a desk phone directly
         // (DTLS-SRTP against plain RTP): the PBX anchors and, if need be, transcodes.
         let caller_is_browser = sdp::parse_audio(&req.body).is_ok_and(|o| o.is_webrtc());
-        if caller_is_browser || targets.iter().any(webrtc::is_browser) {
-            let callee = callee.clone();
-            return self.ring_user_anchored(now, tx, req, from, Party::user(&caller), &callee);
-        }
-        self.ring_user_direct(now, tx, req, caller_leg, &caller, callee, targets);
+        let callee_has_browser = self
+            .registrar
+            .contacts_of(&callee.sip_username)
+            .any(webrtc::is_browser);
+        let kind = if caller_is_browser || callee_has_browser {
+            MediaKind::Anchored
+        } else {
+            MediaKind::Direct
+        };
+        let callee = callee.clone();
+        self.ring_user(now, tx, req, from, Party::user(&caller), &callee, kind);
     }
 
     fn on_cancel(&mut self, now: Instant, tx: ServerTxId, cancel: &Request) {
         let Some(invite_tx) = self.tx.invite_tx_for_cancel(cancel) else {
             return self.respond(now, tx, cancel, 481, "Call/Transaction Does Not Exist");
         };
-        let call_id = self
-            .calls
-            .values()
-            .find(|c| c.invite_tx == Some(invite_tx))
-            .map(|c| c.id);
-        let tag = call_id
-            .and_then(|id| self.calls.get(&id))
-            .map(|c| c.caller_leg.local_tag.clone());
-        let ok = response_for(cancel, StatusCode::from(200), tag.as_deref());
+        let call = self.call_of_invite(invite_tx);
+        let tag = call.as_ref().map(|(_, tag)| tag.as_str());
+        let ok = response_for(cancel, StatusCode::from(200), tag);
         self.send_response(now, tx, ok);
-        if call_id.is_none() {
-            if let Some(bridge) = self.bridge_of_invite(invite_tx) {
-                return self.fail_bridge(now, bridge, 487, "Request Terminated");
-            }
-            if self.webrtc_cancelled(now, invite_tx) {
-                return;
-            }
+        if let Some((id, _)) = call {
+            return self.fail_call(now, id, 487, "Request Terminated");
         }
-        let Some(id) = call_id else {
-            // The INVITE has not reached a call yet (e.g. it was being challenged): end it.
-            if let Some(invite) = self.tx.server_request(invite_tx).cloned() {
-                self.respond(now, invite_tx, &invite, 487, "Request Terminated");
-            }
+        if self.webrtc_cancelled(now, invite_tx) {
             return;
-        };
-        self.fail_call(now, id, 487, "Request Terminated");
+        }
+        // The INVITE has not reached a call yet (e.g. it was being challenged): end it.
+        if let Some(invite) = self.tx.server_request(invite_tx).cloned() {
+            self.respond(now, invite_tx, &invite, 487, "Request Terminated");
+        }
     }
 
     /// Sends a request whose answers go to `owner` for `purpose`.
@@ -953,12 +899,6 @@ impl Engine {
     ) -> ClientTxId {
         let tx = self.tx.send_request(now, req, peer);
         self.client_txs.insert(tx, (owner, purpose));
-        if let Owner::Call(id) = owner {
-            // A call is kept until every transaction it started has its answer.
-            if let Some(call) = self.calls.get_mut(&id) {
-                call.open_client_txs += 1;
-            }
-        }
         tx
     }
 
@@ -969,23 +909,15 @@ impl Engine {
         };
         if code >= 200 {
             self.client_txs.remove(&tx);
-            if let Owner::Call(id) = owner {
-                if let Some(call) = self.calls.get_mut(&id) {
-                    call.open_client_txs = call.open_client_txs.saturating_sub(1);
-                }
-            }
         }
         match (owner, purpose) {
             (_, ClientPurpose::Fire) => {}
-            (Owner::Call(id), ClientPurpose::Fork(i)) => self.on_fork_response(now, id, i, resp),
+            (Owner::Call(id), ClientPurpose::Fork(i)) => self.on_call_response(now, id, i, resp),
             (Owner::Call(id), ClientPurpose::Forwarded(fwd)) => {
                 self.on_forwarded_response(now, id, *fwd, resp)
             }
             (Owner::Invitation(id), ClientPurpose::Fork(i)) => {
                 self.on_invitation_response(now, id, i, resp)
-            }
-            (Owner::Bridge(id), ClientPurpose::Fork(i)) => {
-                self.on_bridge_response(now, id, i, resp)
             }
             (Owner::Trunk(trunk), ClientPurpose::Register) => {
                 self.on_trunk_register_response(now, trunk, resp)
@@ -997,9 +929,6 @@ impl Engine {
                     "a response for a transaction of no such kind"
                 );
             }
-        }
-        if let Owner::Call(id) = owner {
-            self.gc(id);
         }
     }
 

@@ -15,8 +15,8 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
 use confero_sip::Name;
 
+use super::call::MediaKind;
 use super::conference::Party;
-use super::ids::Owner;
 use super::Engine;
 use crate::config::{Destination, User};
 use confero_sip::headers::{self, uri_user};
@@ -93,46 +93,13 @@ impl Engine {
                     return self.answer_conference(now, tx, req, from, caller, room.clone());
                 }
                 match cfg.config.user_by_extension(extension) {
-                    Some(user) => self.ring_user_anchored(now, tx, req, from, caller, user),
+                    Some(user) => {
+                        self.ring_user(now, tx, req, from, caller, user, MediaKind::Anchored)
+                    }
                     None => self.respond(now, tx, &req, 404, "Not Found"),
                 }
             }
         }
-    }
-
-    /// Rings every registered device of `user` with media through the PBX: for callers
-    /// from the phone network, and for calls where a browser is one of the sides.
-    pub(super) fn ring_user_anchored(
-        &mut self,
-        now: Instant,
-        tx: ServerTxId,
-        req: Request,
-        from: Peer,
-        caller: Party,
-        user: &User,
-    ) {
-        let targets: Vec<_> = self
-            .registrar
-            .contacts_of(&user.sip_username)
-            .cloned()
-            .collect();
-        if targets.is_empty() {
-            return self.respond(now, tx, &req, 480, "Temporarily Unavailable");
-        }
-        let display = if caller.name.is_empty() {
-            caller.number.clone()
-        } else {
-            caller.name.clone()
-        };
-        let Some((id, port)) =
-            self.open_bridge(now, tx, req, from, caller.clone(), Party::user(user))
-        else {
-            return;
-        };
-        let offer = self.offer_on(port);
-        let caller_id = (display.as_str(), caller.number.as_str());
-        self.ring_devices(now, Owner::Bridge(id), &targets, caller_id, user, &offer);
-        self.ring_bridge(now, id);
     }
 
     /// An authenticated user dialled `dialled`, which is no extension: out through a trunk.
@@ -155,16 +122,16 @@ impl Engine {
             .unwrap_or_else(|| caller.extension.clone());
         tracing::info!(user = %caller.extension, %number, trunk = %trunk.name, "call out");
         let callee = Party::external(&number, "");
-        let Some((id, port)) = self.open_bridge(now, tx, req, from, Party::user(caller), callee)
+        let Some((id, port)) = self.open_anchored(now, tx, req, from, Party::user(caller), callee)
         else {
             return;
         };
         match self.trunk_invite(trunk.id, &number, &caller.name, &caller_number, port) {
             Some((invite, peer)) => {
-                self.bridge_fork(now, id, invite, peer, Some(trunk.id));
-                self.ring_bridge(now, id);
+                self.call_fork(now, id, invite, peer, Some(trunk.id));
+                self.ring(now, id);
             }
-            None => self.fail_bridge(now, id, 503, "Trunk Unavailable"),
+            None => self.fail_call(now, id, 503, "Trunk Unavailable"),
         }
     }
 }

@@ -99,8 +99,8 @@ impl Engine {
             .filter(|_| c.caller.is_user)
             .ok_or(Refusal(403, "Only Users Can Transfer"))?;
         let other = c
-            .bridge
-            .and_then(|b| self.bridge_other_leg(b, id))
+            .call
+            .and_then(|call| self.call_other_leg(call, id))
             .ok_or(Refusal(403, "Only A Two-Party Call Can Be Transferred"))?;
         let value = headers::first(&req.headers, &Name::REFER_TO)
             .ok_or(Refusal(400, "Missing Refer-To"))?;
@@ -161,13 +161,13 @@ impl Engine {
         accepted.reason = Some("Accepted".into());
         self.send_response(now, tx, accepted);
 
-        // Out of the old call: its bridge ends without hanging anyone up.
-        if let Some(old) = self.conf_legs.get(&transferor).and_then(|c| c.bridge) {
-            self.bridge_dissolved(now, old);
+        // Out of the old call: it ends without hanging anyone up.
+        if let Some(old) = self.conf_legs.get(&transferor).and_then(|c| c.call) {
+            self.call_dissolved(now, old);
         }
         for leg in [transferor, transferee] {
             if let Some(c) = self.conf_legs.get_mut(&leg) {
-                c.bridge = None;
+                c.call = None;
             }
             self.media_out.push_back(MediaCommand::Unmix { leg });
         }
@@ -223,7 +223,7 @@ impl Engine {
             party.name.clone()
         };
         let number = party.number.clone();
-        let Some((id, port)) = self.open_transfer_bridge(now, transferee, party, Party::user(user))
+        let Some((id, port)) = self.open_transfer_call(now, transferee, party, Party::user(user))
         else {
             self.end_conf_leg(now, transferee, true);
             return "503 Service Unavailable";
@@ -232,13 +232,13 @@ impl Engine {
         let offer = self.offer_on(port);
         self.ring_devices(
             now,
-            Owner::Bridge(id),
+            Owner::Call(id),
             &targets,
             (&display, &number),
             user,
             &offer,
         );
-        self.ring_bridge(now, id);
+        self.ring(now, id);
         "200 OK"
     }
 
@@ -254,19 +254,19 @@ impl Engine {
     ) -> &'static str {
         let name = party.name.clone();
         let callee = Party::external(number, "");
-        let Some((id, port)) = self.open_transfer_bridge(now, transferee, party, callee) else {
+        let Some((id, port)) = self.open_transfer_call(now, transferee, party, callee) else {
             self.end_conf_leg(now, transferee, true);
             return "503 Service Unavailable";
         };
         self.hold_music(transferee);
         match self.trunk_invite(trunk, number, &name, caller_number, port) {
             Some((invite, peer)) => {
-                self.bridge_fork(now, id, invite, peer, Some(trunk));
-                self.ring_bridge(now, id);
+                self.call_fork(now, id, invite, peer, Some(trunk));
+                self.ring(now, id);
                 "200 OK"
             }
             None => {
-                self.fail_bridge(now, id, 503, "Trunk Unavailable");
+                self.fail_call(now, id, 503, "Trunk Unavailable");
                 "503 Service Unavailable"
             }
         }

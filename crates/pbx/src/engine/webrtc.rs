@@ -11,7 +11,7 @@ use confero_sip::sdp::Negotiated;
 use confero_sip::transaction::ServerTxId;
 
 use super::conference::{AfterAnswer, Party};
-use super::fork::OutFork;
+use super::fork::{self, OutFork};
 use super::ids::{Owner, Timer};
 use super::Engine;
 use crate::config::User;
@@ -92,7 +92,8 @@ impl Engine {
     ) {
         let (browsers, phones): (Vec<Binding>, Vec<Binding>) =
             bindings.iter().cloned().partition(is_browser);
-        for (invite, peer) in self.device_invites(&phones, caller, user, plain_offer) {
+        for (mut invite, peer) in self.device_invites(&phones, caller, user, 70) {
+            fork::with_offer(&mut invite, plain_offer);
             self.push_fork(now, owner, OutFork::new(invite, peer, None));
         }
         for binding in browsers {
@@ -113,22 +114,23 @@ impl Engine {
             return;
         };
         let ringing = match p.owner {
-            Owner::Bridge(id) => self.bridge_is_ringing(id),
+            Owner::Call(id) => self.call_is_ringing(id),
             Owner::Invitation(id) => self.invitation_is_ringing(id),
-            Owner::Call(_) | Owner::Leg(_) | Owner::Trunk(_) => false,
+            Owner::Leg(_) | Owner::Trunk(_) => false,
         };
         let invite = self
             .device_invites(
                 std::slice::from_ref(&p.binding),
                 (&p.caller.0, &p.caller.1),
                 &p.user,
-                &offer,
+                70,
             )
             .pop();
-        let (true, Some((invite, peer))) = (ringing, invite) else {
+        let (true, Some((mut invite, peer))) = (ringing, invite) else {
             self.drop_fork_media(Some((leg, p.port)));
             return;
         };
+        fork::with_offer(&mut invite, &offer);
         self.push_fork(now, p.owner, OutFork::browser(invite, peer, leg, p.port));
     }
 
