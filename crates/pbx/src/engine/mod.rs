@@ -57,6 +57,7 @@ mod fork;
 mod ids;
 mod invite;
 mod pstn;
+mod registration;
 mod transfer;
 mod trunk;
 mod webrtc;

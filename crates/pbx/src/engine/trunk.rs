@@ -13,55 +13,19 @@
 //! authenticate as users, and only users can reach a trunk (toll fraud).
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use confero_sip::digest;
 use confero_sip::message::{Request, Response};
-use confero_sip::transaction::ClientTxId;
 use confero_sip::transport::{Peer, Transport};
 use confero_sip::{Method, Name, SipUri};
 
 use super::ids::{Owner, Timer};
+pub use super::registration::RegistrationState;
+use super::registration::{Registration, Step};
 use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
 use crate::config::{Trunk, TrunkTransport};
 use confero_sip::headers;
-
-/// Registration interval asked of providers.
-const REGISTER_EXPIRES: u32 = 3600;
-/// First wait after a failure; doubles up to [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(600);
-/// Challenges answered in a row before giving up on a request (a second one is normal
-/// when the first nonce went stale; a third means the credentials are wrong).
-const MAX_AUTH_TRIES: u8 = 2;
-
-/// Where a trunk's registration stands, as shown to administrators.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RegistrationState {
-    /// The trunk does not register (calls still flow, by address).
-    Off,
-    /// Waiting for the provider's host name to resolve.
-    Resolving,
-    /// A REGISTER is on its way.
-    Registering,
-    /// The provider accepted the registration.
-    Registered,
-    /// The last attempt failed; another is scheduled.
-    Failed,
-}
-
-impl RegistrationState {
-    /// Its name in the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RegistrationState::Off => "off",
-            RegistrationState::Resolving => "resolving",
-            RegistrationState::Registering => "registering",
-            RegistrationState::Registered => "registered",
-            RegistrationState::Failed => "failed",
-        }
-    }
-}
 
 /// A trunk's live state for the API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,18 +55,9 @@ pub(super) struct TrunkLink {
     /// The user part of the Contact we register: calls to it are the provider's.
     pub(super) contact_user: String,
     pub(super) addresses: Vec<SocketAddr>,
-    state: RegistrationState,
-    register_tx: Option<ClientTxId>,
     call_id: String,
     from_tag: String,
-    cseq: u32,
-    auth_tries: u8,
-    /// When to refresh (registered) or retry (failed).
-    next_at: Option<Instant>,
-    failures: u32,
-    status: Option<u16>,
-    reason: Option<String>,
-    expires_at: Option<Instant>,
+    registration: Registration,
 }
 
 impl TrunkLink {
@@ -144,21 +99,6 @@ fn literal_address(host: &str, port: u16) -> Option<SocketAddr> {
         .map(|ip| SocketAddr::new(ip, port))
 }
 
-fn backoff(failures: u32) -> Duration {
-    let doublings = failures.saturating_sub(1).min(8);
-    (FIRST_BACKOFF * 2u32.pow(doublings)).min(MAX_BACKOFF)
-}
-
-/// When to re-register: a minute before expiry for long intervals, half-way for short ones.
-fn refresh_after(expires: u32) -> Duration {
-    let secs = u64::from(expires);
-    Duration::from_secs(if secs > 120 {
-        secs - 60
-    } else {
-        (secs / 2).max(1)
-    })
-}
-
 impl Engine {
     /// Brings the trunk links in line with the production configuration: new trunks are
     /// looked up and registered, changed ones start over, removed ones unregister.
@@ -187,28 +127,20 @@ impl Engine {
     fn add_trunk(&mut self, now: Instant, trunk: Trunk) {
         let id = trunk.id;
         let literal = literal_address(&trunk.host, trunk.port);
-        let mut link = TrunkLink {
+        let state = if literal.is_none() && trunk.register {
+            RegistrationState::Resolving
+        } else {
+            RegistrationState::Off
+        };
+        let link = TrunkLink {
             contact_user: format!("confero-{}", self.entropy.tag().to_ascii_lowercase()),
             addresses: literal.into_iter().collect(),
-            state: RegistrationState::Off,
-            register_tx: None,
             call_id: self.entropy.call_id(&self.domain()),
             from_tag: self.entropy.tag(),
-            cseq: 0,
-            auth_tries: 0,
-            next_at: None,
-            failures: 0,
-            status: None,
-            reason: None,
-            expires_at: None,
+            registration: Registration::new(state),
             trunk,
         };
         if literal.is_none() {
-            link.state = if link.trunk.register {
-                RegistrationState::Resolving
-            } else {
-                RegistrationState::Off
-            };
             self.events.push_back(EngineEvent::ResolveTrunk {
                 trunk: id,
                 host: link.trunk.host.clone(),
@@ -229,7 +161,7 @@ impl Engine {
         };
         self.client_txs
             .retain(|_, (owner, _)| *owner != Owner::Trunk(id));
-        if link.state == RegistrationState::Registered {
+        if link.registration.state == RegistrationState::Registered {
             if let Some(peer) = link.peer() {
                 let via = local(&self.settings).via(peer.transport, &mut self.entropy);
                 let req = self.register_request(&link, 0, peer, via);
@@ -253,8 +185,9 @@ impl Engine {
         match result {
             Ok(addrs) if !addrs.is_empty() => {
                 link.addresses = addrs;
-                if link.trunk.register && link.register_tx.is_none() {
-                    self.register_trunk(now, trunk);
+                if link.trunk.register {
+                    let step = link.registration.start();
+                    self.registration_step(now, trunk, step);
                 }
             }
             Ok(_) | Err(_) => {
@@ -263,9 +196,9 @@ impl Engine {
                     Ok(_) => format!("{} has no address", link.trunk.host),
                 };
                 link.addresses.clear();
-                let failures = link.failures + 1;
                 // With no address, the retry timer asks the shell to resolve again.
-                self.trunk_failed(now, trunk, 503, &why, failures);
+                let step = link.registration.not_sent(now, 503, &why);
+                self.registration_step(now, trunk, step);
             }
         }
         self.events.push_back(EngineEvent::TrunksChanged);
@@ -291,7 +224,10 @@ impl Engine {
         );
         h.insert(Name::TO, format!("<sip:{user}@{domain}>"));
         h.insert(Name::CALL_ID, link.call_id.clone());
-        h.insert(Name::CSEQ, format!("{} REGISTER", link.cseq + 1));
+        h.insert(
+            Name::CSEQ,
+            format!("{} REGISTER", link.registration.cseq + 1),
+        );
         h.insert(Name::CONTACT, self.trunk_contact(link, peer.transport));
         h.insert(Name::EXPIRES, expires.to_string());
         h.insert(Name::ALLOW, ALLOW);
@@ -312,143 +248,99 @@ impl Engine {
         }
     }
 
-    /// Sends a REGISTER (first, refresh or retry) when the trunk registers.
+    /// Registers a trunk that registers (first REGISTER, or after its host resolved).
     fn register_trunk(&mut self, now: Instant, id: i64) {
         let Some(link) = self.trunks.get(&id) else {
             return;
         };
-        if !link.trunk.register {
-            return;
+        if link.trunk.register {
+            let step = link.registration.start();
+            self.registration_step(now, id, step);
         }
-        self.send_register(now, id, REGISTER_EXPIRES, None);
     }
 
-    /// One REGISTER for `expires` seconds, answering `challenge` when given. False when it
-    /// could not be sent (no address, or a challenge we cannot answer).
+    /// Takes the step a trunk's registration asked for.
+    fn registration_step(&mut self, now: Instant, id: i64, step: Step) {
+        match step {
+            Step::Nothing => return,
+            Step::Resolve => {
+                if let Some(link) = self.trunks.get(&id) {
+                    self.events.push_back(EngineEvent::ResolveTrunk {
+                        trunk: id,
+                        host: link.trunk.host.clone(),
+                        port: link.trunk.port,
+                    });
+                }
+            }
+            Step::WakeAt(at) => self.timers.push(std::cmp::Reverse((at, Timer::Trunk(id)))),
+            Step::Register { expires, challenge } => {
+                if let Err((code, why)) = self.send_register(now, id, expires, challenge.as_deref())
+                {
+                    let Some(link) = self.trunks.get_mut(&id) else {
+                        return;
+                    };
+                    let step = link.registration.not_sent(now, code, why);
+                    return self.registration_step(now, id, step);
+                }
+            }
+        }
+        self.events.push_back(EngineEvent::TrunksChanged);
+    }
+
+    /// One REGISTER for `expires` seconds, answering `challenge` when given; why not
+    /// when it could not be sent.
     fn send_register(
         &mut self,
         now: Instant,
         id: i64,
         expires: u32,
         challenge: Option<&Response>,
-    ) -> bool {
+    ) -> Result<(), (u16, &'static str)> {
         let Some(link) = self.trunks.get(&id) else {
-            return false;
+            return Ok(());
         };
         let Some(peer) = link.peer() else {
-            return false;
+            return Err((503, "the provider has no address"));
         };
         let via = local(&self.settings).via(peer.transport, &mut self.entropy);
         let mut req = self.register_request(link, expires, peer, via);
         if let Some(challenge) = challenge {
             if !self.authorize(id, &mut req, challenge) {
-                return false;
+                return Err((
+                    challenge.code.into_u16(),
+                    "the provider's challenge cannot be answered (no credentials, or an algorithm we lack)",
+                ));
             }
         }
-        let tx = self.send_owned(now, Owner::Trunk(id), ClientPurpose::Register, req, peer);
+        self.send_owned(now, Owner::Trunk(id), ClientPurpose::Register, req, peer);
         if let Some(link) = self.trunks.get_mut(&id) {
-            link.cseq += 1;
-            link.register_tx = Some(tx);
-            if link.state != RegistrationState::Registered {
-                link.state = RegistrationState::Registering;
-            }
+            link.registration.sent();
         }
-        self.events.push_back(EngineEvent::TrunksChanged);
-        true
-    }
-
-    fn trunk_failed(&mut self, now: Instant, id: i64, code: u16, reason: &str, failures: u32) {
-        let Some(link) = self.trunks.get_mut(&id) else {
-            return;
-        };
-        tracing::warn!(trunk = %link.trunk.name, code, reason, "trunk registration failed");
-        link.register_tx = None;
-        link.state = RegistrationState::Failed;
-        link.status = Some(code);
-        link.reason = Some(reason.to_owned());
-        link.expires_at = None;
-        link.failures = failures;
-        link.auth_tries = 0;
-        let at = now + backoff(failures);
-        link.next_at = Some(at);
-        self.timers.push(std::cmp::Reverse((at, Timer::Trunk(id))));
-        self.events.push_back(EngineEvent::TrunksChanged);
+        Ok(())
     }
 
     pub(super) fn on_trunk_register_response(&mut self, now: Instant, id: i64, resp: Response) {
-        let code = resp.code.into_u16();
-        if code < 200 {
-            return;
-        }
         let Some(link) = self.trunks.get_mut(&id) else {
             return;
         };
-        link.register_tx = None;
-        let reason = resp.reason.clone().unwrap_or_default();
-        match code {
-            200..=299 => {
-                let ours = link.contact_user.clone();
-                let granted = headers::contacts(&resp.headers)
-                    .unwrap_or_default()
-                    .iter()
-                    .find(|c| headers::contact_uri_text(c).contains(&ours))
-                    .and_then(headers::contact_expires)
-                    .or_else(|| headers::expires_header(&resp.headers))
-                    .unwrap_or(REGISTER_EXPIRES)
-                    .max(1);
-                link.state = RegistrationState::Registered;
-                link.status = Some(code);
-                link.reason = Some(reason);
-                link.failures = 0;
-                link.auth_tries = 0;
-                link.expires_at = Some(now + Duration::from_secs(u64::from(granted)));
-                let at = now + refresh_after(granted);
-                link.next_at = Some(at);
-                tracing::info!(trunk = %link.trunk.name, expires = granted, "trunk registered");
-                self.timers.push(std::cmp::Reverse((at, Timer::Trunk(id))));
-                self.events.push_back(EngineEvent::TrunksChanged);
+        let provider = link.addresses.first().copied();
+        let step = link
+            .registration
+            .handle_response(now, &resp, &link.contact_user, provider);
+        let r = &link.registration;
+        match (&step, r.state) {
+            (Step::WakeAt(_), RegistrationState::Registered) => {
+                let expires = r
+                    .expires_at
+                    .map(|t| t.saturating_duration_since(now).as_secs());
+                tracing::info!(trunk = %link.trunk.name, ?expires, "trunk registered");
             }
-            401 | 407 if link.auth_tries < MAX_AUTH_TRIES => {
-                link.auth_tries += 1;
-                if !self.send_register(now, id, REGISTER_EXPIRES, Some(&resp)) {
-                    let failures = self.trunks.get(&id).map_or(1, |l| l.failures + 1);
-                    self.trunk_failed(
-                        now,
-                        id,
-                        code,
-                        "the provider's challenge cannot be answered (no credentials, or an algorithm we lack)",
-                        failures,
-                    );
-                }
+            (Step::WakeAt(_), RegistrationState::Failed) => {
+                tracing::warn!(trunk = %link.trunk.name, code = ?r.status, reason = ?r.reason, "trunk registration failed");
             }
-            423 => {
-                // Interval too brief: ask again with the provider's minimum.
-                let min = headers::first(&resp.headers, &Name::MIN_EXPIRES)
-                    .and_then(|v| v.trim().parse::<u32>().ok())
-                    .unwrap_or(REGISTER_EXPIRES)
-                    .max(1);
-                if !self.send_register(now, id, min, None) {
-                    let failures = self.trunks.get(&id).map_or(1, |l| l.failures + 1);
-                    self.trunk_failed(now, id, code, "interval too brief", failures);
-                }
-            }
-            _ => {
-                let failures = link.failures + 1;
-                let reason = if code == 408 {
-                    "no answer from the provider".to_owned()
-                } else if code == 503 && reason == "Cannot Connect" {
-                    format!(
-                        "cannot connect to {}",
-                        link.peer().map_or_else(String::new, |p| p.addr.to_string())
-                    )
-                } else if matches!(code, 401 | 407) {
-                    "the provider refused the credentials".to_owned()
-                } else {
-                    reason
-                };
-                self.trunk_failed(now, id, code, &reason, failures);
-            }
+            _ => {}
         }
+        self.registration_step(now, id, step);
     }
 
     /// Adds the credentials answering `challenge` to `req` (a retry of a request the
@@ -522,23 +414,9 @@ impl Engine {
         let Some(link) = self.trunks.get_mut(&id) else {
             return;
         };
-        let Some(at) = link.next_at else {
-            return;
-        };
-        if now < at || link.register_tx.is_some() {
-            return;
-        }
-        link.next_at = None;
-        if link.addresses.is_empty() {
-            link.state = RegistrationState::Resolving;
-            self.events.push_back(EngineEvent::ResolveTrunk {
-                trunk: id,
-                host: link.trunk.host.clone(),
-                port: link.trunk.port,
-            });
-            return;
-        }
-        self.register_trunk(now, id);
+        let has_address = !link.addresses.is_empty();
+        let step = link.registration.handle_timeout(now, has_address);
+        self.registration_step(now, id, step);
     }
 
     /// Which trunk a new request comes from, if any (see the module docs).
@@ -583,9 +461,8 @@ impl Engine {
         h.insert(Name::from("P-Asserted-Identity"), caller);
         h.insert(Name::ALLOW, ALLOW);
         h.insert(Name::USER_AGENT, USER_AGENT);
-        h.insert(Name::CONTENT_TYPE, "application/sdp");
         let offer = self.offer_on(port);
-        invite.body = bytes::Bytes::from(offer.into_bytes());
+        super::fork::with_offer(&mut invite, &offer);
         Some((invite, peer))
     }
 
@@ -598,17 +475,17 @@ impl Engine {
                 id: l.trunk.id,
                 name: l.trunk.name.clone(),
                 registration: if l.trunk.register {
-                    l.state
+                    l.registration.state
                 } else {
                     RegistrationState::Off
                 },
                 address: l.addresses.first().copied(),
-                status: l.status,
-                reason: l.reason.clone(),
-                expires_unix: l.expires_at.map(|t| self.unix(t)),
-                retry_unix: (l.state == RegistrationState::Failed)
-                    .then_some(l.next_at)
-                    .flatten()
+                status: l.registration.status,
+                reason: l.registration.reason.clone(),
+                expires_unix: l.registration.expires_at.map(|t| self.unix(t)),
+                retry_unix: l
+                    .registration
+                    .retry_at()
                     .map(|t| self.unix(t).max(self.unix(now))),
             })
             .collect();
@@ -628,22 +505,6 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_to_ten_minutes() {
-        assert_eq!(backoff(1), Duration::from_secs(30));
-        assert_eq!(backoff(2), Duration::from_secs(60));
-        assert_eq!(backoff(5), Duration::from_secs(480));
-        assert_eq!(backoff(6), MAX_BACKOFF);
-        assert_eq!(backoff(60), MAX_BACKOFF);
-    }
-
-    #[test]
-    fn refresh_comes_before_expiry() {
-        assert_eq!(refresh_after(3600), Duration::from_secs(3540));
-        assert_eq!(refresh_after(60), Duration::from_secs(30));
-        assert_eq!(refresh_after(1), Duration::from_secs(1));
-    }
 
     #[test]
     fn literal_hosts_need_no_lookup() {
