@@ -70,8 +70,9 @@ pub struct Answer {
     pub payload_type: u8,
     /// telephone-event at the codec's RTP clock, if the browser offered it.
     pub dtmf_payload_type: Option<u8>,
-    /// The browser sends (the answer is neither `sendonly` nor `inactive`: not on hold).
-    pub receives: bool,
+    /// Audio flows both ways (`sendrecv`): nobody holds the call, so the browser's
+    /// silence counts toward the RTP timeout.
+    pub two_way: bool,
 }
 
 /// What the shell must act on.
@@ -251,7 +252,7 @@ impl WebRtcLeg {
         if leg.mid.is_none() {
             leg.mid = first_audio_mid(&sdp);
         }
-        let agreed = leg.agreed(sdp, true)?;
+        let agreed = leg.agreed(sdp)?;
         Ok((leg, agreed))
     }
 
@@ -266,7 +267,7 @@ impl WebRtcLeg {
             .accept_offer(offer)
             .map_err(|e| WebRtcError::Refused(e.to_string()))?;
         self.drain(now);
-        self.agreed(answer.to_sdp_string(), true)
+        self.agreed(answer.to_sdp_string())
     }
 
     /// Our offer to a browser the PBX calls (the SDP goes into the INVITE); the browser's
@@ -301,11 +302,11 @@ impl WebRtcLeg {
             .map_err(|e| WebRtcError::Refused(e.to_string()))?;
         self.connect_by = Some(now + CONNECT_WITHIN);
         self.drain(now);
-        self.agreed(answer.to_owned(), false)
+        self.agreed(answer.to_owned())
     }
 
     /// What was agreed for the audio (read from str0m once the exchange is done).
-    fn agreed(&mut self, sdp: String, ours: bool) -> Result<Answer, WebRtcError> {
+    fn agreed(&mut self, sdp: String) -> Result<Answer, WebRtcError> {
         let mid = self.mid.ok_or(WebRtcError::NoCommonCodec)?;
         let writer = self.rtc.writer(mid).ok_or(WebRtcError::NoCommonCodec)?;
         let mut audio = None;
@@ -331,7 +332,7 @@ impl WebRtcLeg {
         self.dtmf_payload_type = dtmf;
         self.send_clock = str0m_codec(codec).1;
         Ok(Answer {
-            receives: answer_receives(&sdp, ours),
+            two_way: answer_two_way(&sdp),
             sdp,
             codec,
             payload_type: *pt,
@@ -535,16 +536,15 @@ fn rebase(t: MediaTime, clock: u32) -> u32 {
     (u128::from(t.numer()) * u128::from(clock) / denom) as u32
 }
 
-/// Whether, by the answer `sdp`, the browser sends audio (it is not holding the call):
-/// our answer says `sendonly` or `inactive` when it does not, the browser's own answer
-/// `recvonly` or `inactive`.
-fn answer_receives(sdp: &str, ours: bool) -> bool {
-    let silent = if ours { "a=sendonly" } else { "a=recvonly" };
+/// Whether, by the answer `sdp` (ours or the browser's), audio flows both ways: any
+/// other direction means one side holds the call, and a holding side may fall silent
+/// (RFC 3264 §8.4 lets it stop sending), so its silence is no sign of a dead browser.
+fn answer_two_way(sdp: &str) -> bool {
     let mut in_audio = false;
     for line in sdp.lines().map(str::trim) {
         if let Some(m) = line.strip_prefix("m=") {
             in_audio = m.starts_with("audio");
-        } else if in_audio && (line == silent || line == "a=inactive") {
+        } else if in_audio && matches!(line, "a=sendonly" | "a=recvonly" | "a=inactive") {
             return false;
         }
     }

@@ -237,3 +237,114 @@ fn a_blind_transfer_through_loss_hands_the_caller_over_with_its_audio() {
         );
     }
 }
+
+/// Runs until phone `i` has the answer to its re-INVITE (retransmissions beat the loss),
+/// at most 20 s.
+fn until_updated(w: &mut SimWorld, i: usize) -> Option<PhoneEvent> {
+    for _ in 0..40 {
+        if let Some(e) = w.phones[i]
+            .events
+            .iter()
+            .rev()
+            .find(|e| matches!(e, PhoneEvent::Updated(_)))
+        {
+            let e = e.clone();
+            w.phones[i].events.clear();
+            return Some(e);
+        }
+        w.run(Duration::from_millis(500));
+    }
+    None
+}
+
+#[test]
+fn hold_and_resume_through_loss_in_a_call_between_two_phones() {
+    for seed in 1..=4 {
+        let mut w = SimWorld::new(seed, lossy());
+        let alice = w.phone("alice", [127, 0, 0, 2], 440.0);
+        let bob = w.phone("bob", [127, 0, 0, 3], 1000.0);
+        w.phones[bob].answer_after = Some(Duration::from_millis(200));
+        w.act(bob, |ph, now| ph.register(now));
+        w.run(Duration::from_secs(6));
+        w.act(alice, |ph, now| ph.dial(now, "102"));
+        w.run(Duration::from_secs(8));
+        assert!(
+            w.phones[alice].outgoing_dialog().is_some(),
+            "seed {seed}: {:?}",
+            w.phones[alice].events
+        );
+        // Alice puts Bob on hold: the PBX relays her re-INVITE, Bob answers recvonly and
+        // stops sending, Alice gets the answer relayed back.
+        w.act(alice, |ph, now| ph.hold(now, true));
+        let answer = until_updated(&mut w, alice);
+        assert_eq!(answer, Some(PhoneEvent::Updated(200)), "seed {seed}");
+        assert!(
+            w.phones[bob]
+                .events
+                .contains(&PhoneEvent::Reinvited { held: true }),
+            "seed {seed}: {:?}",
+            w.phones[bob].events
+        );
+        w.run(Duration::from_secs(1));
+        let during = [alice, bob].map(|p| w.phones[p].received());
+        w.run(Duration::from_secs(5));
+        let after = [alice, bob].map(|p| w.phones[p].received());
+        assert_eq!(during, after, "seed {seed}: nobody sends on hold");
+        // Off hold: audio both ways again, and the call is still the PBX's one call.
+        w.act(alice, |ph, now| ph.hold(now, false));
+        assert_eq!(
+            until_updated(&mut w, alice),
+            Some(PhoneEvent::Updated(200)),
+            "seed {seed}"
+        );
+        w.run(Duration::from_secs(4));
+        let (a, b) = (&w.phones[alice], &w.phones[bob]);
+        assert!(
+            a.heard(1000.0, 100) > 2000.0,
+            "seed {seed}: Alice hears Bob"
+        );
+        assert!(b.heard(440.0, 100) > 2000.0, "seed {seed}: Bob hears Alice");
+        assert_eq!(w.engine.calls().len(), 1, "seed {seed}");
+        assert_eq!(w.engine.calls()[0].state, "answered", "seed {seed}");
+    }
+}
+
+#[test]
+fn a_room_participant_on_hold_longer_than_the_rtp_timeout_stays_and_is_heard_again() {
+    for seed in 1..=4 {
+        let (mut w, alice, bob) = room_call(seed);
+        for p in [alice, bob] {
+            w.act(p, |ph, now| ph.key(now, "1234#"));
+        }
+        w.run(Duration::from_secs(8));
+        // Alice holds for 40 s, silent, past the bridge's 30 s RTP timeout: her leg is
+        // held, not dead.
+        w.act(alice, |ph, now| ph.hold(now, true));
+        assert_eq!(
+            until_updated(&mut w, alice),
+            Some(PhoneEvent::Updated(200)),
+            "seed {seed}"
+        );
+        w.run(Duration::from_secs(40));
+        let rooms = w.engine.conference_participants();
+        assert_eq!(rooms.len(), 2, "seed {seed}: {rooms:?}");
+        assert!(
+            !w.phones[alice].events.contains(&PhoneEvent::Bye),
+            "seed {seed}: {:?}",
+            w.phones[alice].events
+        );
+        w.act(alice, |ph, now| ph.hold(now, false));
+        assert_eq!(
+            until_updated(&mut w, alice),
+            Some(PhoneEvent::Updated(200)),
+            "seed {seed}"
+        );
+        w.run(Duration::from_secs(4));
+        let (a, b) = (&w.phones[alice], &w.phones[bob]);
+        assert!(
+            a.heard(1000.0, 100) > 2000.0,
+            "seed {seed}: Alice hears Bob"
+        );
+        assert!(b.heard(440.0, 100) > 2000.0, "seed {seed}: Bob hears Alice");
+    }
+}

@@ -25,7 +25,7 @@ fn agreed(sdp: &str) -> Answer {
         codec: CodecKind::G722,
         payload_type: 9,
         dtmf_payload_type: Some(126),
-        receives: true,
+        two_way: true,
     }
 }
 

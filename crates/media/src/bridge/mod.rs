@@ -99,9 +99,10 @@ pub struct LegMedia {
     pub dtmf_payload_type: Option<u8>,
     /// The address in the peer's SDP.
     pub remote: SocketAddr,
-    /// The peer sends (not on hold, not inactive): only then does its silence count
-    /// toward the RTP timeout.
-    pub receives: bool,
+    /// Audio flows both ways (`sendrecv`): only then does the peer's silence count toward
+    /// the RTP timeout. A phone that holds the call (`sendonly`, `inactive`) may stop
+    /// sending for as long as the hold lasts, as may one that only listens.
+    pub two_way: bool,
 }
 
 /// What the signalling engine asks of the bridge. Legs are opened before anything is
@@ -490,7 +491,7 @@ fn webrtc_media(answer: &Answer) -> LegMedia {
         payload_type: answer.payload_type,
         dtmf_payload_type: answer.dtmf_payload_type,
         remote: SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 9),
-        receives: answer.receives,
+        two_way: answer.two_way,
     }
 }
 
@@ -586,7 +587,7 @@ impl Bridge {
                 stream.enable_inband(true);
                 let rtcp_port = (!rtcp_mux).then(|| port.wrapping_add(1));
                 let mut l = Leg::new(port, rtcp_port, stream, now);
-                l.expect_rtp = media.receives;
+                l.expect_rtp = media.two_way;
                 self.add_leg(leg, l);
             }
             MediaCommand::Update {
@@ -702,7 +703,7 @@ impl Bridge {
             // str0m renegotiates browser legs itself.
             return;
         }
-        l.expect_rtp = media.receives;
+        l.expect_rtp = media.two_way;
         l.expect_since = now;
         let latch = Latch::for_phone(media.remote, signalled_from);
         let cfg = l.stream.config();
@@ -745,7 +746,7 @@ impl Bridge {
         let mut stream = stream_for(&media, Latch::Never, ssrc, now, self.wallclock);
         stream.enable_inband(true);
         let mut leg = Leg::new(port, None, stream, now);
-        leg.expect_rtp = media.receives;
+        leg.expect_rtp = media.two_way;
         leg.webrtc = Some(Box::new(rtc));
         self.add_leg(id, leg);
     }
@@ -791,7 +792,7 @@ impl Bridge {
             Ok(a) => a,
             Err(err) => return self.events.push_back(refused(&err.to_string())),
         };
-        l.expect_rtp = answer.receives;
+        l.expect_rtp = answer.two_way;
         l.expect_since = now;
         if answer.codec != l.stream.config().codec {
             self.restream(now, id, &webrtc_media(&answer), Latch::Never);

@@ -66,7 +66,7 @@ impl Phone {
             payload_type: 0,
             dtmf_payload_type: Some(101),
             remote: self.addr,
-            receives: true,
+            two_way: true,
         }
     }
 
@@ -442,7 +442,7 @@ fn a_leg_that_stops_sending_fails_after_the_rtp_timeout_and_a_held_one_never() {
     let a = w.phone(1, Some(440.0));
     let held = Phone::new(2, LegId(2), 20004, None, w.now());
     let mut media = held.media();
-    media.receives = false;
+    media.two_way = false;
     w.command(MediaCommand::Open {
         leg: LegId(2),
         port: 20004,

@@ -32,7 +32,7 @@ pub(super) fn leg_media(n: &Negotiated) -> Option<LegMedia> {
         payload_type: n.codec.payload_type,
         dtmf_payload_type: n.telephone_event,
         remote: n.remote,
-        receives: n.direction.receives(),
+        two_way: n.direction == sdp::Direction::SendRecv,
     })
 }
 

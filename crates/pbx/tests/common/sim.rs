@@ -76,6 +76,12 @@ pub enum PhoneEvent {
     Bye,
     /// A final failure for our INVITE.
     Failed(u16),
+    /// The final answer to our re-INVITE (hold or resume).
+    Updated(u16),
+    /// The other side's re-INVITE came and we answered it; `held`: it puts us on hold.
+    Reinvited {
+        held: bool,
+    },
     Registered,
 }
 
@@ -108,6 +114,10 @@ pub struct SimPhone {
     audio: Vec<(u16, Vec<u8>)>,
     cseq: u32,
     tag: String,
+    /// Our re-INVITE waiting for its answer: its transaction and CSeq.
+    reinvite: Option<(ClientTxId, u32)>,
+    /// Sends RTP (not on hold, not held by the other side).
+    sending: bool,
 }
 
 impl SimPhone {
@@ -143,13 +153,20 @@ impl SimPhone {
             audio: Vec::new(),
             cseq: 0,
             tag: format!("tag-{user}"),
+            reinvite: None,
+            sending: true,
         }
     }
 
     fn sdp(&self) -> String {
+        self.sdp_with(1, "sendrecv")
+    }
+
+    /// Our SDP, session version `version`, with the direction attribute `direction`.
+    fn sdp_with(&self, version: u32, direction: &str) -> String {
         let ip = self.rtp.ip();
         let port = self.rtp.port();
-        format!("v=0\r\no=- 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na=sendrecv\r\n")
+        format!("v=0\r\no=- 1 {version} IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0 101\r\na=rtpmap:101 telephone-event/8000\r\na={direction}\r\n")
     }
 
     fn next_cseq(&mut self) -> u32 {
@@ -206,6 +223,34 @@ impl SimPhone {
             format!("<sip:{target}@127.0.0.1>"),
         );
         self.tl.send_request(now, refer, udp(self.pbx));
+    }
+
+    /// Puts the call it placed on hold (`held`: a re-INVITE offering `sendonly`, and no
+    /// more RTP from us) or takes it off hold (`sendrecv`, RTP again).
+    pub fn hold(&mut self, now: Instant, held: bool) {
+        let local = self.local;
+        let cseq = self.cseq + 1;
+        let sdp = self.sdp_with(cseq, if held { "sendonly" } else { "sendrecv" });
+        let Some(d) = self.outgoing.as_mut().and_then(|o| o.dialog.as_mut()) else {
+            return;
+        };
+        d.local_cseq = d.local_cseq.max(cseq - 1);
+        let mut invite = d.request(Method::INVITE, &local, &mut self.entropy);
+        let cseq = d.local_cseq;
+        self.cseq = cseq;
+        invite
+            .headers
+            .insert(Name::CONTACT, local.contact(Transport::Udp));
+        invite.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        invite.body = sdp.into_bytes().into();
+        let tx = self.tl.send_request(now, invite, udp(self.pbx));
+        self.reinvite = Some((tx, cseq));
+        self.sending = !held;
+    }
+
+    /// RTP packets received so far.
+    pub fn received(&self) -> usize {
+        self.audio.len()
     }
 
     /// Keys `digits` by RFC 4733, 250 ms apart, starting at `at`.
@@ -285,6 +330,11 @@ impl SimPhone {
                     Some(&(when, d)) if now >= when => {
                         self.digits.pop_front();
                         self.digit_packets(d)
+                    }
+                    // On hold: the clock runs on, nothing is sent.
+                    _ if !self.sending => {
+                        self.ts = self.ts.wrapping_add(160);
+                        Vec::new()
                     }
                     _ => vec![self.audio_packet()],
                 };
@@ -381,14 +431,19 @@ impl SimPhone {
         match ev {
             TransactionEvent::Response { tx, response } => self.on_response(now, tx, response, out),
             TransactionEvent::StrayResponse { response, .. } => {
-                // A 2xx retransmitted because our ACK was lost: ACK it again.
+                // A 2xx retransmitted because our ACK was lost: ACK it again (the first
+                // INVITE's, or a re-INVITE's by its CSeq).
                 let answered = self
                     .outgoing
                     .as_ref()
                     .and_then(|o| Some((o.dialog.as_ref()?, o)));
                 if let (Some((d, o)), true) = (answered, response.code.into_u16() / 100 == 2) {
-                    let ack =
-                        d.ack_for(&o.invite, self.local.via(Transport::Udp, &mut self.entropy));
+                    let via = self.local.via(Transport::Udp, &mut self.entropy);
+                    let first = o.invite.cseq().map(|(n, _)| n);
+                    let ack = match response.cseq().map(|(n, _)| n) {
+                        Some(n) if Some(n) != first => d.ack(n, via),
+                        _ => d.ack_for(&o.invite, via),
+                    };
                     out.push((
                         self.sip,
                         self.pbx,
@@ -464,6 +519,24 @@ impl SimPhone {
         out: &mut Vec<(SocketAddr, SocketAddr, Vec<u8>)>,
     ) {
         let code = resp.code.into_u16();
+        if let Some((re_tx, cseq)) = self.reinvite {
+            if re_tx == tx && code >= 200 {
+                self.reinvite = None;
+                self.events.push(PhoneEvent::Updated(code));
+                if let (Some(d), true) = (
+                    self.outgoing.as_ref().and_then(|o| o.dialog.as_ref()),
+                    code < 300,
+                ) {
+                    let ack = d.ack(cseq, self.local.via(Transport::Udp, &mut self.entropy));
+                    out.push((
+                        self.sip,
+                        self.pbx,
+                        Message::Request(ack).to_bytes().to_vec(),
+                    ));
+                }
+                return;
+            }
+        }
         if let Some((req, reg_tx, authorized)) = self.register.clone() {
             if reg_tx == tx && code >= 200 {
                 if code == 200 {
@@ -526,6 +599,7 @@ impl SimPhone {
     fn on_request(&mut self, now: Instant, tx: ServerTxId, req: Request) {
         let ok = |req: &Request, tag: Option<&str>| response_for(req, StatusCode::OK, tag);
         match req.method {
+            Method::INVITE if req.to_tag().is_some() => self.answer_reinvite(now, tx, &req),
             Method::INVITE => {
                 let mut ringing = response_for(&req, StatusCode::from(180), Some(&self.tag));
                 ringing.reason = Some("Ringing".into());
@@ -575,6 +649,33 @@ impl SimPhone {
                 let _ = self.tl.send_response(now, tx, ok(&req, None));
             }
         }
+    }
+
+    /// A re-INVITE in a call it answered: 200 OK with our SDP, `recvonly` (and no more
+    /// RTP from us) when the offer puts us on hold, retransmitted until ACKed.
+    fn answer_reinvite(&mut self, now: Instant, tx: ServerTxId, req: &Request) {
+        let held = sdp::parse_audio(&req.body).is_ok_and(|o| !o.direction.receives());
+        let sdp = self.sdp_with(2, if held { "recvonly" } else { "sendrecv" });
+        let call_id = req.call_id();
+        let Some(d) = self
+            .incoming
+            .iter_mut()
+            .filter_map(|c| c.dialog.as_mut())
+            .find(|d| call_id.as_deref() == Some(d.call_id.as_str()))
+        else {
+            let gone = response_for(req, StatusCode::from(481), None);
+            let _ = self.tl.send_response(now, tx, gone);
+            return;
+        };
+        let mut ok = response_for(req, StatusCode::OK, Some(&self.tag));
+        ok.headers
+            .insert(Name::CONTACT, self.local.contact(Transport::Udp));
+        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+        ok.body = sdp.into_bytes().into();
+        let _ = self.tl.send_response(now, tx, ok.clone());
+        d.unacked_2xx = Some(Unacked::new(T1, now, ok, false));
+        self.sending = !held;
+        self.events.push(PhoneEvent::Reinvited { held });
     }
 
     /// Answers incoming call `i` with 200 OK and our SDP, retransmitted until ACKed.
