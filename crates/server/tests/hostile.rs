@@ -620,12 +620,13 @@ fn idle_connections_are_capped_cheap_and_closed() {
     drop(greedy);
     // What the connections cost while held.
     let per_conn = held.saturating_sub(before) * 1024 / open;
-    // Their memory comes back. The allocator gives freed pages back as its threads next
-    // run, so the server is kept lightly busy (a metrics read every half second) for at
-    // most 15 s while RSS is watched.
+    // Their memory comes back within a minute (the target for any flood). The allocator
+    // gives freed pages back as its threads next run, so the server is kept lightly busy
+    // (a metrics read every half second) while RSS is watched; on a quiet machine it is
+    // back within a few seconds, on one busy with other tests it can take longer.
     let bound = before + before / 5 + 2048;
     let mut after = pbx.rss_kib();
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while after > bound && Instant::now() < deadline {
         let _ = metric(&pbx, "confero_stream_connections");
         std::thread::sleep(Duration::from_millis(500));

@@ -1,5 +1,5 @@
-//! The signalling engine: one sans-IO machine for registrations, calls between users,
-//! anchored calls, conference rooms, invitations, transfers and trunks.
+//! The signalling engine: one sans-IO machine for registrations, two-party calls,
+//! conference rooms, invitations, transfers and trunks.
 //!
 //! Run loop (driven by the IO shell, see `confero-server`):
 //! 1. feed input: [`Engine::handle_datagram`] for a UDP datagram or a framed stream message,
@@ -13,12 +13,13 @@
 //!
 //! Inside, every input goes through the transaction layer of `confero-sip`, then is
 //! routed: a REGISTER to [`crate::registrar`]; a new INVITE to a room
-//! (`conference.rs`), a user's phones (a direct call in `call.rs`, or an anchored one through
-//! `bridge.rs` when a browser or a trunk is involved, `pstn.rs`), or a trunk; an in-dialog
-//! request by its dialog (Call-ID and our tag) to its call or leg; a response by its
-//! client transaction to the `Owner` that sent it; a timer by its
-//! `Timer` to the owner it names. Ids are typed (`ids.rs`): a call, an
-//! anchored call, an invitation and a leg can never be mistaken for one another.
+//! (`conference.rs`), a user's phones or a number (a two-party call, `call.rs`, with media
+//! direct between two desk phones or anchored here when a browser or a trunk is a side;
+//! `pstn.rs` for the phone network); an in-dialog request by its dialog (Call-ID and our
+//! tag) to its call or leg; a response by its client transaction to the `Owner` that sent
+//! it (a trunk's REGISTER answers to the state machine in `registration.rs`); a timer by
+//! its `Timer` to the owner it names. Ids are typed (`ids.rs`): a call, an invitation and a
+//! leg can never be mistaken for one another.
 //!
 //! The engine is a back-to-back user agent: every call has a caller leg (we are its UAS)
 //! and one or more callee legs (we are their UAC, one per registered device while ringing,
