@@ -254,7 +254,7 @@ impl Engine {
                 self.drain_room_commands(now);
                 self.events.push_back(EngineEvent::ConferencesChanged);
             }
-            AfterAnswer::CallCaller { call, callee } => self.call_connected(call, id, callee),
+            AfterAnswer::CallCaller { call, callee } => self.call_connected(now, call, id, callee),
         }
     }
 

@@ -1035,7 +1035,7 @@ impl Engine {
         let Some(&(id, side)) = self.dialogs.get(&(call_id, tag.clone())) else {
             return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
         };
-        self.call_in_dialog(now, tx, req, id, side, &tag);
+        self.call_in_dialog(now, tx, req, id, side);
     }
 }
 
