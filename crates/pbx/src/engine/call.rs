@@ -410,21 +410,16 @@ impl Call {
     }
 
     /// A dialog that belongs to no live conversation any more gets BYE.
-    fn send_bye(&mut self, mut leg: Dialog) {
-        let bye = leg.request(Method::BYE, &self.local, &mut self.entropy);
-        let out = CallOutput::Send(Box::new(bye), leg.peer, ClientPurpose::Fire);
+    fn send_bye(&mut self, leg: Dialog) {
+        let (bye, peer) = fork::bye(leg, &self.local, &mut self.entropy);
+        let out = CallOutput::Send(Box::new(bye), peer, ClientPurpose::Fire);
         self.out.push_back(out);
     }
 
     /// ACKs a callee's 2xx to fork `invite`: the dialog it makes, ready for requests.
     fn ack_answer(&mut self, invite: &Request, resp: &Response, peer: Peer) -> Option<Dialog> {
-        let mut leg = Dialog::uac(invite, resp, peer)?;
-        let ack = leg.ack_for(invite, self.local.via(peer.transport, &mut self.entropy));
-        self.out.push_back(CallOutput::Transmit(Transmit {
-            peer,
-            data: Message::Request(ack.clone()).to_bytes(),
-        }));
-        leg.last_ack = Some(ack);
+        let (leg, ack) = fork::ack_answer(invite, resp, peer, &self.local, &mut self.entropy)?;
+        self.out.push_back(CallOutput::Transmit(ack));
         Some(leg)
     }
 

@@ -4,10 +4,11 @@
 
 use std::time::Instant;
 
-use confero_sip::message::{Request, Response};
+use confero_sip::dialog::{Dialog, Local};
+use confero_sip::message::{Entropy, Message, Request, Response};
 use confero_sip::sdp::{self, LocalMedia};
-use confero_sip::transport::Peer;
-use confero_sip::{Name, SipUri};
+use confero_sip::transport::{Peer, Transmit};
+use confero_sip::{Method, Name, SipUri};
 
 use super::conference::{leg_media, CODEC_PREFS};
 use super::ids::Owner;
@@ -322,6 +323,30 @@ impl Engine {
         }
         invites
     }
+}
+
+/// The dialog a callee's 2xx to `invite` (sent to `peer`) makes, and our ACK for it
+/// (kept in the dialog, for when the 2xx is retransmitted).
+pub(super) fn ack_answer(
+    invite: &Request,
+    resp: &Response,
+    peer: Peer,
+    local: &Local,
+    entropy: &mut Entropy,
+) -> Option<(Dialog, Transmit)> {
+    let mut leg = Dialog::uac(invite, resp, peer)?;
+    let ack = leg.ack_for(invite, local.via(peer.transport, entropy));
+    let t = Transmit {
+        peer,
+        data: Message::Request(ack.clone()).to_bytes(),
+    };
+    leg.last_ack = Some(ack);
+    Some((leg, t))
+}
+
+/// A BYE on a dialog that belongs to no live conversation any more, and where it goes.
+pub(super) fn bye(mut leg: Dialog, local: &Local, entropy: &mut Entropy) -> (Request, Peer) {
+    (leg.request(Method::BYE, local, entropy), leg.peer)
 }
 
 /// Puts our SDP offer in an INVITE.
