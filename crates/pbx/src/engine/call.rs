@@ -12,7 +12,7 @@
 //!   them in a private mix (`MixId::Call`), which transcodes when the sides chose different
 //!   codecs and keeps phones' private addresses away from providers. Used whenever a
 //!   provider or a browser is one of the sides, and for transfers. Both sides are then legs
-//!   of the kind rooms use ([`ConfLeg`]), so re-INVITEs, BYE, RTP timeouts and call quality
+//!   of the kind rooms use ([`Leg`]), so re-INVITEs, BYE, RTP timeouts and call quality
 //!   work the same; when either leg ends, the other gets BYE.
 //!
 //! A [`Call`] is a state machine without IO: the engine routes what concerns it to its
@@ -37,9 +37,10 @@ use confero_sip::transaction::{ServerTxId, TimerConfig};
 use confero_sip::transport::{Peer, Transmit};
 use confero_sip::{Method, Name, StatusCode};
 
-use super::conference::{AfterAnswer, ConfLeg, Party};
+use super::conference::{AfterAnswer, Party};
 use super::fork::{self, ForkStep, OutFork};
 use super::ids::{CallId, LegId, Owner, Timer};
+use super::leg::Leg;
 use super::{
     copy_body, copy_response_body, local, CallInfo, ClientPurpose, Engine, EngineEvent, ALLOW,
     USER_AGENT,
@@ -996,6 +997,7 @@ impl Engine {
         webrtc: Option<(LegId, u16)>,
     ) {
         let unix = self.unix(now);
+        let env = self.leg_env();
         let opened = self.open_fork_media(webrtc, plain_port, &resp.body, leg.peer);
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -1022,13 +1024,15 @@ impl Engine {
         let callee_leg = opened.leg;
         self.conf_dialogs
             .insert((leg.call_id.clone(), leg.local_tag.clone()), callee_leg);
-        let mut c = ConfLeg::offered(
+        let mut c = Leg::offered(
+            callee_leg,
             leg,
             call.callee.clone(),
             opened.port,
             opened.media,
             &invite.body,
             unix,
+            env,
         );
         c.call = Some(id);
         self.conf_legs.insert(callee_leg, c);

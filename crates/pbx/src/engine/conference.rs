@@ -15,13 +15,14 @@ use confero_sip::message::{response_for, Request};
 use confero_sip::sdp::{self, LocalMedia, Negotiated};
 use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
-use confero_sip::{Method, Name, StatusCode};
+use confero_sip::{Name, StatusCode};
 
 use super::ids::{CallId, Owner, Timer};
+use super::leg::{Leg, LegEnv, LegOutput};
 use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
 use crate::config::{Conference, User};
 use crate::room::{LegId, RoomCommand};
-use confero_sip::dialog::{Dialog, Retransmit, Unacked};
+use confero_sip::dialog::{Dialog, Unacked};
 use confero_sip::headers;
 
 /// What the bridge needs of what SDP agreed; `None` for a codec the bridge cannot run
@@ -37,7 +38,7 @@ pub(super) fn leg_media(n: &Negotiated) -> Option<LegMedia> {
 }
 
 /// Our answer to a phone's offer, what it agreed, and that in the bridge's terms.
-fn answer_for_bridge(
+pub(super) fn answer_for_bridge(
     offer: &sdp::RemoteAudio,
     local: &LocalMedia,
 ) -> Result<(String, Negotiated, LegMedia), sdp::SdpError> {
@@ -132,70 +133,6 @@ impl Party {
         } else {
             format!("number:{}", self.number)
         }
-    }
-}
-
-pub(super) struct ConfLeg {
-    pub(super) leg: Dialog,
-    pub(super) caller: Party,
-    /// The anchored call this leg is half of, when it is not in a conference room.
-    pub(super) call: Option<CallId>,
-    pub(super) port: u16,
-    pub(super) media: Negotiated,
-    /// Our last SDP, re-sent when a re-INVITE asks without an offer.
-    pub(super) local_sdp: String,
-    pub(super) sdp_version: u64,
-    pub(super) session_id: u64,
-    pub(super) joined_unix: u64,
-    pub(super) talking: bool,
-    pub(super) stats: LegStats,
-}
-
-impl ConfLeg {
-    pub(super) fn new(
-        leg: Dialog,
-        caller: Party,
-        port: u16,
-        media: Negotiated,
-        local_sdp: String,
-        session_id: u64,
-        joined_unix: u64,
-    ) -> Self {
-        ConfLeg {
-            leg,
-            caller,
-            call: None,
-            port,
-            media,
-            local_sdp,
-            sdp_version: 1,
-            session_id,
-            joined_unix,
-            talking: false,
-            stats: LegStats::default(),
-        }
-    }
-}
-
-impl ConfLeg {
-    /// A leg the PBX called: `offer` is the SDP we sent, which stays ours (a re-INVITE
-    /// without an offer is answered with it, and later answers keep its session id).
-    pub(super) fn offered(
-        leg: Dialog,
-        caller: Party,
-        port: u16,
-        media: Negotiated,
-        offer: &[u8],
-        joined_unix: u64,
-    ) -> Self {
-        let local_sdp = String::from_utf8_lossy(offer).into_owned();
-        let session_id = local_sdp
-            .lines()
-            .find_map(|l| l.strip_prefix("o="))
-            .and_then(|o| o.split_whitespace().nth(1))
-            .and_then(|id| id.parse().ok())
-            .unwrap_or(0);
-        ConfLeg::new(leg, caller, port, media, local_sdp, session_id, joined_unix)
     }
 }
 
@@ -371,17 +308,32 @@ impl Engine {
         ok.body = Bytes::from(answer.clone().into_bytes());
         let _ = self.tx.send_response(now, tx, ok.clone());
         leg.unacked_2xx = Some(Unacked::new(self.settings.timers.t1, now, ok, true));
-        if let Some(u) = &leg.unacked_2xx {
-            self.timers
-                .push(std::cmp::Reverse((u.deadline(), Timer::Leg(id))));
-        }
         self.conf_dialogs
             .insert((leg.call_id.clone(), leg.local_tag.clone()), id);
         let joined_unix = self.unix(now);
-        self.conf_legs.insert(
+        let env = self.leg_env();
+        let leg = Leg::new(
             id,
-            ConfLeg::new(leg, caller, port, media, answer, session_id, joined_unix),
+            leg,
+            caller,
+            port,
+            media,
+            answer,
+            session_id,
+            joined_unix,
+            env,
         );
+        self.conf_legs.insert(id, leg);
+        self.drive_leg(now, id);
+    }
+
+    /// What a new leg is given: how we write ourselves, the SIP timers, a seed of its own.
+    pub(super) fn leg_env(&mut self) -> LegEnv {
+        LegEnv {
+            local: local(&self.settings),
+            timers: self.settings.timers,
+            seed: self.entropy.next_u64(),
+        }
     }
 
     pub(super) fn refuse_sdp(
@@ -447,25 +399,47 @@ impl Engine {
         self.media_out.push_back(cmd);
     }
 
-    /// Ends a conference leg once: BYE (unless the phone hung up), media closed, port freed,
-    /// room told.
+    /// Ends a leg once: BYE (unless the phone hung up), media closed, port freed, room
+    /// and call told.
     pub(super) fn end_conf_leg(&mut self, now: Instant, id: LegId, send_bye: bool) {
-        let Some(mut c) = self.conf_legs.remove(&id) else {
+        if let Some(leg) = self.conf_legs.get_mut(&id) {
+            leg.end(send_bye);
+            self.drive_leg(now, id);
+        }
+    }
+
+    /// Does what leg `id` asks, then sets its timer.
+    pub(super) fn drive_leg(&mut self, now: Instant, id: LegId) {
+        while let Some(out) = self.conf_legs.get_mut(&id).and_then(Leg::poll_output) {
+            match out {
+                LegOutput::Respond(tx, resp) => {
+                    let _ = self.tx.send_response(now, tx, resp);
+                }
+                LegOutput::Options(tx, req) => self.answer_options(tx, &req),
+                LegOutput::Send(req, peer) => {
+                    self.send_owned(now, Owner::Leg(id), ClientPurpose::Fire, *req, peer);
+                }
+                LegOutput::Transmit(t) => self.transmits.push_back(t),
+                LegOutput::Media(cmd) => self.media_out.push_back(cmd),
+                LegOutput::Digit(digit) => self.leg_digit(now, id, digit),
+                LegOutput::Refer(tx, req) => self.conf_refer(now, tx, *req, id),
+                LegOutput::Ended => return self.leg_gone(now, id),
+            }
+        }
+        if let Some(at) = self.conf_legs.get(&id).and_then(Leg::poll_timeout) {
+            self.timers.push(std::cmp::Reverse((at, Timer::Leg(id))));
+        }
+    }
+
+    /// A leg ended: its port and media go, the room and the call it was in let it go.
+    fn leg_gone(&mut self, now: Instant, id: LegId) {
+        let Some(c) = self.conf_legs.remove(&id) else {
             return;
         };
-        if let Some((tx, req)) = self.pending_reinvites.remove(&id) {
-            self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
-        }
         self.conf_dialogs
-            .remove(&(c.leg.call_id.clone(), c.leg.local_tag.clone()));
+            .remove(&(c.dialog.call_id.clone(), c.dialog.local_tag.clone()));
         self.ports.release(c.port);
         self.media_out.push_back(MediaCommand::Close { leg: id });
-        if send_bye {
-            let bye = c
-                .leg
-                .request(Method::BYE, &local(&self.settings), &mut self.entropy);
-            self.send_owned(now, Owner::Leg(id), ClientPurpose::Fire, bye, c.leg.peer);
-        }
         self.rooms.handle_leave(now, id);
         self.drain_room_commands(now);
         self.events.push_back(EngineEvent::ConferencesChanged);
@@ -474,47 +448,20 @@ impl Engine {
         }
     }
 
-    /// ACK for our 2xx on a conference leg.
+    /// ACK for our 2xx on a leg.
     pub(super) fn conf_ack(&mut self, id: LegId, ack: &Request) {
         if let Some(c) = self.conf_legs.get_mut(&id) {
-            super::ack_clears(&mut c.leg, ack);
+            c.handle_ack(ack);
         }
     }
 
-    /// In-dialog requests from a conference participant.
+    /// In-dialog requests from a leg's phone.
     pub(super) fn conf_in_dialog(&mut self, now: Instant, tx: ServerTxId, req: Request, id: LegId) {
-        let Some(c) = self.conf_legs.get(&id) else {
+        let Some(c) = self.conf_legs.get_mut(&id) else {
             return self.respond(now, tx, &req, 481, "Call/Transaction Does Not Exist");
         };
-        let tag = c.leg.local_tag.clone();
-        let ok = |req: &Request| response_for(req, StatusCode::from(200), Some(&tag));
-        if req.method == Method::BYE {
-            self.send_response(now, tx, ok(&req));
-            return self.end_conf_leg(now, id, false);
-        }
-        if req.method == Method::OPTIONS {
-            return self.answer_options(tx, &req);
-        }
-        if req.method == Method::INFO {
-            return match dtmf_from_info(&req) {
-                Some(digit) => {
-                    self.send_response(now, tx, ok(&req));
-                    self.leg_digit(now, id, digit);
-                }
-                None if req.body.is_empty() => self.send_response(now, tx, ok(&req)),
-                None => self.respond(now, tx, &req, 415, "Unsupported Media Type"),
-            };
-        }
-        if req.method == Method::INVITE {
-            return self.conf_reinvite(now, tx, req, id);
-        }
-        if req.method == Method::UPDATE && req.body.is_empty() {
-            return self.send_response(now, tx, ok(&req));
-        }
-        if req.method == Method::REFER {
-            return self.conf_refer(now, tx, req, id);
-        }
-        self.respond(now, tx, &req, 501, "Not Implemented")
+        c.handle_request(now, tx, req);
+        self.drive_leg(now, id);
     }
 
     /// A digit from a leg (RFC 4733, SIP INFO or in-band): the room's receptionist takes it,
@@ -536,114 +483,11 @@ impl Engine {
         }
     }
 
-    /// A re-INVITE (hold, new address, codec change): answer with the same port.
-    fn conf_reinvite(&mut self, now: Instant, tx: ServerTxId, req: Request, id: LegId) {
-        let Some(c) = self.conf_legs.get_mut(&id) else {
-            return;
-        };
-        if c.leg.unacked_2xx.is_some() {
-            // Our previous 2xx is not ACKed yet (RFC 3261 §14.2): try again shortly.
-            let mut resp = response_for(&req, StatusCode::from(500), Some(&c.leg.local_tag));
-            resp.reason = Some("Previous INVITE Not Yet Acknowledged".into());
-            resp.headers.insert(
-                Name::RETRY_AFTER,
-                (1 + self.entropy.next_u64() % 5).to_string(),
-            );
-            return self.send_response(now, tx, resp);
-        }
-        if let Some(target) =
-            headers::contacts(&req.headers).and_then(|l| l.first().map(headers::contact_uri_text))
-        {
-            c.leg.remote_target = target;
-        }
-        let body = if req.body.is_empty() {
-            c.local_sdp.clone()
-        } else {
-            let offer = match sdp::parse_audio(&req.body) {
-                Ok(o) => o,
-                Err(err) => {
-                    return self.refuse_sdp(now, tx, &req, &err);
-                }
-            };
-            if offer.is_webrtc() {
-                // A browser's new offer (hold, resume): its WebRTC stack answers.
-                let offer = String::from_utf8_lossy(&req.body).into_owned();
-                self.media_out
-                    .push_back(MediaCommand::ReofferWebRtc { leg: id, offer });
-                self.pending_reinvites.insert(id, (tx, req));
-                return;
-            }
-            c.sdp_version += 1;
-            let local = LocalMedia {
-                addr: self.settings.advertised.ip(),
-                port: c.port,
-                session_id: c.session_id,
-                session_version: c.sdp_version,
-                username: "confero".to_owned(),
-            };
-            match answer_for_bridge(&offer, &local) {
-                Ok((answer, media, bridged)) => {
-                    c.media = media;
-                    c.local_sdp = answer.clone();
-                    self.media_out.push_back(MediaCommand::Update {
-                        leg: id,
-                        media: bridged,
-                        signalled_from: c.leg.peer.addr.ip(),
-                    });
-                    answer
-                }
-                Err(err) => {
-                    return self.refuse_sdp(now, tx, &req, &err);
-                }
-            }
-        };
-        self.answer_reinvite(now, tx, &req, id, body);
-    }
-
-    /// The 200 OK to a re-INVITE on a conference (or anchored) leg, retransmitted until
-    /// ACKed.
-    pub(super) fn answer_reinvite(
-        &mut self,
-        now: Instant,
-        tx: ServerTxId,
-        req: &Request,
-        id: LegId,
-        body: String,
-    ) {
-        let Some(c) = self.conf_legs.get_mut(&id) else {
-            return;
-        };
-        let mut ok = response_for(req, StatusCode::from(200), Some(&c.leg.local_tag));
-        ok.headers.insert(
-            Name::CONTACT,
-            local(&self.settings).contact(c.leg.peer.transport),
-        );
-        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-        ok.body = Bytes::from(body.into_bytes());
-        let _ = self.tx.send_response(now, tx, ok.clone());
-        c.leg.unacked_2xx = Some(Unacked::new(self.settings.timers.t1, now, ok, false));
-        if let Some(u) = &c.leg.unacked_2xx {
-            self.timers
-                .push(std::cmp::Reverse((u.deadline(), Timer::Leg(id))));
-        }
-    }
-
-    /// 2xx retransmission for conference legs (the caller's ACK got lost).
+    /// A leg's timer: its 2xx retransmitted, or the leg ended when never ACKed.
     pub(super) fn conf_leg_timers(&mut self, now: Instant, id: LegId) {
-        let t2 = self.settings.timers.t2;
-        let Some(c) = self.conf_legs.get_mut(&id) else {
-            return;
-        };
-        match c.leg.poll_unacked(now, t2) {
-            Retransmit::Nothing => {}
-            Retransmit::Send(t) => self.transmits.push_back(t),
-            // Never ACKed: the caller is not there.
-            Retransmit::GaveUp { initial: true } => return self.end_conf_leg(now, id, true),
-            Retransmit::GaveUp { initial: false } => return,
-        }
-        if let Some(u) = &c.leg.unacked_2xx {
-            self.timers
-                .push(std::cmp::Reverse((u.deadline(), Timer::Leg(id))));
+        if let Some(c) = self.conf_legs.get_mut(&id) {
+            c.handle_timeout(now);
+            self.drive_leg(now, id);
         }
     }
 
@@ -673,9 +517,9 @@ impl Engine {
             }
             MediaEvent::WebRtcOffer { leg, offer } => self.webrtc_offered(now, leg, offer),
             MediaEvent::WebRtcRefused { leg, reason } => {
-                if let Some((tx, req)) = self.pending_reinvites.remove(&leg) {
-                    tracing::info!(%leg, %reason, "a browser's new offer is refused");
-                    self.respond(now, tx, &req, 488, "Not Acceptable Here");
+                if let Some(c) = self.conf_legs.get_mut(&leg) {
+                    c.handle_webrtc_refusal(&reason);
+                    self.drive_leg(now, leg);
                 }
             }
             MediaEvent::Failed { leg, reason } => {
@@ -743,66 +587,5 @@ impl Engine {
         let found = self.rooms.set_muted(leg, muted);
         self.drain_room_commands(now);
         found
-    }
-}
-
-/// A DTMF digit carried in SIP INFO: `application/dtmf-relay` (`Signal=5`) or
-/// `application/dtmf` (the digit alone).
-fn dtmf_from_info(req: &Request) -> Option<char> {
-    let ct = headers::first(&req.headers, &Name::CONTENT_TYPE)?.to_ascii_lowercase();
-    let body = std::str::from_utf8(&req.body).ok()?;
-    let value = if ct.starts_with("application/dtmf-relay") {
-        body.lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once('=')?;
-                k.trim().eq_ignore_ascii_case("signal").then(|| v.trim())
-            })?
-            .to_owned()
-    } else if ct.starts_with("application/dtmf") {
-        body.trim().to_owned()
-    } else {
-        return None;
-    };
-    let digit = match value.as_str() {
-        "10" => '*',
-        "11" => '#',
-        v if v.len() == 1 => v.chars().next()?,
-        _ => return None,
-    };
-    matches!(digit, '0'..='9' | '*' | '#' | 'A'..='D').then_some(digit)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn info(ct: &str, body: &str) -> Request {
-        let mut r = Request::new(Method::INFO, "sip:x@y".parse().unwrap());
-        r.headers.insert(Name::CONTENT_TYPE, ct.to_owned());
-        r.body = Bytes::from(body.to_owned());
-        r
-    }
-
-    #[test]
-    fn dtmf_info_bodies() {
-        assert_eq!(
-            dtmf_from_info(&info(
-                "application/dtmf-relay",
-                "Signal=5\r\nDuration=160\r\n"
-            )),
-            Some('5')
-        );
-        assert_eq!(
-            dtmf_from_info(&info("application/dtmf-relay", "Signal= #\r\n")),
-            Some('#')
-        );
-        assert_eq!(dtmf_from_info(&info("application/dtmf", "11")), Some('#'));
-        assert_eq!(dtmf_from_info(&info("application/dtmf", "7")), Some('7'));
-        assert_eq!(dtmf_from_info(&info("application/dtmf", "77")), None);
-        assert_eq!(dtmf_from_info(&info("text/plain", "7")), None);
-        assert_eq!(
-            dtmf_from_info(&info("application/dtmf-relay", "Duration=1")),
-            None
-        );
     }
 }

@@ -18,9 +18,10 @@ use confero_sip::dialog::{Dialog, Local};
 use confero_sip::message::{Entropy, Request, Response};
 use confero_sip::transport::{Peer, Transmit};
 
-use super::conference::{ConfLeg, Party};
+use super::conference::Party;
 use super::fork::{self, ForkStep, OutFork};
 use super::ids::{InvitationId, Owner, Timer};
+use super::leg::Leg;
 use super::{local, ClientPurpose, Engine, EngineEvent};
 use crate::room::LegId;
 
@@ -556,13 +557,16 @@ impl Engine {
             .insert((leg.call_id.clone(), leg.local_tag.clone()), opened.leg);
         let number = party.number.clone();
         let joined_unix = self.unix(now);
-        let c = ConfLeg::offered(
+        let env = self.leg_env();
+        let c = Leg::offered(
+            opened.leg,
             leg,
             party,
             opened.port,
             opened.media,
             &invite_body,
             joined_unix,
+            env,
         );
         self.conf_legs.insert(opened.leg, c);
         self.rooms

@@ -57,6 +57,7 @@ mod conference;
 mod fork;
 mod ids;
 mod invite;
+mod leg;
 mod pstn;
 mod registration;
 mod transfer;
@@ -64,7 +65,6 @@ mod trunk;
 mod webrtc;
 use crate::registrar::{Binding, BindingChange, Registrar};
 use call::{Call, Forwarded, MediaKind, Side};
-use conference::ConfLeg;
 pub use conference::ConferenceParticipant;
 use conference::Party;
 pub use confero_media::bridge::{LegStats, MediaCommand, MediaEvent, MixId};
@@ -73,6 +73,7 @@ pub use ids::{CallId, InvitationId, LegId};
 use ids::{IdMap, Ids, Owner, Timer};
 use invite::Invitation;
 pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
+use leg::Leg;
 use trunk::TrunkLink;
 pub use trunk::{RegistrationState, TrunkStatus};
 
@@ -237,7 +238,7 @@ pub struct Engine {
     client_txs: HashMap<ClientTxId, (Owner, ClientPurpose)>,
     timers: BinaryHeap<std::cmp::Reverse<(Instant, Timer)>>,
     rooms: Rooms,
-    conf_legs: IdMap<LegId, ConfLeg>,
+    conf_legs: IdMap<LegId, Leg>,
     /// (Call-ID, our tag) → conference leg.
     conf_dialogs: HashMap<(String, String), LegId>,
     invitations: IdMap<InvitationId, Invitation>,
@@ -246,8 +247,6 @@ pub struct Engine {
     pending_webrtc: IdMap<LegId, webrtc::PendingWebRtc>,
     /// Browsers about to be rung, waiting for the media bridge's WebRTC offer.
     pending_offers: IdMap<LegId, webrtc::PendingOffer>,
-    /// Browsers' re-INVITEs waiting for the media bridge's answer, by leg.
-    pending_reinvites: IdMap<LegId, (ServerTxId, Request)>,
     ports: PortPool,
     /// Rooms whose code is being guessed: wrong codes in the last hour, and when (Unix).
     code_alerts: IdMap<i64, (u32, u64)>,
@@ -298,7 +297,6 @@ impl Engine {
             trunks: IdMap::default(),
             pending_webrtc: IdMap::default(),
             pending_offers: IdMap::default(),
-            pending_reinvites: IdMap::default(),
             ports,
             code_alerts: IdMap::default(),
             backlogged: false,
@@ -431,8 +429,8 @@ impl Engine {
             .conf_legs
             .iter()
             .filter(|(_, c)| {
-                c.leg.peer.conn == Some(conn)
-                    && matches!(c.leg.peer.transport, Transport::Ws | Transport::Wss)
+                c.dialog.peer.conn == Some(conn)
+                    && matches!(c.dialog.peer.transport, Transport::Ws | Transport::Wss)
             })
             .map(|(id, _)| *id)
             .collect();
@@ -589,15 +587,8 @@ impl Engine {
         detail: &str,
     ) {
         let mut resp = final_response(req, code, reason, &self.entropy.tag());
-        let text: String = detail
-            .chars()
-            .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
-            .take(200)
-            .collect();
-        resp.headers.insert(
-            Name::WARNING,
-            format!("399 {} \"{text}\"", self.settings.advertised.ip()),
-        );
+        let warning = warning(self.settings.advertised.ip(), detail);
+        resp.headers.insert(Name::WARNING, warning);
         self.send_response(now, tx, resp);
     }
 
@@ -1004,9 +995,9 @@ impl Engine {
             .get(&(call_id.clone(), tag.clone()))
             .and_then(|id| self.conf_legs.get(id))
         {
-            if let Some(ack) = &leg.leg.last_ack {
+            if let Some(ack) = &leg.dialog.last_ack {
                 self.transmits.push_back(Transmit {
-                    peer: leg.leg.peer,
+                    peer: leg.dialog.peer,
                     data: ack.to_bytes(),
                 });
             }
@@ -1098,6 +1089,16 @@ fn binding_peer(b: &Binding) -> Peer {
 /// An ACK ends the retransmission of the 2xx it acknowledges — the one with the same CSeq
 /// number — and no other (a late duplicate ACK of an earlier INVITE must not silence the
 /// 2xx of a re-INVITE).
+/// A Warning header's value (RFC 3261 §20.43) carrying `detail`, made safe to quote.
+fn warning(ip: std::net::IpAddr, detail: &str) -> String {
+    let text: String = detail
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+        .take(200)
+        .collect();
+    format!("399 {ip} \"{text}\"")
+}
+
 fn ack_clears(leg: &mut Dialog, ack: &Request) {
     let acked = ack.cseq().map(|(n, _)| n);
     let pending = leg

@@ -14,13 +14,13 @@
 
 use std::time::Instant;
 
-use confero_sip::message::{response_for, Request};
+use confero_sip::message::Request;
 use confero_sip::transaction::ServerTxId;
-use confero_sip::{Method, Name, SipUri, StatusCode};
+use confero_sip::{Name, SipUri};
 
 use super::conference::{AfterAnswer, Party};
 use super::ids::Owner;
-use super::{local, ClientPurpose, Engine, EngineEvent};
+use super::{Engine, EngineEvent};
 use crate::config::{self, Conference, User};
 use crate::room::LegId;
 use confero_media::bridge::MediaCommand;
@@ -77,10 +77,10 @@ impl Engine {
             Ok((other, target)) => self.transfer(now, tx, &req, id, other, target),
             Err(Refusal(code, reason)) => {
                 tracing::info!(leg = %id, code, reason, "REFER refused");
-                let tag = self.conf_legs.get(&id).map(|c| c.leg.local_tag.clone());
-                let mut resp = response_for(&req, StatusCode::from(code), tag.as_deref());
-                resp.reason = Some(reason.to_owned());
-                self.send_response(now, tx, resp);
+                if let Some(c) = self.conf_legs.get_mut(&id) {
+                    c.answer_refer(tx, &req, code, reason);
+                    self.drive_leg(now, id);
+                }
             }
         }
     }
@@ -154,12 +154,11 @@ impl Engine {
         transferee: LegId,
         target: Target,
     ) {
-        let Some(t) = self.conf_legs.get(&transferor) else {
+        let Some(t) = self.conf_legs.get_mut(&transferor) else {
             return;
         };
-        let mut accepted = response_for(req, StatusCode::from(202), Some(&t.leg.local_tag));
-        accepted.reason = Some("Accepted".into());
-        self.send_response(now, tx, accepted);
+        t.answer_refer(tx, req, 202, "Accepted");
+        self.drive_leg(now, transferor);
 
         // Out of the old call: it ends without hanging anyone up.
         if let Some(old) = self.conf_legs.get(&transferor).and_then(|c| c.call) {
@@ -281,36 +280,12 @@ impl Engine {
         });
     }
 
-    /// The one NOTIFY of the implicit subscription (RFC 3515 §2.4.5): how the transfer
-    /// went, as a sipfrag status line, and the subscription is over.
+    /// Tells the transferor how the transfer went (the REFER's one NOTIFY).
     fn notify_refer(&mut self, now: Instant, transferor: LegId, status_line: &str) {
-        let transport = match self.conf_legs.get(&transferor) {
-            Some(c) => c.leg.peer.transport,
-            None => return,
-        };
-        let contact = local(&self.settings).contact(transport);
-        let Some(c) = self.conf_legs.get_mut(&transferor) else {
-            return;
-        };
-        let mut leg = c.leg.clone();
-        let mut notify = leg.request(Method::NOTIFY, &local(&self.settings), &mut self.entropy);
-        let h = &mut notify.headers;
-        h.insert(Name::EVENT, "refer");
-        h.insert(Name::SUBSCRIPTION_STATE, "terminated;reason=noresource");
-        h.insert(Name::CONTACT, contact);
-        h.insert(Name::CONTENT_TYPE, "message/sipfrag;version=2.0");
-        notify.body = format!("SIP/2.0 {status_line}\r\n").into_bytes().into();
-        let peer = leg.peer;
         if let Some(c) = self.conf_legs.get_mut(&transferor) {
-            c.leg.local_cseq = leg.local_cseq;
+            c.notify_refer(status_line);
+            self.drive_leg(now, transferor);
         }
-        self.send_owned(
-            now,
-            Owner::Leg(transferor),
-            ClientPurpose::Fire,
-            notify,
-            peer,
-        );
     }
 }
 

@@ -189,24 +189,17 @@ impl Engine {
         answer: String,
         media: Negotiated,
     ) {
-        if let Some((tx, req)) = self.pending_reinvites.remove(&id) {
+        if let Some(c) = self.conf_legs.get_mut(&id) {
             // The answer to a browser's re-offer (hold, resume).
-            if let Some(c) = self.conf_legs.get_mut(&id) {
-                c.media = media;
-                c.local_sdp = answer.clone();
+            if c.handle_webrtc_answer(now, answer.clone(), media.clone()) {
+                return self.drive_leg(now, id);
             }
-            return self.answer_reinvite(now, tx, &req, id, answer);
         }
         let Some(p) = self.pending_webrtc.remove(&id) else {
             // Cancelled meanwhile: the media side was told to close.
             return;
         };
-        let session_id = answer
-            .lines()
-            .find_map(|l| l.strip_prefix("o="))
-            .and_then(|o| o.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let session_id = super::leg::session_id_of(&answer);
         self.send_answer(
             now, p.tx, &p.req, p.leg, p.caller, id, p.port, media, answer, session_id,
         );
