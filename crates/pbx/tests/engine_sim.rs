@@ -291,19 +291,7 @@ fn hold_and_resume_through_loss_in_a_call_between_two_phones() {
         let after = [alice, bob].map(|p| w.phones[p].received());
         assert_eq!(during, after, "seed {seed}: nobody sends on hold");
         // Off hold: audio both ways again, and the call is still the PBX's one call.
-        w.act(alice, |ph, now| ph.hold(now, false));
-        assert_eq!(
-            until_updated(&mut w, alice),
-            Some(PhoneEvent::Updated(200)),
-            "seed {seed}"
-        );
-        w.run(Duration::from_secs(4));
-        let (a, b) = (&w.phones[alice], &w.phones[bob]);
-        assert!(
-            a.heard(1000.0, 100) > 2000.0,
-            "seed {seed}: Alice hears Bob"
-        );
-        assert!(b.heard(440.0, 100) > 2000.0, "seed {seed}: Bob hears Alice");
+        resume_and_hear_each_other(&mut w, alice, bob, seed);
         assert_eq!(w.engine.calls().len(), 1, "seed {seed}");
         assert_eq!(w.engine.calls()[0].state, "answered", "seed {seed}");
     }
@@ -333,18 +321,23 @@ fn a_room_participant_on_hold_longer_than_the_rtp_timeout_stays_and_is_heard_aga
             "seed {seed}: {:?}",
             w.phones[alice].events
         );
-        w.act(alice, |ph, now| ph.hold(now, false));
-        assert_eq!(
-            until_updated(&mut w, alice),
-            Some(PhoneEvent::Updated(200)),
-            "seed {seed}"
-        );
-        w.run(Duration::from_secs(4));
-        let (a, b) = (&w.phones[alice], &w.phones[bob]);
-        assert!(
-            a.heard(1000.0, 100) > 2000.0,
-            "seed {seed}: Alice hears Bob"
-        );
-        assert!(b.heard(440.0, 100) > 2000.0, "seed {seed}: Bob hears Alice");
+        resume_and_hear_each_other(&mut w, alice, bob, seed);
     }
+}
+
+/// Alice (440 Hz) takes the call off hold; then she and Bob (1,000 Hz) hear each other.
+fn resume_and_hear_each_other(w: &mut SimWorld, alice: usize, bob: usize, seed: u64) {
+    w.act(alice, |ph, now| ph.hold(now, false));
+    assert_eq!(
+        until_updated(w, alice),
+        Some(PhoneEvent::Updated(200)),
+        "seed {seed}"
+    );
+    w.run(Duration::from_secs(4));
+    let (a, b) = (&w.phones[alice], &w.phones[bob]);
+    assert!(
+        a.heard(1000.0, 100) > 2000.0,
+        "seed {seed}: Alice hears Bob"
+    );
+    assert!(b.heard(440.0, 100) > 2000.0, "seed {seed}: Bob hears Alice");
 }

@@ -181,6 +181,33 @@ struct CallSetup {
     media: Media,
 }
 
+impl CallSetup {
+    /// A call between two desk phones: the caller's INVITE `invite` (on `tx`, whose
+    /// dialog with us is `dialog`) waits for the callee's answer, which it gets as is.
+    fn direct(
+        caller: Party,
+        callee: Party,
+        invite: Request,
+        tx: ServerTxId,
+        dialog: Dialog,
+    ) -> Self {
+        CallSetup {
+            caller,
+            callee,
+            caller_side: CallerSide::Invite {
+                invite: Box::new(invite),
+                tx: Some(tx),
+                dialog: Box::new(dialog),
+                port: None,
+            },
+            media: Media::Direct {
+                callee: None,
+                forwarded_invite_pending: false,
+            },
+        }
+    }
+}
+
 impl Call {
     fn new(
         setup: CallSetup,
@@ -748,20 +775,7 @@ impl Engine {
                     Ok(d) => d,
                     Err(err) => return self.respond(now, tx, &req, 400, &err.to_string()),
                 };
-                let setup = CallSetup {
-                    caller: caller.clone(),
-                    callee: Party::user(user),
-                    caller_side: CallerSide::Invite {
-                        invite: Box::new(req),
-                        tx: Some(tx),
-                        dialog: Box::new(dialog),
-                        port: None,
-                    },
-                    media: Media::Direct {
-                        callee: None,
-                        forwarded_invite_pending: false,
-                    },
-                };
+                let setup = CallSetup::direct(caller.clone(), Party::user(user), req, tx, dialog);
                 let id = self.file_call(now, setup);
                 for (invite, peer) in invites {
                     self.call_fork(now, id, invite, peer, None);
@@ -1264,20 +1278,11 @@ mod tests {
             panic!("the INVITE reaches the TU");
         };
         let dialog = Dialog::uas(&request, "pbx-tag".into(), udp(5000)).unwrap();
-        let setup = CallSetup {
-            caller: Party::external("101", "Alice"),
-            callee: Party::external("102", "Bob"),
-            caller_side: CallerSide::Invite {
-                invite: Box::new(request),
-                tx: Some(tx),
-                dialog: Box::new(dialog),
-                port: None,
-            },
-            media: Media::Direct {
-                callee: None,
-                forwarded_invite_pending: false,
-            },
-        };
+        let (alice, bob) = (
+            Party::external("101", "Alice"),
+            Party::external("102", "Bob"),
+        );
+        let setup = CallSetup::direct(alice, bob, request, tx, dialog);
         let local = Local {
             advertised: SocketAddr::from(([127, 0, 0, 1], 5060)),
             user_agent: USER_AGENT,

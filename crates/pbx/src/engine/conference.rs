@@ -1,8 +1,8 @@
-//! Calls answered by a conference room: the PBX is the far end (UAS) of the caller's
-//! dialog, media is anchored here, and [`Rooms`] decides what the caller hears.
-//!
-//! Signalling stays in the engine; audio is the media bridge's, which the engine steers
-//! with [`MediaCommand`]s and hears back from through [`MediaEvent`]s.
+//! Answering with media anchored here — a room's callers, the caller of an anchored call,
+//! a browser's offer — and what joins the legs to the rest: the leg's requests go to its
+//! [`Leg`], what it hears is decided by [`Rooms`] (whose commands are routed here), and
+//! the media bridge is steered with [`MediaCommand`]s and heard from through
+//! [`MediaEvent`]s.
 
 use std::net::SocketAddr;
 use std::time::Instant;

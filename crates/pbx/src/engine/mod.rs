@@ -21,6 +21,12 @@
 //! its `Timer` to the owner it names. Ids are typed (`ids.rs`): a call, an invitation and a
 //! leg can never be mistaken for one another.
 //!
+//! What is routed lands in a state machine without IO that owns its state: a two-party
+//! `Call` (`call.rs`), a `Leg` the PBX terminates (`leg.rs`), an `Invitation`
+//! (`invite.rs`), a trunk's `Registration` (`registration.rs`). The engine drives it —
+//! does what its `poll_output` asks, sets its timer — and keeps only what joins machines:
+//! ringing devices, opening media for an answer, transfers.
+//!
 //! The engine is a back-to-back user agent: every call has a caller leg (we are its UAS)
 //! and one or more callee legs (we are their UAC, one per registered device while ringing,
 //! the winner once answered). Nothing is forwarded as-is between legs; each leg has its own
