@@ -586,8 +586,9 @@ impl MediaStream {
         true
     }
 
-    /// Records `frames` ticks on which nothing was sent (silence suppression, a muted leg):
-    /// the timestamp keeps pace with the clock and the next packet starts a talkspurt.
+    /// Records `frames` ticks on which nothing was sent (silence suppression, a muted leg,
+    /// ticks the bridge skipped to catch up): the timestamp keeps pace with the clock and
+    /// the next packet starts a talkspurt, so the receiver sees a gap, not a slip.
     pub fn skip_frames(&mut self, frames: u32) {
         if frames == 0 {
             return;

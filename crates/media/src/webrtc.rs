@@ -403,6 +403,12 @@ impl WebRtcLeg {
         self.drain(now);
     }
 
+    /// `frames` 20 ms frames were never sent (the bridge skipped them): the next frame is
+    /// stamped as media time says.
+    pub fn skip_frames(&mut self, frames: u32) {
+        self.send_time += u64::from(frames) * 20 * u64::from(self.send_clock.get()) / 1000;
+    }
+
     /// Queues a whole digit (RFC 4733, on the telephone-event number agreed at the audio
     /// clock): str0m sends its packets over `length` beside the audio, which goes on as
     /// usual. False when the browser agreed no such telephone-event.

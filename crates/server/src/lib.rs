@@ -271,6 +271,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (media_tx, media_cmd_rx) = std::sync::mpsc::channel();
     let (media_ev_tx, media_ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let media_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let media_clock = Arc::new(shell::media::MediaClock::default());
     let media = shell::media::MediaShell {
         bind_ip: sip_bound.ip(),
         public_ip: advertised.ip(),
@@ -279,6 +280,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         events: media_ev_tx,
         shutdown: media_stop.clone(),
         rtp_timeout: settings.rtp_timeout,
+        clock: media_clock.clone(),
     };
     let media_thread = std::thread::Builder::new()
         .name("confero-media".into())
@@ -345,6 +347,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let router = app(state::AppState::new(store, live, production_tx)
         .with_metrics_token(settings.metrics_token.clone())
         .with_connection_limits(limits.clone())
+        .with_media_clock(media_clock)
         .with_shutdown(closing_rx)
         .with_websocket(conns)
         .with_endpoints(endpoints));

@@ -47,6 +47,8 @@ pub(crate) struct AppState {
     pub(crate) metrics_token: Option<Arc<str>>,
     /// Stream connection limits, for /metrics.
     pub(crate) connections: Option<Arc<crate::limits::ConnLimits>>,
+    /// How the media thread keeps time, for /metrics.
+    pub(crate) media_clock: Option<Arc<crate::shell::media::MediaClock>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -71,7 +73,14 @@ impl AppState {
             endpoints: None,
             metrics_token: None,
             connections: None,
+            media_clock: None,
         }
+    }
+
+    /// Reports how the media thread keeps time in /metrics.
+    pub(crate) fn with_media_clock(mut self, clock: Arc<crate::shell::media::MediaClock>) -> Self {
+        self.media_clock = Some(clock);
+        self
     }
 
     /// Reports the stream connection limits in /metrics.

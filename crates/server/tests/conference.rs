@@ -681,3 +681,47 @@ fn stopping_the_server_hangs_up_participants_with_bye() {
     pbx.stop();
     phone.expect_success();
 }
+
+/// The whole server stopped for 300 ms (an overloaded or suspended machine): the media
+/// thread wakes far behind and skips the ticks it missed rather than slipping, while a
+/// caller goes on hearing the room, and /metrics says so.
+#[test]
+fn a_paused_server_skips_the_media_ticks_it_missed_and_says_so() {
+    require!("sipp", "sip-tester");
+    let pbx = pbx_with_rooms();
+    let ticks = poll(
+        Duration::from_secs(2),
+        || metric(&pbx, "confero_media_ticks_total"),
+        |t| *t >= 1.0,
+    );
+    assert!(ticks >= 1.0, "the media thread ticks: {ticks}");
+    assert_eq!(metric(&pbx, "confero_media_overruns_total"), 0.0);
+    pbx.pause_for(Duration::from_millis(300));
+    let overruns = wait_for_metric(
+        &pbx,
+        "confero_media_overruns_total",
+        1.0,
+        Duration::from_secs(2),
+    );
+    assert_eq!(overruns, 1.0, "one overrun for one pause");
+    let skipped = metric(&pbx, "confero_media_skipped_ticks_total");
+    assert!(
+        (10.0..=20.0).contains(&skipped),
+        "300 ms behind: {skipped} ticks skipped"
+    );
+    // The server goes on: a caller still gets through the receptionist into a room.
+    let dir = tempfile::tempdir().unwrap();
+    room_caller(
+        &pbx,
+        dir.path(),
+        "room-after-pause",
+        Visit {
+            room: "801",
+            dtmf: Dtmf::Rfc4733("2468#"),
+            wait_ms: 1000,
+            hold_ms: 1000,
+            rejected: false,
+        },
+    )
+    .expect_success();
+}

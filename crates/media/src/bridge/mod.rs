@@ -72,8 +72,8 @@ pub const TICK: Duration = Duration::from_millis(20);
 /// How long a relayed digit sounds on a browser leg (str0m sends the whole event).
 const DIGIT_LENGTH: Duration = Duration::from_millis(20 * SEND_TONE_TICKS as u64);
 const STATS_EVERY: Duration = Duration::from_secs(2);
-/// When the bridge is driven this late it starts afresh rather than running the ticks
-/// it missed in a burst (a suspended machine, a debugger).
+/// When the bridge is driven this late it skips the ticks it missed rather than running
+/// them in a burst (an overloaded machine, a suspended one, a debugger).
 const RESYNC_AFTER: Duration = Duration::from_millis(100);
 /// Datagrams kept for a leg that calls a browser while the browser's answer is on its way
 /// (its first ICE checks may arrive before the answer reaches us).
@@ -321,6 +321,18 @@ pub struct BridgeConfig {
     pub seed: u64,
 }
 
+/// How the bridge kept time since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClockStats {
+    /// 20 ms ticks run.
+    pub ticks: u64,
+    /// Times it was driven more than 100 ms late and skipped what it missed.
+    pub overruns: u64,
+    /// Ticks skipped: 20 ms of silence each in every outgoing stream, whose RTP
+    /// timestamps move on with the clock (a receiver sees a gap, not a slip).
+    pub skipped_ticks: u64,
+}
+
 /// Outgoing datagrams of one drive of the bridge, back to back in one buffer.
 #[derive(Default)]
 struct Outbox {
@@ -380,6 +392,14 @@ impl Leg {
             expect_since: now,
             failed: false,
             webrtc: None,
+        }
+    }
+
+    /// `frames` ticks were skipped: what goes out next is stamped as media time says.
+    fn skip_frames(&mut self, frames: u32) {
+        match self.webrtc.as_mut() {
+            Some(rtc) => rtc.skip_frames(frames),
+            None => self.stream.skip_frames(frames),
         }
     }
 
@@ -456,6 +476,7 @@ pub struct Bridge {
     events: VecDeque<MediaEvent>,
     out: Outbox,
     scratch: Scratch,
+    clock: ClockStats,
 }
 
 /// A leg's stream, taking audio from the sources `latch` allows.
@@ -517,7 +538,14 @@ impl Bridge {
             events: VecDeque::new(),
             out: Outbox::default(),
             scratch: Scratch::default(),
+            clock: ClockStats::default(),
         }
+    }
+
+    /// How the bridge kept time: ticks run, overruns, ticks skipped.
+    #[must_use]
+    pub fn clock_stats(&self) -> ClockStats {
+        self.clock
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) must next be called: the next tick.
@@ -873,10 +901,22 @@ impl Bridge {
         if now < self.next_tick {
             return;
         }
-        if now - self.next_tick > RESYNC_AFTER {
-            self.next_tick = now;
+        let behind = now - self.next_tick;
+        if behind > RESYNC_AFTER {
+            // Too late to catch up in a burst: skip the ticks missed, and move every
+            // outgoing stream's media time on by as much, so that RTP timestamps stay with
+            // the clock (each skip is a gap the receiver conceals, not a lasting slip).
+            // Incoming audio catches up by itself: the jitter buffers play by arrival time.
+            let missed = u32::try_from(behind.as_nanos() / TICK.as_nanos()).unwrap_or(u32::MAX);
+            for leg in self.legs.values_mut() {
+                leg.skip_frames(missed);
+            }
+            self.next_tick += TICK * missed;
+            self.clock.overruns += 1;
+            self.clock.skipped_ticks += u64::from(missed);
         }
         self.tick(now);
+        self.clock.ticks += 1;
         self.next_tick += TICK;
     }
 

@@ -563,3 +563,61 @@ fn a_stranger_never_takes_a_silent_leg_and_a_closed_leg_is_forgotten() {
     w.run(Duration::from_secs(1));
     assert_eq!(w.net.stats().sent, sent, "the bridge sends nothing more");
 }
+
+/// Driven 250 ms late (an overloaded or suspended machine), the bridge skips the ticks it
+/// missed instead of slipping: the next packet's RTP timestamp is where media time is, it
+/// starts a new talkspurt (marker), sequence numbers stay contiguous, and the overrun is
+/// counted. Before, the clock restarted at the late instant and every later timestamp lagged
+/// the wall clock for good.
+#[test]
+fn a_late_bridge_skips_frames_and_keeps_timestamps_with_the_clock() {
+    let t0 = Instant::now();
+    let cfg = BridgeConfig {
+        public_ip: PBX_IP,
+        rtp_timeout: Duration::from_secs(30),
+        seed: 1,
+    };
+    let mut bridge = Bridge::new(cfg, Arc::new(PromptLibrary::builtin()), t0, Duration::ZERO);
+    let phone = Phone::new(1, LegId(1), 20_000, None, t0);
+    bridge.handle_command(t0, phone.open());
+    let mut sent = Vec::new();
+    let mut drive = |bridge: &mut Bridge, at: Instant| {
+        bridge.handle_timeout(at);
+        while let Some(t) = bridge.poll_transmit() {
+            if t.to == phone.addr && !is_rtcp(t.data) {
+                let (h, _) = parse_rtp(t.data).unwrap();
+                sent.push((at, h));
+            }
+        }
+    };
+    for k in 0..5 {
+        drive(&mut bridge, t0 + TICK * k);
+    }
+    // The next tick was due at t0 + 100 ms; the bridge is driven at t0 + 350 ms.
+    drive(&mut bridge, t0 + Duration::from_millis(350));
+    let next = bridge.poll_timeout();
+    drive(&mut bridge, next);
+    let (first_at, first) = sent[0];
+    for (at, h) in &sent {
+        let media_ms = u64::from(h.timestamp.wrapping_sub(first.timestamp)) / 8;
+        let wall_ms = at.duration_since(first_at).as_millis() as u64;
+        assert!(
+            media_ms <= wall_ms && wall_ms - media_ms < 20,
+            "timestamp at {media_ms} ms of media time, sent at {wall_ms} ms: {sent:?}"
+        );
+    }
+    assert_eq!(sent.len(), 7, "one packet per tick run");
+    for pair in sent.windows(2) {
+        assert_eq!(pair[1].1.sequence, pair[0].1.sequence.wrapping_add(1));
+    }
+    assert!(
+        sent[5].1.marker,
+        "the packet after the gap starts a talkspurt"
+    );
+    assert!(!sent[6].1.marker);
+    let clock = bridge.clock_stats();
+    assert_eq!(
+        (clock.ticks, clock.overruns, clock.skipped_ticks),
+        (7, 1, 12)
+    );
+}

@@ -15,13 +15,13 @@
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confero_media::bridge::{
-    Bridge, BridgeConfig, LegId, MediaCommand, MediaEvent, PromptError, PromptLibrary,
+    Bridge, BridgeConfig, ClockStats, LegId, MediaCommand, MediaEvent, PromptError, PromptLibrary,
 };
 use confero_media::idmap::IdMap;
 use tokio::sync::mpsc::UnboundedSender;
@@ -41,6 +41,32 @@ pub(crate) fn load_prompts(override_dir: &Path) -> Result<PromptLibrary, PromptE
     })
 }
 
+/// How the media thread keeps time, for /metrics: written by the thread after each drive
+/// of its bridge, read by scrapes.
+#[derive(Debug, Default)]
+pub(crate) struct MediaClock {
+    ticks: AtomicU64,
+    overruns: AtomicU64,
+    skipped_ticks: AtomicU64,
+}
+
+impl MediaClock {
+    fn record(&self, s: ClockStats) {
+        self.ticks.store(s.ticks, Ordering::Relaxed);
+        self.overruns.store(s.overruns, Ordering::Relaxed);
+        self.skipped_ticks.store(s.skipped_ticks, Ordering::Relaxed);
+    }
+
+    /// What the bridge reported last.
+    pub(crate) fn stats(&self) -> ClockStats {
+        ClockStats {
+            ticks: self.ticks.load(Ordering::Relaxed),
+            overruns: self.overruns.load(Ordering::Relaxed),
+            skipped_ticks: self.skipped_ticks.load(Ordering::Relaxed),
+        }
+    }
+}
+
 pub(crate) struct MediaShell {
     pub(crate) bind_ip: IpAddr,
     /// The address browsers are told to send to (our one ICE candidate).
@@ -51,6 +77,8 @@ pub(crate) struct MediaShell {
     pub(crate) shutdown: Arc<AtomicBool>,
     /// `--rtp-timeout`.
     pub(crate) rtp_timeout: Duration,
+    /// Where the thread reports how it keeps time.
+    pub(crate) clock: Arc<MediaClock>,
 }
 
 /// The bound ports, and which leg holds which.
@@ -129,6 +157,7 @@ impl MediaShell {
                 }
             }
             bridge.handle_timeout(now);
+            self.clock.record(bridge.clock_stats());
             while let Some(t) = bridge.poll_transmit() {
                 if let Some(socket) = sockets.by_port.get(&t.from_port) {
                     let _ = socket.send_to(t.data, t.to);

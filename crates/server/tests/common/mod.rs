@@ -167,6 +167,22 @@ impl Pbx {
         lines
     }
 
+    /// Stops the whole server process for `d` (SIGSTOP, then SIGCONT), as an overloaded or
+    /// suspended machine would.
+    pub fn pause_for(&self, d: Duration) {
+        let pid = self.child.id().to_string();
+        let signal = |sig: &str| {
+            let ok = std::process::Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "kill {sig} {pid}");
+        };
+        signal("-STOP");
+        std::thread::sleep(d);
+        signal("-CONT");
+    }
+
     /// Threads of the server process (to catch leaks).
     pub fn thread_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
