@@ -725,3 +725,59 @@ fn a_paused_server_skips_the_media_ticks_it_missed_and_says_so() {
     )
     .expect_success();
 }
+
+/// Six free ports in a row starting at an even port, on loopback (checked by binding them).
+fn free_port_run() -> u16 {
+    for _ in 0..200 {
+        let base = 40_000 + 2 * (rand::random::<u16>() % 10_000);
+        let all_free = (base..base + 6)
+            .map(|p| std::net::UdpSocket::bind(("127.0.0.1", p)))
+            .collect::<Vec<_>>()
+            .iter()
+            .all(Result::is_ok);
+        if all_free {
+            return base;
+        }
+    }
+    panic!("no six free ports in a row");
+}
+
+/// Another program holds two of the three RTP pairs of `--rtp-ports`: the caller is put on
+/// the third and talks, instead of being hung up for a port the server cannot bind; the
+/// pairs passed over show in /metrics.
+#[test]
+fn rtp_ports_another_program_holds_are_passed_over() {
+    require!("sipp", "sip-tester");
+    let base = free_port_run();
+    let _held: Vec<std::net::UdpSocket> = [base, base + 2]
+        .iter()
+        .map(|&p| std::net::UdpSocket::bind(("127.0.0.1", p)).expect("hold the port"))
+        .collect();
+    let range = format!("{base}-{}", base + 5);
+    let pbx = pbx_with_rooms_and(&["--rtp-ports", &range]);
+    let id = conference_id(&pbx, "801");
+    let dir = tempfile::tempdir().unwrap();
+    // Two calls one after the other: ports are handed out round-robin, so without passing
+    // over held pairs at least one of them would land on one.
+    for n in 0..2 {
+        let caller = room_caller(
+            &pbx,
+            dir.path(),
+            &format!("room-held-ports-{n}"),
+            Visit {
+                room: "801",
+                dtmf: Dtmf::Rfc4733("2468#"),
+                wait_ms: 1000,
+                hold_ms: 2000,
+                rejected: false,
+            },
+        );
+        let list = wait_for_room(&pbx, id, Duration::from_secs(5), |l| !l.is_empty());
+        let port = list.first().and_then(|p| p["rtp_port"].as_u64());
+        assert_eq!(port, Some(u64::from(base + 4)), "call {n}: {list:?}");
+        caller.expect_success();
+        wait_for_room(&pbx, id, Duration::from_secs(3), |l| l.is_empty());
+    }
+    let passed_over = metric(&pbx, "confero_rtp_ports_taken_elsewhere_total");
+    assert!(passed_over >= 2.0, "{passed_over}");
+}

@@ -538,6 +538,11 @@ impl Engine {
         self.ports.in_use()
     }
 
+    /// RTP port pairs passed over because another program held them, since start.
+    pub fn rtp_ports_taken_elsewhere(&self) -> u64 {
+        self.ports.taken_elsewhere()
+    }
+
     /// The next command for the media bridge.
     #[must_use]
     pub fn poll_media(&mut self) -> Option<MediaCommand> {

@@ -103,6 +103,7 @@ struct Published {
     transactions: usize,
     calls_in_memory: usize,
     rtp_ports: usize,
+    rtp_ports_taken_elsewhere: u64,
 }
 
 /// The kinds of live events, in the order a new subscriber gets them.
@@ -213,6 +214,7 @@ impl LiveState {
             transactions: engine.transaction_count(),
             calls_in_memory: engine.call_count(),
             rtp_ports: engine.rtp_ports_in_use(),
+            rtp_ports_taken_elsewhere: engine.rtp_ports_taken_elsewhere(),
         };
         let mut p = self.inner.write().unwrap_or_else(|e| e.into_inner());
         if self.events.receiver_count() > 0 {
@@ -339,6 +341,19 @@ impl LiveView for LiveState {
         let _ = writeln!(out, "confero_calls_in_memory {}", p.calls_in_memory);
         let _ = writeln!(out, "# TYPE confero_rtp_ports_in_use gauge");
         let _ = writeln!(out, "confero_rtp_ports_in_use {}", p.rtp_ports);
+        let _ = writeln!(
+            out,
+            "# HELP confero_rtp_ports_taken_elsewhere_total RTP port pairs passed over because another program held them."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE confero_rtp_ports_taken_elsewhere_total counter"
+        );
+        let _ = writeln!(
+            out,
+            "confero_rtp_ports_taken_elsewhere_total {}",
+            p.rtp_ports_taken_elsewhere
+        );
         let _ = writeln!(out, "# TYPE confero_conference_participants gauge");
         let _ = writeln!(
             out,
