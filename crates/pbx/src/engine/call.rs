@@ -40,7 +40,6 @@ use confero_sip::{Method, Name, StatusCode};
 use super::conference::{AfterAnswer, Party};
 use super::fork::{self, ForkStep, OutFork};
 use super::ids::{CallId, LegId, Owner, Timer};
-use super::leg::Leg;
 use super::{
     copy_body, copy_response_body, local, CallInfo, ClientPurpose, Engine, EngineEvent, ALLOW,
     USER_AGENT,
@@ -181,6 +180,20 @@ struct CallSetup {
     media: Media,
 }
 
+/// A direct call's dialog on `side`, borrowed from the two fields that hold them (so that
+/// the call's entropy can be borrowed beside it).
+fn side_dialog<'a>(
+    caller_side: &'a mut CallerSide,
+    media: &'a mut Media,
+    side: Side,
+) -> Option<&'a mut Dialog> {
+    match (side, caller_side, media) {
+        (Side::Caller, CallerSide::Invite { dialog, .. }, Media::Direct { .. }) => Some(dialog),
+        (Side::Callee, _, Media::Direct { callee, .. }) => callee.as_deref_mut(),
+        _ => None,
+    }
+}
+
 impl CallSetup {
     /// A call between two desk phones: the caller's INVITE `invite` (on `tx`, whose
     /// dialog with us is `dialog`) waits for the callee's answer, which it gets as is.
@@ -273,11 +286,7 @@ impl Call {
     }
 
     pub(super) fn leg_mut(&mut self, side: Side) -> Option<&mut Dialog> {
-        match (side, &mut self.caller_side, &mut self.media) {
-            (Side::Caller, CallerSide::Invite { dialog, .. }, Media::Direct { .. }) => Some(dialog),
-            (Side::Callee, _, Media::Direct { callee, .. }) => callee.as_deref_mut(),
-            _ => None,
-        }
+        side_dialog(&mut self.caller_side, &mut self.media, side)
     }
 
     /// Our To tag toward the caller, while the caller is an INVITE of ours to answer.
@@ -365,16 +374,10 @@ impl Call {
                 self.out.push_back(CallOutput::EndLeg(*leg));
             }
         }
-        if let Media::Anchored {
-            callee_port: Some(p),
-            ..
-        } = &mut self.media
-        {
-            self.out.push_back(CallOutput::ReleasePort(*p));
-            self.media = Media::Anchored {
-                callee_port: None,
-                legs: None,
-            };
+        if let Media::Anchored { callee_port, .. } = &mut self.media {
+            if let Some(p) = callee_port.take() {
+                self.out.push_back(CallOutput::ReleasePort(p));
+            }
         }
         self.cancel_forks(None);
     }
@@ -528,6 +531,13 @@ impl Call {
         }
     }
 
+    /// The callee answered but the caller cannot be joined (gone, or its answer failed):
+    /// the call is over and the callee's leg is hung up.
+    fn drop_answered(&mut self, now: Instant, callee: LegId) {
+        self.end(now);
+        self.out.push_back(CallOutput::EndLeg(callee));
+    }
+
     /// The answered call ends without hanging up its legs (they are being transferred).
     fn dissolve(&mut self, now: Instant) {
         if let Media::Anchored { legs, .. } = &mut self.media {
@@ -581,18 +591,11 @@ impl Call {
                 }
             }
         }
-        let (local, entropy) = (self.local, &mut self.entropy);
-        let other = match &mut self.media {
-            Media::Direct { callee, .. } if side == Side::Caller => callee.as_deref_mut(),
-            _ => match &mut self.caller_side {
-                CallerSide::Invite { dialog, .. } => Some(&mut **dialog),
-                CallerSide::Transferee { .. } => None,
-            },
-        };
+        let other = side_dialog(&mut self.caller_side, &mut self.media, side.other());
         let Some(other) = other else {
             return refuse(self, gone.0, gone.1);
         };
-        let mut fwd = other.request(req.method.clone(), &local, entropy);
+        let mut fwd = other.request(req.method.clone(), &self.local, &mut self.entropy);
         copy_body(&req, &mut fwd);
         let peer = other.peer;
         let forwarded = Forwarded {
@@ -624,25 +627,22 @@ impl Call {
         }
         let (local, t1) = (self.local, self.timers.t1);
         let to_side = fwd.from_side.other();
-        let transport = self.leg(to_side).map(|l| l.peer.transport);
-        if let (true, Some(transport)) = (is_invite && code / 100 == 2, transport) {
+        let answered = side_dialog(&mut self.caller_side, &mut self.media, to_side);
+        if let (true, Some(leg)) = (is_invite && code / 100 == 2, answered) {
             // ACK the side that answered, right away: the SDP answer is in its 2xx.
-            let via = local.via(transport, &mut self.entropy);
-            if let Some(leg) = self.leg_mut(to_side) {
-                if let Some(target) = headers::contacts(&resp.headers)
-                    .and_then(|c| c.first().map(headers::contact_uri_text))
-                {
-                    leg.remote_target = target;
-                }
-                let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(leg.local_cseq);
-                let ack = leg.ack(cseq, via);
-                let t = Transmit {
-                    peer: leg.peer,
-                    data: Message::Request(ack.clone()).to_bytes(),
-                };
-                leg.last_ack = Some(ack);
-                self.out.push_back(CallOutput::Transmit(t));
+            if let Some(target) = headers::contacts(&resp.headers)
+                .and_then(|c| c.first().map(headers::contact_uri_text))
+            {
+                leg.remote_target = target;
             }
+            let cseq = resp.cseq().map(|(n, _)| n).unwrap_or(leg.local_cseq);
+            let ack = leg.ack(cseq, local.via(leg.peer.transport, &mut self.entropy));
+            let t = Transmit {
+                peer: leg.peer,
+                data: Message::Request(ack.clone()).to_bytes(),
+            };
+            leg.last_ack = Some(ack);
+            self.out.push_back(CallOutput::Transmit(t));
         }
         let Some(from_leg) = self.leg_mut(fwd.from_side) else {
             return;
@@ -668,18 +668,16 @@ impl Call {
         if !self.end(now) {
             return;
         }
-        let mut byes = Vec::new();
         for side in [Side::Caller, Side::Callee] {
-            let Some(leg) = self.leg_mut(side) else {
+            let Some(leg) = side_dialog(&mut self.caller_side, &mut self.media, side) else {
                 continue;
             };
             leg.unacked_2xx = None;
             if Some(side) != except {
-                byes.push(leg.clone());
+                let bye = leg.request(Method::BYE, &self.local, &mut self.entropy);
+                let out = CallOutput::Send(Box::new(bye), leg.peer, ClientPurpose::Fire);
+                self.out.push_back(out);
             }
-        }
-        for leg in byes {
-            self.send_bye(leg);
         }
     }
 
@@ -1011,7 +1009,6 @@ impl Engine {
         webrtc: Option<(LegId, u16)>,
     ) {
         let unix = self.unix(now);
-        let env = self.leg_env();
         let opened = self.open_fork_media(webrtc, plain_port, &resp.body, leg.peer);
         let Some(call) = self.calls.get_mut(&id) else {
             return;
@@ -1036,34 +1033,22 @@ impl Engine {
         }
         call.answered_by(unix, i);
         let callee_leg = opened.leg;
-        self.conf_dialogs
-            .insert((leg.call_id.clone(), leg.local_tag.clone()), callee_leg);
-        let mut c = Leg::offered(
-            callee_leg,
-            leg,
-            call.callee.clone(),
-            opened.port,
-            opened.media,
-            &invite.body,
-            unix,
-            env,
-        );
-        c.call = Some(id);
-        self.conf_legs.insert(callee_leg, c);
+        let callee = call.callee.clone();
+        self.file_answered_leg(now, leg, callee, opened, &invite.body, Some(id));
 
+        let Some(call) = self.calls.get_mut(&id) else {
+            return;
+        };
         let caller_party = call.caller.clone();
         match &mut call.caller_side {
             CallerSide::Transferee { leg } => {
                 let transferee = *leg;
                 if !self.conf_legs.contains_key(&transferee) {
                     // The transferee hung up meanwhile: so does the call.
-                    call.end(now);
-                    return call.out.push_back(CallOutput::EndLeg(callee_leg));
+                    return call.drop_answered(now, callee_leg);
                 }
+                // (The transferee's leg names this call since the transfer opened it.)
                 call.connect(id, transferee, callee_leg);
-                if let Some(c) = self.conf_legs.get_mut(&transferee) {
-                    c.call = Some(id);
-                }
             }
             CallerSide::Invite {
                 invite,
@@ -1072,8 +1057,7 @@ impl Engine {
                 port,
             } => {
                 let Some(tx) = tx.take() else {
-                    call.end(now);
-                    return call.out.push_back(CallOutput::EndLeg(callee_leg));
+                    return call.drop_answered(now, callee_leg);
                 };
                 let (invite, from, port) = ((**invite).clone(), dialog.peer, port.take());
                 let tag = Some(dialog.local_tag.clone());
@@ -1107,8 +1091,7 @@ impl Engine {
     /// callee, already answered, is hung up on.
     pub(super) fn call_refused(&mut self, now: Instant, id: CallId, callee: LegId) {
         if let Some(call) = self.calls.get_mut(&id) {
-            call.end(now);
-            call.out.push_back(CallOutput::EndLeg(callee));
+            call.drop_answered(now, callee);
             self.drive_call(now, id);
         }
     }

@@ -17,6 +17,7 @@ use confero_sip::transaction::ServerTxId;
 use confero_sip::transport::Peer;
 use confero_sip::{Name, StatusCode};
 
+use super::fork::ForkMedia;
 use super::ids::{CallId, Owner, Timer};
 use super::leg::{Leg, LegEnv, LegOutput};
 use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
@@ -45,6 +46,17 @@ pub(super) fn answer_for_bridge(
     let (answer, media) = sdp::answer(offer, local, CODEC_PREFS)?;
     let bridged = leg_media(&media).ok_or(sdp::SdpError::NoCommonCodec)?;
     Ok((answer, media, bridged))
+}
+
+/// The status and reason refusing an offer with `err` (488, 415…); the error itself goes
+/// in a Warning.
+pub(super) fn sdp_refusal(err: &sdp::SdpError) -> (u16, &'static str) {
+    tracing::info!(%err, "refusing an offer");
+    let code = err.status_code();
+    (
+        code.into_u16(),
+        code.text().unwrap_or("Not Acceptable Here"),
+    )
 }
 
 /// What a browser's leg agreed, in SDP terms (for the call's records and later offers).
@@ -308,8 +320,6 @@ impl Engine {
         ok.body = Bytes::from(answer.clone().into_bytes());
         let _ = self.tx.send_response(now, tx, ok.clone());
         leg.unacked_2xx = Some(Unacked::new(self.settings.timers.t1, now, ok, true));
-        self.conf_dialogs
-            .insert((leg.call_id.clone(), leg.local_tag.clone()), id);
         let joined_unix = self.unix(now);
         let env = self.leg_env();
         let leg = Leg::new(
@@ -323,6 +333,32 @@ impl Engine {
             joined_unix,
             env,
         );
+        self.file_leg(now, leg);
+    }
+
+    /// Files the leg a callee's answer made (`opened`, the media of its answer to our
+    /// `offer`); `call` is the anchored call it is half of, if any.
+    pub(super) fn file_answered_leg(
+        &mut self,
+        now: Instant,
+        dialog: Dialog,
+        callee: Party,
+        opened: ForkMedia,
+        offer: &[u8],
+        call: Option<CallId>,
+    ) {
+        let (joined_unix, env) = (self.unix(now), self.leg_env());
+        let (id, port, media) = (opened.leg, opened.port, opened.media);
+        let mut leg = Leg::offered(id, dialog, callee, port, media, offer, joined_unix, env);
+        leg.call = call;
+        self.file_leg(now, leg);
+    }
+
+    /// A new leg: requests of its dialog are routed to it from now on, and its timer set.
+    fn file_leg(&mut self, now: Instant, leg: Leg) {
+        let id = leg.id();
+        let key = (leg.dialog.call_id.clone(), leg.dialog.local_tag.clone());
+        self.conf_dialogs.insert(key, id);
         self.conf_legs.insert(id, leg);
         self.drive_leg(now, id);
     }
@@ -336,6 +372,7 @@ impl Engine {
         }
     }
 
+    /// Refuses an INVITE whose offer we cannot take (see [`sdp_refusal`]).
     pub(super) fn refuse_sdp(
         &mut self,
         now: Instant,
@@ -343,10 +380,7 @@ impl Engine {
         req: &Request,
         err: &sdp::SdpError,
     ) {
-        let code = err.status_code();
-        tracing::info!(%err, "refusing an offer");
-        let reason = code.text().unwrap_or("Not Acceptable Here");
-        self.respond_warning(now, tx, req, (code.into_u16(), reason), &err.to_string());
+        self.respond_warning(now, tx, req, sdp_refusal(err), &err.to_string());
     }
 
     /// Routes what the rooms decided: hang-ups are signalling, the rest is media.

@@ -21,7 +21,6 @@ use confero_sip::transport::{Peer, Transmit};
 use super::conference::Party;
 use super::fork::{self, ForkStep, OutFork};
 use super::ids::{InvitationId, Owner, Timer};
-use super::leg::Leg;
 use super::{local, ClientPurpose, Engine, EngineEvent};
 use crate::room::LegId;
 
@@ -553,24 +552,10 @@ impl Engine {
         if let Some(inv) = self.invitations.get_mut(&id) {
             inv.answered(now, i, opened.leg, resp.code.into_u16(), webrtc.is_some());
         }
-        self.conf_dialogs
-            .insert((leg.call_id.clone(), leg.local_tag.clone()), opened.leg);
-        let number = party.number.clone();
-        let joined_unix = self.unix(now);
-        let env = self.leg_env();
-        let c = Leg::offered(
-            opened.leg,
-            leg,
-            party,
-            opened.port,
-            opened.media,
-            &invite_body,
-            joined_unix,
-            env,
-        );
-        self.conf_legs.insert(opened.leg, c);
+        let (participant, number) = (opened.leg, party.number.clone());
+        self.file_answered_leg(now, leg, party, opened, &invite_body, None);
         self.rooms
-            .handle_invited(now, opened.leg, &conference, &number, is_admin);
+            .handle_invited(now, participant, &conference, &number, is_admin);
         self.drain_room_commands(now);
     }
 

@@ -23,9 +23,9 @@ use confero_sip::transaction::{ServerTxId, TimerConfig};
 use confero_sip::transport::{Peer, Transmit};
 use confero_sip::{Method, Name, StatusCode};
 
-use super::conference::{answer_for_bridge, Party};
+use super::conference::{answer_for_bridge, sdp_refusal, Party};
 use super::ids::{CallId, LegId};
-use super::{ack_clears, fork, warning, USER_AGENT};
+use super::{ack_clears, warning, USER_AGENT};
 
 /// What a leg asks the engine to do, in order.
 #[derive(Debug)]
@@ -146,6 +146,11 @@ impl Leg {
         )
     }
 
+    /// The leg's name in the media bridge and the rooms.
+    pub(super) fn id(&self) -> LegId {
+        self.id
+    }
+
     /// The next thing the engine must do for this leg.
     pub(super) fn poll_output(&mut self) -> Option<LegOutput> {
         self.out.pop_front()
@@ -157,10 +162,16 @@ impl Leg {
     }
 
     /// A response to `req` in this dialog, with our tag.
-    fn reply(&mut self, tx: ServerTxId, req: &Request, code: u16, reason: &str) {
+    fn response(&self, req: &Request, code: u16, reason: &str) -> Response {
         let mut resp = response_for(req, StatusCode::from(code), Some(&self.dialog.local_tag));
         resp.reason = Some(reason.to_owned());
         resp.headers.insert(Name::SERVER, USER_AGENT);
+        resp
+    }
+
+    /// Sends [`Leg::response`].
+    fn reply(&mut self, tx: ServerTxId, req: &Request, code: u16, reason: &str) {
+        let resp = self.response(req, code, reason);
         self.out.push_back(LegOutput::Respond(tx, resp));
     }
 
@@ -197,11 +208,9 @@ impl Leg {
         if self.dialog.unacked_2xx.is_some() || self.pending_reinvite.is_some() {
             // Our previous 2xx is not ACKed yet, or a browser's offer is still being
             // answered (RFC 3261 §14.2): try again shortly.
-            let mut resp = response_for(&req, StatusCode::from(500), Some(&self.dialog.local_tag));
-            resp.reason = Some("Previous INVITE Not Yet Acknowledged".into());
+            let mut resp = self.response(&req, 500, "Previous INVITE Not Yet Acknowledged");
             let wait = 1 + self.entropy.next_u64() % 5;
             resp.headers.insert(Name::RETRY_AFTER, wait.to_string());
-            resp.headers.insert(Name::SERVER, USER_AGENT);
             return self.out.push_back(LegOutput::Respond(tx, resp));
         }
         if let Some(target) =
@@ -253,23 +262,19 @@ impl Leg {
 
     /// An offer we cannot take: the status it calls for, with a Warning saying why.
     fn refuse_offer(&mut self, tx: ServerTxId, req: &Request, err: &sdp::SdpError) {
-        let code = err.status_code();
-        tracing::info!(%err, "refusing an offer");
-        let reason = code.text().unwrap_or("Not Acceptable Here");
-        self.reply(tx, req, code.into_u16(), reason);
-        if let Some(LegOutput::Respond(_, resp)) = self.out.back_mut() {
-            let warning = warning(self.local.advertised.ip(), &err.to_string());
-            resp.headers.insert(Name::WARNING, warning);
-        }
+        let (code, reason) = sdp_refusal(err);
+        let mut resp = self.response(req, code, reason);
+        let warning = warning(self.local.advertised.ip(), &err.to_string());
+        resp.headers.insert(Name::WARNING, warning);
+        self.out.push_back(LegOutput::Respond(tx, resp));
     }
 
     /// The 200 OK to a re-INVITE, retransmitted until ACKed.
     fn answer_reinvite(&mut self, now: Instant, tx: ServerTxId, req: &Request, body: String) {
-        let mut ok = response_for(req, StatusCode::from(200), Some(&self.dialog.local_tag));
+        let mut ok = self.response(req, 200, "OK");
         let contact = self.local.contact(self.dialog.peer.transport);
         ok.headers.insert(Name::CONTACT, contact);
         ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-        ok.headers.insert(Name::SERVER, USER_AGENT);
         ok.body = Bytes::from(body.into_bytes());
         self.dialog.unacked_2xx = Some(Unacked::new(self.timers.t1, now, ok.clone(), false));
         self.out.push_back(LegOutput::Respond(tx, ok));
@@ -345,7 +350,10 @@ impl Leg {
         }
         self.dialog.unacked_2xx = None;
         if send_bye {
-            let (bye, peer) = fork::bye(self.dialog.clone(), &self.local, &mut self.entropy);
+            let bye = self
+                .dialog
+                .request(Method::BYE, &self.local, &mut self.entropy);
+            let peer = self.dialog.peer;
             self.out.push_back(LegOutput::Send(Box::new(bye), peer));
         }
         self.out.push_back(LegOutput::Ended);
