@@ -392,9 +392,8 @@ impl WebRtcLeg {
     /// One encoded 20 ms frame for the browser (dropped by str0m until connected).
     pub fn send_frame(&mut self, now: Instant, payload: &[u8]) {
         let Some(mid) = self.mid else { return };
-        let ticks = 20 * u64::from(self.send_clock.get()) / 1000;
         let time = MediaTime::new(self.send_time, self.send_clock);
-        self.send_time += ticks;
+        self.send_time += self.frame_ticks();
         if let Some(writer) = self.rtc.writer(mid) {
             if let Err(err) = writer.write(self.payload_type, now, time, payload.to_vec()) {
                 tracing::debug!(%err, "WebRTC write failed");
@@ -406,7 +405,12 @@ impl WebRtcLeg {
     /// `frames` 20 ms frames were never sent (the bridge skipped them): the next frame is
     /// stamped as media time says.
     pub fn skip_frames(&mut self, frames: u32) {
-        self.send_time += u64::from(frames) * 20 * u64::from(self.send_clock.get()) / 1000;
+        self.send_time += u64::from(frames) * self.frame_ticks();
+    }
+
+    /// One 20 ms frame at the send clock.
+    fn frame_ticks(&self) -> u64 {
+        20 * u64::from(self.send_clock.get()) / 1000
     }
 
     /// Queues a whole digit (RFC 4733, on the telephone-event number agreed at the audio

@@ -54,7 +54,7 @@ impl RegistrationState {
 #[derive(Debug)]
 pub(super) enum Step {
     /// Send a REGISTER for `expires` seconds, with credentials answering `challenge`;
-    /// then report [`Registration::sent`] or [`Registration::not_sent`].
+    /// then report [`Registration::sent`] or [`Registration::failed`].
     Register {
         expires: u32,
         challenge: Option<Box<Response>>,
@@ -119,13 +119,9 @@ impl Registration {
         }
     }
 
-    /// The REGISTER could not be sent, or the host has no address: a failure like a
-    /// refusal, retried after the back-off.
-    pub(super) fn not_sent(&mut self, now: Instant, code: u16, reason: &str) -> Step {
-        self.failed(now, code, reason)
-    }
-
-    fn failed(&mut self, now: Instant, code: u16, reason: &str) -> Step {
+    /// The attempt failed with `code` (a refusal, or no REGISTER could be sent, or the
+    /// host has no address): retried after the back-off.
+    pub(super) fn failed(&mut self, now: Instant, code: u16, reason: &str) -> Step {
         self.in_flight = false;
         self.state = RegistrationState::Failed;
         self.status = Some(code);
@@ -372,12 +368,12 @@ mod tests {
         let t0 = Instant::now();
         let mut r = Registration::new(RegistrationState::Resolving);
         let retry = t0 + Duration::from_secs(30);
-        assert_eq!(wakes_at(r.not_sent(t0, 503, "cannot resolve")), Some(retry));
+        assert_eq!(wakes_at(r.failed(t0, 503, "cannot resolve")), Some(retry));
         assert_eq!(r.retry_at(), Some(retry));
         assert!(matches!(r.handle_timeout(retry, false), Step::Resolve));
         assert_eq!(r.state, RegistrationState::Resolving);
         assert_eq!(
-            wakes_at(r.not_sent(retry, 503, "cannot resolve")),
+            wakes_at(r.failed(retry, 503, "cannot resolve")),
             Some(retry + Duration::from_secs(60))
         );
     }

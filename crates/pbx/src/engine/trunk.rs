@@ -197,7 +197,7 @@ impl Engine {
                 };
                 link.addresses.clear();
                 // With no address, the retry timer asks the shell to resolve again.
-                let step = link.registration.not_sent(now, 503, &why);
+                let step = link.registration.failed(now, 503, &why);
                 self.registration_step(now, trunk, step);
             }
         }
@@ -279,7 +279,7 @@ impl Engine {
                     let Some(link) = self.trunks.get_mut(&id) else {
                         return;
                     };
-                    let step = link.registration.not_sent(now, code, why);
+                    let step = link.registration.failed(now, code, why);
                     return self.registration_step(now, id, step);
                 }
             }
