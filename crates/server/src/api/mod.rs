@@ -190,23 +190,21 @@ async fn metrics(
     }
     if let Some(clock) = &state.media_clock {
         let s = clock.stats();
-        let _ = writeln!(
-            out,
-            "# HELP confero_media_ticks_total 20 ms media ticks run.\n\
-             # TYPE confero_media_ticks_total counter\nconfero_media_ticks_total {}",
-            s.ticks
-        );
-        let _ = writeln!(
-            out,
-            "# HELP confero_media_overruns_total Times the media thread fell more than 100 ms behind.\n\
-             # TYPE confero_media_overruns_total counter\nconfero_media_overruns_total {}",
-            s.overruns
-        );
-        let _ = writeln!(
-            out,
-            "# HELP confero_media_skipped_ticks_total Ticks skipped to catch up (20 ms of silence each, timestamps kept with the clock).\n\
-             # TYPE confero_media_skipped_ticks_total counter\nconfero_media_skipped_ticks_total {}",
-            s.skipped_ticks
+        crate::live::publish::counters(
+            &mut out,
+            &[
+                ("confero_media_ticks_total", "20 ms media ticks run.", s.ticks),
+                (
+                    "confero_media_overruns_total",
+                    "Times the media thread fell more than 100 ms behind.",
+                    s.overruns,
+                ),
+                (
+                    "confero_media_skipped_ticks_total",
+                    "Ticks skipped to catch up (20 ms of silence each, timestamps kept with the clock).",
+                    s.skipped_ticks,
+                ),
+            ],
         );
     }
     (

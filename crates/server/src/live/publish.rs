@@ -341,18 +341,13 @@ impl LiveView for LiveState {
         let _ = writeln!(out, "confero_calls_in_memory {}", p.calls_in_memory);
         let _ = writeln!(out, "# TYPE confero_rtp_ports_in_use gauge");
         let _ = writeln!(out, "confero_rtp_ports_in_use {}", p.rtp_ports);
-        let _ = writeln!(
-            out,
-            "# HELP confero_rtp_ports_taken_elsewhere_total RTP port pairs passed over because another program held them."
-        );
-        let _ = writeln!(
-            out,
-            "# TYPE confero_rtp_ports_taken_elsewhere_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "confero_rtp_ports_taken_elsewhere_total {}",
-            p.rtp_ports_taken_elsewhere
+        counters(
+            &mut out,
+            &[(
+                "confero_rtp_ports_taken_elsewhere_total",
+                "RTP port pairs passed over because another program held them.",
+                p.rtp_ports_taken_elsewhere,
+            )],
         );
         let _ = writeln!(out, "# TYPE confero_conference_participants gauge");
         let _ = writeln!(
@@ -361,7 +356,7 @@ impl LiveView for LiveState {
             p.participants.len()
         );
         if let Some(sec) = p.security {
-            for (name, help, value) in [
+            let security = [
                 (
                     "confero_sip_auth_failures_total",
                     "Wrong SIP passwords and unknown SIP usernames.",
@@ -392,11 +387,8 @@ impl LiveView for LiveState {
                     "New SIP requests refused with 503 while the server was overloaded.",
                     sec.overload_refusals,
                 ),
-            ] {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} counter");
-                let _ = writeln!(out, "{name} {value}");
-            }
+            ];
+            counters(&mut out, &security);
         }
         let _ = writeln!(
             out,
@@ -409,5 +401,14 @@ impl LiveView for LiveState {
             p.code_guessing.len()
         );
         out
+    }
+}
+
+/// Prometheus counters, each with its help line: (name, help, value).
+pub(crate) fn counters(out: &mut String, counters: &[(&str, &str, u64)]) {
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
     }
 }
