@@ -229,15 +229,13 @@ impl SimPhone {
     /// more RTP from us) or takes it off hold (`sendrecv`, RTP again).
     pub fn hold(&mut self, now: Instant, held: bool) {
         let local = self.local;
-        let cseq = self.cseq + 1;
-        let sdp = self.sdp_with(cseq, if held { "sendonly" } else { "sendrecv" });
         let Some(d) = self.outgoing.as_mut().and_then(|o| o.dialog.as_mut()) else {
             return;
         };
-        d.local_cseq = d.local_cseq.max(cseq - 1);
         let mut invite = d.request(Method::INVITE, &local, &mut self.entropy);
         let cseq = d.local_cseq;
-        self.cseq = cseq;
+        // Each new offer is a new version of our session (the CSeq goes up with it).
+        let sdp = self.sdp_with(cseq, if held { "sendonly" } else { "sendrecv" });
         invite
             .headers
             .insert(Name::CONTACT, local.contact(Transport::Udp));
@@ -246,6 +244,15 @@ impl SimPhone {
         let tx = self.tl.send_request(now, invite, udp(self.pbx));
         self.reinvite = Some((tx, cseq));
         self.sending = !held;
+    }
+
+    /// A datagram of ours for the PBX's SIP port.
+    fn to_pbx(&self, req: Request) -> (SocketAddr, SocketAddr, Vec<u8>) {
+        (
+            self.sip,
+            self.pbx,
+            Message::Request(req).to_bytes().to_vec(),
+        )
     }
 
     /// RTP packets received so far.
@@ -444,11 +451,7 @@ impl SimPhone {
                         Some(n) if Some(n) != first => d.ack(n, via),
                         _ => d.ack_for(&o.invite, via),
                     };
-                    out.push((
-                        self.sip,
-                        self.pbx,
-                        Message::Request(ack).to_bytes().to_vec(),
-                    ));
+                    out.push(self.to_pbx(ack));
                 }
             }
             TransactionEvent::Request { tx, request, .. } => self.on_request(now, tx, request),
@@ -528,11 +531,7 @@ impl SimPhone {
                     code < 300,
                 ) {
                     let ack = d.ack(cseq, self.local.via(Transport::Udp, &mut self.entropy));
-                    out.push((
-                        self.sip,
-                        self.pbx,
-                        Message::Request(ack).to_bytes().to_vec(),
-                    ));
+                    out.push(self.to_pbx(ack));
                 }
                 return;
             }
@@ -575,11 +574,7 @@ impl SimPhone {
             return;
         };
         let ack = dialog.ack_for(&o.invite, self.local.via(Transport::Udp, &mut self.entropy));
-        out.push((
-            self.sip,
-            self.pbx,
-            Message::Request(ack).to_bytes().to_vec(),
-        ));
+        out.push(self.to_pbx(ack));
         self.events.push(PhoneEvent::Answered {
             to_tag: dialog.remote_tag.clone(),
         });
@@ -667,11 +662,7 @@ impl SimPhone {
             let _ = self.tl.send_response(now, tx, gone);
             return;
         };
-        let mut ok = response_for(req, StatusCode::OK, Some(&self.tag));
-        ok.headers
-            .insert(Name::CONTACT, self.local.contact(Transport::Udp));
-        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-        ok.body = sdp.into_bytes().into();
+        let ok = ok_with_sdp(req, &self.tag, self.local, sdp);
         let _ = self.tl.send_response(now, tx, ok.clone());
         d.unacked_2xx = Some(Unacked::new(T1, now, ok, false));
         self.sending = !held;
@@ -685,11 +676,7 @@ impl SimPhone {
         let Ok(mut dialog) = Dialog::uas(&c.invite, self.tag.clone(), udp(self.pbx)) else {
             return;
         };
-        let mut ok = response_for(&c.invite, StatusCode::OK, Some(&self.tag));
-        ok.headers
-            .insert(Name::CONTACT, self.local.contact(Transport::Udp));
-        ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
-        ok.body = sdp.into_bytes().into();
+        let ok = ok_with_sdp(&c.invite, &self.tag, self.local, sdp);
         let _ = self.tl.send_response(now, c.tx, ok.clone());
         dialog.unacked_2xx = Some(Unacked::new(T1, now, ok, true));
         let offer = sdp::parse_audio(&c.invite.body).ok().map(|o| o.addr);
@@ -835,4 +822,14 @@ impl SimWorld {
             }
         }
     }
+}
+
+/// Our 200 OK to `req` (our tag `tag`) carrying `sdp`.
+fn ok_with_sdp(req: &Request, tag: &str, local: Local, sdp: String) -> Response {
+    let mut ok = response_for(req, StatusCode::OK, Some(tag));
+    ok.headers
+        .insert(Name::CONTACT, local.contact(Transport::Udp));
+    ok.headers.insert(Name::CONTENT_TYPE, "application/sdp");
+    ok.body = sdp.into_bytes().into();
+    ok
 }
