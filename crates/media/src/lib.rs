@@ -49,6 +49,7 @@ pub mod dtmf;
 pub mod idmap;
 pub mod jitter;
 pub mod mixer;
+pub mod placement;
 pub mod resample;
 pub mod rtp;
 pub mod stream;

@@ -334,13 +334,22 @@ fn dialling_a_room_answers_with_sdp_asks_for_the_code_and_joins_after_info_digit
     );
     let tag = response(&ok.1).to_tag().unwrap();
     let cmds = media(&mut h);
-    let port = match &cmds[0] {
-        MediaCommand::Open { port, media, .. } => {
+    // The leg is placed with its room (on a server with several media threads, the
+    // room's thread), then opened.
+    let placed = match &cmds[0] {
+        MediaCommand::Place { leg, near } => {
+            assert_eq!(*near, confero_media::bridge::MixId::Room(7));
+            *leg
+        }
+        other => panic!("expected Place first, got {other:?}"),
+    };
+    let port = match &cmds[1] {
+        MediaCommand::Open { port, media, leg, .. } if *leg == placed => {
             assert_eq!(media.codec, confero_media::codec::CodecKind::Pcmu);
             assert_eq!(media.remote.port(), 4000);
             *port
         }
-        other => panic!("expected Open first, got {other:?}"),
+        other => panic!("expected the placed leg opened, got {other:?}"),
     };
     assert!(body.contains(&format!("m=audio {port} ")));
     assert!(

@@ -235,6 +235,14 @@ fn a_blind_transfer_through_loss_hands_the_caller_over_with_its_audio() {
             stats.lost > 50 && stats.reordered > 50,
             "seed {seed}: {stats:?}"
         );
+        // Alice's leg opened on the emptier bridge with the new call's mix: the caller's
+        // leg moved there, once, with its audio (heard above), and nothing stayed behind.
+        assert_eq!(w.moves, 1, "seed {seed}");
+        let mut load = w.placement.load().to_vec();
+        load.sort_unstable();
+        assert_eq!(load, [0, 2], "seed {seed}");
+        let legs: Vec<usize> = w.bridges.iter().map(|b| b.leg_count()).collect();
+        assert_eq!(legs, w.placement.load(), "seed {seed}");
     }
 }
 

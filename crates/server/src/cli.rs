@@ -85,7 +85,14 @@ pub(crate) struct ServeArgs {
     /// account, or one stolen password, cannot take the whole port range.
     #[arg(long, env = "CONFERO_MAX_CALLS_PER_USER")]
     pub(crate) max_calls_per_user: Option<u32>,
+    /// Threads that carry audio, each with its own rooms [default: one per CPU core]. A
+    /// room lives wholly on one thread; a new room goes to the least busy.
+    #[arg(long, env = "CONFERO_MEDIA_THREADS")]
+    pub(crate) media_threads: Option<usize>,
 }
+
+/// More media threads than this would each hold a handful of legs: no machine needs it.
+const MAX_MEDIA_THREADS: usize = 256;
 
 /// Why the settings could not be put together.
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +120,8 @@ pub(crate) enum SettingsError {
     MetricsToken,
     #[error("max-calls-per-user: must be at least 1")]
     MaxCallsPerUser,
+    #[error("media-threads: must be between 1 and {MAX_MEDIA_THREADS}")]
+    MediaThreads,
 }
 
 /// Resolved settings the server runs with.
@@ -131,6 +140,7 @@ pub(crate) struct Settings {
     pub(crate) trunk_ca: Option<PathBuf>,
     pub(crate) metrics_token: Option<String>,
     pub(crate) max_calls_per_user: u32,
+    pub(crate) media_threads: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -162,6 +172,7 @@ impl ServeArgs {
             trunk_ca: self.trunk_ca.or(file.trunk_ca),
             metrics_token: self.metrics_token.or(file.metrics_token),
             max_calls_per_user: self.max_calls_per_user.or(file.max_calls_per_user),
+            media_threads: self.media_threads.or(file.media_threads),
         }
     }
 
@@ -214,8 +225,14 @@ impl ServeArgs {
             Some(0) => return Err(SettingsError::MaxCallsPerUser),
             n => n.unwrap_or(8),
         };
+        let media_threads = match args.media_threads {
+            Some(n) if n == 0 || n > MAX_MEDIA_THREADS => return Err(SettingsError::MediaThreads),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
         Ok(Settings {
             digest,
+            media_threads,
             metrics_token,
             max_calls_per_user,
             trunk_ca: args.trunk_ca.clone(),

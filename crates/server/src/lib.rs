@@ -281,24 +281,16 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let (control_tx, control_rx) = tokio::sync::mpsc::channel(64);
     let live = Arc::new(LiveState::new(control_tx));
     let prompts = shell::media::load_prompts(&settings.data_dir.join("prompts"))?;
-    let (media_tx, media_cmd_rx) = std::sync::mpsc::channel();
     let (media_ev_tx, media_ev_rx) = tokio::sync::mpsc::unbounded_channel();
-    let media_stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let media_clock = Arc::new(shell::media::MediaClock::default());
-    let media = shell::media::MediaShell {
+    let media_settings = shell::media::MediaSettings {
         bind_ip: sip_bound.ip(),
         public_ip: advertised.ip(),
         prompts: Arc::new(prompts),
-        commands: media_cmd_rx,
-        events: media_ev_tx,
-        shutdown: media_stop.clone(),
         rtp_timeout: settings.rtp_timeout,
-        clock: media_clock.clone(),
     };
-    let media_thread = std::thread::Builder::new()
-        .name("confero-media".into())
-        .spawn(move || media.run())
-        .context("cannot start the media thread")?;
+    let (media, media_threads, media_clocks) =
+        shell::media::MediaThreads::start(settings.media_threads, &media_settings, media_ev_tx)
+            .context("cannot start the media threads")?;
     // Stream connections are shared: the SIP task owns TCP and TLS, the HTTP server
     // accepts WebSockets (`/ws`) and hands their messages to the same engine.
     let (input_tx, input_rx) = tokio::sync::mpsc::channel(4096);
@@ -315,7 +307,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         production: production_rx,
         live: live.clone(),
         shutdown: shutdown_rx,
-        media_commands: media_tx,
+        media,
         media_events: media_ev_rx,
         control: control_rx,
         live_dirty: false,
@@ -360,7 +352,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let router = app(state::AppState::new(store, live, production_tx)
         .with_metrics_token(settings.metrics_token.clone())
         .with_connection_limits(limits.clone())
-        .with_media_clock(media_clock)
+        .with_media_clocks(media_clocks)
         .with_shutdown(closing_rx)
         .with_websocket(conns)
         .with_endpoints(endpoints));
@@ -395,8 +387,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let _ = engine_task.await;
-    media_stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let _ = media_thread.join();
+    media_threads.stop();
     Ok(())
 }
 

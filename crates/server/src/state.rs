@@ -48,7 +48,8 @@ pub(crate) struct AppState {
     /// Stream connection limits, for /metrics.
     pub(crate) connections: Option<Arc<crate::limits::ConnLimits>>,
     /// How the media thread keeps time, for /metrics.
-    pub(crate) media_clock: Option<Arc<crate::shell::media::MediaClock>>,
+    /// Each media thread's clock, by thread.
+    pub(crate) media_clocks: Vec<Arc<crate::shell::media::MediaClock>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -73,13 +74,16 @@ impl AppState {
             endpoints: None,
             metrics_token: None,
             connections: None,
-            media_clock: None,
+            media_clocks: Vec::new(),
         }
     }
 
     /// Reports how the media thread keeps time in /metrics.
-    pub(crate) fn with_media_clock(mut self, clock: Arc<crate::shell::media::MediaClock>) -> Self {
-        self.media_clock = Some(clock);
+    pub(crate) fn with_media_clocks(
+        mut self,
+        clocks: Vec<Arc<crate::shell::media::MediaClock>>,
+    ) -> Self {
+        self.media_clocks = clocks;
         self
     }
 

@@ -213,11 +213,42 @@ pub enum MediaCommand {
         /// `0`–`9`, `*`, `#` or `A`–`D`.
         digit: char,
     },
+    /// Where a leg about to open is headed (a room, an anchored call's private mix). A
+    /// bridge has nothing to do with it: a shell running several bridges opens the leg on
+    /// the bridge of that mix (see [`crate::placement`]), so that it joins without moving.
+    Place {
+        /// The leg, as the engine will name it when it opens it.
+        leg: LegId,
+        /// The mix it will join.
+        near: MixId,
+    },
     /// The leg is gone: forget it (the shell frees its ports).
     Close {
         /// The leg, as the engine named it when it opened it.
         leg: LegId,
     },
+}
+
+impl MediaCommand {
+    /// The leg the command concerns (a mix's tone concerns none).
+    pub fn leg(&self) -> Option<LegId> {
+        match self {
+            MediaCommand::Open { leg, .. }
+            | MediaCommand::OpenWebRtc { leg, .. }
+            | MediaCommand::OfferWebRtc { leg, .. }
+            | MediaCommand::ReofferWebRtc { leg, .. }
+            | MediaCommand::AnswerWebRtc { leg, .. }
+            | MediaCommand::Update { leg, .. }
+            | MediaCommand::Play { leg, .. }
+            | MediaCommand::Mix { leg, .. }
+            | MediaCommand::Unmix { leg }
+            | MediaCommand::Mute { leg, .. }
+            | MediaCommand::SendDigit { leg, .. }
+            | MediaCommand::Place { leg, .. }
+            | MediaCommand::Close { leg } => Some(*leg),
+            MediaCommand::MixTone { .. } => None,
+        }
+    }
 }
 
 /// What the bridge reports to the signalling engine.
@@ -439,6 +470,27 @@ fn report_failed(failed: &mut bool, id: LegId, reason: String, events: &mut VecD
     }
 }
 
+/// A leg on its way from one bridge to another ([`Bridge::take_leg`], [`Bridge::put_leg`]).
+pub struct MovingLeg(Moving);
+
+enum Moving {
+    Running(Box<Leg>),
+    Offering(Offering),
+}
+
+impl std::fmt::Debug for MovingLeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (what, port) = match &self.0 {
+            Moving::Running(l) => ("running", l.port),
+            Moving::Offering(o) => ("offering", o.port),
+        };
+        f.debug_struct("MovingLeg")
+            .field("state", &what)
+            .field("port", &port)
+            .finish()
+    }
+}
+
 /// A leg calling a browser, waiting for its answer to our offer.
 struct Offering {
     port: u16,
@@ -581,6 +633,12 @@ impl Bridge {
         self.legs.len() + self.offering.len()
     }
 
+    /// Whether a leg of this bridge owns local port `port` (a simulated network's routing,
+    /// which the kernel does for the server's sockets).
+    pub fn serves_port(&self, port: u16) -> bool {
+        self.ports.contains_key(&port)
+    }
+
     /// Mixes with at least one member.
     pub fn mix_count(&self) -> usize {
         self.mixes.len()
@@ -689,6 +747,34 @@ impl Bridge {
                 }
             }
             MediaCommand::Close { leg } => self.close(leg),
+            MediaCommand::Place { .. } => {}
+        }
+    }
+
+    /// Takes leg `id` out of this bridge (out of its mix too), to be put in another with
+    /// [`put_leg`](Self::put_leg): everything it is in the middle of (its stream's sequence
+    /// and timestamps, jitter buffer, prompts, digits, a browser's DTLS session) goes along.
+    pub fn take_leg(&mut self, id: LegId) -> Option<MovingLeg> {
+        if let Some(o) = self.offering.remove(&id) {
+            self.ports.remove(&o.port);
+            return Some(MovingLeg(Moving::Offering(o)));
+        }
+        let mut leg = self.legs.remove(&id)?;
+        self.forget(id, &leg);
+        leg.mix = None;
+        leg.stream.enable_inband(true);
+        Some(MovingLeg(Moving::Running(Box::new(leg))))
+    }
+
+    /// Adopts a leg another bridge gave up with [`take_leg`](Self::take_leg): it is in no
+    /// mix until told to join one.
+    pub fn put_leg(&mut self, id: LegId, leg: MovingLeg) {
+        match leg.0 {
+            Moving::Running(leg) => self.add_leg(id, *leg),
+            Moving::Offering(o) => {
+                self.ports.insert(o.port, id);
+                self.offering.insert(id, o);
+            }
         }
     }
 

@@ -35,6 +35,8 @@ struct Phone {
     encoder: Encoder,
     /// Audio payloads received, by arrival.
     audio: Vec<Vec<u8>>,
+    /// Each audio packet's arrival, sequence number and timestamp.
+    audio_at: Vec<(Instant, u16, u32)>,
     /// RFC 4733 payloads received.
     events: Vec<[u8; 4]>,
     /// RTCP received: (from port, to port).
@@ -55,6 +57,7 @@ impl Phone {
             ssrc: 0xabc0 + u32::from(n),
             encoder: Encoder::new(CodecKind::Pcmu),
             audio: Vec::new(),
+            audio_at: Vec::new(),
             events: Vec::new(),
             rtcp: Vec::new(),
         }
@@ -123,14 +126,17 @@ impl Phone {
         out
     }
 
-    fn receive(&mut self, from: SocketAddr, to: SocketAddr, data: &[u8]) {
+    fn receive(&mut self, now: Instant, from: SocketAddr, to: SocketAddr, data: &[u8]) {
         if is_rtcp(data) {
             self.rtcp.push((from.port(), to.port()));
             return;
         }
         let (h, payload) = parse_rtp(data).expect("the bridge sends valid RTP");
         match h.payload_type {
-            0 => self.audio.push(payload.to_vec()),
+            0 => {
+                self.audio.push(payload.to_vec());
+                self.audio_at.push((now, h.sequence, h.timestamp));
+            }
             101 => self.events.push(payload.try_into().unwrap()),
             pt => panic!("payload type {pt}"),
         }
@@ -158,9 +164,16 @@ fn rms(pcm: &[i16]) -> f64 {
     (sum / pcm.len().max(1) as f64).sqrt()
 }
 
-/// A bridge, its phones and the network between them, on one virtual clock.
+/// Bridges (one per media thread), their phones and the network between them, on one
+/// virtual clock.
 struct World {
-    bridge: Bridge,
+    bridges: Vec<Bridge>,
+    /// Virtual CPU time each bridge's tick takes: a bridge whose tick costs more than
+    /// 20 ms is overloaded, driven only once its last tick is done.
+    tick_cost: Vec<Duration>,
+    busy_until: Vec<Instant>,
+    /// Datagrams that reached a busy bridge's ports, read when it is next driven.
+    inbox: Vec<Vec<(u16, SocketAddr, Vec<u8>)>>,
     net: SimNet,
     driver: Driver,
     phones: Vec<Phone>,
@@ -172,20 +185,27 @@ impl World {
     /// `uplink` is the phones' path to the bridge; the bridge's path to them is perfect, so
     /// that what a phone "heard" is what the bridge sent, in order.
     fn new(seed: u64, uplink: Link, rtp_timeout: Duration) -> World {
+        World::with_bridges(1, seed, uplink, rtp_timeout)
+    }
+
+    fn with_bridges(n: usize, seed: u64, uplink: Link, rtp_timeout: Duration) -> World {
         let t0 = Instant::now();
         let prompts = Arc::new(PromptLibrary::builtin());
-        let bridge = Bridge::new(
-            BridgeConfig {
-                public_ip: PBX_IP,
-                rtp_timeout,
-                seed,
-            },
-            prompts.clone(),
-            t0,
-            Duration::from_secs(1_800_000_000),
-        );
+        let bridges = (0..n as u64)
+            .map(|i| {
+                let cfg = BridgeConfig {
+                    public_ip: PBX_IP,
+                    rtp_timeout,
+                    seed: seed + i,
+                };
+                Bridge::new(cfg, prompts.clone(), t0, Duration::from_secs(1_800_000_000))
+            })
+            .collect();
         World {
-            bridge,
+            bridges,
+            tick_cost: vec![Duration::ZERO; n],
+            busy_until: vec![t0; n],
+            inbox: vec![Vec::new(); n],
             net: SimNet::new(seed, uplink),
             driver: Driver::new(t0),
             phones: Vec::new(),
@@ -194,12 +214,21 @@ impl World {
         }
     }
 
+    fn bridge(&self) -> &Bridge {
+        &self.bridges[0]
+    }
+
     fn now(&self) -> Instant {
         self.driver.now()
     }
 
     /// Adds a phone on leg `n` (port 20000 + 2n) and opens its leg.
     fn phone(&mut self, n: u8, freq: Option<f64>) -> usize {
+        self.phone_on(0, n, freq)
+    }
+
+    /// Adds a phone whose leg opens on bridge `b`.
+    fn phone_on(&mut self, b: usize, n: u8, freq: Option<f64>) -> usize {
         let phone = Phone::new(
             n,
             LegId(u64::from(n)),
@@ -212,13 +241,17 @@ impl World {
         self.net
             .set_path(pbx(phone.port), phone.addr, Link::PERFECT);
         self.phones.push(phone);
-        self.command(open);
+        self.command_on(b, open);
         self.phones.len() - 1
     }
 
     fn command(&mut self, cmd: MediaCommand) {
+        self.command_on(0, cmd);
+    }
+
+    fn command_on(&mut self, b: usize, cmd: MediaCommand) {
         let now = self.now();
-        self.bridge.handle_command(now, cmd);
+        self.bridges[b].handle_command(now, cmd);
         self.flush(now);
     }
 
@@ -230,21 +263,31 @@ impl World {
     }
 
     fn flush(&mut self, now: Instant) {
-        while let Some(t) = self.bridge.poll_transmit() {
-            self.net.send(now, pbx(t.from_port), t.to, t.data);
+        for bridge in &mut self.bridges {
+            while let Some(t) = bridge.poll_transmit() {
+                self.net.send(now, pbx(t.from_port), t.to, t.data);
+            }
         }
         let at = self.driver.elapsed();
-        while let Some(ev) = self.bridge.poll_event() {
-            self.events.push((at, ev));
+        for bridge in &mut self.bridges {
+            while let Some(ev) = bridge.poll_event() {
+                self.events.push((at, ev));
+            }
         }
+    }
+
+    /// When bridge `b` is next driven: its tick, once it is done with the last one.
+    fn drive_at(&self, b: usize) -> Instant {
+        self.bridges[b].poll_timeout().max(self.busy_until[b])
     }
 
     /// Runs the world for `d` of simulated time.
     fn run(&mut self, d: Duration) {
         let end = self.now() + d;
         loop {
+            let bridges = (0..self.bridges.len()).map(|b| self.drive_at(b)).min();
             let wakeups = [
-                Some(self.bridge.poll_timeout()),
+                bridges,
                 self.net.next_delivery(),
                 self.phones
                     .iter()
@@ -258,10 +301,21 @@ impl World {
             };
             while let Some(d) = self.net.deliver(now) {
                 if d.to.ip() == PBX_IP {
-                    self.bridge
-                        .handle_datagram(now, d.to.port(), d.from, &d.data);
+                    let port = d.to.port();
+                    let Some(b) = self
+                        .bridges
+                        .iter()
+                        .position(|b| b.ports.contains_key(&port))
+                    else {
+                        continue;
+                    };
+                    if self.busy_until[b] > now {
+                        self.inbox[b].push((port, d.from, d.data));
+                    } else {
+                        self.bridges[b].handle_datagram(now, port, d.from, &d.data);
+                    }
                 } else if let Some(p) = self.phones.iter_mut().find(|p| p.addr.ip() == d.to.ip()) {
-                    p.receive(d.from, d.to, &d.data);
+                    p.receive(now, d.from, d.to, &d.data);
                 }
             }
             for i in 0..self.phones.len() {
@@ -271,7 +325,16 @@ impl World {
                     self.send_from(i, &frame);
                 }
             }
-            self.bridge.handle_timeout(now);
+            for b in 0..self.bridges.len() {
+                if self.drive_at(b) > now {
+                    continue;
+                }
+                for (port, from, data) in std::mem::take(&mut self.inbox[b]) {
+                    self.bridges[b].handle_datagram(now, port, from, &data);
+                }
+                self.bridges[b].handle_timeout(now);
+                self.busy_until[b] = now + self.tick_cost[b];
+            }
             self.flush(now);
         }
     }
@@ -360,7 +423,7 @@ fn talkers_hear_each_other_not_themselves_and_a_listener_hears_both_through_a_ro
                 .any(|(_, e)| matches!(e, MediaEvent::Talking { talking: true, .. }));
             assert_eq!(talking, talks, "seed {seed}, leg {leg}");
         }
-        assert_eq!(w.bridge.mix_count(), 1);
+        assert_eq!(w.bridge().mix_count(), 1);
     }
 }
 
@@ -552,12 +615,12 @@ fn a_stranger_never_takes_a_silent_leg_and_a_closed_leg_is_forgotten() {
     }
     // A hears nothing of the stranger; nothing was sent to the stranger.
     assert!(amplitude(&w.phones[a].heard(50), 1000.0) < 100.0);
-    assert!(w.bridge.legs[&LegId(2)].stream.stats().foreign >= 99);
+    assert!(w.bridge().legs[&LegId(2)].stream.stats().foreign >= 99);
     // Closing A and B forgets them: ports free, the room gone.
     w.command(MediaCommand::Close { leg: LegId(1) });
     w.command(MediaCommand::Close { leg: LegId(2) });
-    assert_eq!((w.bridge.leg_count(), w.bridge.mix_count()), (0, 0));
-    assert!(w.bridge.ports.is_empty());
+    assert_eq!((w.bridge().leg_count(), w.bridge().mix_count()), (0, 0));
+    assert!(w.bridge().ports.is_empty());
     w.phones[a].sending = false;
     let sent = w.net.stats().sent;
     w.run(Duration::from_secs(1));
@@ -620,4 +683,109 @@ fn a_late_bridge_skips_frames_and_keeps_timestamps_with_the_clock() {
         (clock.ticks, clock.overruns, clock.skipped_ticks),
         (7, 1, 12)
     );
+}
+
+/// The longest wait between two audio packets `phone` received after `since`.
+fn longest_gap(phone: &Phone, since: Instant) -> Duration {
+    let arrivals: Vec<Instant> = phone
+        .audio_at
+        .iter()
+        .map(|&(at, ..)| at)
+        .filter(|&at| at >= since)
+        .collect();
+    arrivals
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or(Duration::MAX)
+}
+
+#[test]
+fn an_overloaded_bridge_delays_no_other_and_a_leg_moves_between_bridges_unbroken() {
+    let mut w = World::with_bridges(2, 11, Link::PERFECT, Duration::from_secs(30));
+    // Room 1 on bridge 0, room 2 on bridge 1: a talker and a listener each.
+    let talker1 = w.phone_on(0, 1, Some(440.0));
+    let listener1 = w.phone_on(0, 2, None);
+    let talker2 = w.phone_on(1, 3, Some(1000.0));
+    let listener2 = w.phone_on(1, 4, None);
+    for (b, p, room) in [
+        (0, talker1, 1),
+        (0, listener1, 1),
+        (1, talker2, 2),
+        (1, listener2, 2),
+    ] {
+        let leg = w.phones[p].leg;
+        w.command_on(
+            b,
+            MediaCommand::Mix {
+                leg,
+                mix: MixId::Room(room),
+            },
+        );
+    }
+    w.run(Duration::from_secs(1));
+    // Bridge 0's ticks now take 130 ms of its thread's time, for two seconds.
+    let overload = w.now();
+    w.tick_cost[0] = Duration::from_millis(130);
+    w.run(Duration::from_secs(2));
+    w.tick_cost[0] = Duration::ZERO;
+    w.run(Duration::from_secs(1));
+
+    // Bridge 1 kept its cadence throughout and was never late.
+    assert_eq!(longest_gap(&w.phones[listener2], overload), TICK);
+    assert_eq!(w.bridges[1].clock_stats().overruns, 0);
+    assert!(amplitude(&w.phones[listener2].heard(50), 1000.0) > f64::from(AMP) * 0.5);
+    // Bridge 0 fell behind, skipped what it missed, and said so.
+    let late = w.bridges[0].clock_stats();
+    assert!(late.overruns >= 10 && late.skipped_ticks >= 50, "{late:?}");
+    assert!(longest_gap(&w.phones[listener1], overload) >= Duration::from_millis(120));
+    // Its stream's timestamps kept with the clock: after the overload, media time and
+    // arrival time agree within a tick, as they did before.
+    let drift = |p: &Phone| {
+        let (t0, _, ts0) = p.audio_at[0];
+        let &(t, _, ts) = p.audio_at.last().unwrap();
+        let media = Duration::from_millis(u64::from(ts.wrapping_sub(ts0)) / 8);
+        (t - t0).abs_diff(media)
+    };
+    assert!(
+        drift(&w.phones[listener1]) <= TICK,
+        "{:?}",
+        drift(&w.phones[listener1])
+    );
+
+    // Talker 1 is transferred into room 2: its leg moves to bridge 1 with its stream.
+    let leg = w.phones[talker1].leg;
+    let before = w.phones[talker1].audio_at.len();
+    let moving = w.bridges[0].take_leg(leg).expect("the leg is on bridge 0");
+    assert!(w.bridges[0].take_leg(leg).is_none());
+    w.bridges[1].put_leg(leg, moving);
+    w.command_on(
+        1,
+        MediaCommand::Mix {
+            leg,
+            mix: MixId::Room(2),
+        },
+    );
+    w.run(Duration::from_secs(1));
+    assert_eq!((w.bridges[0].leg_count(), w.bridges[1].leg_count()), (1, 3));
+    let heard = w.phones[listener2].heard(25);
+    assert!(
+        amplitude(&heard, 440.0) > f64::from(AMP) * 0.5,
+        "room 2 hears the newcomer"
+    );
+    assert!(amplitude(&heard, 1000.0) > f64::from(AMP) * 0.5);
+    assert!(amplitude(&w.phones[talker1].heard(25), 1000.0) > f64::from(AMP) * 0.5);
+    assert!(amplitude(&w.phones[listener1].heard(25), 440.0) < f64::from(AMP) * 0.02);
+    // The moved leg's outgoing stream went on: consecutive sequence numbers, no pause.
+    let moved = &w.phones[talker1].audio_at[before - 1..];
+    for pair in moved.windows(2) {
+        assert_eq!(pair[1].1, pair[0].1.wrapping_add(1), "{moved:?}");
+        assert!(pair[1].0 - pair[0].0 <= TICK * 2, "{moved:?}");
+    }
+}
+
+#[test]
+fn a_moving_leg_can_cross_threads() {
+    fn send<T: Send>() {}
+    send::<MovingLeg>();
 }

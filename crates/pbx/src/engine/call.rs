@@ -1009,7 +1009,8 @@ impl Engine {
         webrtc: Option<(LegId, u16)>,
     ) {
         let unix = self.unix(now);
-        let opened = self.open_fork_media(webrtc, plain_port, &resp.body, leg.peer);
+        let opened =
+            self.open_fork_media(MixId::Call(id.0), webrtc, plain_port, &resp.body, leg.peer);
         let Some(call) = self.calls.get_mut(&id) else {
             return;
         };

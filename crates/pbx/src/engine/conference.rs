@@ -167,7 +167,27 @@ pub(super) enum AfterAnswer {
     CallCaller { call: CallId, callee: LegId },
 }
 
+impl AfterAnswer {
+    /// The mix the answered leg will join.
+    pub(super) fn mix(&self) -> MixId {
+        match self {
+            AfterAnswer::Room { conference, .. } => MixId::Room(conference.id),
+            AfterAnswer::CallCaller { call, .. } => MixId::Call(call.0),
+        }
+    }
+}
+
 impl Engine {
+    /// Opens a leg in the media bridge, saying first which mix it is headed for: where
+    /// several media threads run, it then opens on the thread of that mix and joins it
+    /// there without moving.
+    pub(super) fn open_media(&mut self, near: MixId, open: MediaCommand) {
+        if let Some(leg) = open.leg() {
+            self.media_out.push_back(MediaCommand::Place { leg, near });
+        }
+        self.media_out.push_back(open);
+    }
+
     /// The caller dialled a room's extension (and authenticated, or came from a trunk).
     pub(super) fn answer_conference(
         &mut self,
@@ -278,13 +298,16 @@ impl Engine {
                 return self.after_refusal(now, then);
             }
         };
-        self.media_out.push_back(MediaCommand::Open {
-            leg: id,
-            port,
-            media: bridged,
-            rtcp_mux: offer.rtcp_mux,
-            signalled_from: from.addr.ip(),
-        });
+        self.open_media(
+            then.mix(),
+            MediaCommand::Open {
+                leg: id,
+                port,
+                media: bridged,
+                rtcp_mux: offer.rtcp_mux,
+                signalled_from: from.addr.ip(),
+            },
+        );
         self.send_answer(
             now, tx, req, leg, caller, id, port, media, answer, session_id,
         );

@@ -16,7 +16,7 @@ use super::{binding_peer, ClientPurpose, Engine};
 use crate::config::User;
 use crate::registrar::Binding;
 use crate::room::LegId;
-use confero_media::bridge::MediaCommand;
+use confero_media::bridge::{MediaCommand, MixId};
 use confero_sip::message;
 
 /// The media of an answered fork, opened.
@@ -239,6 +239,7 @@ impl Engine {
     /// completes ICE and DTLS on the leg its offer made. `None` for an unusable answer.
     pub(super) fn open_fork_media(
         &mut self,
+        near: MixId,
         webrtc: Option<(LegId, u16)>,
         plain_port: Option<u16>,
         answer: &[u8],
@@ -272,13 +273,16 @@ impl Engine {
         let media = sdp::negotiated_from_answer(&remote, CODEC_PREFS).ok()?;
         let bridged = leg_media(&media)?;
         let leg = self.ids.leg();
-        self.media_out.push_back(MediaCommand::Open {
-            leg,
-            port,
-            media: bridged,
-            rtcp_mux: false,
-            signalled_from: peer.addr.ip(),
-        });
+        self.open_media(
+            near,
+            MediaCommand::Open {
+                leg,
+                port,
+                media: bridged,
+                rtcp_mux: false,
+                signalled_from: peer.addr.ip(),
+            },
+        );
         Some(ForkMedia { leg, port, media })
     }
 

@@ -14,6 +14,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use confero_media::bridge::MixId;
 use confero_sip::dialog::{Dialog, Local};
 use confero_sip::message::{Entropy, Request, Response};
 use confero_sip::transport::{Peer, Transmit};
@@ -129,6 +130,11 @@ pub(super) struct Invitation {
 }
 
 impl Invitation {
+    /// The room it invites into.
+    pub(super) fn room(&self) -> MixId {
+        MixId::Room(self.info.conference_id)
+    }
+
     /// The next thing the engine must do for this invitation.
     pub(super) fn poll_output(&mut self) -> Option<InvitationOutput> {
         self.out.pop_front()
@@ -534,9 +540,13 @@ impl Engine {
             })
         };
         let opened = match (ringing, &conference, &party) {
-            (true, Some(_), Some(_)) => {
-                self.open_fork_media(webrtc, plain_port, &resp.body, leg.peer)
-            }
+            (true, Some(_), Some(_)) => self.open_fork_media(
+                MixId::Room(conference_id),
+                webrtc,
+                plain_port,
+                &resp.body,
+                leg.peer,
+            ),
             _ => None,
         };
         let (Some(opened), Some(conference), Some((party, is_admin))) = (opened, conference, party)

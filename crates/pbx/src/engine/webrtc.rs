@@ -17,7 +17,7 @@ use super::Engine;
 use crate::config::User;
 use crate::registrar::Binding;
 use crate::room::LegId;
-use confero_media::bridge::MediaCommand;
+use confero_media::bridge::{MediaCommand, MixId};
 use confero_sip::dialog::Dialog;
 
 /// The media bridge answers at once; this only bounds a bug.
@@ -65,8 +65,16 @@ impl Engine {
             return;
         };
         let leg = self.ids.leg();
-        self.media_out
-            .push_back(MediaCommand::OfferWebRtc { leg, port });
+        let near = match owner {
+            Owner::Call(call) => Some(MixId::Call(call.0)),
+            Owner::Invitation(inv) => self.invitations.get(&inv).map(|i| i.room()),
+            Owner::Leg(_) | Owner::Trunk(_) => None,
+        };
+        let offer = MediaCommand::OfferWebRtc { leg, port };
+        match near {
+            Some(near) => self.open_media(near, offer),
+            None => self.media_out.push_back(offer),
+        }
         self.pending_offers.insert(
             leg,
             PendingOffer {
@@ -159,11 +167,14 @@ impl Engine {
         then: AfterAnswer,
     ) {
         let offer = String::from_utf8_lossy(&req.body).into_owned();
-        self.media_out.push_back(MediaCommand::OpenWebRtc {
-            leg: id,
-            port,
-            offer,
-        });
+        self.open_media(
+            then.mix(),
+            MediaCommand::OpenWebRtc {
+                leg: id,
+                port,
+                offer,
+            },
+        );
         let deadline = now + ANSWER_GUARD;
         self.timers
             .push(std::cmp::Reverse((deadline, Timer::BrowserAnswer(id))));

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confero_media::bridge::{Bridge, BridgeConfig, PromptLibrary, TICK};
+use confero_media::placement::{Placement, Routed};
 use confero_media::codec::{CodecKind, Decoder, Encoder};
 use confero_media::dtmf::event_payload;
 use confero_media::rtp::{is_rtcp, parse_rtp, write_rtp, RtpHeader};
@@ -687,10 +688,18 @@ impl SimPhone {
     }
 }
 
-/// The engine, a media bridge, phones, and the network between them.
+/// Media bridges in a simulated world: as many as a server on two cores runs, so that
+/// every scenario also exercises placement and legs moving between bridges.
+const BRIDGES: usize = 2;
+
+/// The engine, its media bridges, phones, and the network between them.
 pub struct SimWorld {
     pub engine: Engine,
-    pub bridge: Bridge,
+    pub bridges: Vec<Bridge>,
+    /// Routes the engine's media commands to bridges, as the server's media shell does.
+    pub placement: Placement,
+    /// Legs moved from one bridge to another.
+    pub moves: usize,
     pub net: SimNet,
     pub driver: Driver,
     pub phones: Vec<SimPhone>,
@@ -709,19 +718,22 @@ impl SimWorld {
     pub fn configured(seed: u64, link: Link, edit: impl FnOnce(&mut Config)) -> SimWorld {
         let h = Harness::configured(edit, |s| s.seed = Some(seed));
         let pbx: SocketAddr = super::PBX.parse().unwrap();
-        let bridge = Bridge::new(
-            BridgeConfig {
-                public_ip: pbx.ip(),
-                rtp_timeout: Duration::from_secs(30),
-                seed,
-            },
-            Arc::new(PromptLibrary::builtin()),
-            h.now,
-            Duration::from_secs(1_700_000_000),
-        );
+        let prompts = Arc::new(PromptLibrary::builtin());
+        let bridges = (0..BRIDGES as u64)
+            .map(|i| {
+                let cfg = BridgeConfig {
+                    public_ip: pbx.ip(),
+                    rtp_timeout: Duration::from_secs(30),
+                    seed: seed + i,
+                };
+                Bridge::new(cfg, prompts.clone(), h.now, Duration::from_secs(1_700_000_000))
+            })
+            .collect();
         SimWorld {
             engine: h.engine,
-            bridge,
+            bridges,
+            placement: Placement::new(BRIDGES),
+            moves: 0,
             net: SimNet::new(seed, link),
             driver: Driver::new(h.now),
             phones: Vec::new(),
@@ -758,7 +770,7 @@ impl SimWorld {
             let phones = self.phones.iter().filter_map(SimPhone::poll_timeout).min();
             let wakeups = [
                 self.engine.poll_timeout(),
-                Some(self.bridge.poll_timeout()),
+                self.bridges.iter().map(Bridge::poll_timeout).min(),
                 self.net.next_delivery(),
                 phones,
             ];
@@ -771,8 +783,10 @@ impl SimWorld {
                 if d.to == self.pbx {
                     self.engine.handle_datagram(now, &d.data, udp(d.from));
                 } else if d.to.ip() == self.pbx.ip() {
-                    self.bridge
-                        .handle_datagram(now, d.to.port(), d.from, &d.data);
+                    let port = d.to.port();
+                    if let Some(b) = self.bridges.iter_mut().find(|b| b.serves_port(port)) {
+                        b.handle_datagram(now, port, d.from, &d.data);
+                    }
                 } else if let Some(p) = self.phones.iter_mut().find(|p| p.sip.ip() == d.to.ip()) {
                     p.receive(now, d.from, d.to, &d.data, &mut out);
                 }
@@ -780,7 +794,9 @@ impl SimWorld {
             if self.engine.poll_timeout().is_some_and(|t| t <= now) {
                 self.engine.handle_timeout(now);
             }
-            self.bridge.handle_timeout(now);
+            for b in &mut self.bridges {
+                b.handle_timeout(now);
+            }
             for p in &mut self.phones {
                 if p.poll_timeout().is_some_and(|t| t <= now) {
                     p.handle_timeout(now, &mut out);
@@ -799,20 +815,33 @@ impl SimWorld {
             }
             while let Some(cmd) = self.engine.poll_media() {
                 moved = true;
-                self.bridge.handle_command(now, cmd);
+                let (bridges, moves) = (&mut self.bridges, &mut self.moves);
+                self.placement.route(cmd, &mut |routed| match routed {
+                    Routed::To(b, cmd) => bridges[b].handle_command(now, cmd),
+                    Routed::Move { leg, from, to } => {
+                        if let Some(moving) = bridges[from].take_leg(leg) {
+                            bridges[to].put_leg(leg, moving);
+                            *moves += 1;
+                        }
+                    }
+                });
             }
-            while let Some(ev) = self.bridge.poll_event() {
-                moved = true;
-                self.engine.handle_media_event(now, ev);
+            for b in &mut self.bridges {
+                while let Some(ev) = b.poll_event() {
+                    moved = true;
+                    self.engine.handle_media_event(now, ev);
+                }
             }
             while let Some(t) = self.engine.poll_transmit() {
                 moved = true;
                 self.net.send(now, self.pbx, t.peer.addr, &t.data);
             }
-            while let Some(t) = self.bridge.poll_transmit() {
-                moved = true;
-                let from = SocketAddr::new(self.pbx.ip(), t.from_port);
-                self.net.send(now, from, t.to, t.data);
+            for b in &mut self.bridges {
+                while let Some(t) = b.poll_transmit() {
+                    moved = true;
+                    let from = SocketAddr::new(self.pbx.ip(), t.from_port);
+                    self.net.send(now, from, t.to, t.data);
+                }
             }
             while let Some(ev) = self.engine.poll_event() {
                 self.engine_events.push(ev);

@@ -188,25 +188,7 @@ async fn metrics(
             limits.refused()
         );
     }
-    if let Some(clock) = &state.media_clock {
-        let s = clock.stats();
-        crate::live::publish::counters(
-            &mut out,
-            &[
-                ("confero_media_ticks_total", "20 ms media ticks run.", s.ticks),
-                (
-                    "confero_media_overruns_total",
-                    "Times the media thread fell more than 100 ms behind.",
-                    s.overruns,
-                ),
-                (
-                    "confero_media_skipped_ticks_total",
-                    "Ticks skipped to catch up (20 ms of silence each, timestamps kept with the clock).",
-                    s.skipped_ticks,
-                ),
-            ],
-        );
-    }
+    media_metrics(&mut out, &state.media_clocks);
     (
         StatusCode::OK,
         [(
@@ -216,4 +198,55 @@ async fn metrics(
         out,
     )
         .into_response()
+}
+
+/// Each media thread's clock and load, labelled by thread.
+fn media_metrics(out: &mut String, clocks: &[std::sync::Arc<crate::shell::media::MediaClock>]) {
+    use crate::shell::media::MediaThreadStats;
+    type Value = fn(&MediaThreadStats) -> String;
+    let stats: Vec<MediaThreadStats> = clocks.iter().map(|c| c.stats()).collect();
+    let series: [(&str, &str, &str, Value); 6] = [
+        (
+            "confero_media_ticks_total",
+            "counter",
+            "20 ms media ticks run.",
+            |s| s.clock.ticks.to_string(),
+        ),
+        (
+            "confero_media_overruns_total",
+            "counter",
+            "Times the media thread fell more than 100 ms behind.",
+            |s| s.clock.overruns.to_string(),
+        ),
+        (
+            "confero_media_skipped_ticks_total",
+            "counter",
+            "Ticks skipped to catch up (20 ms of silence each, timestamps kept with the clock).",
+            |s| s.clock.skipped_ticks.to_string(),
+        ),
+        (
+            "confero_media_busy_seconds_total",
+            "counter",
+            "Time the media thread spent working rather than waiting for its next tick.",
+            |s| format!("{:.6}", s.busy.as_secs_f64()),
+        ),
+        (
+            "confero_media_thread_legs",
+            "gauge",
+            "Call legs on the media thread.",
+            |s| s.legs.to_string(),
+        ),
+        (
+            "confero_media_thread_mixes",
+            "gauge",
+            "Rooms and anchored calls mixed on the media thread.",
+            |s| s.mixes.to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (thread, s) in stats.iter().enumerate() {
+            let _ = writeln!(out, "{name}{{thread=\"{thread}\"}} {}", value(s));
+        }
+    }
 }

@@ -1,8 +1,15 @@
-//! The media thread: the IO shell of one media [`Bridge`].
+//! The media threads: the IO shells of the media [`Bridge`]s, one per thread.
 //!
-//! One dedicated OS thread (never the async runtime) binds the UDP ports the engine picked
-//! for each leg, and drives the bridge — which holds every piece of media policy — with
-//! what happens on them:
+//! `--media-threads` dedicated OS threads (never the async runtime), each with its own
+//! bridge, clock and sockets. [`MediaThreads`], on the engine's task, hands each of the
+//! engine's commands to the thread its [`Placement`] names — a room, and an anchored call's
+//! private mix, live wholly on one thread; a new one goes to the least-loaded — and carries
+//! out the rare move of a leg from one thread to another (a transfer into a room elsewhere):
+//! the leg's sockets and state travel between the two threads, and its commands wait on the
+//! new thread until it has arrived.
+//!
+//! Each thread binds the UDP ports the engine picked for its legs and drives its bridge —
+//! which holds every piece of media policy — with what happens on them:
 //! 1. the engine's commands, after binding (or, on failure, reporting) the ports they name;
 //! 2. every datagram waiting on a leg's ports, up to a bound per port;
 //! 3. the tick, when it is due;
@@ -10,20 +17,23 @@
 //!    the engine.
 //!
 //! Nothing here blocks but the sleep until the next tick: sockets are non-blocking and
-//! events go to the engine through an unbounded channel.
+//! events go to the engine through an unbounded channel. One thread falling behind delays
+//! no other: they share nothing but that channel.
 
 use std::io::ErrorKind;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, Sender, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confero_media::bridge::{
-    Bridge, BridgeConfig, ClockStats, LegId, MediaCommand, MediaEvent, PromptError, PromptLibrary,
+    Bridge, BridgeConfig, ClockStats, LegId, MediaCommand, MediaEvent, MovingLeg, PromptError,
+    PromptLibrary,
 };
 use confero_media::idmap::IdMap;
+use confero_media::placement::{Placement, Routed};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Datagrams read per socket per drive: a phone sends one per tick; a flood must not stall
@@ -41,44 +51,185 @@ pub(crate) fn load_prompts(override_dir: &Path) -> Result<PromptLibrary, PromptE
     })
 }
 
-/// How the media thread keeps time, for /metrics: written by the thread after each drive
-/// of its bridge, read by scrapes.
+/// How one media thread keeps time and how busy it is, for /metrics: written by the
+/// thread after each drive of its bridge, read by scrapes.
 #[derive(Debug, Default)]
 pub(crate) struct MediaClock {
     ticks: AtomicU64,
     overruns: AtomicU64,
     skipped_ticks: AtomicU64,
+    /// Time spent working (not sleeping), in nanoseconds.
+    busy_nanos: AtomicU64,
+    legs: AtomicU64,
+    mixes: AtomicU64,
+}
+
+/// What a [`MediaClock`] says.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct MediaThreadStats {
+    pub(crate) clock: ClockStats,
+    pub(crate) busy: Duration,
+    pub(crate) legs: u64,
+    pub(crate) mixes: u64,
 }
 
 impl MediaClock {
-    fn record(&self, s: ClockStats) {
+    fn record(&self, bridge: &Bridge, busy: Duration) {
+        let s = bridge.clock_stats();
         self.ticks.store(s.ticks, Ordering::Relaxed);
         self.overruns.store(s.overruns, Ordering::Relaxed);
         self.skipped_ticks.store(s.skipped_ticks, Ordering::Relaxed);
+        let nanos = u64::try_from(busy.as_nanos()).unwrap_or(u64::MAX);
+        self.busy_nanos.fetch_add(nanos, Ordering::Relaxed);
+        self.legs
+            .store(bridge.leg_count() as u64, Ordering::Relaxed);
+        self.mixes
+            .store(bridge.mix_count() as u64, Ordering::Relaxed);
     }
 
-    /// What the bridge reported last.
-    pub(crate) fn stats(&self) -> ClockStats {
-        ClockStats {
-            ticks: self.ticks.load(Ordering::Relaxed),
-            overruns: self.overruns.load(Ordering::Relaxed),
-            skipped_ticks: self.skipped_ticks.load(Ordering::Relaxed),
+    /// What the thread reported last.
+    pub(crate) fn stats(&self) -> MediaThreadStats {
+        MediaThreadStats {
+            clock: ClockStats {
+                ticks: self.ticks.load(Ordering::Relaxed),
+                overruns: self.overruns.load(Ordering::Relaxed),
+                skipped_ticks: self.skipped_ticks.load(Ordering::Relaxed),
+            },
+            busy: Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed)),
+            legs: self.legs.load(Ordering::Relaxed),
+            mixes: self.mixes.load(Ordering::Relaxed),
         }
     }
 }
 
-pub(crate) struct MediaShell {
+/// What a media thread is told.
+enum ThreadInput {
+    /// One of the engine's commands.
+    Command(MediaCommand),
+    /// A leg is on its way from another thread: its commands wait until it has arrived.
+    Expect(LegId),
+    /// Give the leg up to thread `to`.
+    Export { leg: LegId, to: usize },
+    /// A leg another thread gave up, with its sockets (nothing if it had never opened).
+    Import {
+        leg: LegId,
+        moving: Option<MovingLeg>,
+        sockets: Vec<(u16, UdpSocket)>,
+    },
+}
+
+/// What every media thread is started with.
+pub(crate) struct MediaSettings {
     pub(crate) bind_ip: IpAddr,
     /// The address browsers are told to send to (our one ICE candidate).
     pub(crate) public_ip: IpAddr,
     pub(crate) prompts: Arc<PromptLibrary>,
-    pub(crate) commands: Receiver<MediaCommand>,
-    pub(crate) events: UnboundedSender<MediaEvent>,
-    pub(crate) shutdown: Arc<AtomicBool>,
     /// `--rtp-timeout`.
     pub(crate) rtp_timeout: Duration,
+}
+
+/// The engine's side of the media threads: places and routes its commands.
+pub(crate) struct MediaThreads {
+    placement: Placement,
+    inputs: Vec<Sender<ThreadInput>>,
+}
+
+/// The media threads themselves, to be stopped once the engine is done with them.
+pub(crate) struct MediaJoin {
+    handles: Vec<std::thread::JoinHandle<()>>,
+    shutdown: Arc<AtomicBool>,
+}
+
+impl MediaJoin {
+    /// Stops every thread and waits for it.
+    pub(crate) fn stop(self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+        for handle in self.handles {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl MediaThreads {
+    /// Starts `n` media threads (at least one), each reporting through its own clock in
+    /// the order returned; their events go to `events`.
+    pub(crate) fn start(
+        n: usize,
+        settings: &MediaSettings,
+        events: UnboundedSender<MediaEvent>,
+    ) -> std::io::Result<(MediaThreads, MediaJoin, Vec<Arc<MediaClock>>)> {
+        let n = n.max(1);
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let (inputs, receivers): (Vec<_>, Vec<_>) =
+            (0..n).map(|_| std::sync::mpsc::channel()).unzip();
+        let mut clocks = Vec::with_capacity(n);
+        let mut handles = Vec::with_capacity(n);
+        for (index, commands) in receivers.into_iter().enumerate() {
+            let clock = Arc::new(MediaClock::default());
+            clocks.push(clock.clone());
+            let shell = MediaShell {
+                index,
+                bind_ip: settings.bind_ip,
+                public_ip: settings.public_ip,
+                prompts: settings.prompts.clone(),
+                rtp_timeout: settings.rtp_timeout,
+                commands,
+                peers: inputs.clone(),
+                events: events.clone(),
+                shutdown: shutdown.clone(),
+                clock,
+                awaiting: IdMap::default(),
+            };
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("confero-media-{index}"))
+                    .spawn(move || shell.run())?,
+            );
+        }
+        let threads = MediaThreads {
+            placement: Placement::new(n),
+            inputs,
+        };
+        Ok((threads, MediaJoin { handles, shutdown }, clocks))
+    }
+
+    /// Hands one of the engine's commands to the thread of its leg or mix.
+    pub(crate) fn send(&mut self, cmd: MediaCommand) {
+        let inputs = &self.inputs;
+        let mut gone = false;
+        let mut tell = |thread: usize, input: ThreadInput| {
+            gone |= inputs[thread].send(input).is_err();
+        };
+        self.placement.route(cmd, &mut |routed| match routed {
+            Routed::To(thread, cmd) => tell(thread, ThreadInput::Command(cmd)),
+            Routed::Move { leg, from, to } => {
+                // Told before the leg can leave, so that it never arrives unexpected.
+                tell(to, ThreadInput::Expect(leg));
+                tell(from, ThreadInput::Export { leg, to });
+            }
+        });
+        if gone {
+            tracing::error!("a media thread is gone");
+        }
+    }
+}
+
+/// One media thread.
+struct MediaShell {
+    index: usize,
+    bind_ip: IpAddr,
+    public_ip: IpAddr,
+    prompts: Arc<PromptLibrary>,
+    rtp_timeout: Duration,
+    commands: Receiver<ThreadInput>,
+    /// Every thread's input (this one's included), for handing legs over.
+    peers: Vec<Sender<ThreadInput>>,
+    events: UnboundedSender<MediaEvent>,
+    shutdown: Arc<AtomicBool>,
     /// Where the thread reports how it keeps time.
-    pub(crate) clock: Arc<MediaClock>,
+    clock: Arc<MediaClock>,
+    /// Legs on their way here, with the commands that came for them meanwhile.
+    awaiting: IdMap<LegId, Vec<MediaCommand>>,
 }
 
 /// The bound ports, and which leg holds which.
@@ -97,23 +248,31 @@ impl Sockets {
             socket.set_nonblocking(true)?;
             bound.push((port, socket));
         }
-        for (port, socket) in bound {
-            self.by_port.insert(port, socket);
-        }
-        self.of_leg.entry(leg).or_default().extend_from_slice(ports);
+        self.adopt(leg, bound);
         Ok(())
     }
 
-    fn release(&mut self, leg: LegId) {
-        for port in self.of_leg.remove(&leg).unwrap_or_default() {
-            self.by_port.remove(&port);
+    fn adopt(&mut self, leg: LegId, sockets: Vec<(u16, UdpSocket)>) {
+        let ports = self.of_leg.entry(leg).or_default();
+        for (port, socket) in sockets {
+            ports.push(port);
+            self.by_port.insert(port, socket);
         }
+    }
+
+    /// Gives up the leg's sockets (closing them, unless the caller keeps them).
+    fn release(&mut self, leg: LegId) -> Vec<(u16, UdpSocket)> {
+        let ports = self.of_leg.remove(&leg).unwrap_or_default();
+        ports
+            .into_iter()
+            .filter_map(|port| Some((port, self.by_port.remove(&port)?)))
+            .collect()
     }
 }
 
 impl MediaShell {
-    /// Runs until shutdown, or until the engine is gone. Call on a dedicated thread.
-    pub(crate) fn run(self) {
+    /// Runs until shutdown, or until the engine is gone.
+    fn run(mut self) {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -138,7 +297,7 @@ impl MediaShell {
             let now = Instant::now();
             loop {
                 match self.commands.try_recv() {
-                    Ok(cmd) => self.command(now, cmd, &mut bridge, &mut sockets),
+                    Ok(input) => self.input(now, input, &mut bridge, &mut sockets),
                     Err(TryRecvError::Empty) => break,
                     Err(TryRecvError::Disconnected) => return,
                 }
@@ -157,7 +316,6 @@ impl MediaShell {
                 }
             }
             bridge.handle_timeout(now);
-            self.clock.record(bridge.clock_stats());
             while let Some(t) = bridge.poll_transmit() {
                 if let Some(socket) = sockets.by_port.get(&t.from_port) {
                     let _ = socket.send_to(t.data, t.to);
@@ -165,6 +323,55 @@ impl MediaShell {
             }
             while let Some(ev) = bridge.poll_event() {
                 let _ = self.events.send(ev);
+            }
+            self.clock.record(&bridge, now.elapsed());
+        }
+    }
+
+    fn input(
+        &mut self,
+        now: Instant,
+        input: ThreadInput,
+        bridge: &mut Bridge,
+        sockets: &mut Sockets,
+    ) {
+        match input {
+            ThreadInput::Command(cmd) => {
+                if let Some(waiting) = cmd.leg().and_then(|leg| self.awaiting.get_mut(&leg)) {
+                    return waiting.push(cmd);
+                }
+                self.command(now, cmd, bridge, sockets);
+            }
+            ThreadInput::Expect(leg) => {
+                self.awaiting.entry(leg).or_default();
+            }
+            ThreadInput::Export { leg, to } => {
+                let moving = bridge.take_leg(leg);
+                let sockets = sockets.release(leg);
+                tracing::debug!(%leg, from = self.index, to, "a leg moves to another media thread");
+                if self.peers[to]
+                    .send(ThreadInput::Import {
+                        leg,
+                        moving,
+                        sockets,
+                    })
+                    .is_err()
+                {
+                    tracing::error!("a media thread is gone");
+                }
+            }
+            ThreadInput::Import {
+                leg,
+                moving,
+                sockets: arrived,
+            } => {
+                sockets.adopt(leg, arrived);
+                if let Some(moving) = moving {
+                    bridge.put_leg(leg, moving);
+                }
+                for cmd in self.awaiting.remove(&leg).unwrap_or_default() {
+                    self.command(now, cmd, bridge, sockets);
+                }
             }
         }
     }

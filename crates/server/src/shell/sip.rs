@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confero_pbx::config::Snapshot;
-use confero_pbx::engine::{Engine, EngineEvent, MediaCommand, MediaEvent};
+use confero_pbx::engine::{Engine, EngineEvent, MediaEvent};
 use confero_pbx::registrar::{Binding, BindingChange};
 use confero_sip::transport::{Peer, Transport};
 use confero_store::{Store, StoredBinding};
@@ -39,8 +39,8 @@ pub(crate) struct SipShell {
     pub(crate) production: watch::Receiver<Arc<Snapshot>>,
     pub(crate) live: Arc<LiveState>,
     pub(crate) shutdown: watch::Receiver<bool>,
-    /// Commands to the media thread (a std channel: that thread is not async).
-    pub(crate) media_commands: std::sync::mpsc::Sender<MediaCommand>,
+    /// The media threads, to which the engine's commands go.
+    pub(crate) media: super::media::MediaThreads,
     pub(crate) media_events: mpsc::UnboundedReceiver<MediaEvent>,
     /// Actions from the API (kick, mute).
     pub(crate) control: mpsc::Receiver<crate::live::publish::Control>,
@@ -262,9 +262,7 @@ impl SipShell {
 
     async fn flush(&mut self, conns: &ConnTable, persist: &PersistQueue) {
         while let Some(cmd) = self.engine.poll_media() {
-            if self.media_commands.send(cmd).is_err() {
-                tracing::error!("the media thread is gone");
-            }
+            self.media.send(cmd);
         }
         while let Some(t) = self.engine.poll_transmit() {
             match t.peer.transport {
