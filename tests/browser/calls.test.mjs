@@ -52,6 +52,9 @@ const CAROL = { name: 'Carol', extension: '103', username: 'carol', hz: 660 };
 const DAVE = { name: 'Dave', extension: '104', username: 'dave' };
 for (const u of [ALICE, BOB, CAROL, DAVE]) u.password = `${u.username}-secret-${Math.random().toString(36).slice(2, 8)}`;
 
+/** An open room (no access code). */
+const ROOM = '800';
+
 /** How long a connected call runs before a party hangs up, so that its recording's tail is all conversation. */
 const TALK_MS = 3500;
 
@@ -161,12 +164,24 @@ describe('calls between a browser user and desk phones, and blind transfer', { t
     await libs?.close();
   });
 
-  // A PBX of its own for each test: the same four users, and nothing left of another test.
+  // A PBX of its own for each test: the same four users and one room, and nothing left of
+  // another test. Two media threads, whatever the machine, so that where a call's legs go
+  // is known.
   beforeEach(async () => {
-    pbx = await startPbx();
+    pbx = await startPbx({ extraArgs: ['--media-threads', '2'] });
     for (const u of [ALICE, BOB, CAROL, DAVE]) await pbx.createUser(u.name, u.extension, u.username, u.password);
+    await pbx.createConference({ name: 'Team', extension: ROOM });
     await pbx.apply();
   });
+
+  /** Legs on each media thread, from /metrics (`confero_media_thread_legs{thread="N"}`). */
+  async function legsPerThread() {
+    const text = await (await fetch(`${pbx.url}/metrics`)).text();
+    return [...text.matchAll(/^confero_media_thread_legs\{thread="(\d+)"\} (\d+)$/gm)]
+      .map(([, thread, legs]) => [Number(thread), Number(legs)])
+      .sort(([a], [b]) => a - b)
+      .map(([, legs]) => legs);
+  }
 
   afterEach(async () => {
     const p = pbx;
@@ -256,6 +271,54 @@ describe('calls between a browser user and desk phones, and blind transfer', { t
     const carolRec = carol.heard();
     assertHears('Carol', tail(carolRec, 3, 0.3).samples, carolRec.rate, BOB.hz, [CAROL.hz, ALICE.hz], t);
     assert.deepEqual(await page.evaluate(() => window.phone.errors), []);
+  });
+
+  check('a browser user transfers a caller into a room on the other media thread', async (t) => {
+    // Carol is in the room first: the room takes one media thread.
+    const carol = await Baresip.start(pbx, { user: CAROL.username, password: CAROL.password, toneHz: CAROL.hz });
+    t.after(() => carol.kill());
+    await carol.dial(pbx, ROOM);
+    const room = await pbx.conferenceByExtension(ROOM);
+    await eventually(async () => {
+      const list = await pbx.participants(room.id);
+      assert.equal(list.filter((p) => p.state === 'in_room').length, 1, JSON.stringify(list));
+    }, { timeout: 10_000, message: 'Carol in the room' });
+    // Bob's call to Alice goes to the idle thread: both its legs there.
+    const { page, bob } = await bobCallsAlice(t);
+    const before = await eventually(async () => {
+      const legs = await legsPerThread();
+      assert.deepEqual([...legs].sort(), [1, 2], `Carol's room on one thread, Bob's call on the other: ${legs}`);
+      return legs;
+    }, { timeout: 3000, message: 'legs per media thread before the transfer' });
+    const roomThread = before.indexOf(1);
+
+    // Alice transfers Bob into the room: his leg, sockets and stream move to the room's
+    // thread, and he talks with Carol.
+    const refer = await sipJsRefer(page, ROOM);
+    assert.equal(refer.status, 202, `the REFER is accepted: ${JSON.stringify(refer)}`);
+    await waitInPage(page, () => window.phone.session.state === 'Terminated', 'Alice\'s session ended');
+    await eventually(async () => {
+      const list = await pbx.participants(room.id);
+      assert.equal(list.filter((p) => p.state === 'in_room').length, 2, JSON.stringify(list));
+    }, { timeout: 10_000, message: 'Bob in the room with Carol' });
+    const after = await eventually(async () => {
+      const legs = await legsPerThread();
+      assert.equal(legs[roomThread], 2, `both legs on the room's thread: ${legs}`);
+      assert.equal(legs[1 - roomThread], 0, `nothing left on the other: ${legs}`);
+      return legs;
+    }, { timeout: 3000, message: 'legs per media thread after the transfer' });
+    t.diagnostic(`legs per media thread: ${before} before the transfer, ${after} after`);
+
+    await sleep(TALK_MS);
+    await bob.hangup();
+    await sleep(300);
+    await carol.hangup();
+    await sleep(300);
+    const bobRec = bob.heard();
+    assertHears('Bob in the room', tail(bobRec, 3, 0.3).samples, bobRec.rate, CAROL.hz, [BOB.hz, ALICE.hz], t);
+    // Carol's last seconds with Bob, clear of his leaving (and its tone).
+    const carolRec = carol.heard();
+    assertHears('Carol', tail(carolRec, 3, 0.8).samples, carolRec.rate, BOB.hz, [CAROL.hz, ALICE.hz], t);
   });
 
   check('a REFER to an unknown target is refused and the call goes on', async (t) => {

@@ -344,7 +344,9 @@ fn dialling_a_room_answers_with_sdp_asks_for_the_code_and_joins_after_info_digit
         other => panic!("expected Place first, got {other:?}"),
     };
     let port = match &cmds[1] {
-        MediaCommand::Open { port, media, leg, .. } if *leg == placed => {
+        MediaCommand::Open {
+            port, media, leg, ..
+        } if *leg == placed => {
             assert_eq!(media.codec, confero_media::codec::CodecKind::Pcmu);
             assert_eq!(media.remote.port(), 4000);
             *port

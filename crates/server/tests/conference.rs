@@ -644,6 +644,96 @@ fn events_stream_reports_participants_live() {
     caller.expect_success();
 }
 
+/// Two rooms on a server with two media threads: each room on a thread of its own, and in
+/// each, the two participants hear each other and not the other room.
+#[test]
+fn rooms_are_spread_over_the_media_threads_and_each_keeps_its_audio() {
+    require!("baresip", "baresip");
+    let pbx = Pbx::start_with(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--sip-listen",
+            "127.0.0.1:0",
+            "--http-listen",
+            "127.0.0.1:0",
+            "--public-address",
+            "127.0.0.1",
+            "--media-threads",
+            "2",
+        ],
+        &[],
+    );
+    pbx.create_user("Alice", "101", "alice", "alice-secret");
+    pbx.create_user("Bob", "102", "bob", "bob-secret");
+    pbx.create_user("Carol", "103", "carol", "carol-secret");
+    pbx.create_user("Dave", "104", "dave", "dave-secret");
+    for body in [
+        r#"{"name":"Sales","extension":"800"}"#,
+        r#"{"name":"Support","extension":"803"}"#,
+    ] {
+        let (status, text) = pbx.api("POST", "/api/v1/conferences", Some(body));
+        assert_eq!(status, 201, "{text}");
+    }
+    pbx.apply();
+    let phones = [
+        ("bob", 440, "800"),
+        ("carol", 1000, "800"),
+        ("alice", 1500, "803"),
+        ("dave", 2000, "803"),
+    ]
+    .map(|(user, hz, room)| {
+        let phone = Baresip::start(user, &format!("{user}-secret"), &pbx, hz);
+        phone.dial(&pbx, room);
+        phone
+    });
+    for room in ["800", "803"] {
+        let id = conference_id(&pbx, room);
+        let list = wait_for_room(&pbx, id, Duration::from_secs(10), |l| {
+            l.iter().filter(|p| p["state"] == "in_room").count() == 2
+        });
+        assert_eq!(
+            list.iter().filter(|p| p["state"] == "in_room").count(),
+            2,
+            "room {room}: {list:?}"
+        );
+    }
+    let per_thread = |name: &str| -> Vec<f64> {
+        metric_series(&pbx, name)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect()
+    };
+    assert_eq!(per_thread("confero_media_thread_mixes"), [1.0, 1.0]);
+    assert_eq!(per_thread("confero_media_thread_legs"), [2.0, 2.0]);
+    std::thread::sleep(Duration::from_secs(3));
+    for phone in &phones {
+        phone.hangup();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let [bob, carol, alice, dave] = &phones;
+    assert_each_hears_the_other([("bob", bob, 1000.0, 440.0), ("carol", carol, 440.0, 1000.0)]);
+    assert_each_hears_the_other([
+        ("alice", alice, 2000.0, 1500.0),
+        ("dave", dave, 1500.0, 2000.0),
+    ]);
+    // Nobody hears the other room.
+    for (who, phone, other_room) in [
+        ("bob", bob, [1500.0, 2000.0]),
+        ("alice", alice, [440.0, 1000.0]),
+    ] {
+        let (rate, samples) = phone.heard();
+        let secs = samples.len() as f64 / f64::from(rate);
+        let last = window(&samples, rate, secs - 2.5, secs - 0.8);
+        for hz in other_room {
+            let share = quantile(&block_shares(last, rate, hz), 0.9);
+            assert!(
+                share < 0.05,
+                "{who} hears {hz} Hz of the other room: {share:.3}"
+            );
+        }
+    }
+}
+
 #[test]
 fn a_wideband_and_a_narrowband_phone_hear_each_other() {
     require!("baresip", "baresip");
@@ -682,33 +772,38 @@ fn stopping_the_server_hangs_up_participants_with_bye() {
     phone.expect_success();
 }
 
-/// The whole server stopped for 300 ms (an overloaded or suspended machine): the media
+/// The whole server stopped for 300 ms (an overloaded or suspended machine): each media
 /// thread wakes far behind and skips the ticks it missed rather than slipping, while a
-/// caller goes on hearing the room, and /metrics says so.
+/// caller goes on hearing the room, and /metrics says so, thread by thread.
 #[test]
 fn a_paused_server_skips_the_media_ticks_it_missed_and_says_so() {
     require!("sipp", "sip-tester");
-    let pbx = pbx_with_rooms();
+    let pbx = pbx_with_rooms_and(&["--media-threads", "2"]);
     let ticks = poll(
         Duration::from_secs(2),
-        || metric(&pbx, "confero_media_ticks_total"),
-        |t| *t >= 1.0,
+        || metric_series(&pbx, "confero_media_ticks_total"),
+        |t| t.len() == 2 && t.iter().all(|(_, n)| *n >= 1.0),
     );
-    assert!(ticks >= 1.0, "the media thread ticks: {ticks}");
+    assert!(
+        ticks.len() == 2 && ticks.iter().all(|(_, n)| *n >= 1.0),
+        "both media threads tick: {ticks:?}"
+    );
     assert_eq!(metric(&pbx, "confero_media_overruns_total"), 0.0);
     pbx.pause_for(Duration::from_millis(300));
     let overruns = wait_for_metric(
         &pbx,
         "confero_media_overruns_total",
-        1.0,
+        2.0,
         Duration::from_secs(2),
     );
-    assert_eq!(overruns, 1.0, "one overrun for one pause");
-    let skipped = metric(&pbx, "confero_media_skipped_ticks_total");
-    assert!(
-        (10.0..=20.0).contains(&skipped),
-        "300 ms behind: {skipped} ticks skipped"
-    );
+    assert_eq!(overruns, 2.0, "one overrun per thread for one pause");
+    for (thread, skipped) in metric_series(&pbx, "confero_media_skipped_ticks_total") {
+        assert!(
+            (10.0..=20.0).contains(&skipped),
+            "300 ms behind: {skipped} ticks skipped on {thread}"
+        );
+    }
+    assert_eq!(metric_series(&pbx, "confero_media_thread_legs").len(), 2);
     // The server goes on: a caller still gets through the receptionist into a room.
     let dir = tempfile::tempdir().unwrap();
     room_caller(

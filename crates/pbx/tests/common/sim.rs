@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use confero_media::bridge::{Bridge, BridgeConfig, PromptLibrary, TICK};
-use confero_media::placement::{Placement, Routed};
 use confero_media::codec::{CodecKind, Decoder, Encoder};
 use confero_media::dtmf::event_payload;
+use confero_media::placement::{Placement, Routed};
 use confero_media::rtp::{is_rtcp, parse_rtp, write_rtp, RtpHeader};
 use confero_media::tone::{amplitude, Tone};
 use confero_pbx::engine::{Engine, EngineEvent};
@@ -726,7 +726,12 @@ impl SimWorld {
                     rtp_timeout: Duration::from_secs(30),
                     seed: seed + i,
                 };
-                Bridge::new(cfg, prompts.clone(), h.now, Duration::from_secs(1_700_000_000))
+                Bridge::new(
+                    cfg,
+                    prompts.clone(),
+                    h.now,
+                    Duration::from_secs(1_700_000_000),
+                )
             })
             .collect();
         SimWorld {

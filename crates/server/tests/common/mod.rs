@@ -562,11 +562,24 @@ pub fn ws_connect(pbx: &Pbx, protocol: Option<&str>) -> Result<WsSocket, tungste
 // ---- live state through the API -----------------------------------------------------
 
 pub fn metric(pbx: &Pbx, name: &str) -> f64 {
+    let series = metric_series(pbx, name);
+    assert!(!series.is_empty(), "no {name} in /metrics");
+    series.iter().map(|(_, v)| v).sum()
+}
+
+/// Each series of a metric in /metrics: its labels (`{thread="0"}`, or empty) and value.
+pub fn metric_series(pbx: &Pbx, name: &str) -> Vec<(String, f64)> {
     let (_, text) = http(pbx.http, "GET", "/metrics", None, None);
     text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {name} in /metrics: {text}"))
+        .filter_map(|l| {
+            let rest = l.strip_prefix(name)?;
+            let (labels, value) = rest.rsplit_once(' ')?;
+            if !(labels.is_empty() || labels.starts_with('{')) {
+                return None; // another metric whose name starts with this one
+            }
+            Some((labels.to_owned(), value.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Calls `f` every 100 ms until `done` holds for its value or `within` passed; returns the
