@@ -36,6 +36,10 @@
 //! `ROOM_LOAD_ROOMS` (2), `ROOM_LOAD_SECONDS` (20, the measured window), `ROOM_LOAD_RATE` (50
 //! calls per second), `ROOM_LOAD_SETTLE` (5 s between the last join and the window),
 //! `ROOM_LOAD_RTCP_MUX` (1: offer `a=rtcp-mux`, so the server binds one socket per leg),
+//! `ROOM_LOAD_EVERYONE_TALKS` (1: everyone but the talkers sends speech-like audio — noise
+//! at about −30 dBFS in a 4 Hz syllable rhythm, talkspurts of 0.4–2 s between pauses — so
+//! that every microphone in the room is open, the worst case for voice detection and the
+//! mixer), `ROOM_LOAD_MEDIA_THREADS` (the server's `--media-threads`; unset: one per core),
 //! `ROOM_LOAD_PERF` (a file path: after the window, `perf record -g` the loaded server for
 //! 5 s into it and print the top functions).
 
@@ -103,6 +107,10 @@ struct Knobs {
     rtcp_mux: bool,
     perf: Option<String>,
     webrtc: bool,
+    /// Everyone else talks too: speech-like audio with pauses instead of quiet noise.
+    everyone_talks: bool,
+    /// `--media-threads` for the server (None: its default, one per core).
+    media_threads: Option<usize>,
 }
 
 impl Knobs {
@@ -117,6 +125,10 @@ impl Knobs {
             settle: env_or("ROOM_LOAD_SETTLE", 5u64),
             rtcp_mux: env_or("ROOM_LOAD_RTCP_MUX", 0u8) == 1,
             webrtc: env_or("ROOM_LOAD_WEBRTC", 0u8) == 1,
+            everyone_talks: env_or("ROOM_LOAD_EVERYONE_TALKS", 0u8) == 1,
+            media_threads: std::env::var("ROOM_LOAD_MEDIA_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             perf: std::env::var("ROOM_LOAD_PERF")
                 .ok()
                 .filter(|p| !p.is_empty()),
@@ -889,7 +901,8 @@ struct Payloads {
 }
 
 impl Payloads {
-    fn new() -> Payloads {
+    /// With `everyone_talks`, the "noise" the other participants send is speech-like.
+    fn new(everyone_talks: bool) -> Payloads {
         let mut enc = Encoder::new(CodecKind::Pcmu);
         let mut tones = [[0u8; SAMPLES]; TALKERS_PER_ROOM];
         let mut pcm = Vec::with_capacity(8_000);
@@ -913,7 +926,10 @@ impl Payloads {
             x ^= x << 5;
             ((x % (2 * NOISE_PEAK as u32 + 1)) as i32 - NOISE_PEAK) as i16
         }));
-        let mut noise = Vec::with_capacity(8_000);
+        if everyone_talks {
+            speech_like(&mut pcm);
+        }
+        let mut noise = Vec::with_capacity(pcm.len());
         enc.encode(&pcm, &mut noise);
         Payloads {
             tones,
@@ -957,6 +973,41 @@ impl Payloads {
         self.opus_noise = second(&|n| noise[n]);
         self
     }
+}
+
+/// Ten seconds of something a voice detector takes for speech, as loud as a quiet talker
+/// (about −30 dBFS while talking): noise shaped by a 4 Hz syllable rhythm, in talkspurts of
+/// 0.4–2 s between pauses of 0.2–1 s, when a conversation's silences are only background
+/// noise. Participants start at different frames, so their talkspurts do not line up.
+fn speech_like(pcm: &mut Vec<i16>) {
+    const RATE: usize = 8_000;
+    const PEAK: f64 = 1_800.0;
+    let mut x: u32 = 0x1234_5678;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    pcm.clear();
+    let mut talking = true;
+    while pcm.len() < 10 * RATE {
+        let (lo, hi) = if talking { (400, 2_000) } else { (200, 1_000) };
+        let ms = lo + next() as usize % (hi - lo);
+        for n in 0..ms * RATE / 1_000 {
+            let noise = f64::from(next() % 2_001) / 1_000.0 - 1.0;
+            let level = if talking {
+                let syllable =
+                    0.5 + 0.5 * (2.0 * std::f64::consts::PI * 4.0 * n as f64 / RATE as f64).sin();
+                PEAK * (0.3 + 0.7 * syllable)
+            } else {
+                f64::from(NOISE_PEAK)
+            };
+            pcm.push((noise * level) as i16);
+        }
+        talking = !talking;
+    }
+    pcm.truncate(10 * RATE);
 }
 
 fn goertzel_coeff(hz: f64) -> f64 {
@@ -1455,7 +1506,12 @@ fn main() {
         kernel.trim()
     );
 
-    let mut server = Server::start(&["--rtp-ports", "20000-29999"]);
+    let threads = knobs.media_threads.map(|n| n.to_string());
+    let mut args = vec!["--rtp-ports", "20000-29999"];
+    if let Some(n) = &threads {
+        args.extend(["--media-threads", n.as_str()]);
+    }
+    let mut server = Server::start(&args);
     let pid = server.pid().to_string();
     let t = Instant::now();
     let (bearer, room_ids) = provision(&server, knobs.participants, knobs.rooms);
@@ -1472,14 +1528,16 @@ fn main() {
         t.elapsed().as_secs_f64(),
     );
 
+    // Frames of noise (or speech) the payloads hold: 1 s, or 10 s of speech.
+    let noise_frames = if knobs.everyone_talks { 500 } else { 50 };
     let (to_media, commands) = mpsc::channel();
     let media = MediaThread {
         epoch: Instant::now(),
         parts: Vec::with_capacity(knobs.participants),
         payloads: if knobs.webrtc {
-            Payloads::new().with_opus()
+            Payloads::new(knobs.everyone_talks).with_opus()
         } else {
-            Payloads::new()
+            Payloads::new(knobs.everyone_talks)
         },
         coeffs: TALKER_HZ.map(goertzel_coeff),
         decoder: Decoder::new(CodecKind::Pcmu),
@@ -1556,7 +1614,8 @@ fn main() {
                     timestamp: (i as u32).wrapping_mul(104_729),
                     ssrc: 0x5eed_0000 ^ i as u32,
                     sent: 0,
-                    noise_at: (i % 50) * SAMPLES,
+                    // Each at a different frame (of the 10 s of speech, far apart).
+                    noise_at: (i * 97 % noise_frames) * SAMPLES,
                     rx: Rx::default(),
                     check: Check::default(),
                 };
@@ -1681,12 +1740,17 @@ fn main() {
             });
     println!();
     println!(
-        "ROOM LOAD: {} participants ({}, 3 talkers per room) in {} rooms, window {:.1} s",
+        "ROOM LOAD: {} participants ({}, 3 talkers per room{}) in {} rooms, window {:.1} s",
         report.participants,
         if knobs.webrtc {
             "browsers: Opus over DTLS-SRTP, RFC 6464 levels"
         } else {
             "PCMU"
+        },
+        if knobs.everyone_talks {
+            ", everyone else talking too"
+        } else {
+            ""
         },
         knobs.rooms,
         secs
