@@ -34,10 +34,14 @@ use confero_media::bridge::{
 };
 use confero_media::idmap::IdMap;
 use confero_media::placement::{Placement, Routed};
+use rustix::buffer::spare_capacity;
+use rustix::event::{epoll, Timespec};
+use rustix::fd::OwnedFd;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Datagrams read per socket per drive: a phone sends one per tick; a flood must not stall
-/// the tick (the rest waits in the socket buffer, or is dropped by the kernel).
+/// the tick (the rest waits in the socket buffer, or is dropped by the kernel). Each round
+/// reads one datagram from every socket that has one.
 const MAX_READS_PER_TICK: usize = 32;
 
 /// The prompts, each replaced by a file of the same name in `override_dir` if there is one
@@ -232,14 +236,66 @@ struct MediaShell {
     awaiting: IdMap<LegId, Vec<MediaCommand>>,
 }
 
-/// The bound ports, and which leg holds which.
-#[derive(Default)]
+/// The bound ports, which leg holds which, and an epoll instance that has every socket, so
+/// that a tick reads only the sockets that have something (a leg's RTCP socket has a
+/// datagram every few seconds, and no socket should cost a read that finds nothing).
 struct Sockets {
     by_port: IdMap<u16, UdpSocket>,
     of_leg: IdMap<LegId, Vec<u16>>,
+    epoll: OwnedFd,
+    ready: Vec<epoll::Event>,
 }
 
+/// Sockets found ready per `epoll_wait`; more wait for the next call.
+const READY_BATCH: usize = 1024;
+
 impl Sockets {
+    fn new() -> std::io::Result<Sockets> {
+        Ok(Sockets {
+            by_port: IdMap::default(),
+            of_leg: IdMap::default(),
+            epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
+            ready: Vec::with_capacity(READY_BATCH),
+        })
+    }
+
+    /// Reads what waits on the sockets into `bridge`: each ready socket once per round,
+    /// rounds until none is ready (level-triggered: a socket with more datagrams is ready
+    /// again), at most [`MAX_READS_PER_TICK`] rounds so that a flood cannot stall the tick.
+    fn read_into(&mut self, bridge: &mut Bridge, now: Instant, buf: &mut [u8]) {
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        for _ in 0..MAX_READS_PER_TICK {
+            self.ready.clear();
+            if let Err(err) = epoll::wait(&self.epoll, spare_capacity(&mut self.ready), Some(&zero))
+            {
+                tracing::warn!(%err, "epoll_wait failed on the media thread");
+                return;
+            }
+            if self.ready.is_empty() {
+                return;
+            }
+            for ev in &self.ready {
+                let port = ev.data.u64() as u16;
+                let Some(socket) = self.by_port.get(&port) else {
+                    continue;
+                };
+                match socket.recv_from(buf) {
+                    Ok((n, from)) => bridge.handle_datagram(now, port, from, &buf[..n]),
+                    // Nothing after all, or an ICMP error the read has now cleared.
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::WouldBlock | ErrorKind::ConnectionRefused
+                        ) => {}
+                    Err(err) => tracing::debug!(port, %err, "RTP receive error"),
+                }
+            }
+        }
+    }
+
     /// Binds `ports` for `leg` (all or none).
     fn bind(&mut self, ip: IpAddr, leg: LegId, ports: &[u16]) -> std::io::Result<()> {
         let mut bound = Vec::with_capacity(ports.len());
@@ -255,6 +311,16 @@ impl Sockets {
     fn adopt(&mut self, leg: LegId, sockets: Vec<(u16, UdpSocket)>) {
         let ports = self.of_leg.entry(leg).or_default();
         for (port, socket) in sockets {
+            let watched = epoll::add(
+                &self.epoll,
+                &socket,
+                epoll::EventData::new_u64(u64::from(port)),
+                epoll::EventFlags::IN,
+            );
+            if let Err(err) = watched {
+                // Not read from then; the leg's RTP timeout will end it.
+                tracing::warn!(port, %err, "cannot watch an RTP socket");
+            }
             ports.push(port);
             self.by_port.insert(port, socket);
         }
@@ -263,10 +329,15 @@ impl Sockets {
     /// Gives up the leg's sockets (closing them, unless the caller keeps them).
     fn release(&mut self, leg: LegId) -> Vec<(u16, UdpSocket)> {
         let ports = self.of_leg.remove(&leg).unwrap_or_default();
-        ports
+        let released: Vec<(u16, UdpSocket)> = ports
             .into_iter()
             .filter_map(|port| Some((port, self.by_port.remove(&port)?)))
-            .collect()
+            .collect();
+        for (_, socket) in &released {
+            // A socket that moves to another thread stays open: it must leave this epoll.
+            let _ = epoll::delete(&self.epoll, socket);
+        }
+        released
     }
 }
 
@@ -286,7 +357,13 @@ impl MediaShell {
             Instant::now(),
             unix,
         );
-        let mut sockets = Sockets::default();
+        let mut sockets = match Sockets::new() {
+            Ok(s) => s,
+            Err(err) => {
+                tracing::error!(%err, thread = self.index, "the media thread cannot watch sockets");
+                return;
+            }
+        };
         let mut buf = vec![0u8; 2048];
         while !self.shutdown.load(Ordering::Relaxed) {
             let wake = bridge.poll_timeout();
@@ -302,19 +379,7 @@ impl MediaShell {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            for (&port, socket) in &sockets.by_port {
-                for _ in 0..MAX_READS_PER_TICK {
-                    match socket.recv_from(&mut buf) {
-                        Ok((n, from)) => bridge.handle_datagram(now, port, from, &buf[..n]),
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                        Err(e) if e.kind() == ErrorKind::ConnectionRefused => continue,
-                        Err(err) => {
-                            tracing::debug!(port, %err, "RTP receive error");
-                            break;
-                        }
-                    }
-                }
-            }
+            sockets.read_into(&mut bridge, now, &mut buf);
             bridge.handle_timeout(now);
             while let Some(t) = bridge.poll_transmit() {
                 if let Some(socket) = sockets.by_port.get(&t.from_port) {
