@@ -40,13 +40,15 @@
 //! at about −30 dBFS in a 4 Hz syllable rhythm, talkspurts of 0.4–2 s between pauses — so
 //! that every microphone in the room is open, the worst case for voice detection and the
 //! mixer), `ROOM_LOAD_MEDIA_THREADS` (the server's `--media-threads`; unset: one per core),
-//! `ROOM_LOAD_PERF` (a file path: after the window, `perf record -g` the loaded server for
+//! `ROOM_LOAD_LATENCY` (1: measure the added latency through room 0, see `Probe`; needs
+//! more than 3 participants per room), `ROOM_LOAD_JITTER_MS` (with it: the probe talker's
+//! packets leave 0 to this many ms late each), `ROOM_LOAD_PERF` (a file path: after the window, `perf record -g` the loaded server for
 //! 5 s into it and print the top functions).
 
 mod support;
 use support::*;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
@@ -111,6 +113,10 @@ struct Knobs {
     everyone_talks: bool,
     /// `--media-threads` for the server (None: its default, one per core).
     media_threads: Option<usize>,
+    /// Measure the added latency through room 0 (see [`Probe`]).
+    latency: bool,
+    /// Jitter added to the probe talker's packets, 0 to this many ms each.
+    jitter_ms: u64,
 }
 
 impl Knobs {
@@ -126,6 +132,8 @@ impl Knobs {
             rtcp_mux: env_or("ROOM_LOAD_RTCP_MUX", 0u8) == 1,
             webrtc: env_or("ROOM_LOAD_WEBRTC", 0u8) == 1,
             everyone_talks: env_or("ROOM_LOAD_EVERYONE_TALKS", 0u8) == 1,
+            latency: env_or("ROOM_LOAD_LATENCY", 0u8) == 1,
+            jitter_ms: env_or("ROOM_LOAD_JITTER_MS", 0u64).min(200),
             media_threads: std::env::var("ROOM_LOAD_MEDIA_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok()),
@@ -859,6 +867,8 @@ enum MediaCmd {
 /// What the media thread saw during the window.
 #[derive(Default)]
 struct MediaReport {
+    /// Added latency of each probe burst heard in the window (µs).
+    latencies_us: Vec<i64>,
     window: Duration,
     participants: usize,
     /// Participants that received no packet at all during the window.
@@ -1031,6 +1041,113 @@ struct MediaThread {
     window_start: Instant,
     ticks_at_start: u64,
     report: MediaReport,
+    probe: Option<Probe>,
+}
+
+/// Talker bursts: the probe's tone sounds for this many frames in every [`BURST_EVERY`].
+const BURST_FRAMES: u64 = 10;
+const BURST_EVERY: u64 = 50;
+
+/// The latency probe (`ROOM_LOAD_LATENCY=1`): room 0's first talker (participant 0) sends
+/// its tone in bursts of 200 ms a second instead of steadily; room 0's fourth participant,
+/// a listener, finds each burst's first frame in what it receives. The added latency is
+/// the time between the burst's first packet leaving the talker and the frame that starts
+/// it reaching the listener, both on this process's clock: the path through the server
+/// (its jitter buffer, the wait for its next tick, mixing, encoding) plus loopback (a few
+/// µs) and this client's polling (at most [`POLL`]). With `ROOM_LOAD_JITTER_MS` the
+/// talker's packets leave late by a random 0 to that many ms each, as over a jittery
+/// network, and the server's jitter buffer must wait for them. Room 0's content is not
+/// checked (its first tone is mostly silent by design).
+struct Probe {
+    rooms: usize,
+    ear: usize,
+    /// Send times (µs) of bursts not heard yet.
+    pending: VecDeque<i64>,
+    /// Frames in a row the ear heard without the tone.
+    quiet: u32,
+    latencies_us: Vec<i64>,
+    jitter_us: i64,
+    rng: u32,
+    /// The talker's packets held back by the jitter: (due µs, datagram).
+    held: Vec<(i64, Vec<u8>)>,
+    coeff: f64,
+}
+
+impl Probe {
+    fn new(rooms: usize, jitter_ms: u64) -> Probe {
+        let n = SAMPLES as f64;
+        let k = (n * TALKER_HZ[0] / 8_000.0).round();
+        Probe {
+            rooms,
+            ear: 3 * rooms,
+            pending: VecDeque::new(),
+            quiet: 0,
+            latencies_us: Vec::new(),
+            jitter_us: jitter_ms as i64 * 1_000,
+            rng: 0x2545_f491,
+            held: Vec::new(),
+            coeff: 2.0 * (2.0 * std::f64::consts::PI * k / n).cos(),
+        }
+    }
+
+    fn is_in_room_0(&self, index: usize) -> bool {
+        index.is_multiple_of(self.rooms)
+    }
+
+    /// Share of one frame's energy in the probe's tone.
+    fn tone_share(&self, pcm: &[i16]) -> f64 {
+        let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
+        for &s in pcm {
+            let x = f64::from(s);
+            energy += x * x;
+            let s0 = x + self.coeff * s1 - s2;
+            s2 = s1;
+            s1 = s0;
+        }
+        let power = s1 * s1 + s2 * s2 - self.coeff * s1 * s2;
+        if energy > 0.0 {
+            2.0 * power / pcm.len().max(1) as f64 / energy
+        } else {
+            0.0
+        }
+    }
+
+    /// The ear received a frame at `at_us`.
+    fn heard(&mut self, pcm: &[i16], at_us: i64, in_window: bool) {
+        if self.tone_share(pcm) < 0.1 {
+            self.quiet += 1;
+            return;
+        }
+        let onset = self.quiet >= 10;
+        self.quiet = 0;
+        if !onset {
+            return;
+        }
+        // The latest burst sent before this arrival is the one heard (bursts are a second
+        // apart; one never heard, lost or before the window, is passed over).
+        let mut heard = None;
+        while let Some(&sent) = self.pending.front() {
+            if sent > at_us {
+                break;
+            }
+            heard = Some(sent);
+            self.pending.pop_front();
+        }
+        if let (Some(sent), true) = (heard, in_window) {
+            self.latencies_us.push(at_us - sent);
+        }
+    }
+
+    /// A delay of 0 to the jitter, for the talker's next packet.
+    fn delay_us(&mut self) -> i64 {
+        if self.jitter_us == 0 {
+            return 0;
+        }
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 17;
+        self.rng ^= self.rng << 5;
+        i64::from(self.rng % 1_000_001) * self.jitter_us / 1_000_000
+    }
 }
 
 impl MediaThread {
@@ -1111,8 +1228,11 @@ impl MediaThread {
                 }
                 continue;
             }
+            let probing = p.index == 0 && self.probe.is_some();
+            let burst = p.sent % BURST_EVERY;
             let payload: &[u8] = match p.role {
-                Role::Talker(k) if p.sent % PAUSE_EVERY != PAUSE_EVERY - 1 => {
+                Role::Talker(k) if probing && burst < BURST_FRAMES => &self.payloads.tones[k],
+                Role::Talker(k) if !probing && p.sent % PAUSE_EVERY != PAUSE_EVERY - 1 => {
                     &self.payloads.tones[k]
                 }
                 _ => {
@@ -1136,6 +1256,16 @@ impl MediaThread {
             p.seq = p.seq.wrapping_add(1);
             p.timestamp = p.timestamp.wrapping_add(SAMPLES as u32);
             p.sent += 1;
+            if probing {
+                let probe = self.probe.as_mut().expect("probing");
+                let at = now.duration_since(self.epoch).as_micros() as i64;
+                let due = at + probe.delay_us();
+                if burst == 0 {
+                    probe.pending.push_back(due);
+                }
+                probe.held.push((due, self.packet.clone()));
+                continue;
+            }
             let failed = p.sock.send(&self.packet).is_err();
             if in_window {
                 self.report.sent += 1;
@@ -1144,8 +1274,27 @@ impl MediaThread {
         }
     }
 
+    /// Sends the probe's packets whose (jittered) time has come.
+    fn release_probe(&mut self) {
+        let now_us = self.us(Instant::now());
+        let (Some(probe), Some(talker)) = (
+            self.probe.as_mut(),
+            self.parts.iter().find(|p| p.index == 0),
+        ) else {
+            return;
+        };
+        probe.held.retain(|(due, packet)| {
+            if *due > now_us {
+                return true;
+            }
+            let _ = talker.sock.send(packet);
+            false
+        });
+    }
+
     /// Drains the sockets whose next packet is due (or that have had none yet).
     fn receive_due(&mut self) {
+        self.release_probe();
         let now = Instant::now();
         let now_us = self.us(now);
         for i in 0..self.parts.len() {
@@ -1260,12 +1409,22 @@ impl MediaThread {
             }
         }
         rx.next_due_us = rx.anchor_us + (rx.highest + 1 - rx.base) * FRAME_US - EARLY_US;
+        let index = p.index;
+        let mut room_0_probed = false;
+        if let Some(probe) = self.probe.as_mut() {
+            if index == probe.ear && matches!(p.wire, Wire::Plain) {
+                self.pcm.clear();
+                self.decoder.decode(&self.payload, &mut self.pcm);
+                probe.heard(&self.pcm, at_us, in_window);
+            }
+            room_0_probed = probe.is_in_room_0(index);
+        }
         if !in_window {
             return;
         }
         let bucket = usize::try_from(lateness / 1_000).unwrap_or(0).min(HIST_MS);
         self.report.late_hist[bucket] += 1;
-        if unchecked {
+        if unchecked || room_0_probed {
             return;
         }
         // Content: one 200 ms block a second.
@@ -1350,6 +1509,9 @@ impl MediaThread {
 
     fn end_window(&mut self) {
         self.in_window = false;
+        if let Some(probe) = self.probe.as_mut() {
+            self.report.latencies_us = std::mem::take(&mut probe.latencies_us);
+        }
         let r = &mut self.report;
         r.window = self.window_start.elapsed();
         r.thread_ticks = stat_ticks("/proc/thread-self/stat").saturating_sub(self.ticks_at_start);
@@ -1549,6 +1711,8 @@ fn main() {
         window_start: Instant::now(),
         ticks_at_start: 0,
         report: MediaReport::default(),
+        probe: (knobs.latency && knobs.participants > 3 * knobs.rooms)
+            .then(|| Probe::new(knobs.rooms, knobs.jitter_ms)),
     };
     let media_thread = std::thread::Builder::new()
         .name("room-bench-media".into())
@@ -1802,6 +1966,27 @@ fn main() {
         percentile_ms(&report.late_hist, 99.9),
         percentile_ms(&report.late_hist, 100.0)
     );
+    if knobs.latency {
+        let mut l = report.latencies_us.clone();
+        l.sort_unstable();
+        let at = |q: f64| {
+            l.get(((l.len() as f64 - 1.0) * q).round() as usize)
+                .map_or(f64::NAN, |&us| us as f64 / 1_000.0)
+        };
+        println!(
+            "  added latency       room 0, talker to listener, {} bursts{}: p50 {:.1} ms, p95 {:.1} ms, max {:.1} ms (min {:.1} ms)",
+            l.len(),
+            if knobs.jitter_ms > 0 {
+                format!(", the talker's packets jittered by 0-{} ms", knobs.jitter_ms)
+            } else {
+                String::new()
+            },
+            at(0.5),
+            at(0.95),
+            at(1.0),
+            at(0.0)
+        );
+    }
     if !report.worst.is_empty() {
         let worst: Vec<String> = report
             .worst
