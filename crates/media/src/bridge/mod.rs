@@ -522,6 +522,10 @@ pub struct Bridge {
     ports: IdMap<u16, LegId>,
     mixes: IdMap<MixId, Mix>,
     next_tick: Instant,
+    /// The latest time the bridge was driven with: a datagram's arrival may be earlier
+    /// (the shell passes the kernel's receive time), which browser transports, keeping
+    /// their own timers, must not see.
+    driven_at: Instant,
     /// Wall-clock time at `next_tick`'s origin, for RTCP sender reports.
     wallclock: (Instant, Duration),
     rng: u64,
@@ -586,6 +590,7 @@ impl Bridge {
             ports: IdMap::default(),
             mixes: IdMap::default(),
             next_tick: now,
+            driven_at: now,
             wallclock: (now, unix_now),
             events: VecDeque::new(),
             out: Outbox::default(),
@@ -659,6 +664,7 @@ impl Bridge {
 
     /// What the engine decided, applied between two ticks.
     pub fn handle_command(&mut self, now: Instant, cmd: MediaCommand) {
+        self.driven_at = self.driven_at.max(now);
         match cmd {
             MediaCommand::Open {
                 leg,
@@ -949,7 +955,9 @@ impl Bridge {
         }
     }
 
-    /// One datagram that arrived on local port `port` from `from`.
+    /// One datagram that arrived on local port `port` from `from`, at `now`: when it
+    /// reached the machine, which may be before the tick that reads it (a jitter buffer
+    /// then sees how the network spaced packets, not how ticks did).
     pub fn handle_datagram(&mut self, now: Instant, port: u16, from: SocketAddr, data: &[u8]) {
         let Some(&id) = self.ports.get(&port) else {
             return;
@@ -968,6 +976,7 @@ impl Bridge {
         };
         match leg.webrtc.as_mut() {
             Some(rtc) => {
+                let now = now.max(self.driven_at);
                 rtc.handle_datagram(now, from, data);
                 self.drain_webrtc(now, id);
             }
@@ -984,6 +993,7 @@ impl Bridge {
 
     /// Runs the tick that is due, if one is.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.driven_at = self.driven_at.max(now);
         if now < self.next_tick {
             return;
         }

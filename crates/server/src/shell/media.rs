@@ -20,8 +20,9 @@
 //! events go to the engine through an unbounded channel. One thread falling behind delays
 //! no other: they share nothing but that channel.
 
-use std::io::ErrorKind;
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::io::{ErrorKind, IoSliceMut};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -34,6 +35,9 @@ use confero_media::bridge::{
 };
 use confero_media::idmap::IdMap;
 use confero_media::placement::{Placement, Routed};
+use nix::sys::socket::{
+    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
+};
 use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, Timespec};
 use rustix::fd::OwnedFd;
@@ -104,6 +108,76 @@ impl MediaClock {
             mixes: self.mixes.load(Ordering::Relaxed),
         }
     }
+}
+
+/// Turns the kernel's receive times (wall clock) into the monotonic clock the bridge keeps,
+/// from one reading of both clocks per round of reads.
+struct ArrivalClock {
+    wall: Duration,
+    now: Instant,
+}
+
+/// A receive time further back than this is not believed (the wall clock was stepped).
+const MAX_RECEIVE_AGE: Duration = Duration::from_secs(1);
+
+impl ArrivalClock {
+    fn now() -> ArrivalClock {
+        ArrivalClock {
+            wall: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default(),
+            now: Instant::now(),
+        }
+    }
+
+    /// When a datagram received at wall-clock time `at` arrived; now if unknown.
+    fn arrival(&self, at: Option<Duration>) -> Instant {
+        at.and_then(|at| self.wall.checked_sub(at))
+            .filter(|age| *age <= MAX_RECEIVE_AGE)
+            .and_then(|age| self.now.checked_sub(age))
+            .unwrap_or(self.now)
+    }
+}
+
+/// Reads one datagram: its length, its sender, and when the kernel received it (wall
+/// clock), if it said.
+fn recv_timestamped(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+    cmsg: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr, Option<Duration>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<SockaddrStorage>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(cmsg),
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(std::io::Error::from)?;
+    let from = msg.address.as_ref().and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|s| SocketAddr::V4(SocketAddrV4::from(*s)))
+            .or_else(|| {
+                a.as_sockaddr_in6()
+                    .map(|s| SocketAddr::V6(SocketAddrV6::from(*s)))
+            })
+    });
+    let Some(from) = from else {
+        return Err(std::io::Error::new(
+            ErrorKind::InvalidData,
+            "a datagram without a sender",
+        ));
+    };
+    let at = msg.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|c| match c {
+            ControlMessageOwned::ScmTimestampns(ts) => Some(Duration::new(
+                u64::try_from(ts.tv_sec()).ok()?,
+                u32::try_from(ts.tv_nsec()).ok()?,
+            )),
+            _ => None,
+        })
+    });
+    Ok((msg.bytes, from, at))
 }
 
 /// What a media thread is told.
@@ -244,6 +318,8 @@ struct Sockets {
     of_leg: IdMap<LegId, Vec<u16>>,
     epoll: OwnedFd,
     ready: Vec<epoll::Event>,
+    /// Room for a receive time's control message.
+    cmsg: Vec<u8>,
 }
 
 /// Sockets found ready per `epoll_wait`; more wait for the next call.
@@ -256,17 +332,19 @@ impl Sockets {
             of_leg: IdMap::default(),
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             ready: Vec::with_capacity(READY_BATCH),
+            cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
         })
     }
 
     /// Reads what waits on the sockets into `bridge`: each ready socket once per round,
     /// rounds until none is ready (level-triggered: a socket with more datagrams is ready
     /// again), at most [`MAX_READS_PER_TICK`] rounds so that a flood cannot stall the tick.
-    fn read_into(&mut self, bridge: &mut Bridge, now: Instant, buf: &mut [u8]) {
+    fn read_into(&mut self, bridge: &mut Bridge, buf: &mut [u8]) {
         let zero = Timespec {
             tv_sec: 0,
             tv_nsec: 0,
         };
+        let clock = ArrivalClock::now();
         for _ in 0..MAX_READS_PER_TICK {
             self.ready.clear();
             if let Err(err) = epoll::wait(&self.epoll, spare_capacity(&mut self.ready), Some(&zero))
@@ -282,8 +360,10 @@ impl Sockets {
                 let Some(socket) = self.by_port.get(&port) else {
                     continue;
                 };
-                match socket.recv_from(buf) {
-                    Ok((n, from)) => bridge.handle_datagram(now, port, from, &buf[..n]),
+                match recv_timestamped(socket, buf, &mut self.cmsg) {
+                    Ok((n, from, at)) => {
+                        bridge.handle_datagram(clock.arrival(at), port, from, &buf[..n]);
+                    }
                     // Nothing after all, or an ICMP error the read has now cleared.
                     Err(e)
                         if matches!(
@@ -302,6 +382,10 @@ impl Sockets {
         for &port in ports {
             let socket = UdpSocket::bind(SocketAddr::new(ip, port))?;
             socket.set_nonblocking(true)?;
+            if let Err(err) = setsockopt(&socket, sockopt::ReceiveTimestampns, &true) {
+                // Its datagrams are then timed when read, as a tick's.
+                tracing::debug!(port, %err, "no receive times on an RTP socket");
+            }
             bound.push((port, socket));
         }
         self.adopt(leg, bound);
@@ -379,7 +463,7 @@ impl MediaShell {
                     Err(TryRecvError::Disconnected) => return,
                 }
             }
-            sockets.read_into(&mut bridge, now, &mut buf);
+            sockets.read_into(&mut bridge, &mut buf);
             bridge.handle_timeout(now);
             while let Some(t) = bridge.poll_transmit() {
                 if let Some(socket) = sockets.by_port.get(&t.from_port) {
