@@ -34,16 +34,7 @@ fn pbx_with_rooms() -> Pbx {
 }
 
 fn pbx_with_rooms_and(args: &[&str]) -> Pbx {
-    let mut all = vec![
-        "--sip-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--public-address",
-        "127.0.0.1",
-    ];
-    all.extend_from_slice(args);
-    let pbx = Pbx::start_with(tempfile::tempdir().unwrap(), &all, &[]);
+    let pbx = Pbx::start_with_flags(args);
     pbx.create_user("Bob", "102", "bob", "bob-secret");
     let (status, text) = pbx.api(
         "POST",
@@ -649,20 +640,7 @@ fn events_stream_reports_participants_live() {
 #[test]
 fn rooms_are_spread_over_the_media_threads_and_each_keeps_its_audio() {
     require!("baresip", "baresip");
-    let pbx = Pbx::start_with(
-        tempfile::tempdir().unwrap(),
-        &[
-            "--sip-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--public-address",
-            "127.0.0.1",
-            "--media-threads",
-            "2",
-        ],
-        &[],
-    );
+    let pbx = Pbx::start_with_flags(&["--media-threads", "2"]);
     pbx.create_user("Alice", "101", "alice", "alice-secret");
     pbx.create_user("Bob", "102", "bob", "bob-secret");
     pbx.create_user("Carol", "103", "carol", "carol-secret");

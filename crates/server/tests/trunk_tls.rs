@@ -269,17 +269,7 @@ fn a_tls_trunk_checks_the_certificate_registers_and_takes_calls_on_its_connectio
     provider(listener, dir.path(), HANG_UP_NUMBER, tx);
 
     let ca = dir.path().join("ca.pem");
-    let args = [
-        "--sip-listen",
-        "127.0.0.1:0",
-        "--http-listen",
-        "127.0.0.1:0",
-        "--public-address",
-        "127.0.0.1",
-        "--trunk-ca",
-        ca.to_str().unwrap(),
-    ];
-    let pbx = Pbx::start_with(tempfile::tempdir().unwrap(), &args, &[]);
+    let pbx = Pbx::start_with_flags(&["--trunk-ca", ca.to_str().unwrap()]);
     let trunk = |name: &str, host: &str| {
         json!({"name": name, "host": host, "port": port, "transport": "tls",
                "username": "acct", "password": "tls-secret", "register": true})

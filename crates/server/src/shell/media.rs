@@ -307,7 +307,8 @@ struct MediaShell {
     /// Where the thread reports how it keeps time.
     clock: Arc<MediaClock>,
     /// Legs on their way here, with the commands that came for them meanwhile.
-    awaiting: IdMap<LegId, Vec<MediaCommand>>,
+    /// (Commands, and an order to move on again if it came before the leg did.)
+    awaiting: IdMap<LegId, Vec<ThreadInput>>,
 }
 
 /// The bound ports, which leg holds which, and an epoll instance that has every socket, so
@@ -487,12 +488,18 @@ impl MediaShell {
         match input {
             ThreadInput::Command(cmd) => {
                 if let Some(waiting) = cmd.leg().and_then(|leg| self.awaiting.get_mut(&leg)) {
-                    return waiting.push(cmd);
+                    return waiting.push(ThreadInput::Command(cmd));
                 }
                 self.command(now, cmd, bridge, sockets);
             }
             ThreadInput::Expect(leg) => {
                 self.awaiting.entry(leg).or_default();
+            }
+            ThreadInput::Export { leg, to } if self.awaiting.contains_key(&leg) => {
+                // Told to pass on a leg that has not arrived yet: once it has.
+                if let Some(waiting) = self.awaiting.get_mut(&leg) {
+                    waiting.push(ThreadInput::Export { leg, to });
+                }
             }
             ThreadInput::Export { leg, to } => {
                 let moving = bridge.take_leg(leg);
@@ -518,8 +525,8 @@ impl MediaShell {
                 if let Some(moving) = moving {
                     bridge.put_leg(leg, moving);
                 }
-                for cmd in self.awaiting.remove(&leg).unwrap_or_default() {
-                    self.command(now, cmd, bridge, sockets);
+                for waited in self.awaiting.remove(&leg).unwrap_or_default() {
+                    self.input(now, waited, bridge, sockets);
                 }
             }
         }
@@ -553,5 +560,146 @@ impl MediaShell {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use confero_media::bridge::{LegMedia, MixId, TICK};
+    use confero_media::codec::{CodecKind, Decoder, Encoder};
+    use confero_media::rtp::{is_rtcp, parse_rtp, write_rtp, RtpHeader};
+    use confero_media::tone::{amplitude, Tone};
+
+    const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+    /// A phone on loopback: its socket, and the port the server binds for its leg (free
+    /// when asked: bound, read back, let go).
+    fn phone() -> (UdpSocket, u16) {
+        let sock = UdpSocket::bind((LOOPBACK, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let port = UdpSocket::bind((LOOPBACK, 0))
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        (sock, port)
+    }
+
+    fn open(leg: u64, port: u16, phone: &UdpSocket) -> MediaCommand {
+        MediaCommand::Open {
+            leg: LegId(leg),
+            port,
+            media: LegMedia {
+                codec: CodecKind::Pcmu,
+                payload_type: 0,
+                dtmf_payload_type: None,
+                remote: phone.local_addr().unwrap(),
+                two_way: true,
+            },
+            rtcp_mux: true,
+            signalled_from: LOOPBACK,
+        }
+    }
+
+    fn legs_per_thread(clocks: &[Arc<MediaClock>]) -> Vec<u64> {
+        clocks.iter().map(|c| c.stats().legs).collect()
+    }
+
+    /// A leg told to move twice before its first move is done (into a room on one thread,
+    /// then into a call on another) ends where the placement says, with its socket, and is
+    /// heard there.
+    #[test]
+    fn a_leg_moved_twice_at_once_arrives_where_it_was_sent_last() {
+        let (events, _events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let settings = MediaSettings {
+            bind_ip: LOOPBACK,
+            public_ip: LOOPBACK,
+            prompts: Arc::new(PromptLibrary::builtin()),
+            rtp_timeout: Duration::from_secs(30),
+        };
+        let (mut threads, join, clocks) = MediaThreads::start(3, &settings, events).unwrap();
+        let (p1, port1) = phone();
+        let (p2, port2) = phone();
+        let (p3, port3) = phone();
+        // Leg 1 in room 1, leg 3 in call 9, each on a thread of its own; leg 2 on the third.
+        threads.send(MediaCommand::Place {
+            leg: LegId(1),
+            near: MixId::Room(1),
+        });
+        threads.send(open(1, port1, &p1));
+        threads.send(MediaCommand::Mix {
+            leg: LegId(1),
+            mix: MixId::Room(1),
+        });
+        threads.send(open(2, port2, &p2));
+        threads.send(open(3, port3, &p3));
+        threads.send(MediaCommand::Mix {
+            leg: LegId(3),
+            mix: MixId::Call(9),
+        });
+        let home = |threads: &MediaThreads, leg| threads.placement.bridge_of(LegId(leg)).unwrap();
+        let (t1, t2, t3) = (home(&threads, 1), home(&threads, 2), home(&threads, 3));
+        assert!(t1 != t2 && t2 != t3 && t1 != t3);
+        // Leg 2 joins room 1, then at once call 9: two moves in flight.
+        threads.send(MediaCommand::Mix {
+            leg: LegId(2),
+            mix: MixId::Room(1),
+        });
+        threads.send(MediaCommand::Mix {
+            leg: LegId(2),
+            mix: MixId::Call(9),
+        });
+        assert_eq!(home(&threads, 2), t3);
+        let mut expected = vec![0; 3];
+        expected[t1] = 1;
+        expected[t3] = 2;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while legs_per_thread(&clocks) != expected && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(legs_per_thread(&clocks), expected);
+
+        // Phone 2 sends a tone on its leg's socket, now on leg 3's thread: phone 3 hears it.
+        let mut tone = Tone::new(8000, 1000.0, 8000);
+        let (mut encoder, mut decoder) =
+            (Encoder::new(CodecKind::Pcmu), Decoder::new(CodecKind::Pcmu));
+        let (mut pcm, mut payload, mut packet, mut heard) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut buf = [0u8; 2048];
+        for n in 0..75u16 {
+            pcm.clear();
+            payload.clear();
+            packet.clear();
+            tone.fill(160, &mut pcm);
+            encoder.encode(&pcm, &mut payload);
+            let header = RtpHeader {
+                payload_type: 0,
+                marker: n == 0,
+                sequence: n,
+                timestamp: u32::from(n) * 160,
+                ssrc: 0x2222,
+            };
+            write_rtp(&header, &payload, &mut packet);
+            p2.send_to(&packet, (LOOPBACK, port2)).unwrap();
+            // Phone 3 reads what has come.
+            p3.set_nonblocking(true).unwrap();
+            while let Ok(n) = p3.recv(&mut buf) {
+                if !is_rtcp(&buf[..n]) {
+                    if let Ok((_, audio)) = parse_rtp(&buf[..n]) {
+                        decoder.decode(audio, &mut heard);
+                    }
+                }
+            }
+            std::thread::sleep(TICK);
+        }
+        let last = &heard[heard.len().saturating_sub(4000)..];
+        assert!(
+            amplitude(last, 1000.0, 8000) > 2000.0,
+            "phone 3 hears phone 2's tone: {:.0}",
+            amplitude(last, 1000.0, 8000)
+        );
+        join.stop();
     }
 }

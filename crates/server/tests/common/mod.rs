@@ -57,6 +57,16 @@ pub struct Pbx {
     token: std::sync::OnceLock<String>,
 }
 
+/// Free ports on loopback, and loopback in SDP.
+const LOOPBACK_ARGS: [&str; 6] = [
+    "--sip-listen",
+    "127.0.0.1:0",
+    "--http-listen",
+    "127.0.0.1:0",
+    "--public-address",
+    "127.0.0.1",
+];
+
 impl Pbx {
     pub fn start() -> Pbx {
         let data_dir = tempfile::tempdir().expect("tempdir");
@@ -65,15 +75,13 @@ impl Pbx {
 
     /// Starts on an existing data dir (to test what survives a restart).
     pub fn start_in(data_dir: tempfile::TempDir) -> Pbx {
-        let args = [
-            "--sip-listen",
-            "127.0.0.1:0",
-            "--http-listen",
-            "127.0.0.1:0",
-            "--public-address",
-            "127.0.0.1",
-        ];
-        Self::start_with(data_dir, &args, &[])
+        Self::start_with(data_dir, &LOOPBACK_ARGS, &[])
+    }
+
+    /// Starts on loopback and a fresh data dir, with `extra` flags.
+    pub fn start_with_flags(extra: &[&str]) -> Pbx {
+        let args: Vec<&str> = LOOPBACK_ARGS.iter().chain(extra).copied().collect();
+        Self::start_with(tempfile::tempdir().expect("tempdir"), &args, &[])
     }
 
     /// Starts with exactly these flags (plus `--data-dir`) and environment.
