@@ -67,8 +67,6 @@ use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
-/// First room extension; room r is `ROOM_BASE + r`.
-const ROOM_BASE: usize = 7000;
 
 const FRAME: Duration = Duration::from_millis(20);
 const FRAME_US: i64 = 20_000;
@@ -145,42 +143,6 @@ impl Knobs {
 }
 
 // ==== the server process ====
-
-/// Creates the users and rooms in the draft and applies it; returns the bearer header for
-/// later API calls and the rooms' ids (room r has extension `ROOM_BASE + r`). Basic auth
-/// costs an argon2 verification per request, so one token is made with Basic and used after.
-fn provision(server: &Server, users: usize, rooms: usize) -> (String, Vec<i64>) {
-    let bearer = bench_token(server, "room-bench");
-    create_users(server, &bearer, users);
-    for r in 0..rooms {
-        let room = serde_json::json!({
-            "name": format!("Bench room {r}"),
-            "extension": (ROOM_BASE + r).to_string(),
-        });
-        let (status, body) = http(
-            server.http,
-            "POST",
-            "/api/v1/conferences",
-            &bearer,
-            &room.to_string(),
-        );
-        assert_eq!(status, 201, "create room {r}: {body}");
-    }
-    apply(server, &bearer);
-    let (status, body) = http(server.http, "GET", "/api/v1/conferences", &bearer, "");
-    assert_eq!(status, 200, "list rooms: {body}");
-    let list: serde_json::Value = serde_json::from_str(&body).expect("rooms JSON");
-    let ids = (0..rooms)
-        .map(|r| {
-            let ext = (ROOM_BASE + r).to_string();
-            list.as_array()
-                .and_then(|a| a.iter().find(|c| c["extension"] == ext.as_str()))
-                .and_then(|c| c["id"].as_i64())
-                .unwrap_or_else(|| panic!("room {ext} not listed: {body}"))
-        })
-        .collect();
-    (bearer, ids)
-}
 
 fn participants(server: &Server, bearer: &str, room_id: i64) -> Vec<serde_json::Value> {
     let (status, body) = http(
@@ -1676,7 +1638,7 @@ fn main() {
     let mut server = Server::start(&args);
     let pid = server.pid().to_string();
     let t = Instant::now();
-    let (bearer, room_ids) = provision(&server, knobs.participants, knobs.rooms);
+    let (bearer, room_ids) = provision_rooms(&server, knobs.participants, knobs.rooms);
     // Give the engine task a moment to pick up the new production revision.
     std::thread::sleep(Duration::from_millis(500));
     let idle_rss = status_kb(&pid, "VmRSS");

@@ -197,6 +197,45 @@ pub(crate) fn provision(server: &Server, users: usize) {
     apply(server, &bearer);
 }
 
+/// First room extension; room r is `ROOM_BASE + r`.
+pub(crate) const ROOM_BASE: usize = 7000;
+
+/// Creates the users and rooms in the draft and applies it; returns the bearer header for
+/// later API calls and the rooms' ids (room r has extension `ROOM_BASE + r`). Basic auth
+/// costs an argon2 verification per request, so one token is made with Basic and used after.
+pub(crate) fn provision_rooms(server: &Server, users: usize, rooms: usize) -> (String, Vec<i64>) {
+    let bearer = bench_token(server, "room-bench");
+    create_users(server, &bearer, users);
+    for r in 0..rooms {
+        let room = serde_json::json!({
+            "name": format!("Bench room {r}"),
+            "extension": (ROOM_BASE + r).to_string(),
+        });
+        let (status, body) = http(
+            server.http,
+            "POST",
+            "/api/v1/conferences",
+            &bearer,
+            &room.to_string(),
+        );
+        assert_eq!(status, 201, "create room {r}: {body}");
+    }
+    apply(server, &bearer);
+    let (status, body) = http(server.http, "GET", "/api/v1/conferences", &bearer, "");
+    assert_eq!(status, 200, "list rooms: {body}");
+    let list: serde_json::Value = serde_json::from_str(&body).expect("rooms JSON");
+    let ids = (0..rooms)
+        .map(|r| {
+            let ext = (ROOM_BASE + r).to_string();
+            list.as_array()
+                .and_then(|a| a.iter().find(|c| c["extension"] == ext.as_str()))
+                .and_then(|c| c["id"].as_i64())
+                .unwrap_or_else(|| panic!("room {ext} not listed: {body}"))
+        })
+        .collect();
+    (bearer, ids)
+}
+
 /// One HTTP/1.1 request (`Connection: close`); returns (status, body).
 pub(crate) fn http(
     addr: SocketAddr,

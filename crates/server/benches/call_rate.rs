@@ -1,0 +1,207 @@
+//! Call set-up benchmark: SIPp dials into conference rooms at a fixed rate while the rooms'
+//! media runs, through the whole `confero` binary.
+//!
+//! Run with `cargo bench -p confero-server --bench call_rate` (needs `sipp`, Debian's
+//! `sip-tester`). It starts the release binary on free loopback ports, creates the users
+//! and rooms (extensions 7000, 7001, … without access code) through the REST API, then runs
+//! SIPp with `support/call_into_room.xml`: each call is INVITE → 407 → ACK → INVITE with
+//! credentials → 200 → ACK, held while the room sends it audio, then BYE. Users take turns
+//! (a user may hold `--max-calls-per-user` calls at once; the server is started with enough
+//! users that none reaches it), rooms too.
+//!
+//! It reports what SIPp counted (calls made, succeeded, failed, retransmissions, set-up time
+//! from the first INVITE to the 200 with its percentiles) and the server's CPU for the run.
+//! Retransmissions are the figure to watch: SIPp resends an INVITE or BYE unanswered after
+//! 500 ms, so any is a request the server took longer than that to answer.
+//!
+//! Knobs (environment variables, all optional): `CALL_RATE_RATE` (calls a second, 500),
+//! `CALL_RATE_SECONDS` (how long calls are started, 10), `CALL_RATE_HOLD_MS` (2000),
+//! `CALL_RATE_USERS` (1000), `CALL_RATE_ROOMS` (20), `CALL_RATE_MEDIA_THREADS` (the
+//! server's `--media-threads`; unset: one per core).
+
+mod support;
+use support::*;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const SCENARIO: &str = include_str!("support/call_into_room.xml");
+
+#[derive(Debug)]
+struct Knobs {
+    rate: u32,
+    seconds: u32,
+    hold_ms: u32,
+    users: usize,
+    rooms: usize,
+    media_threads: Option<usize>,
+}
+
+impl Knobs {
+    fn from_env() -> Knobs {
+        let rate = env_or("CALL_RATE_RATE", 500u32).clamp(1, 10_000);
+        Knobs {
+            rate,
+            seconds: env_or("CALL_RATE_SECONDS", 10u32).clamp(1, 600),
+            hold_ms: env_or("CALL_RATE_HOLD_MS", 2_000u32).min(60_000),
+            users: env_or("CALL_RATE_USERS", 1_000usize).clamp(1, 20_000),
+            rooms: env_or("CALL_RATE_ROOMS", 20usize).clamp(1, 1_000),
+            media_threads: std::env::var("CALL_RATE_MEDIA_THREADS")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        }
+    }
+}
+
+/// A UDP port nobody holds now (bound, read back, let go).
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .expect("a free UDP port")
+}
+
+/// The columns of the last line of SIPp's statistics file, by name.
+fn last_stats(csv: &str) -> Vec<(String, String)> {
+    let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
+    let header: Vec<&str> = lines.next().unwrap_or_default().split(';').collect();
+    let last: Vec<&str> = lines.last().unwrap_or_default().split(';').collect();
+    header
+        .iter()
+        .zip(last)
+        .map(|(h, v)| (h.trim().to_owned(), v.trim().to_owned()))
+        .collect()
+}
+
+fn stat(stats: &[(String, String)], name: &str) -> u64 {
+    stats
+        .iter()
+        .find(|(h, _)| h == name)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in SIPp's statistics"))
+}
+
+/// Set-up times (ms) from SIPp's response-time file (`…_rtt.csv`: date;time;rtd).
+fn setup_times(csv: &str) -> Vec<f64> {
+    csv.lines()
+        .skip(1)
+        .filter_map(|l| l.split(';').nth(1)?.trim().parse().ok())
+        .collect()
+}
+
+fn main() {
+    if Command::new("sipp").arg("-v").output().is_err() {
+        eprintln!("call_rate: sipp is not installed (apt-get install sip-tester)");
+        std::process::exit(1);
+    }
+    let knobs = Knobs::from_env();
+    let ticks_per_s = clock_ticks_per_second();
+    println!("call_rate: {knobs:?}");
+    println!(
+        "machine: {} CPUs ({})",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model()
+    );
+    let threads = knobs.media_threads.map(|n| n.to_string());
+    let calls_per_user = (knobs.rate as usize * (knobs.hold_ms as usize / 1_000 + 2))
+        .div_ceil(knobs.users)
+        .max(8)
+        .to_string();
+    let mut args = vec![
+        "--rtp-ports",
+        "20000-29999",
+        "--max-calls-per-user",
+        calls_per_user.as_str(),
+    ];
+    if let Some(n) = &threads {
+        args.extend(["--media-threads", n.as_str()]);
+    }
+    let server = Server::start(&args);
+    let pid = server.pid().to_string();
+    provision_rooms(&server, knobs.users, knobs.rooms);
+    std::thread::sleep(Duration::from_millis(500));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("call_into_room.xml");
+    std::fs::write(&scenario, SCENARIO.replace("[hold]", &knobs.hold_ms.to_string()))
+        .expect("write the scenario");
+    let users = dir.path().join("users.csv");
+    let mut csv = String::from("SEQUENTIAL\n");
+    for i in 0..knobs.users {
+        let room = ROOM_BASE + i % knobs.rooms;
+        csv.push_str(&format!("{};{};{room}\n", username(i), password(i)));
+    }
+    std::fs::write(&users, csv).expect("write the users");
+
+    let total = knobs.rate * knobs.seconds;
+    let limit = (knobs.rate as u64 * (u64::from(knobs.hold_ms) / 1_000 + 5)).to_string();
+    let cpu_before = cpu_ticks(&pid);
+    let started = Instant::now();
+    let sipp = Command::new("sipp")
+        .current_dir(dir.path())
+        .arg(server.sip.to_string())
+        .args(["-sf", "call_into_room.xml", "-inf", "users.csv"])
+        .args(["-r", &knobs.rate.to_string(), "-rp", "1000"])
+        .args(["-m", &total.to_string(), "-l", &limit])
+        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
+        .args(["-mp", &free_udp_port().to_string()])
+        .args(["-trace_stat", "-stf", "stats.csv", "-fd", "1"])
+        .args(["-trace_rtt", "-rtt_freq", "1"])
+        .args(["-timeout", &format!("{}s", knobs.seconds + knobs.hold_ms / 1_000 + 60)])
+        .args(["-nostdin", "-max_recv_loops", "10000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run sipp");
+    let elapsed = started.elapsed();
+    let cpu = (cpu_ticks(&pid) - cpu_before) as f64 / ticks_per_s as f64;
+
+    let stats_text = std::fs::read_to_string(dir.path().join("stats.csv")).unwrap_or_default();
+    let stats = last_stats(&stats_text);
+    let rtt_file = std::fs::read_dir(dir.path())
+        .expect("read the run's directory")
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().ends_with("_rtt.csv"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .unwrap_or_default();
+    let mut times = setup_times(&rtt_file);
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        times
+            .get(((times.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    println!();
+    println!(
+        "CALL RATE: {} calls a second for {} s into {} rooms, each held {} ms ({} users)",
+        knobs.rate, knobs.seconds, knobs.rooms, knobs.hold_ms, knobs.users
+    );
+    println!(
+        "  calls            {} made, {} succeeded, {} failed; {} retransmissions (sipp exit {})",
+        stat(&stats, "OutgoingCall(C)"),
+        stat(&stats, "SuccessfulCall(C)"),
+        stat(&stats, "FailedCall(C)"),
+        stat(&stats, "Retransmissions(C)"),
+        sipp.status.code().unwrap_or(-1)
+    );
+    println!(
+        "  set-up           INVITE → 200 with the 407 round, {} timed: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        times.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+    println!(
+        "  server CPU       {cpu:.2} s over {:.1} s = {:.1}% of one core -> {:.0} us per call",
+        elapsed.as_secs_f64(),
+        100.0 * cpu / elapsed.as_secs_f64(),
+        1e6 * cpu / f64::from(total.max(1))
+    );
+    if !sipp.status.success() {
+        let err = String::from_utf8_lossy(&sipp.stderr);
+        println!("  sipp said        {}", err.lines().take(5).collect::<Vec<_>>().join(" | "));
+        println!("  server log tail  {}", server.stderr_tail());
+    }
+    server.stop();
+}
