@@ -5,9 +5,9 @@
 //! `sip-tester`). It starts the release binary on free loopback ports, creates the users
 //! and rooms (extensions 7000, 7001, … without access code) through the REST API, then runs
 //! SIPp with `support/call_into_room.xml`: each call is INVITE → 407 → ACK → INVITE with
-//! credentials → 200 → ACK, held while the room sends it audio, then BYE. Users take turns
-//! (a user may hold `--max-calls-per-user` calls at once; the server is started with enough
-//! users that none reaches it), rooms too.
+//! credentials → 200 → ACK, held while the room sends it audio, then BYE. One user places
+//! every call (SIPp answers challenges for one set of credentials), so the server runs with
+//! `--max-calls-per-user` above the number of calls held at once; the rooms take turns.
 //!
 //! It reports what SIPp counted (calls made, succeeded, failed, retransmissions, set-up time
 //! from the first INVITE to the 200 with its percentiles) and the server's CPU for the run.
@@ -16,7 +16,7 @@
 //!
 //! Knobs (environment variables, all optional): `CALL_RATE_RATE` (calls a second, 500),
 //! `CALL_RATE_SECONDS` (how long calls are started, 10), `CALL_RATE_HOLD_MS` (2000),
-//! `CALL_RATE_USERS` (1000), `CALL_RATE_ROOMS` (20), `CALL_RATE_MEDIA_THREADS` (the
+//! `CALL_RATE_ROOMS` (20), `CALL_RATE_MEDIA_THREADS` (the
 //! server's `--media-threads`; unset: one per core).
 
 mod support;
@@ -32,7 +32,6 @@ struct Knobs {
     rate: u32,
     seconds: u32,
     hold_ms: u32,
-    users: usize,
     rooms: usize,
     media_threads: Option<usize>,
 }
@@ -44,7 +43,6 @@ impl Knobs {
             rate,
             seconds: env_or("CALL_RATE_SECONDS", 10u32).clamp(1, 600),
             hold_ms: env_or("CALL_RATE_HOLD_MS", 2_000u32).min(60_000),
-            users: env_or("CALL_RATE_USERS", 1_000usize).clamp(1, 20_000),
             rooms: env_or("CALL_RATE_ROOMS", 20usize).clamp(1, 1_000),
             media_threads: std::env::var("CALL_RATE_MEDIA_THREADS")
                 .ok()
@@ -65,7 +63,7 @@ fn free_udp_port() -> u16 {
 fn last_stats(csv: &str) -> Vec<(String, String)> {
     let mut lines = csv.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<&str> = lines.next().unwrap_or_default().split(';').collect();
-    let last: Vec<&str> = lines.last().unwrap_or_default().split(';').collect();
+    let last: Vec<&str> = lines.next_back().unwrap_or_default().split(';').collect();
     header
         .iter()
         .zip(last)
@@ -103,10 +101,9 @@ fn main() {
         cpu_model()
     );
     let threads = knobs.media_threads.map(|n| n.to_string());
-    let calls_per_user = (knobs.rate as usize * (knobs.hold_ms as usize / 1_000 + 2))
-        .div_ceil(knobs.users)
-        .max(8)
-        .to_string();
+    // Calls held at once, with room for slow hang-ups.
+    let held = u64::from(knobs.rate) * (u64::from(knobs.hold_ms) / 1_000 + 5);
+    let calls_per_user = held.to_string();
     let mut args = vec![
         "--rtp-ports",
         "20000-29999",
@@ -118,36 +115,40 @@ fn main() {
     }
     let server = Server::start(&args);
     let pid = server.pid().to_string();
-    provision_rooms(&server, knobs.users, knobs.rooms);
+    provision_rooms(&server, 1, knobs.rooms);
     std::thread::sleep(Duration::from_millis(500));
 
     let dir = tempfile::tempdir().expect("tempdir");
     let scenario = dir.path().join("call_into_room.xml");
-    std::fs::write(&scenario, SCENARIO.replace("[hold]", &knobs.hold_ms.to_string()))
-        .expect("write the scenario");
-    let users = dir.path().join("users.csv");
-    let mut csv = String::from("SEQUENTIAL\n");
-    for i in 0..knobs.users {
-        let room = ROOM_BASE + i % knobs.rooms;
-        csv.push_str(&format!("{};{};{room}\n", username(i), password(i)));
+    let scenario_text = SCENARIO
+        .replace("[hold]", &knobs.hold_ms.to_string())
+        .replace("[user]", &username(0));
+    std::fs::write(&scenario, scenario_text).expect("write the scenario");
+    let mut rooms = String::from("SEQUENTIAL\n");
+    for r in 0..knobs.rooms {
+        rooms.push_str(&format!("{}\n", ROOM_BASE + r));
     }
-    std::fs::write(&users, csv).expect("write the users");
+    std::fs::write(dir.path().join("rooms.csv"), rooms).expect("write the rooms");
 
     let total = knobs.rate * knobs.seconds;
-    let limit = (knobs.rate as u64 * (u64::from(knobs.hold_ms) / 1_000 + 5)).to_string();
+    let limit = held.to_string();
     let cpu_before = cpu_ticks(&pid);
     let started = Instant::now();
     let sipp = Command::new("sipp")
         .current_dir(dir.path())
         .arg(server.sip.to_string())
-        .args(["-sf", "call_into_room.xml", "-inf", "users.csv"])
+        .args(["-sf", "call_into_room.xml", "-inf", "rooms.csv"])
+        .args(["-au", &username(0), "-ap", &password(0)])
         .args(["-r", &knobs.rate.to_string(), "-rp", "1000"])
         .args(["-m", &total.to_string(), "-l", &limit])
         .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
         .args(["-mp", &free_udp_port().to_string()])
         .args(["-trace_stat", "-stf", "stats.csv", "-fd", "1"])
         .args(["-trace_rtt", "-rtt_freq", "1"])
-        .args(["-timeout", &format!("{}s", knobs.seconds + knobs.hold_ms / 1_000 + 60)])
+        .args([
+            "-timeout",
+            &format!("{}s", knobs.seconds + knobs.hold_ms / 1_000 + 60),
+        ])
         .args(["-nostdin", "-max_recv_loops", "10000"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -174,8 +175,8 @@ fn main() {
     };
     println!();
     println!(
-        "CALL RATE: {} calls a second for {} s into {} rooms, each held {} ms ({} users)",
-        knobs.rate, knobs.seconds, knobs.rooms, knobs.hold_ms, knobs.users
+        "CALL RATE: {} calls a second for {} s into {} rooms, each held {} ms",
+        knobs.rate, knobs.seconds, knobs.rooms, knobs.hold_ms
     );
     println!(
         "  calls            {} made, {} succeeded, {} failed; {} retransmissions (sipp exit {})",
@@ -200,7 +201,10 @@ fn main() {
     );
     if !sipp.status.success() {
         let err = String::from_utf8_lossy(&sipp.stderr);
-        println!("  sipp said        {}", err.lines().take(5).collect::<Vec<_>>().join(" | "));
+        println!(
+            "  sipp said        {}",
+            err.lines().take(5).collect::<Vec<_>>().join(" | ")
+        );
         println!("  server log tail  {}", server.stderr_tail());
     }
     server.stop();

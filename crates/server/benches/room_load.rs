@@ -67,7 +67,6 @@ use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::net::{Protocol, Receive};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 
-
 const FRAME: Duration = Duration::from_millis(20);
 const FRAME_US: i64 = 20_000;
 const SAMPLES: usize = 160;
