@@ -313,7 +313,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         live_dirty: false,
         live_published_at: now,
         live_publish_cost: std::time::Duration::ZERO,
-        full_batches: 0,
+        full_since: None,
         backlogged: false,
         backlog_warned_at: None,
         published_security: confero_pbx::engine::SecurityStats::default(),

@@ -29,6 +29,9 @@ const MAX_DATAGRAM: usize = 65_535;
 const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// Datagrams taken from the UDP socket per wake-up, between flushes.
 const UDP_BATCH: usize = 64;
+/// How long input may keep arriving faster than it is taken before new requests are
+/// refused: a flood lasts far longer, a burst far less.
+const BACKLOG_GRACE: Duration = Duration::from_millis(20);
 
 /// Everything the engine task needs.
 pub(crate) struct SipShell {
@@ -50,8 +53,8 @@ pub(crate) struct SipShell {
     /// How long the last publication took: with thousands of registrations it is not free,
     /// so it is spaced to take at most a tenth of the loop.
     pub(crate) live_publish_cost: Duration,
-    /// UDP batches in a row that found more waiting ([`SipShell::read_udp_batch`]).
-    pub(crate) full_batches: u32,
+    /// Since when every UDP batch has found more waiting ([`SipShell::read_udp_batch`]).
+    pub(crate) full_since: Option<Instant>,
     pub(crate) backlogged: bool,
     pub(crate) backlog_warned_at: Option<Instant>,
     /// The attack counters as last published.
@@ -187,9 +190,11 @@ impl SipShell {
         }
     }
 
-    /// Takes up to [`UDP_BATCH`] datagrams that are waiting. Two full batches in a row
-    /// mean input arrives faster than it is taken: the engine is told it is overloaded
-    /// (it then refuses new work cheaply) until a batch finds the socket empty.
+    /// Takes up to [`UDP_BATCH`] datagrams that are waiting. Full batches in a row for
+    /// [`BACKLOG_GRACE`] mean input arrives faster than it is taken: the engine is told it
+    /// is overloaded (it then refuses new work cheaply) until a batch finds the socket
+    /// empty. A burst the socket buffer absorbs (a load client's, phones after an outage)
+    /// clears within the grace and is served.
     fn read_udp_batch(&mut self, buf: &mut [u8]) {
         let mut taken = 0;
         while taken < UDP_BATCH {
@@ -211,15 +216,17 @@ impl SipShell {
                 }
             }
         }
-        self.full_batches = if taken == UDP_BATCH {
-            self.full_batches.saturating_add(1)
+        let now = Instant::now();
+        self.full_since = if taken == UDP_BATCH {
+            Some(self.full_since.unwrap_or(now))
         } else {
-            0
+            None
         };
-        let backlogged = self.full_batches >= 2;
+        let backlogged = self
+            .full_since
+            .is_some_and(|since| now.duration_since(since) >= BACKLOG_GRACE);
         if backlogged && !self.backlogged {
             // Once per episode of a flood, not once per flap.
-            let now = Instant::now();
             if self
                 .backlog_warned_at
                 .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
