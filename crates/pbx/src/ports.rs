@@ -4,30 +4,22 @@
 //! 3550 suggests) round-robin, so a port just released is not reused at once: late packets
 //! of the old call must not land in a new one.
 //!
-//! Another program may hold ports of the range. A [`PortProbe`], given by the IO shell,
-//! says whether a pair can be bound; pairs that cannot are passed over, before their number
-//! goes into an SDP — a call never fails on a port someone else took.
+//! Another program may hold ports of the range. A [`PortReserver`], given by the IO shell,
+//! binds each pair as it is handed out: pairs it cannot bind are passed over before their
+//! number goes into an SDP, and the pair it holds is the one the media leg uses — a call
+//! never fails on a port someone else took, even one taken a moment later.
 
 use std::collections::BTreeSet;
 use std::ops::RangeInclusive;
 use std::sync::Arc;
 
-/// Whether the pair (N, N+1) can be bound now. The server's probe tries; tests have none
-/// (every port is free).
-#[derive(Clone)]
-pub struct PortProbe(Arc<dyn Fn(u16) -> bool + Send + Sync>);
-
-impl PortProbe {
-    /// A probe asking `bindable` about each even port.
-    pub fn new(bindable: impl Fn(u16) -> bool + Send + Sync + 'static) -> Self {
-        PortProbe(Arc::new(bindable))
-    }
-}
-
-impl std::fmt::Debug for PortProbe {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PortProbe")
-    }
+/// Holds the pairs of the range that are handed out. The server's binds their sockets;
+/// tests have none (every port is free).
+pub trait PortReserver: Send + Sync + std::fmt::Debug {
+    /// Holds the pair (port, port + 1); false when another program holds either.
+    fn reserve(&self, port: u16) -> bool;
+    /// The pair came back: whatever is still held for it is let go.
+    fn release(&self, port: u16);
 }
 
 /// RTP ports handed out in pairs (RTP, RTCP) from a range, each at most once.
@@ -37,7 +29,7 @@ pub struct PortPool {
     last: u16,
     next: u16,
     in_use: BTreeSet<u16>,
-    probe: Option<PortProbe>,
+    reserver: Option<Arc<dyn PortReserver>>,
     /// Pairs passed over because something else held them, since start.
     taken_elsewhere: u64,
 }
@@ -65,20 +57,20 @@ impl PortPool {
             last,
             next: u16::try_from(next).unwrap_or(first),
             in_use: BTreeSet::new(),
-            probe: None,
+            reserver: None,
             taken_elsewhere: 0,
         }
     }
 
-    /// Passes over pairs `probe` says cannot be bound.
+    /// Holds each pair handed out with `reserver`, passing over those it cannot hold.
     #[must_use]
-    pub fn with_probe(mut self, probe: Option<PortProbe>) -> Self {
-        self.probe = probe;
+    pub fn with_reserver(mut self, reserver: Option<Arc<dyn PortReserver>>) -> Self {
+        self.reserver = reserver;
         self
     }
 
-    /// The next free even port (free here, and bindable by the probe's word), or `None`
-    /// when every pair is taken.
+    /// The next free even port (free here, and held by the reserver if there is one), or
+    /// `None` when every pair is taken.
     pub fn allocate(&mut self) -> Option<u16> {
         if self.first > self.last {
             return None;
@@ -93,7 +85,7 @@ impl PortPool {
             if self.in_use.contains(&port) {
                 continue;
             }
-            if self.probe.as_ref().is_some_and(|p| !(p.0)(port)) {
+            if self.reserver.as_ref().is_some_and(|r| !r.reserve(port)) {
                 self.taken_elsewhere += 1;
                 tracing::warn!(port, "RTP port held by another program; taking the next");
                 continue;
@@ -111,6 +103,9 @@ impl PortPool {
 
     /// Gives `port` back.
     pub fn release(&mut self, port: u16) {
+        if let Some(r) = &self.reserver {
+            r.release(port);
+        }
         self.in_use.remove(&port);
     }
 
@@ -143,16 +138,46 @@ mod tests {
         assert_eq!(p.allocate(), Some(10000));
     }
 
+    /// Another program holds some pairs; what is handed out is held, and let go on return.
+    #[derive(Debug, Default)]
+    struct Reserver {
+        elsewhere: Vec<u16>,
+        held: std::sync::Mutex<Vec<u16>>,
+    }
+
+    impl PortReserver for Reserver {
+        fn reserve(&self, port: u16) -> bool {
+            let free = !self.elsewhere.contains(&port);
+            if free {
+                self.held.lock().unwrap().push(port);
+            }
+            free
+        }
+
+        fn release(&self, port: u16) {
+            self.held.lock().unwrap().retain(|&p| p != port);
+        }
+    }
+
     #[test]
     fn pairs_another_program_holds_are_passed_over() {
-        let held = [10002u16, 10006];
-        let probe = PortProbe::new(move |port| !held.contains(&port));
-        let mut p = PortPool::new(10001..=10010).with_probe(Some(probe));
+        let reserver = Arc::new(Reserver {
+            elsewhere: vec![10002, 10006],
+            ..Reserver::default()
+        });
+        let mut p = PortPool::new(10001..=10010).with_reserver(Some(reserver.clone()));
         assert_eq!(p.allocate(), Some(10004));
         assert_eq!(p.allocate(), Some(10008));
         assert_eq!(p.allocate(), None, "the rest is held elsewhere");
         assert_eq!(p.in_use(), 2);
         assert_eq!(p.taken_elsewhere(), 4);
+        assert_eq!(*reserver.held.lock().unwrap(), [10004, 10008]);
+        p.release(10004);
+        assert_eq!(
+            *reserver.held.lock().unwrap(),
+            [10008],
+            "a returned pair is let go"
+        );
     }
 
     #[test]

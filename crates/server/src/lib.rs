@@ -142,18 +142,6 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// Whether the media thread will be able to bind the RTP pair (port, port + 1) on `ip`:
-/// another program may hold ports of `--rtp-ports`, and a call must take the next pair
-/// rather than fail once its SDP names a port we cannot bind. The probe's sockets are
-/// closed at once; the media thread binds for real when the leg opens.
-fn rtp_port_probe(ip: std::net::IpAddr) -> confero_pbx::ports::PortProbe {
-    confero_pbx::ports::PortProbe::new(move |port| {
-        let rtp = std::net::UdpSocket::bind(SocketAddr::new(ip, port));
-        let rtcp = std::net::UdpSocket::bind(SocketAddr::new(ip, port.wrapping_add(1)));
-        rtp.is_ok() && rtcp.is_ok()
-    })
-}
-
 /// The address phones should reach us at when none is configured: the listening address
 /// if it is specific, else the source address the kernel would pick for the default route
 /// (found with a UDP `connect`, which sends nothing).
@@ -258,7 +246,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     rand::Rng::fill(&mut rand::thread_rng(), &mut secret);
     let mut engine_settings = EngineSettings::new(advertised, secret);
     engine_settings.rtp_ports = settings.rtp_ports.clone();
-    engine_settings.port_probe = Some(rtp_port_probe(sip_bound.ip()));
+    let reservations = Arc::new(shell::media::RtpReservations::new(sip_bound.ip()));
+    engine_settings.port_reserver = Some(reservations.clone());
     engine_settings.digest_algorithms = settings.digest.clone();
     engine_settings.max_calls_per_user = settings.max_calls_per_user as usize;
     engine_settings.domains = settings.domains.clone();
@@ -283,7 +272,7 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
     let prompts = shell::media::load_prompts(&settings.data_dir.join("prompts"))?;
     let (media_ev_tx, media_ev_rx) = tokio::sync::mpsc::unbounded_channel();
     let media_settings = shell::media::MediaSettings {
-        bind_ip: sip_bound.ip(),
+        reservations,
         public_ip: advertised.ip(),
         prompts: Arc::new(prompts),
         rtp_timeout: settings.rtp_timeout,

@@ -127,9 +127,9 @@ pub struct EngineSettings {
     pub timers: TimerConfig,
     /// Where RTP ports for anchored media come from (`--rtp-ports`).
     pub rtp_ports: std::ops::RangeInclusive<u16>,
-    /// Tells which ports of the range another program holds (the server binds to see);
-    /// `None` takes every port as free.
-    pub port_probe: Option<crate::ports::PortProbe>,
+    /// Holds each RTP pair handed out, passing over those another program holds (the
+    /// server binds them); `None` takes every port as free.
+    pub port_reserver: Option<std::sync::Arc<dyn crate::ports::PortReserver>>,
     /// Digest algorithms challenged with, in order (`--digest`). Answers with either
     /// algorithm are verified whatever is offered.
     pub digest_algorithms: Vec<digest::Algorithm>,
@@ -152,7 +152,7 @@ impl EngineSettings {
             ring_timeout: Duration::from_secs(60),
             timers: TimerConfig::default(),
             rtp_ports: 10000..=20000,
-            port_probe: None,
+            port_reserver: None,
             digest_algorithms: vec![digest::Algorithm::Md5],
             max_calls_per_user: 8,
             seed: None,
@@ -286,7 +286,7 @@ impl Engine {
         );
         let mut entropy = settings.seed.map_or_else(Entropy::from_os, Entropy::seeded);
         let ports = PortPool::starting_at(settings.rtp_ports.clone(), entropy.next_u64() as u32)
-            .with_probe(settings.port_probe.clone());
+            .with_reserver(settings.port_reserver.clone());
         let mut engine = Self {
             tx: TransactionLayer::new(settings.timers),
             settings,

@@ -26,7 +26,7 @@ use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confero_media::bridge::{
@@ -35,6 +35,7 @@ use confero_media::bridge::{
 };
 use confero_media::idmap::IdMap;
 use confero_media::placement::{Placement, Routed};
+use confero_pbx::ports::PortReserver;
 use nix::sys::socket::{
     recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
 };
@@ -196,9 +197,56 @@ enum ThreadInput {
     },
 }
 
+/// RTP pairs bound when the engine hands them out, until the media thread that opens the
+/// leg takes them: the port an SDP names is ours from the start (another program cannot
+/// take it in between), and it is bound once.
+#[derive(Debug)]
+pub(crate) struct RtpReservations {
+    ip: IpAddr,
+    held: Mutex<IdMap<u16, [UdpSocket; 2]>>,
+}
+
+impl RtpReservations {
+    /// Reservations of ports on `ip`.
+    pub(crate) fn new(ip: IpAddr) -> RtpReservations {
+        RtpReservations {
+            ip,
+            held: Mutex::default(),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, IdMap<u16, [UdpSocket; 2]>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The pair held for `port` (RTP, then RTCP), if it still is.
+    fn take(&self, port: u16) -> Option<[UdpSocket; 2]> {
+        self.held().remove(&port)
+    }
+}
+
+impl PortReserver for RtpReservations {
+    fn reserve(&self, port: u16) -> bool {
+        let bind = |p: u16| UdpSocket::bind(SocketAddr::new(self.ip, p));
+        match (bind(port), bind(port.wrapping_add(1))) {
+            (Ok(rtp), Ok(rtcp)) => {
+                self.held().insert(port, [rtp, rtcp]);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn release(&self, port: u16) {
+        self.held().remove(&port);
+    }
+}
+
 /// What every media thread is started with.
+#[derive(Clone)]
 pub(crate) struct MediaSettings {
-    pub(crate) bind_ip: IpAddr,
+    /// Where the legs' ports are held until they open (and the address they are on).
+    pub(crate) reservations: Arc<RtpReservations>,
     /// The address browsers are told to send to (our one ICE candidate).
     pub(crate) public_ip: IpAddr,
     pub(crate) prompts: Arc<PromptLibrary>,
@@ -247,10 +295,7 @@ impl MediaThreads {
             clocks.push(clock.clone());
             let shell = MediaShell {
                 index,
-                bind_ip: settings.bind_ip,
-                public_ip: settings.public_ip,
-                prompts: settings.prompts.clone(),
-                rtp_timeout: settings.rtp_timeout,
+                settings: settings.clone(),
                 commands,
                 peers: inputs.clone(),
                 events: events.clone(),
@@ -295,10 +340,7 @@ impl MediaThreads {
 /// One media thread.
 struct MediaShell {
     index: usize,
-    bind_ip: IpAddr,
-    public_ip: IpAddr,
-    prompts: Arc<PromptLibrary>,
-    rtp_timeout: Duration,
+    settings: MediaSettings,
     commands: Receiver<ThreadInput>,
     /// Every thread's input (this one's included), for handing legs over.
     peers: Vec<Sender<ThreadInput>>,
@@ -377,11 +419,25 @@ impl Sockets {
         }
     }
 
-    /// Binds `ports` for `leg` (all or none).
-    fn bind(&mut self, ip: IpAddr, leg: LegId, ports: &[u16]) -> std::io::Result<()> {
+    /// Binds `ports` for `leg` (all or none), taking the pair held for them if there is
+    /// one (a leg that needs no RTCP port lets its reserved one go).
+    fn bind(
+        &mut self,
+        reserved: &RtpReservations,
+        leg: LegId,
+        ports: &[u16],
+    ) -> std::io::Result<()> {
+        let mut held = ports
+            .first()
+            .and_then(|&port| reserved.take(port))
+            .into_iter()
+            .flatten();
         let mut bound = Vec::with_capacity(ports.len());
         for &port in ports {
-            let socket = UdpSocket::bind(SocketAddr::new(ip, port))?;
+            let socket = match held.next() {
+                Some(socket) => socket,
+                None => UdpSocket::bind(SocketAddr::new(reserved.ip, port))?,
+            };
             socket.set_nonblocking(true)?;
             if let Err(err) = setsockopt(&socket, sockopt::ReceiveTimestampns, &true) {
                 // Its datagrams are then timed when read, as a tick's.
@@ -434,11 +490,11 @@ impl MediaShell {
             .unwrap_or_default();
         let mut bridge = Bridge::new(
             BridgeConfig {
-                public_ip: self.public_ip,
-                rtp_timeout: self.rtp_timeout,
+                public_ip: self.settings.public_ip,
+                rtp_timeout: self.settings.rtp_timeout,
                 seed: rand::random(),
             },
-            self.prompts.clone(),
+            self.settings.prompts.clone(),
             Instant::now(),
             unix,
         );
@@ -551,7 +607,7 @@ impl MediaShell {
             }
             _ => return bridge.handle_command(now, cmd),
         };
-        match sockets.bind(self.bind_ip, leg, &ports) {
+        match sockets.bind(&self.settings.reservations, leg, &ports) {
             Ok(()) => bridge.handle_command(now, cmd),
             Err(err) => {
                 let _ = self.events.send(MediaEvent::Failed {
@@ -612,9 +668,9 @@ mod tests {
     /// heard there.
     #[test]
     fn a_leg_moved_twice_at_once_arrives_where_it_was_sent_last() {
-        let (events, _events_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (events, mut events_rx) = tokio::sync::mpsc::unbounded_channel();
         let settings = MediaSettings {
-            bind_ip: LOOPBACK,
+            reservations: Arc::new(RtpReservations::new(LOOPBACK)),
             public_ip: LOOPBACK,
             prompts: Arc::new(PromptLibrary::builtin()),
             rtp_timeout: Duration::from_secs(30),
@@ -633,6 +689,9 @@ mod tests {
             leg: LegId(1),
             mix: MixId::Room(1),
         });
+        // Leg 2's pair is held from when the engine handed it out, as the server does:
+        // its thread must use the held socket (binding the port again would fail).
+        assert!(settings.reservations.reserve(port2));
         threads.send(open(2, port2, &p2));
         threads.send(open(3, port3, &p3));
         threads.send(MediaCommand::Mix {
@@ -701,5 +760,12 @@ mod tests {
             amplitude(last, 1000.0, 8000)
         );
         join.stop();
+        while let Ok(ev) = events_rx.try_recv() {
+            assert!(!matches!(ev, MediaEvent::Failed { .. }), "{ev:?}");
+        }
+        assert!(
+            settings.reservations.take(port2).is_none(),
+            "the held pair was used"
+        );
     }
 }
