@@ -387,7 +387,6 @@ impl Sockets {
             tv_sec: 0,
             tv_nsec: 0,
         };
-        let clock = ArrivalClock::now();
         for _ in 0..MAX_READS_PER_TICK {
             self.ready.clear();
             if let Err(err) = epoll::wait(&self.epoll, spare_capacity(&mut self.ready), Some(&zero))
@@ -398,6 +397,8 @@ impl Sockets {
             if self.ready.is_empty() {
                 return;
             }
+            // Read after the wait: every datagram of this round arrived before it.
+            let clock = ArrivalClock::now();
             for ev in &self.ready {
                 let port = ev.data.u64() as u16;
                 let Some(socket) = self.by_port.get(&port) else {
@@ -483,7 +484,8 @@ impl Sockets {
 }
 
 impl MediaShell {
-    /// Runs until shutdown, or until the engine is gone.
+    /// Runs until shutdown (every thread holds every thread's input, so the channels stay
+    /// open until then).
     fn run(mut self) {
         let unix = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -521,7 +523,8 @@ impl MediaShell {
                 }
             }
             sockets.read_into(&mut bridge, &mut buf);
-            bridge.handle_timeout(now);
+            // The tick runs after what it read, never before a datagram's arrival.
+            bridge.handle_timeout(Instant::now());
             while let Some(t) = bridge.poll_transmit() {
                 if let Some(socket) = sockets.by_port.get(&t.from_port) {
                     let _ = socket.send_to(t.data, t.to);
