@@ -47,8 +47,7 @@ pub(crate) struct AppState {
     pub(crate) metrics_token: Option<Arc<str>>,
     /// Stream connection limits, for /metrics.
     pub(crate) connections: Option<Arc<crate::limits::ConnLimits>>,
-    /// How the media thread keeps time, for /metrics.
-    /// Each media thread's clock, by thread.
+    /// Each media thread's clock and load, by thread, for /metrics.
     pub(crate) media_clocks: Vec<Arc<crate::shell::media::MediaClock>>,
 }
 
@@ -78,7 +77,7 @@ impl AppState {
         }
     }
 
-    /// Reports how the media thread keeps time in /metrics.
+    /// Reports how each media thread keeps time and how loaded it is in /metrics.
     pub(crate) fn with_media_clocks(
         mut self,
         clocks: Vec<Arc<crate::shell::media::MediaClock>>,

@@ -244,9 +244,10 @@ fn media_metrics(out: &mut String, clocks: &[std::sync::Arc<crate::shell::media:
         ),
     ];
     for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        for (thread, s) in stats.iter().enumerate() {
-            let _ = writeln!(out, "{name}{{thread=\"{thread}\"}} {}", value(s));
-        }
+        let samples = stats
+            .iter()
+            .enumerate()
+            .map(|(thread, s)| (format!("{{thread=\"{thread}\"}}"), value(s)));
+        crate::live::publish::metric(out, name, kind, help, samples);
     }
 }

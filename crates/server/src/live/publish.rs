@@ -407,8 +407,22 @@ impl LiveView for LiveState {
 /// Prometheus counters, each with its help line: (name, help, value).
 pub(crate) fn counters(out: &mut String, counters: &[(&str, &str, u64)]) {
     for (name, help, value) in counters {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
-        let _ = writeln!(out, "{name} {value}");
+        metric(out, name, "counter", help, [(String::new(), value)]);
+    }
+}
+
+/// One Prometheus metric of `kind` (counter, gauge): its help and type lines, then each
+/// sample as (labels, value), the labels written as they go (`{thread="0"}`, or empty).
+pub(crate) fn metric<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    samples: impl IntoIterator<Item = (String, V)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    for (labels, value) in samples {
+        let _ = writeln!(out, "{name}{labels} {value}");
     }
 }
