@@ -888,18 +888,11 @@ impl Payloads {
             enc.encode(&pcm, &mut out);
             tone.copy_from_slice(&out);
         }
-        // xorshift32: uniform in ±NOISE_PEAK.
-        let mut x: u32 = 0x9e37_79b9;
-        pcm.clear();
-        pcm.extend((0..8_000).map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            ((x % (2 * NOISE_PEAK as u32 + 1)) as i32 - NOISE_PEAK) as i16
-        }));
-        if everyone_talks {
-            speech_like(&mut pcm);
-        }
+        let pcm = if everyone_talks {
+            speech_like()
+        } else {
+            quiet_noise(8_000)
+        };
         let mut noise = Vec::with_capacity(pcm.len());
         enc.encode(&pcm, &mut noise);
         Payloads {
@@ -932,15 +925,7 @@ impl Payloads {
                 })
             })
             .collect();
-        let mut x: u32 = 0x9e37_79b9;
-        let noise: Vec<i16> = (0..16_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                ((x % (2 * NOISE_PEAK as u32 + 1)) as i32 - NOISE_PEAK) as i16
-            })
-            .collect();
+        let noise = quiet_noise(16_000);
         self.opus_noise = second(&|n| noise[n]);
         self
     }
@@ -950,17 +935,12 @@ impl Payloads {
 /// (about −30 dBFS while talking): noise shaped by a 4 Hz syllable rhythm, in talkspurts of
 /// 0.4–2 s between pauses of 0.2–1 s, when a conversation's silences are only background
 /// noise. Participants start at different frames, so their talkspurts do not line up.
-fn speech_like(pcm: &mut Vec<i16>) {
+fn speech_like() -> Vec<i16> {
     const RATE: usize = 8_000;
     const PEAK: f64 = 1_800.0;
-    let mut x: u32 = 0x1234_5678;
-    let mut next = move || {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        x
-    };
-    pcm.clear();
+    let mut rng = XorShift32(0x1234_5678);
+    let mut next = || rng.next();
+    let mut pcm = Vec::with_capacity(10 * RATE);
     let mut talking = true;
     while pcm.len() < 10 * RATE {
         let (lo, hi) = if talking { (400, 2_000) } else { (200, 1_000) };
@@ -979,6 +959,27 @@ fn speech_like(pcm: &mut Vec<i16>) {
         talking = !talking;
     }
     pcm.truncate(10 * RATE);
+    pcm
+}
+
+/// `n` samples of the listeners' quiet noise, uniform in ±[`NOISE_PEAK`].
+fn quiet_noise(n: usize) -> Vec<i16> {
+    let mut rng = XorShift32(0x9e37_79b9);
+    (0..n)
+        .map(|_| ((rng.next() % (2 * NOISE_PEAK as u32 + 1)) as i32 - NOISE_PEAK) as i16)
+        .collect()
+}
+
+/// xorshift32: cheap, and the same every run.
+struct XorShift32(u32);
+
+impl XorShift32 {
+    fn next(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 17;
+        self.0 ^= self.0 << 5;
+        self.0
+    }
 }
 
 fn goertzel_coeff(hz: f64) -> f64 {
@@ -1028,16 +1029,13 @@ struct Probe {
     quiet: u32,
     latencies_us: Vec<i64>,
     jitter_us: i64,
-    rng: u32,
+    rng: XorShift32,
     /// The talker's packets held back by the jitter: (due µs, datagram).
     held: Vec<(i64, Vec<u8>)>,
-    coeff: f64,
 }
 
 impl Probe {
     fn new(rooms: usize, jitter_ms: u64) -> Probe {
-        let n = SAMPLES as f64;
-        let k = (n * TALKER_HZ[0] / 8_000.0).round();
         Probe {
             rooms,
             ear: 3 * rooms,
@@ -1045,9 +1043,8 @@ impl Probe {
             quiet: 0,
             latencies_us: Vec::new(),
             jitter_us: jitter_ms as i64 * 1_000,
-            rng: 0x2545_f491,
+            rng: XorShift32(0x2545_f491),
             held: Vec::new(),
-            coeff: 2.0 * (2.0 * std::f64::consts::PI * k / n).cos(),
         }
     }
 
@@ -1055,19 +1052,14 @@ impl Probe {
         index.is_multiple_of(self.rooms)
     }
 
-    /// Share of one frame's energy in the probe's tone.
-    fn tone_share(&self, pcm: &[i16]) -> f64 {
-        let (mut s1, mut s2, mut energy) = (0.0f64, 0.0f64, 0.0f64);
-        for &s in pcm {
-            let x = f64::from(s);
-            energy += x * x;
-            let s0 = x + self.coeff * s1 - s2;
-            s2 = s1;
-            s1 = s0;
-        }
-        let power = s1 * s1 + s2 * s2 - self.coeff * s1 * s2;
-        if energy > 0.0 {
-            2.0 * power / pcm.len().max(1) as f64 / energy
+    /// Share of one frame's energy in the probe's tone (its power, half its amplitude
+    /// squared, over the frame's mean square).
+    fn tone_share(pcm: &[i16]) -> f64 {
+        let mean_square =
+            pcm.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / pcm.len().max(1) as f64;
+        let amplitude = confero_media::tone::amplitude(pcm, TALKER_HZ[0], 8_000);
+        if mean_square > 0.0 {
+            amplitude * amplitude / 2.0 / mean_square
         } else {
             0.0
         }
@@ -1075,7 +1067,7 @@ impl Probe {
 
     /// The ear received a frame at `at_us`.
     fn heard(&mut self, pcm: &[i16], at_us: i64, in_window: bool) {
-        if self.tone_share(pcm) < 0.1 {
+        if Self::tone_share(pcm) < 0.1 {
             self.quiet += 1;
             return;
         }
@@ -1104,10 +1096,7 @@ impl Probe {
         if self.jitter_us == 0 {
             return 0;
         }
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 17;
-        self.rng ^= self.rng << 5;
-        i64::from(self.rng % 1_000_001) * self.jitter_us / 1_000_000
+        i64::from(self.rng.next() % 1_000_001) * self.jitter_us / 1_000_000
     }
 }
 
