@@ -150,11 +150,8 @@ impl Placement {
                 out(Routed::To(to, cmd));
             }
             MediaCommand::Unmix { leg } => {
-                let bridge = self.bridge_of(leg).unwrap_or(0);
-                if self.legs.contains_key(&leg) {
-                    self.set_home(leg, None);
-                }
-                out(Routed::To(bridge, cmd));
+                self.set_home(leg, None);
+                out(Routed::To(self.bridge_of(leg).unwrap_or(0), cmd));
             }
             MediaCommand::Close { leg } => {
                 let bridge = self.forget(leg).unwrap_or(0);
