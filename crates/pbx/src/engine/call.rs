@@ -716,10 +716,13 @@ impl Engine {
 
     /// Two-party calls placed by user `extension` and not over.
     pub(super) fn calls_placed_by(&self, extension: &str) -> usize {
-        self.calls
-            .values()
-            .filter(|c| c.state != CallState::Ended && c.caller.is_user)
-            .filter(|c| c.caller.number == extension)
+        self.calls_by_user
+            .of(extension)
+            .filter(|id| {
+                self.calls
+                    .get(id)
+                    .is_some_and(|c| c.state != CallState::Ended)
+            })
             .count()
     }
 
@@ -878,6 +881,9 @@ impl Engine {
             self.settings.timers,
             self.entropy.next_u64(),
         );
+        if call.caller.is_user {
+            self.calls_by_user.add(&call.caller.number, id);
+        }
         self.calls.insert(id, call);
         id
     }
@@ -1165,6 +1171,7 @@ impl Engine {
         let Some(call) = self.calls.remove(&id) else {
             return;
         };
+        self.calls_by_user.remove(&call.caller.number, id);
         for side in [Side::Caller, Side::Callee] {
             if let Some(leg) = call.leg(side) {
                 self.dialogs

@@ -382,6 +382,9 @@ impl Engine {
         let id = leg.id();
         let key = (leg.dialog.call_id.clone(), leg.dialog.local_tag.clone());
         self.conf_dialogs.insert(key, id);
+        if leg.caller.is_user {
+            self.legs_by_user.add(&leg.caller.number, id);
+        }
         self.conf_legs.insert(id, leg);
         self.drive_leg(now, id);
     }
@@ -493,6 +496,7 @@ impl Engine {
         let Some(c) = self.conf_legs.remove(&id) else {
             return;
         };
+        self.legs_by_user.remove(&c.caller.number, id);
         self.conf_dialogs
             .remove(&(c.dialog.call_id.clone(), c.dialog.local_tag.clone()));
         self.ports.release(c.port);

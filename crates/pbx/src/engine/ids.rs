@@ -83,3 +83,41 @@ pub(super) enum Owner {
     Leg(LegId),
     Trunk(i64),
 }
+
+/// What each user has going, by extension. The per-user call limit is checked on every
+/// INVITE; counting by scanning every call of every user made each INVITE cost more the
+/// more calls the whole PBX held (at 2,000 held calls it was a tenth of the SIP task).
+#[derive(Debug)]
+pub(super) struct ByUser<Id> {
+    map: std::collections::HashMap<String, IdMap<Id, ()>>,
+}
+
+impl<Id> Default for ByUser<Id> {
+    fn default() -> Self {
+        ByUser {
+            map: std::collections::HashMap::new(),
+        }
+    }
+}
+
+impl<Id: Copy + Eq + std::hash::Hash> ByUser<Id> {
+    pub(super) fn add(&mut self, user: &str, id: Id) {
+        self.map.entry(user.to_owned()).or_default().insert(id, ());
+    }
+
+    pub(super) fn remove(&mut self, user: &str, id: Id) {
+        if let Some(ids) = self.map.get_mut(user) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                self.map.remove(user);
+            }
+        }
+    }
+
+    pub(super) fn of<'a>(&'a self, user: &str) -> impl Iterator<Item = Id> + 'a {
+        self.map
+            .get(user)
+            .into_iter()
+            .flat_map(|ids| ids.keys().copied())
+    }
+}

@@ -75,8 +75,8 @@ pub use conference::ConferenceParticipant;
 use conference::Party;
 pub use confero_media::bridge::{LegStats, MediaCommand, MediaEvent, MixId};
 use confero_sip::headers::{self, uri_user};
+use ids::{ByUser, IdMap, Ids, Owner, Timer};
 pub use ids::{CallId, InvitationId, LegId};
-use ids::{IdMap, Ids, Owner, Timer};
 use invite::Invitation;
 pub use invite::{InvitationInfo, InvitationState, InviteError, MAX_INVITE_TIMEOUT};
 use leg::Leg;
@@ -249,6 +249,9 @@ pub struct Engine {
     timers: BinaryHeap<std::cmp::Reverse<(Instant, Timer)>>,
     rooms: Rooms,
     conf_legs: IdMap<LegId, Leg>,
+    /// The legs (`conf_legs`) and calls (`calls`) each user placed.
+    legs_by_user: ByUser<LegId>,
+    calls_by_user: ByUser<CallId>,
     /// (Call-ID, our tag) → conference leg.
     conf_dialogs: HashMap<(String, String), LegId>,
     invitations: IdMap<InvitationId, Invitation>,
@@ -303,6 +306,8 @@ impl Engine {
             timers: BinaryHeap::new(),
             rooms: Rooms::new(),
             conf_legs: IdMap::default(),
+            legs_by_user: ByUser::default(),
+            calls_by_user: ByUser::default(),
             conf_dialogs: HashMap::new(),
             invitations: IdMap::default(),
             trunks: IdMap::default(),
@@ -360,9 +365,9 @@ impl Engine {
     /// account may not hold the whole RTP port range.
     fn calls_of_user(&self, extension: &str) -> usize {
         let rooms = self
-            .conf_legs
-            .values()
-            .filter(|c| c.call.is_none() && c.caller.is_user && c.caller.number == extension)
+            .legs_by_user
+            .of(extension)
+            .filter(|id| self.conf_legs.get(id).is_some_and(|c| c.call.is_none()))
             .count();
         rooms + self.calls_placed_by(extension)
     }
