@@ -138,6 +138,10 @@ fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
         tracing::debug!(%err, "could not enlarge the SIP UDP receive buffer");
     }
     socket.set_nonblocking(true)?;
+    if let Err(err) = shell::stamped::enable(&socket) {
+        // The overload guard then goes by how long the socket stays full alone.
+        tracing::debug!(%err, "no receive times on the SIP UDP socket");
+    }
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
 }
@@ -302,9 +306,8 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         live_dirty: false,
         live_published_at: now,
         live_publish_cost: std::time::Duration::ZERO,
-        full_since: None,
-        backlogged: false,
-        backlog_warned_at: None,
+        backlog: shell::sip::Backlog::default(),
+        cmsg: shell::stamped::cmsg_buffer(),
         published_security: confero_pbx::engine::SecurityStats::default(),
         conns: conns.clone(),
         input: input_rx,

@@ -20,9 +20,8 @@
 //! events go to the engine through an unbounded channel. One thread falling behind delays
 //! no other: they share nothing but that channel.
 
-use std::io::{ErrorKind, IoSliceMut};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::io::ErrorKind;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, Sender, TryRecvError};
@@ -36,9 +35,8 @@ use confero_media::bridge::{
 use confero_media::idmap::IdMap;
 use confero_media::placement::{Placement, Routed};
 use confero_pbx::ports::PortReserver;
-use nix::sys::socket::{
-    recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrStorage,
-};
+
+use super::stamped;
 use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, Timespec};
 use rustix::fd::OwnedFd;
@@ -109,76 +107,6 @@ impl MediaClock {
             mixes: self.mixes.load(Ordering::Relaxed),
         }
     }
-}
-
-/// Turns the kernel's receive times (wall clock) into the monotonic clock the bridge keeps,
-/// from one reading of both clocks per round of reads.
-struct ArrivalClock {
-    wall: Duration,
-    now: Instant,
-}
-
-/// A receive time further back than this is not believed (the wall clock was stepped).
-const MAX_RECEIVE_AGE: Duration = Duration::from_secs(1);
-
-impl ArrivalClock {
-    fn now() -> ArrivalClock {
-        ArrivalClock {
-            wall: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default(),
-            now: Instant::now(),
-        }
-    }
-
-    /// When a datagram received at wall-clock time `at` arrived; now if unknown.
-    fn arrival(&self, at: Option<Duration>) -> Instant {
-        at.and_then(|at| self.wall.checked_sub(at))
-            .filter(|age| *age <= MAX_RECEIVE_AGE)
-            .and_then(|age| self.now.checked_sub(age))
-            .unwrap_or(self.now)
-    }
-}
-
-/// Reads one datagram: its length, its sender, and when the kernel received it (wall
-/// clock), if it said.
-fn recv_timestamped(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    cmsg: &mut [u8],
-) -> std::io::Result<(usize, SocketAddr, Option<Duration>)> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let msg = recvmsg::<SockaddrStorage>(
-        socket.as_raw_fd(),
-        &mut iov,
-        Some(cmsg),
-        MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(std::io::Error::from)?;
-    let from = msg.address.as_ref().and_then(|a| {
-        a.as_sockaddr_in()
-            .map(|s| SocketAddr::V4(SocketAddrV4::from(*s)))
-            .or_else(|| {
-                a.as_sockaddr_in6()
-                    .map(|s| SocketAddr::V6(SocketAddrV6::from(*s)))
-            })
-    });
-    let Some(from) = from else {
-        return Err(std::io::Error::new(
-            ErrorKind::InvalidData,
-            "a datagram without a sender",
-        ));
-    };
-    let at = msg.cmsgs().ok().and_then(|mut cmsgs| {
-        cmsgs.find_map(|c| match c {
-            ControlMessageOwned::ScmTimestampns(ts) => Some(Duration::new(
-                u64::try_from(ts.tv_sec()).ok()?,
-                u32::try_from(ts.tv_nsec()).ok()?,
-            )),
-            _ => None,
-        })
-    });
-    Ok((msg.bytes, from, at))
 }
 
 /// What a media thread is told.
@@ -375,7 +303,7 @@ impl Sockets {
             of_leg: IdMap::default(),
             epoll: epoll::create(epoll::CreateFlags::CLOEXEC)?,
             ready: Vec::with_capacity(READY_BATCH),
-            cmsg: nix::cmsg_space!(nix::sys::time::TimeSpec),
+            cmsg: stamped::cmsg_buffer(),
         })
     }
 
@@ -398,13 +326,13 @@ impl Sockets {
                 return;
             }
             // Read after the wait: every datagram of this round arrived before it.
-            let clock = ArrivalClock::now();
+            let clock = stamped::ArrivalClock::now();
             for ev in &self.ready {
                 let port = ev.data.u64() as u16;
                 let Some(socket) = self.by_port.get(&port) else {
                     continue;
                 };
-                match recv_timestamped(socket, buf, &mut self.cmsg) {
+                match stamped::recv_timestamped(socket, buf, &mut self.cmsg) {
                     Ok((n, from, at)) => {
                         bridge.handle_datagram(clock.arrival(at), port, from, &buf[..n]);
                     }
@@ -440,7 +368,7 @@ impl Sockets {
                 None => UdpSocket::bind(SocketAddr::new(reserved.ip, port))?,
             };
             socket.set_nonblocking(true)?;
-            if let Err(err) = setsockopt(&socket, sockopt::ReceiveTimestampns, &true) {
+            if let Err(err) = stamped::enable(&socket) {
                 // Its datagrams are then timed when read, as a tick's.
                 tracing::debug!(port, %err, "no receive times on an RTP socket");
             }

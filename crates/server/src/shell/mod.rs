@@ -4,10 +4,12 @@
 //!   configuration revisions, live views, persistence);
 //! - [`conns`]: stream connections (TCP, TLS, and WebSocket from `crate::http::ws`) and
 //!   their reader and writer tasks;
-//! - [`media`]: the media thread, around one media bridge.
+//! - [`media`]: the media threads, each around one media bridge;
+//! - [`stamped`]: datagrams with the time the kernel received them.
 
 pub(crate) mod conns;
 pub(crate) mod media;
 pub(crate) mod sip;
+pub(crate) mod stamped;
 
 pub(crate) use conns::ConnTable;

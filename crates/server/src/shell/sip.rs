@@ -16,10 +16,12 @@ use confero_pbx::engine::{Engine, EngineEvent, MediaEvent};
 use confero_pbx::registrar::{Binding, BindingChange};
 use confero_sip::transport::{Peer, Transport};
 use confero_store::{Store, StoredBinding};
+use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, watch};
 
 use super::conns::{ConnTable, Input};
+use super::stamped;
 use crate::live::publish::LiveState;
 
 /// Largest UDP datagram we read; SIP over UDP must fit in far less (RFC 3261 §18.1.1).
@@ -32,6 +34,10 @@ const UDP_BATCH: usize = 64;
 /// How long input may keep arriving faster than it is taken before new requests are
 /// refused: a flood lasts far longer, a burst far less.
 const BACKLOG_GRACE: Duration = Duration::from_millis(20);
+/// How long a request may have waited in the socket before new requests are refused: a
+/// task that was only kept off the CPU for a moment catches up at once, while waits
+/// nearing the clients' first retransmission (500 ms) would only grow their load.
+const QUEUE_DELAY_LIMIT: Duration = Duration::from_millis(100);
 
 /// Everything the engine task needs.
 pub(crate) struct SipShell {
@@ -53,10 +59,10 @@ pub(crate) struct SipShell {
     /// How long the last publication took: with thousands of registrations it is not free,
     /// so it is spaced to take at most a tenth of the loop.
     pub(crate) live_publish_cost: Duration,
-    /// Since when every UDP batch has found more waiting ([`SipShell::read_udp_batch`]).
-    pub(crate) full_since: Option<Instant>,
-    pub(crate) backlogged: bool,
-    pub(crate) backlog_warned_at: Option<Instant>,
+    /// Whether UDP input backs up ([`SipShell::read_udp_batch`]).
+    pub(crate) backlog: Backlog,
+    /// Room for the receive time of each datagram read ([`stamped::recv_timestamped`]).
+    pub(crate) cmsg: Vec<u8>,
     /// The attack counters as last published.
     pub(crate) published_security: confero_pbx::engine::SecurityStats,
     /// Stream connections (TCP, TLS, WebSocket) and the queue their tasks feed.
@@ -190,17 +196,21 @@ impl SipShell {
         }
     }
 
-    /// Takes up to [`UDP_BATCH`] datagrams that are waiting. Full batches in a row for
-    /// [`BACKLOG_GRACE`] mean input arrives faster than it is taken: the engine is told it
-    /// is overloaded (it then refuses new work cheaply) until a batch finds the socket
-    /// empty. A burst the socket buffer absorbs (a load client's, phones after an outage)
-    /// clears within the grace and is served.
+    /// Takes up to [`UDP_BATCH`] datagrams that are waiting, and tells the engine whether
+    /// input backs up ([`Backlog`]).
     fn read_udp_batch(&mut self, buf: &mut [u8]) {
+        let clock = stamped::ArrivalClock::now();
+        let (udp, cmsg) = (&self.udp, &mut self.cmsg);
         let mut taken = 0;
+        let mut waited = None;
         while taken < UDP_BATCH {
-            match self.udp.try_recv_from(buf) {
-                Ok((n, addr)) => {
+            let read = udp.try_io(Interest::READABLE, || {
+                stamped::recv_timestamped(&**udp, buf, cmsg)
+            });
+            match read {
+                Ok((n, addr, at)) => {
                     taken += 1;
+                    waited = clock.age(at);
                     let peer = Peer {
                         transport: Transport::Udp,
                         addr,
@@ -216,26 +226,9 @@ impl SipShell {
                 }
             }
         }
-        let now = Instant::now();
-        self.full_since = if taken == UDP_BATCH {
-            Some(self.full_since.unwrap_or(now))
-        } else {
-            None
-        };
         let backlogged = self
-            .full_since
-            .is_some_and(|since| now.duration_since(since) >= BACKLOG_GRACE);
-        if backlogged && !self.backlogged {
-            // Once per episode of a flood, not once per flap.
-            if self
-                .backlog_warned_at
-                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
-            {
-                self.backlog_warned_at = Some(now);
-                tracing::warn!("SIP input arrives faster than it is taken: new requests are refused with 503 until it eases");
-            }
-        }
-        self.backlogged = backlogged;
+            .backlog
+            .after_batch(Instant::now(), taken == UDP_BATCH, waited);
         self.engine.set_backlogged(backlogged);
     }
 
@@ -317,6 +310,54 @@ impl SipShell {
     }
 }
 
+/// Whether the SIP input backs up: full batches in a row for [`BACKLOG_GRACE`], the last
+/// of which had waited [`QUEUE_DELAY_LIMIT`] in the socket, mean input arrives faster
+/// than it is taken. The engine is then told it is overloaded (it refuses new work
+/// cheaply) until a batch finds the socket empty. A burst the socket buffer absorbs (a
+/// load client's, phones after an outage), or the backlog of a moment off the CPU, clears
+/// before either and is served.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    /// Since when every batch has found more waiting.
+    full_since: Option<Instant>,
+    backlogged: bool,
+    warned_at: Option<Instant>,
+}
+
+impl Backlog {
+    /// A batch was taken at `now`: `full` when it stopped with more waiting, `waited` how
+    /// long its last datagram had been in the socket (if the kernel said). Whether input
+    /// backs up now.
+    pub(crate) fn after_batch(
+        &mut self,
+        now: Instant,
+        full: bool,
+        waited: Option<Duration>,
+    ) -> bool {
+        self.full_since = if full {
+            Some(self.full_since.unwrap_or(now))
+        } else {
+            None
+        };
+        let backlogged = self
+            .full_since
+            .is_some_and(|since| now.duration_since(since) >= BACKLOG_GRACE)
+            && (self.backlogged || waited.is_none_or(|w| w >= QUEUE_DELAY_LIMIT));
+        // Once per episode of a flood, not once per flap.
+        if backlogged
+            && !self.backlogged
+            && self
+                .warned_at
+                .is_none_or(|at| now.duration_since(at) >= Duration::from_secs(60))
+        {
+            self.warned_at = Some(now);
+            tracing::warn!("SIP input arrives faster than it is taken: new requests are refused with 503 until it eases");
+        }
+        self.backlogged = backlogged;
+        backlogged
+    }
+}
+
 /// Looks a trunk's host up (A/AAAA; the port is the configured one) and tells the engine.
 async fn resolve(trunk: i64, host: String, port: u16, input: mpsc::Sender<Input>) {
     let lookup = tokio::time::timeout(
@@ -390,5 +431,71 @@ async fn persist_loop(store: Store, queue: Arc<PersistQueue>) {
         if let Err(err) = store.save_bindings_batch(&upserts, &deletes).await {
             tracing::warn!(%err, "could not persist {} registration changes", upserts.len() + deletes.len());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// Feeds batches every millisecond for `span`, each full and with `waited`; whether
+    /// input was found backing up after the last.
+    fn batches(
+        backlog: &mut Backlog,
+        from: Instant,
+        span: Duration,
+        waited: Option<Duration>,
+    ) -> bool {
+        let mut at = from;
+        let mut backlogged = false;
+        while at <= from + span {
+            backlogged = backlog.after_batch(at, true, waited);
+            at += MS;
+        }
+        backlogged
+    }
+
+    #[test]
+    fn a_backlog_that_waited_little_is_served_however_long_batches_stay_full() {
+        // A task kept off the CPU catching up, or a load client's burst: full batches for
+        // far longer than the grace, but nothing has waited long.
+        let mut backlog = Backlog::default();
+        let t = Instant::now();
+        assert!(!batches(&mut backlog, t, 200 * MS, Some(40 * MS)));
+        assert!(!backlog.after_batch(t + 201 * MS, false, Some(MS)));
+    }
+
+    #[test]
+    fn input_that_waits_past_the_limit_for_the_grace_backs_up_until_the_socket_empties() {
+        let mut backlog = Backlog::default();
+        let t = Instant::now();
+        // Waiting long, but not yet for the grace: one slow moment is no flood.
+        assert!(!batches(
+            &mut backlog,
+            t,
+            BACKLOG_GRACE - MS,
+            Some(150 * MS)
+        ));
+        assert!(batches(
+            &mut backlog,
+            t + BACKLOG_GRACE,
+            5 * MS,
+            Some(150 * MS)
+        ));
+        // Refusing new work shortens the waits; it goes on while batches stay full.
+        assert!(batches(&mut backlog, t + 30 * MS, 10 * MS, Some(5 * MS)));
+        assert!(!backlog.after_batch(t + 41 * MS, false, Some(MS)));
+        // And starts over: a new episode needs the grace again.
+        assert!(!backlog.after_batch(t + 42 * MS, true, Some(150 * MS)));
+    }
+
+    #[test]
+    fn without_receive_times_full_batches_for_the_grace_back_up() {
+        let mut backlog = Backlog::default();
+        let t = Instant::now();
+        assert!(!batches(&mut backlog, t, BACKLOG_GRACE - MS, None));
+        assert!(backlog.after_batch(t + BACKLOG_GRACE, true, None));
     }
 }
