@@ -17,12 +17,15 @@
 //! Knobs (environment variables, all optional): `CALL_RATE_RATE` (calls a second, 500),
 //! `CALL_RATE_SECONDS` (how long calls are started, 10), `CALL_RATE_HOLD_MS` (2000),
 //! `CALL_RATE_ROOMS` (20), `CALL_RATE_MEDIA_THREADS` (the
-//! server's `--media-threads`; unset: one per core).
+//! server's `--media-threads`; unset: one per core), `CALL_RATE_PERF` (a file path: `perf
+//! record -g` the server for 5 s from the middle of the run, then print its top functions).
 
 mod support;
 use support::*;
 
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const SCENARIO: &str = include_str!("support/call_into_room.xml");
@@ -34,6 +37,7 @@ struct Knobs {
     hold_ms: u32,
     rooms: usize,
     media_threads: Option<usize>,
+    perf: Option<String>,
 }
 
 impl Knobs {
@@ -47,6 +51,9 @@ impl Knobs {
             media_threads: std::env::var("CALL_RATE_MEDIA_THREADS")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            perf: std::env::var("CALL_RATE_PERF")
+                .ok()
+                .filter(|p| !p.is_empty()),
         }
     }
 }
@@ -133,7 +140,32 @@ fn main() {
     let total = knobs.rate * knobs.seconds;
     let limit = held.to_string();
     let cpu_before = cpu_ticks(&pid);
+    let (machine_before, children_before) = (machine_busy_ticks(), reaped_children_ticks());
     let started = Instant::now();
+    // The profile covers calls being set up and held at the full rate, not the ramp.
+    // SIPp's signalling socket is gone once it exits: its drops are read while it runs.
+    let sipp_port = free_udp_port();
+    let sipp_drops = Arc::new(AtomicU64::new(0));
+    let running = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (drops, running) = (sipp_drops.clone(), running.clone());
+        std::thread::spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                if let Some(n) = udp_socket_drops(sipp_port) {
+                    drops.store(n, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+    let profiler = knobs.perf.clone().map(|path| {
+        let pid = pid.clone();
+        let wait = Duration::from_secs(u64::from(knobs.seconds.saturating_sub(5) / 2 + 1));
+        std::thread::spawn(move || {
+            std::thread::sleep(wait);
+            profile(&pid, &path);
+        })
+    });
     let sipp = Command::new("sipp")
         .current_dir(dir.path())
         .arg(server.sip.to_string())
@@ -141,7 +173,7 @@ fn main() {
         .args(["-au", &username(0), "-ap", &password(0)])
         .args(["-r", &knobs.rate.to_string(), "-rp", "1000"])
         .args(["-m", &total.to_string(), "-l", &limit])
-        .args(["-i", "127.0.0.1", "-p", &free_udp_port().to_string()])
+        .args(["-i", "127.0.0.1", "-p", &sipp_port.to_string()])
         .args(["-mp", &free_udp_port().to_string()])
         .args(["-trace_stat", "-stf", "stats.csv", "-fd", "1"])
         .args(["-trace_rtt", "-rtt_freq", "1", "-trace_err"])
@@ -150,12 +182,23 @@ fn main() {
             &format!("{}s", knobs.seconds + knobs.hold_ms / 1_000 + 60),
         ])
         .args(["-nostdin", "-max_recv_loops", "10000"])
+        // SIPp's own socket buffers hold 64 KiB by default: at 2,000 calls a second a burst
+        // of answers overflowed them, and SIPp retransmitted what it had dropped.
+        .args(["-buff_size", "4194304"])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .output()
         .expect("run sipp");
     let elapsed = started.elapsed();
+    running.store(false, Ordering::Relaxed);
+    sampler.join().expect("the drop sampler");
     let cpu = (cpu_ticks(&pid) - cpu_before) as f64 / ticks_per_s as f64;
+    let machine = (machine_busy_ticks() - machine_before) as f64 / ticks_per_s as f64;
+    if let Some(profiler) = profiler {
+        profiler.join().expect("the profiler thread");
+    }
+    // SIPp (and perf, when profiling) have exited and been waited for by now.
+    let client = (reaped_children_ticks() - children_before) as f64 / ticks_per_s as f64;
 
     let stats_text = std::fs::read_to_string(dir.path().join("stats.csv")).unwrap_or_default();
     let stats = last_stats(&stats_text);
@@ -199,6 +242,13 @@ fn main() {
         100.0 * cpu / elapsed.as_secs_f64(),
         1e6 * cpu / f64::from(total.max(1))
     );
+    let secs = elapsed.as_secs_f64();
+    println!(
+        "  machine          {:.0}% of {} cores busy; SIPp {:.1}% of one core",
+        100.0 * machine / secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        100.0 * client / secs
+    );
     // Requests the server refused at once with 503 because its input backed up (the
     // overload guard, docs/security.md): SIPp counts those calls as failed.
     let (_, metrics) = http(server.http, "GET", "/metrics", "", "");
@@ -207,6 +257,11 @@ fn main() {
         .find_map(|l| l.strip_prefix("confero_sip_overload_refusals_total "))
         .unwrap_or("?");
     println!("  overload guard   {refused} requests refused with 503 while the input backed up");
+    println!(
+        "  UDP drops        {} at the server's SIP socket, {} at SIPp's (full receive buffers)",
+        udp_socket_drops(server.sip.port()).map_or("?".into(), |n| n.to_string()),
+        sipp_drops.load(Ordering::Relaxed)
+    );
     if !sipp.status.success() {
         let err = String::from_utf8_lossy(&sipp.stderr);
         let first = err.lines().find(|l| l.contains("call")).unwrap_or_default();

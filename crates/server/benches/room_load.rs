@@ -52,7 +52,6 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -215,22 +214,6 @@ fn thread_breakdown(
         .collect();
     out.sort_by(|a, b| b.2.total_cmp(&a.2));
     out
-}
-
-/// Busy ticks of the whole machine (all CPUs) from /proc/stat: everything but idle and iowait.
-fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let v: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    v.iter().take(8).sum::<u64>().saturating_sub(idle)
 }
 
 /// CPU ticks of every other process (utime + stime + reaped children's), by pid.
@@ -1543,67 +1526,6 @@ fn pct(part: u64, whole: u64) -> f64 {
     } else {
         100.0 * part as f64 / whole as f64
     }
-}
-
-/// Records the loaded server for a few seconds and prints its top functions.
-fn profile(pid: &str, path: &str) {
-    let record = Command::new("perf")
-        .args([
-            "record", "-F", "999", "-g", "-o", path, "-p", pid, "--", "sleep", "5",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .output();
-    match record {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            println!(
-                "  perf record failed: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            return;
-        }
-        Err(e) => {
-            println!("  perf not available: {e}");
-            return;
-        }
-    }
-    let report = |sort: &str, limit: &str, take: usize| -> Vec<String> {
-        Command::new("perf")
-            .args([
-                "report",
-                "-i",
-                path,
-                "--stdio",
-                "--no-children",
-                "-g",
-                "none",
-            ])
-            .args(["--percent-limit", limit, "--sort", sort])
-            .stderr(Stdio::null())
-            .output()
-            .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
-                    .map(|l| {
-                        let words: Vec<&str> = l.split_whitespace().collect();
-                        let end = words.iter().rposition(|w| *w != "-").map_or(0, |e| e + 1);
-                        words[..end].join(" ")
-                    })
-                    .take(take)
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    println!(
-        "  perf of the loaded server (5 s, self time): {}",
-        report("dso", "0.5", 6).join(", ")
-    );
-    for line in report("comm,dso,symbol", "1", 30) {
-        println!("    {line}");
-    }
-    println!("  (full profile: perf report -i {path})");
 }
 
 fn main() {

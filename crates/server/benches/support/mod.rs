@@ -308,6 +308,37 @@ pub(crate) fn cpu_ticks(pid: &str) -> u64 {
     stat_ticks(&format!("/proc/{pid}/stat"))
 }
 
+/// CPU ticks of this process's children that have exited and been waited for (cutime +
+/// cstime): what a load client run with `Command::output` used.
+pub(crate) fn reaped_children_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let get = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    get(13) + get(14)
+}
+
+/// Busy ticks of the whole machine (all CPUs) from /proc/stat: everything but idle and iowait.
+pub(crate) fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    v.iter().take(8).sum::<u64>().saturating_sub(idle)
+}
+
 /// The machine-wide UDP `RcvbufErrors` counter (datagrams dropped because a socket's
 /// receive buffer was full); other programs' drops count too.
 pub(crate) fn udp_rcvbuf_errors() -> u64 {
@@ -322,6 +353,20 @@ pub(crate) fn udp_rcvbuf_errors() -> u64 {
         .find(|(n, _)| *n == "RcvbufErrors")
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0)
+}
+
+/// Datagrams the kernel dropped because the receive buffer of the UDP socket bound to
+/// `port` was full (`/proc/net/udp`'s last column); nothing if no socket has that port.
+pub(crate) fn udp_socket_drops(port: u16) -> Option<u64> {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let local = format!(":{port:04X}");
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if !fields.get(1)?.ends_with(&local) {
+            return None;
+        }
+        fields.last()?.parse().ok()
+    })
 }
 
 pub(crate) fn clock_ticks_per_second() -> u64 {
@@ -354,4 +399,65 @@ pub(crate) fn cpu_model() -> String {
             (k.trim() == "model name").then(|| v.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Records the loaded server for a few seconds and prints its top functions.
+pub(crate) fn profile(pid: &str, path: &str) {
+    let record = Command::new("perf")
+        .args([
+            "record", "-F", "999", "-g", "-o", path, "-p", pid, "--", "sleep", "5",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output();
+    match record {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            println!(
+                "  perf record failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("  perf not available: {e}");
+            return;
+        }
+    }
+    let report = |sort: &str, limit: &str, take: usize| -> Vec<String> {
+        Command::new("perf")
+            .args([
+                "report",
+                "-i",
+                path,
+                "--stdio",
+                "--no-children",
+                "-g",
+                "none",
+            ])
+            .args(["--percent-limit", limit, "--sort", sort])
+            .stderr(Stdio::null())
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                    .map(|l| {
+                        let words: Vec<&str> = l.split_whitespace().collect();
+                        let end = words.iter().rposition(|w| *w != "-").map_or(0, |e| e + 1);
+                        words[..end].join(" ")
+                    })
+                    .take(take)
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    println!(
+        "  perf of the loaded server (5 s, self time): {}",
+        report("dso", "0.5", 6).join(", ")
+    );
+    for line in report("comm,dso,symbol", "1", 30) {
+        println!("    {line}");
+    }
+    println!("  (full profile: perf report -i {path})");
 }
