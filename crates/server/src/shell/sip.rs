@@ -34,10 +34,11 @@ const UDP_BATCH: usize = 64;
 /// How long input may keep arriving faster than it is taken before new requests are
 /// refused: a flood lasts far longer, a burst far less.
 const BACKLOG_GRACE: Duration = Duration::from_millis(20);
-/// How long a request may have waited in the socket before new requests are refused: a
-/// task that was only kept off the CPU for a moment catches up at once, while waits
-/// nearing the clients' first retransmission (500 ms) would only grow their load.
-const QUEUE_DELAY_LIMIT: Duration = Duration::from_millis(100);
+/// How long a request may have waited in the socket before new requests are refused, a
+/// tenth of the clients' first retransmission timer (500 ms): a task kept off the CPU for
+/// a moment catches up well within it, and a flood is refused long before clients
+/// retransmit (which would only add to the load).
+const QUEUE_DELAY_LIMIT: Duration = Duration::from_millis(50);
 
 /// Everything the engine task needs.
 pub(crate) struct SipShell {
