@@ -140,7 +140,7 @@ fn main() {
     let total = knobs.rate * knobs.seconds;
     let limit = held.to_string();
     let cpu_before = cpu_ticks(&pid);
-    let (machine_before, children_before) = (machine_busy_ticks(), reaped_children_ticks());
+    let children_before = reaped_children_ticks();
     let started = Instant::now();
     // The profile covers calls being set up and held at the full rate, not the ramp.
     // SIPp's signalling socket is gone once it exits: its drops are read while it runs.
@@ -193,7 +193,6 @@ fn main() {
     running.store(false, Ordering::Relaxed);
     sampler.join().expect("the drop sampler");
     let cpu = (cpu_ticks(&pid) - cpu_before) as f64 / ticks_per_s as f64;
-    let machine = (machine_busy_ticks() - machine_before) as f64 / ticks_per_s as f64;
     if let Some(profiler) = profiler {
         profiler.join().expect("the profiler thread");
     }
@@ -242,12 +241,9 @@ fn main() {
         100.0 * cpu / elapsed.as_secs_f64(),
         1e6 * cpu / f64::from(total.max(1))
     );
-    let secs = elapsed.as_secs_f64();
     println!(
-        "  machine          {:.0}% of {} cores busy; SIPp {:.1}% of one core",
-        100.0 * machine / secs,
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        100.0 * client / secs
+        "  SIPp CPU         {client:.2} s = {:.1}% of one core",
+        100.0 * client / elapsed.as_secs_f64()
     );
     // Requests the server refused at once with 503 because its input backed up (the
     // overload guard, docs/security.md): SIPp counts those calls as failed.

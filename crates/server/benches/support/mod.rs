@@ -289,19 +289,22 @@ pub(crate) fn dechunk(mut s: &str) -> String {
     out
 }
 
-/// utime + stime, in clock ticks, of a /proc stat file.
-pub(crate) fn stat_ticks(path: &str) -> u64 {
+/// The numeric fields of a /proc stat file after the parenthesised command name (state is
+/// field 3 of the file, so index 0 here is field 4).
+fn stat_fields(path: &str) -> Vec<u64> {
     let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get(11) + get(12)
+    after
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect()
+}
+
+/// utime + stime (fields 14 and 15), in clock ticks, of a /proc stat file.
+pub(crate) fn stat_ticks(path: &str) -> u64 {
+    let f = stat_fields(path);
+    f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0)
 }
 
 pub(crate) fn cpu_ticks(pid: &str) -> u64 {
@@ -309,18 +312,10 @@ pub(crate) fn cpu_ticks(pid: &str) -> u64 {
 }
 
 /// CPU ticks of this process's children that have exited and been waited for (cutime +
-/// cstime): what a load client run with `Command::output` used.
+/// cstime, fields 16 and 17): what a load client run with `Command::output` used.
 pub(crate) fn reaped_children_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let get = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|f| f.parse::<u64>().ok())
-            .unwrap_or(0)
-    };
-    get(13) + get(14)
+    let f = stat_fields("/proc/self/stat");
+    f.get(12).copied().unwrap_or(0) + f.get(13).copied().unwrap_or(0)
 }
 
 /// Busy ticks of the whole machine (all CPUs) from /proc/stat: everything but idle and iowait.
