@@ -57,6 +57,7 @@ say conference-starting "The administrator has joined. The conference is startin
 say administrator-left "The administrator has left the conference. Please wait."
 say conference-ended "The conference has ended. Goodbye."
 say conference-closed "This conference room has been closed. Goodbye."
+say conference-locked "This conference is locked. Goodbye."
 
 # ==== tones ====
 

@@ -186,6 +186,8 @@ struct Participant {
     caller: String,
     /// Whom wrong codes count against ([`ACCESS_CODE_POLICY`]).
     guesser: String,
+    /// Asked in by the room (an invitation): a lock does not keep them out.
+    invited: bool,
     is_admin: bool,
     stage: Stage,
     muted: bool,
@@ -201,6 +203,17 @@ struct Room {
     config: Option<Conference>,
     members: BTreeSet<LegId>,
     in_mix: BTreeSet<LegId>,
+    /// Locked by an administrator: callers are turned away, except the room's
+    /// administrator and those it invites. It lasts as long as someone is in the room.
+    locked: bool,
+}
+
+/// Why a room could not be locked or unlocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LockError {
+    /// Nobody is in the room: a lock belongs to a conference in progress.
+    #[error("nobody is in this conference: a lock lasts while someone is in it")]
+    Empty,
 }
 
 /// Every room and its participants.
@@ -365,6 +378,7 @@ impl Rooms {
                 room: conference.id,
                 caller: caller.to_owned(),
                 guesser: guesser.unwrap_or_default().to_owned(),
+                invited: guesser.is_none(),
                 is_admin,
                 stage: Stage::InRoom,
                 muted: false,
@@ -372,6 +386,9 @@ impl Rooms {
                 playback_seq: 0,
             },
         );
+        if self.locked_out(leg) {
+            return self.refuse_locked(now, leg);
+        }
         let has_code = conference
             .access_code
             .as_deref()
@@ -422,8 +439,50 @@ impl Rooms {
         self.play(now, leg, prompts, false);
     }
 
+    /// The room is locked and `leg` is neither its administrator nor invited.
+    fn locked_out(&self, leg: LegId) -> bool {
+        self.legs.get(&leg).is_some_and(|p| {
+            !p.is_admin && !p.invited && self.rooms.get(&p.room).is_some_and(|r| r.locked)
+        })
+    }
+
+    fn refuse_locked(&mut self, now: Instant, leg: LegId) {
+        self.set_stage(leg, Stage::Announcing(AfterAnnouncement::Hangup));
+        self.play(now, leg, vec![Prompt::ConferenceLocked], false);
+    }
+
+    /// Locks or unlocks room `room_id` for new callers. Those in the mix or waiting for
+    /// the administrator stay; a caller still entering the code is turned away once the
+    /// code is right.
+    pub fn set_locked(&mut self, room_id: i64, locked: bool) -> Result<(), LockError> {
+        let room = self.rooms.get_mut(&room_id).ok_or(LockError::Empty)?;
+        room.locked = locked;
+        Ok(())
+    }
+
+    /// Whether room `room_id` is locked.
+    #[must_use]
+    pub fn is_locked(&self, room_id: i64) -> bool {
+        self.rooms.get(&room_id).is_some_and(|r| r.locked)
+    }
+
+    /// The rooms locked now.
+    pub fn locked_rooms(&self) -> Vec<i64> {
+        let mut v: Vec<i64> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.locked)
+            .map(|(id, _)| *id)
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Past the receptionist: into the mix, or waiting for the administrator.
     fn admit(&mut self, now: Instant, leg: LegId) {
+        if self.locked_out(leg) {
+            return self.refuse_locked(now, leg);
+        }
         let Some(p) = self.legs.get(&leg) else { return };
         let Some(room) = self.rooms.get(&p.room) else {
             return;
@@ -1441,5 +1500,55 @@ mod tests {
         assert!(r.kick(LegId(1)));
         assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: LegId(1) }]);
         assert!(!r.kick(LegId(99)));
+    }
+
+    #[test]
+    fn a_locked_room_turns_callers_away_but_not_its_administrator_nor_those_it_invites() {
+        let now = Instant::now();
+        let mut r = Rooms::new();
+        let conf = room(Some("4321"), false);
+        assert_eq!(
+            r.set_locked(7, true),
+            Err(LockError::Empty),
+            "nobody to lock for"
+        );
+        r.handle_join(now, LegId(1), &conf, "101", "user:101", true);
+        keys(&mut r, now, LegId(1), "4321#");
+        r.handle_playback_done(now, LegId(1));
+        // A caller was typing the code when the room was locked.
+        r.handle_join(now, LegId(2), &conf, "102", "user:102", false);
+        r.handle_playback_done(now, LegId(2));
+        drain(&mut r);
+        r.set_locked(7, true).unwrap();
+        assert!(r.is_locked(7));
+        assert_eq!(r.locked_rooms(), vec![7]);
+        assert_eq!(state(&r, LegId(1)), "in_room", "those in stay");
+        keys(&mut r, now, LegId(2), "4321#");
+        assert!(played(&drain(&mut r), Prompt::ConferenceLocked));
+        r.handle_playback_done(now, LegId(2));
+        assert_eq!(drain(&mut r), vec![RoomCommand::Hangup { leg: LegId(2) }]);
+        r.handle_leave(now, LegId(2));
+        // A new caller hears so at once: no code asked, none to guess.
+        r.handle_join(now, LegId(3), &conf, "103", "user:103", false);
+        let cmds = drain(&mut r);
+        assert!(played(&cmds, Prompt::ConferenceLocked), "{cmds:?}");
+        assert!(!played(&cmds, Prompt::EnterAccessCode));
+        // The administrator (a second phone) and an invited callee still get in.
+        r.handle_join(now, LegId(4), &conf, "101", "user:101", true);
+        assert_eq!(state(&r, LegId(4)), "entering_code");
+        r.handle_invited(now, LegId(5), &conf, "0612345678", false);
+        assert_eq!(state(&r, LegId(5)), "in_room");
+        // Unlocked, callers come in again.
+        r.set_locked(7, false).unwrap();
+        r.handle_join(now, LegId(6), &conf, "106", "user:106", false);
+        assert_eq!(state(&r, LegId(6)), "entering_code");
+        // The lock ends with the conference: when the last one leaves.
+        r.set_locked(7, true).unwrap();
+        for leg in [1, 3, 4, 5, 6] {
+            r.handle_leave(now, LegId(leg));
+        }
+        assert!(!r.is_locked(7));
+        r.handle_join(now, LegId(7), &conf, "107", "user:107", false);
+        assert_eq!(state(&r, LegId(7)), "entering_code");
     }
 }

@@ -28,6 +28,8 @@ pub enum Prompt {
     ConferenceEnded,
     /// The room was deleted while the caller was in it.
     ConferenceClosed,
+    /// The room is locked: the caller is not let in.
+    ConferenceLocked,
     /// Someone joined the room.
     JoinTone,
     /// Someone left the room.
@@ -36,7 +38,7 @@ pub enum Prompt {
 
 impl Prompt {
     /// Every prompt, to load them all.
-    pub const ALL: [Prompt; 12] = [
+    pub const ALL: [Prompt; 13] = [
         Prompt::EnterAccessCode,
         Prompt::WrongAccessCode,
         Prompt::Goodbye,
@@ -47,6 +49,7 @@ impl Prompt {
         Prompt::AdministratorLeft,
         Prompt::ConferenceEnded,
         Prompt::ConferenceClosed,
+        Prompt::ConferenceLocked,
         Prompt::JoinTone,
         Prompt::LeaveTone,
     ];
@@ -65,6 +68,7 @@ impl Prompt {
             Prompt::AdministratorLeft => "administrator-left.wav",
             Prompt::ConferenceEnded => "conference-ended.wav",
             Prompt::ConferenceClosed => "conference-closed.wav",
+            Prompt::ConferenceLocked => "conference-locked.wav",
             Prompt::JoinTone => "join-tone.wav",
             Prompt::LeaveTone => "leave-tone.wav",
         }
@@ -155,6 +159,7 @@ fn embedded(name: &str) -> Option<&'static [u8]> {
         "administrator-left.wav" => prompt!("administrator-left.wav"),
         "conference-ended.wav" => prompt!("conference-ended.wav"),
         "conference-closed.wav" => prompt!("conference-closed.wav"),
+        "conference-locked.wav" => prompt!("conference-locked.wav"),
         "join-tone.wav" => prompt!("join-tone.wav"),
         "leave-tone.wav" => prompt!("leave-tone.wav"),
         "hold-music.wav" => prompt!("hold-music.wav"),

@@ -22,7 +22,7 @@ use super::ids::{CallId, Owner, Timer};
 use super::leg::{Leg, LegEnv, LegOutput};
 use super::{local, ClientPurpose, Engine, EngineEvent, ALLOW, USER_AGENT};
 use crate::config::{Conference, User};
-use crate::room::{LegId, RoomCommand};
+use crate::room::{LegId, LockError, RoomCommand};
 use confero_sip::dialog::{Dialog, Unacked};
 use confero_sip::headers;
 
@@ -646,6 +646,18 @@ impl Engine {
         self.drain_room_commands(now);
         self.drain_tx_transmits();
         found
+    }
+
+    /// Locks or unlocks room `room` for new callers (console, API, the administrator's
+    /// keypad): see [`crate::room::Rooms::set_locked`].
+    pub fn lock_conference(&mut self, room: i64, locked: bool) -> Result<(), LockError> {
+        self.rooms.set_locked(room, locked)
+    }
+
+    /// The rooms locked now.
+    #[must_use]
+    pub fn locked_conferences(&self) -> Vec<i64> {
+        self.rooms.locked_rooms()
     }
 
     /// Mutes or unmutes a participant; false when there is no such participant.
