@@ -256,3 +256,115 @@ fn bad_invitations_are_refused_naming_the_field() {
     let (status, _) = pbx.api("GET", "/api/v1/invitations/424242", None);
     assert_eq!(status, 404);
 }
+
+/// The administrator locks a room with Bob in it: a new caller hears that it is locked
+/// and is hung up without being asked for the code, while an invitation still gets its
+/// callee in; unlocked, callers come in again. Bad lock requests name what is wrong.
+#[test]
+fn a_locked_room_turns_a_caller_away_while_an_invitation_still_gets_in() {
+    use common::room_caller::{room_caller, Dtmf, Visit};
+    require_sipp!();
+    let pbx = pbx_with_rooms();
+    let room = conference_id(&pbx, "800");
+    let lock = |action: &str, id: &str| {
+        let (status, text) = pbx.api(
+            "POST",
+            &format!("/api/v1/conferences/{id}/{action}"),
+            Some("{}"),
+        );
+        (
+            status,
+            serde_json::from_str::<Value>(&text).unwrap_or(Value::Null),
+        )
+    };
+    let (status, body) = lock("lock", &room.to_string());
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (409, Some("id")),
+        "{body}"
+    );
+    assert_eq!(lock("lock", "9999").0, 404);
+    let (status, body) = lock("lock", "abc");
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (400, Some("id")),
+        "{body}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    // Keys the code after its prompt; or, with no code to key, waits for the room's BYE.
+    let visit = |dtmf| Visit {
+        room: "800",
+        wait_ms: if matches!(dtmf, Dtmf::None) { 0 } else { 3_500 },
+        dtmf,
+        hold_ms: 0,
+        rejected: true,
+    };
+    let inside = room_caller(&pbx, dir.path(), "lock-inside", visit(Dtmf::Info("2468#")));
+    let in_room = |list: &Vec<Value>| list.iter().filter(|p| p["state"] == "in_room").count();
+    let list = poll(
+        Duration::from_secs(15),
+        || participants(&pbx, room),
+        |l| in_room(l) == 1,
+    );
+    assert_eq!(in_room(&list), 1, "{list:?}");
+
+    let (status, body) = lock("lock", &room.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        serde_json::json!({"conference_id": room, "locked": true})
+    );
+    // Turned away: answered, told, hung up on (the scenario expects the room's BYE) —
+    // before its access code would have been asked for and keyed.
+    let started = Instant::now();
+    room_caller(&pbx, dir.path(), "lock-refused", visit(Dtmf::None)).expect_success();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    let list = participants(&pbx, room);
+    assert_eq!(list.len(), 1, "only Bob's first phone is in: {list:?}");
+
+    // An invitation gets in all the same.
+    let phone = bobs_phone(&pbx, dir.path(), "callee_waits_bye.part");
+    let (status, inv) = invite(&pbx, room, r#"{"target":"102"}"#);
+    assert_eq!(status, 202, "{inv}");
+    let inv = settled(&pbx, inv["id"].as_u64().unwrap(), Duration::from_secs(10));
+    assert_eq!(inv["state"], "answered", "{inv}");
+    let list = poll(
+        Duration::from_secs(8),
+        || participants(&pbx, room),
+        |l| in_room(l) == 2,
+    );
+    assert_eq!(in_room(&list), 2, "{list:?}");
+
+    // Unlocked: a caller keys the code and is let in.
+    let (status, body) = lock("unlock", &room.to_string());
+    assert_eq!(
+        (status, body["locked"].as_bool()),
+        (200, Some(false)),
+        "{body}"
+    );
+    let again = room_caller(&pbx, dir.path(), "lock-again", visit(Dtmf::Info("2468#")));
+    let list = poll(
+        Duration::from_secs(15),
+        || participants(&pbx, room),
+        |l| in_room(l) == 3,
+    );
+    assert_eq!(in_room(&list), 3, "{list:?}");
+    // Its scenario pauses after the last digit before it waits for the BYE.
+    std::thread::sleep(Duration::from_millis(500));
+    for p in list {
+        let (status, _) = pbx.api(
+            "POST",
+            &format!("/api/v1/conferences/{room}/participants/{}/kick", p["id"]),
+            Some("{}"),
+        );
+        assert_eq!(status, 204);
+    }
+    for sipp in [inside, phone, again] {
+        sipp.expect_success();
+    }
+}

@@ -483,6 +483,21 @@ pub(super) async fn invite(
             Some("timeout"),
         ));
     }
+    require_in_production(&s, id).await?;
+    let reply = s
+        .live
+        .invite(id, target, std::time::Duration::from_secs(timeout))
+        .ok_or(ApiError::Unavailable)?;
+    match reply.await {
+        Ok(Ok(invitation)) => Ok((StatusCode::ACCEPTED, Json(invitation)).into_response()),
+        Ok(Err(message)) => Err(ApiError::bad_request(message, Some("target"))),
+        Err(_) => Err(ApiError::Internal("the engine did not answer".into())),
+    }
+}
+
+/// 404 when conference `id` is nowhere, 409 when it is only in the draft: live actions
+/// need a room that callers can reach.
+async fn require_in_production(s: &AppState, id: i64) -> Result<(), ApiError> {
     let in_production = s
         .production
         .borrow()
@@ -497,15 +512,7 @@ pub(super) async fn invite(
             "this conference is not in production yet: apply the pending changes first",
         )));
     }
-    let reply = s
-        .live
-        .invite(id, target, std::time::Duration::from_secs(timeout))
-        .ok_or(ApiError::Unavailable)?;
-    match reply.await {
-        Ok(Ok(invitation)) => Ok((StatusCode::ACCEPTED, Json(invitation)).into_response()),
-        Ok(Err(message)) => Err(ApiError::bad_request(message, Some("target"))),
-        Err(_) => Err(ApiError::Internal("the engine did not answer".into())),
-    }
+    Ok(())
 }
 
 /// `GET /invitations/{id}`: ringing, answered, busy, no_answer, failed (with status and
@@ -585,6 +592,47 @@ pub(super) async fn participant_action(
         Ok(true) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(false) => Err(ApiError::NotFound(format!(
             "no participant {pid} in conference {id}"
+        ))),
+        Err(_) => Err(ApiError::Internal("the engine did not answer".into())),
+    }
+}
+
+/// A conference's lock, as `lock` and `unlock` leave it.
+#[derive(Debug, Serialize)]
+pub(super) struct LockState {
+    conference_id: i64,
+    locked: bool,
+}
+
+/// `POST /conferences/{id}/lock`: callers are turned away ("this conference is locked")
+/// until `unlock` or the end of the conference; its administrator and those it invites
+/// still get in. 409 when nobody is in the room.
+pub(super) async fn lock(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<LockState>, ApiError> {
+    set_lock(&s, &raw, true).await
+}
+
+/// `POST /conferences/{id}/unlock`.
+pub(super) async fn unlock(
+    State(s): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<LockState>, ApiError> {
+    set_lock(&s, &raw, false).await
+}
+
+async fn set_lock(s: &AppState, raw: &str, locked: bool) -> Result<Json<LockState>, ApiError> {
+    let id = parse_id(raw)?;
+    require_in_production(s, id).await?;
+    let reply = s.live.set_locked(id, locked).ok_or(ApiError::Unavailable)?;
+    match reply.await {
+        Ok(Ok(())) => Ok(Json(LockState {
+            conference_id: id,
+            locked,
+        })),
+        Ok(Err(message)) => Err(ApiError::Conflict(confero_pbx::config::FieldError::new(
+            "id", message,
         ))),
         Err(_) => Err(ApiError::Internal("the engine did not answer".into())),
     }

@@ -97,6 +97,8 @@ pub(crate) fn router(state: AppState) -> Router {
         )
         .route("/events", get(events))
         .route("/conferences/{id}/invite", post(invite))
+        .route("/conferences/{id}/lock", post(lock))
+        .route("/conferences/{id}/unlock", post(unlock))
         .route("/invitations/{id}", get(get_invitation))
         .route("/invitations/{id}/cancel", post(cancel_invitation))
         .route("/registrations", get(registrations))

@@ -197,6 +197,8 @@ async fn openapi_documents_every_route() {
         ),
         ("/api/v1/events", &["get"]),
         ("/api/v1/conferences/{id}/invite", &["post"]),
+        ("/api/v1/conferences/{id}/lock", &["post"]),
+        ("/api/v1/conferences/{id}/unlock", &["post"]),
         ("/api/v1/invitations/{id}", &["get"]),
         ("/api/v1/invitations/{id}/cancel", &["post"]),
         ("/api/v1/registrations", &["get"]),

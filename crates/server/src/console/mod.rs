@@ -64,6 +64,8 @@ pub(crate) fn router(state: AppState) -> Router {
             "/conferences/{id}/participants/{pid}/{action}",
             post(conferences::participant_action),
         )
+        .route("/conferences/{id}/lock", post(conferences::lock))
+        .route("/conferences/{id}/unlock", post(conferences::unlock))
         .route("/incoming-numbers", get(numbers::list))
         .route(
             "/incoming-numbers/new",

@@ -18,9 +18,30 @@ use crate::state::AppState;
 
 const ADMIN_PASSWORD: &str = "console-admin-secret";
 
-struct FakeLive;
+/// A live view with one participant in every room; it remembers which rooms it locked.
+#[derive(Default)]
+struct FakeLive {
+    locked: std::sync::Mutex<Vec<i64>>,
+}
 
 impl LiveView for FakeLive {
+    fn locked(&self, conference_id: i64) -> bool {
+        self.locked.lock().unwrap().contains(&conference_id)
+    }
+    fn set_locked(
+        &self,
+        conference_id: i64,
+        locked: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        let mut rooms = self.locked.lock().unwrap();
+        rooms.retain(|id| *id != conference_id);
+        if locked {
+            rooms.push(conference_id);
+        }
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Ok(()));
+        Some(rx)
+    }
     fn registrations(&self) -> Vec<live::Registration> {
         let device = |user: &str, contact: &str, transport: &str, source: &str, agent: &str| {
             live::Registration {
@@ -125,8 +146,9 @@ async fn console() -> Console {
         advertised: "192.0.2.1".parse().unwrap(),
         domains: Vec::new(),
     };
-    let router =
-        crate::app(AppState::new(store.clone(), Arc::new(FakeLive), tx).with_endpoints(endpoints));
+    let router = crate::app(
+        AppState::new(store.clone(), Arc::new(FakeLive::default()), tx).with_endpoints(endpoints),
+    );
     Console {
         router,
         store,
@@ -748,6 +770,36 @@ async fn live_room_page_lists_participants_with_their_controls() {
     );
     let users = c.get("/users", Some(&cookie)).await;
     assert_eq!(users.status, StatusCode::OK);
+    // Lock, then unlock, from the page.
+    assert!(page
+        .text
+        .contains(&format!("action=\"/conferences/{id}/lock\"")));
+    assert!(!page.text.contains("data-testid=\"locked\""));
+    let done = c
+        .post(
+            &format!("/conferences/{id}/lock"),
+            Some(&cookie),
+            &[("_csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(done.location(), format!("/conferences/{id}"));
+    let page = c.get(&format!("/conferences/{id}"), Some(&cookie)).await;
+    assert!(
+        page.text.contains("data-testid=\"locked\""),
+        "{}",
+        page.text
+    );
+    assert!(page
+        .text
+        .contains(&format!("action=\"/conferences/{id}/unlock\"")));
+    c.post(
+        &format!("/conferences/{id}/unlock"),
+        Some(&cookie),
+        &[("_csrf", &csrf)],
+    )
+    .await;
+    let page = c.get(&format!("/conferences/{id}"), Some(&cookie)).await;
+    assert!(!page.text.contains("data-testid=\"locked\""));
 }
 
 #[tokio::test]
@@ -926,7 +978,8 @@ async fn metrics_can_require_a_token() {
     let (tx, _rx) = watch::channel(Arc::new(Snapshot::default()));
     let token = "metrics-token-0123456789";
     let router = crate::app(
-        AppState::new(store, Arc::new(FakeLive), tx).with_metrics_token(Some(token.into())),
+        AppState::new(store, Arc::new(FakeLive::default()), tx)
+            .with_metrics_token(Some(token.into())),
     );
     for (auth, expected) in [
         (None, StatusCode::UNAUTHORIZED),

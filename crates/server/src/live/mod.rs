@@ -54,6 +54,19 @@ pub(crate) trait LiveView: Send + Sync + 'static {
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
         None
     }
+    /// Whether conference `id` is locked now.
+    fn locked(&self, _conference_id: i64) -> bool {
+        false
+    }
+    /// Locks or unlocks conference `id` for new callers; resolves to why it could not be
+    /// done. `None` when live actions are unavailable.
+    fn set_locked(
+        &self,
+        _conference_id: i64,
+        _locked: bool,
+    ) -> Option<tokio::sync::oneshot::Receiver<Result<(), String>>> {
+        None
+    }
     /// Mute, unmute or kick a participant; resolves to false when there is no such
     /// participant in that room. `None` when live actions are unavailable.
     fn participant_action(

@@ -33,6 +33,11 @@ pub(crate) enum Control {
         id: u64,
         reply: oneshot::Sender<bool>,
     },
+    Lock {
+        conference_id: i64,
+        locked: bool,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
 }
 
 impl Control {
@@ -85,6 +90,18 @@ impl Control {
                     let _ = reply.send(done);
                 })
             }
+            Control::Lock {
+                conference_id,
+                locked,
+                reply,
+            } => {
+                let done = engine
+                    .lock_conference(conference_id, locked)
+                    .map_err(|e| e.to_string());
+                Box::new(move || {
+                    let _ = reply.send(done);
+                })
+            }
         }
     }
 }
@@ -98,6 +115,8 @@ struct Published {
     invitations: Vec<Invitation>,
     trunks: Vec<Trunk>,
     code_guessing: Vec<CodeGuessing>,
+    /// Conferences locked now.
+    locked: Vec<i64>,
     security: Option<confero_pbx::engine::SecurityStats>,
     engine_revision: i64,
     transactions: usize,
@@ -209,6 +228,7 @@ impl LiveState {
                     },
                 )
                 .collect(),
+            locked: engine.locked_conferences(),
             security: Some(engine.security_stats()),
             engine_revision: engine.config_revision(),
             transactions: engine.transaction_count(),
@@ -264,6 +284,26 @@ impl LiveView for LiveState {
 
     fn subscribe(&self) -> Option<tokio::sync::broadcast::Receiver<(String, String)>> {
         Some(self.events.subscribe())
+    }
+
+    fn locked(&self, conference_id: i64) -> bool {
+        self.read().locked.contains(&conference_id)
+    }
+
+    fn set_locked(
+        &self,
+        conference_id: i64,
+        locked: bool,
+    ) -> Option<oneshot::Receiver<Result<(), String>>> {
+        let (reply, rx) = oneshot::channel();
+        self.control
+            .try_send(Control::Lock {
+                conference_id,
+                locked,
+                reply,
+            })
+            .ok()?;
+        Some(rx)
     }
 
     fn participant_action(

@@ -19,7 +19,7 @@ use super::{done, parse_id, PageError};
 
 pub(crate) use invite::{invitation_page, invite, invite_form};
 use invite::{invite_button, invite_dialog};
-pub(crate) use room::{participant_action, participants_fragment, room};
+pub(crate) use room::{lock, participant_action, participants_fragment, room, unlock};
 
 /// The API's field names and the form's labels, for error messages.
 const LABELS: &[(&str, &str)] = &[

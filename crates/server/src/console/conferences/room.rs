@@ -133,6 +133,7 @@ pub(crate) async fn room(ctx: Ctx, Path(raw): Path<String>) -> Result<Response, 
     let users = ctx.state.store.list_users().await?;
     let in_production = production_rooms(&ctx).into_iter().any(|c| c.id == id);
     let people = ctx.state.live.participants(id);
+    let locked = ctx.state.live.locked(id);
     let body = html! {
         div.page-head {
             div {
@@ -155,8 +156,17 @@ pub(crate) async fn room(ctx: Ctx, Path(raw): Path<String>) -> Result<Response, 
         }
         section.card aria-labelledby="participants-title" data-live="room" data-conference=(id) {
             div.section-head {
-                h2 #participants-title { "Participants " span.count-pill data-testid="live-count" data-count-for=(id) { (people.len()) } }
+                h2 #participants-title {
+                    "Participants " span.count-pill data-testid="live-count" data-count-for=(id) { (people.len()) }
+                    @if locked { " " span.badge.badge-warn data-testid="locked" { "Locked" } }
+                }
                 span.muted.small { "Updated live" }
+                @if locked {
+                    (row_action(&ctx, &format!("/conferences/{id}/unlock"), "Unlock", "btn-small", None))
+                } @else if !people.is_empty() {
+                    (row_action(&ctx, &format!("/conferences/{id}/lock"), "Lock", "btn-small",
+                        Some("Lock the room? Nobody else can dial in until you unlock it or everyone has left; the administrator and people you invite still can.")))
+                }
             }
             (participants_table(&ctx, id, &people, unix_now()))
         }
@@ -180,6 +190,33 @@ pub(crate) async fn participants_fragment(
         participants_table(&ctx, id, &people, unix_now()),
     )
         .into_response())
+}
+
+/// `POST /conferences/{id}/lock`.
+pub(crate) async fn lock(Path(raw): Path<String>, posted: Posted) -> Result<Response, PageError> {
+    set_lock(&raw, posted, true).await
+}
+
+/// `POST /conferences/{id}/unlock`.
+pub(crate) async fn unlock(Path(raw): Path<String>, posted: Posted) -> Result<Response, PageError> {
+    set_lock(&raw, posted, false).await
+}
+
+async fn set_lock(raw: &str, posted: Posted, locked: bool) -> Result<Response, PageError> {
+    let ctx = posted.ctx;
+    let id = parse_id(raw)?;
+    let result = match ctx.state.live.set_locked(id, locked) {
+        Some(rx) => rx
+            .await
+            .unwrap_or_else(|_| Err("the engine did not answer".into())),
+        None => Err("live actions are unavailable".into()),
+    };
+    let message = match (result, locked) {
+        (Ok(()), true) => "Room locked: nobody else can dial in.".to_owned(),
+        (Ok(()), false) => "Room unlocked.".to_owned(),
+        (Err(why), _) => format!("The room could not be changed: {why}."),
+    };
+    done(&ctx, &format!("/conferences/{id}"), &message).await
 }
 
 /// `POST /conferences/{id}/participants/{pid}/{mute|unmute|kick}` (without JavaScript;
