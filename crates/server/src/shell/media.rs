@@ -35,12 +35,12 @@ use confero_media::bridge::{
 use confero_media::idmap::IdMap;
 use confero_media::placement::{Placement, Routed};
 use confero_pbx::ports::PortReserver;
-
-use super::stamped;
 use rustix::buffer::spare_capacity;
 use rustix::event::{epoll, Timespec};
 use rustix::fd::OwnedFd;
 use tokio::sync::mpsc::UnboundedSender;
+
+use super::stamped;
 
 /// Datagrams read per socket per drive: a phone sends one per tick; a flood must not stall
 /// the tick (the rest waits in the socket buffer, or is dropped by the kernel). Each round
