@@ -247,6 +247,17 @@ impl LiveState {
         *p = next;
     }
 
+    /// Sends the SIP task an action made with its reply channel; the answer to wait for,
+    /// or `None` when the task is not taking actions (its queue is full or it is gone).
+    fn ask<T>(
+        &self,
+        action: impl FnOnce(oneshot::Sender<T>) -> Control,
+    ) -> Option<oneshot::Receiver<T>> {
+        let (reply, rx) = oneshot::channel();
+        self.control.try_send(action(reply)).ok()?;
+        Some(rx)
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Published> {
         self.inner.read().unwrap_or_else(|e| e.into_inner())
     }
@@ -295,15 +306,11 @@ impl LiveView for LiveState {
         conference_id: i64,
         locked: bool,
     ) -> Option<oneshot::Receiver<Result<(), String>>> {
-        let (reply, rx) = oneshot::channel();
-        self.control
-            .try_send(Control::Lock {
-                conference_id,
-                locked,
-                reply,
-            })
-            .ok()?;
-        Some(rx)
+        self.ask(|reply| Control::Lock {
+            conference_id,
+            locked,
+            reply,
+        })
     }
 
     fn participant_action(
@@ -312,16 +319,12 @@ impl LiveView for LiveState {
         participant: u64,
         action: ParticipantAction,
     ) -> Option<oneshot::Receiver<bool>> {
-        let (reply, rx) = oneshot::channel();
-        self.control
-            .try_send(Control::Participant {
-                conference_id,
-                participant,
-                action,
-                reply,
-            })
-            .ok()?;
-        Some(rx)
+        self.ask(|reply| Control::Participant {
+            conference_id,
+            participant,
+            action,
+            reply,
+        })
     }
 
     fn invite(
@@ -330,16 +333,12 @@ impl LiveView for LiveState {
         target: String,
         timeout: std::time::Duration,
     ) -> Option<oneshot::Receiver<Result<Invitation, String>>> {
-        let (reply, rx) = oneshot::channel();
-        self.control
-            .try_send(Control::Invite {
-                conference_id,
-                target,
-                timeout,
-                reply,
-            })
-            .ok()?;
-        Some(rx)
+        self.ask(|reply| Control::Invite {
+            conference_id,
+            target,
+            timeout,
+            reply,
+        })
     }
 
     fn trunk(&self, id: i64) -> Option<Trunk> {
@@ -355,11 +354,7 @@ impl LiveView for LiveState {
     }
 
     fn cancel_invitation(&self, id: u64) -> Option<oneshot::Receiver<bool>> {
-        let (reply, rx) = oneshot::channel();
-        self.control
-            .try_send(Control::CancelInvitation { id, reply })
-            .ok()?;
-        Some(rx)
+        self.ask(|reply| Control::CancelInvitation { id, reply })
     }
 
     fn metrics(&self) -> String {
