@@ -472,21 +472,20 @@ impl MediaShell {
         bridge: &mut Bridge,
         sockets: &mut Sockets,
     ) {
+        // What concerns a leg still on its way here waits for it: commands, and an order
+        // to pass it on again that came before it did.
+        let for_leg = match &input {
+            ThreadInput::Command(cmd) => cmd.leg(),
+            ThreadInput::Export { leg, .. } => Some(*leg),
+            ThreadInput::Expect(_) | ThreadInput::Import { .. } => None,
+        };
+        if let Some(waiting) = for_leg.and_then(|leg| self.awaiting.get_mut(&leg)) {
+            return waiting.push(input);
+        }
         match input {
-            ThreadInput::Command(cmd) => {
-                if let Some(waiting) = cmd.leg().and_then(|leg| self.awaiting.get_mut(&leg)) {
-                    return waiting.push(ThreadInput::Command(cmd));
-                }
-                self.command(now, cmd, bridge, sockets);
-            }
+            ThreadInput::Command(cmd) => self.command(now, cmd, bridge, sockets),
             ThreadInput::Expect(leg) => {
                 self.awaiting.entry(leg).or_default();
-            }
-            ThreadInput::Export { leg, to } if self.awaiting.contains_key(&leg) => {
-                // Told to pass on a leg that has not arrived yet: once it has.
-                if let Some(waiting) = self.awaiting.get_mut(&leg) {
-                    waiting.push(ThreadInput::Export { leg, to });
-                }
             }
             ThreadInput::Export { leg, to } => {
                 let moving = bridge.take_leg(leg);
