@@ -184,10 +184,9 @@ pub struct ParticipantInfo {
 struct Participant {
     room: i64,
     caller: String,
-    /// Whom wrong codes count against ([`ACCESS_CODE_POLICY`]).
-    guesser: String,
-    /// Asked in by the room (an invitation): a lock does not keep them out.
-    invited: bool,
+    /// Whom wrong codes count against ([`ACCESS_CODE_POLICY`]); `None` for someone the
+    /// room invited (no code is asked, and a lock does not keep them out).
+    guesser: Option<String>,
     is_admin: bool,
     stage: Stage,
     muted: bool,
@@ -377,8 +376,7 @@ impl Rooms {
             Participant {
                 room: conference.id,
                 caller: caller.to_owned(),
-                guesser: guesser.unwrap_or_default().to_owned(),
-                invited: guesser.is_none(),
+                guesser: guesser.map(str::to_owned),
                 is_admin,
                 stage: Stage::InRoom,
                 muted: false,
@@ -442,7 +440,7 @@ impl Rooms {
     /// The room is locked and `leg` is neither its administrator nor invited.
     fn locked_out(&self, leg: LegId) -> bool {
         self.legs.get(&leg).is_some_and(|p| {
-            !p.is_admin && !p.invited && self.rooms.get(&p.room).is_some_and(|r| r.locked)
+            !p.is_admin && p.guesser.is_some() && self.rooms.get(&p.room).is_some_and(|r| r.locked)
         })
     }
 
@@ -458,12 +456,6 @@ impl Rooms {
         let room = self.rooms.get_mut(&room_id).ok_or(LockError::Empty)?;
         room.locked = locked;
         Ok(())
-    }
-
-    /// Whether room `room_id` is locked.
-    #[must_use]
-    pub fn is_locked(&self, room_id: i64) -> bool {
-        self.rooms.get(&room_id).is_some_and(|r| r.locked)
     }
 
     /// The rooms locked now.
@@ -607,7 +599,7 @@ impl Rooms {
             return self.admit(now, leg);
         }
         let (digits, failures) = (entry.digits.clone(), entry.failures);
-        let (guesser, room) = (p.guesser.clone(), p.room);
+        let (guesser, room) = (p.guesser.clone().unwrap_or_default(), p.room);
         if digits.is_empty() {
             // Silence is no guess: it costs one of this call's tries only.
             return self.wrong_code(now, leg, failures + 1);
@@ -1520,7 +1512,6 @@ mod tests {
         r.handle_playback_done(now, LegId(2));
         drain(&mut r);
         r.set_locked(7, true).unwrap();
-        assert!(r.is_locked(7));
         assert_eq!(r.locked_rooms(), vec![7]);
         assert_eq!(state(&r, LegId(1)), "in_room", "those in stay");
         keys(&mut r, now, LegId(2), "4321#");
@@ -1547,7 +1538,7 @@ mod tests {
         for leg in [1, 3, 4, 5, 6] {
             r.handle_leave(now, LegId(leg));
         }
-        assert!(!r.is_locked(7));
+        assert!(r.locked_rooms().is_empty());
         r.handle_join(now, LegId(7), &conf, "107", "user:107", false);
         assert_eq!(state(&r, LegId(7)), "entering_code");
     }
