@@ -48,12 +48,8 @@ impl Knobs {
             seconds: env_or("CALL_RATE_SECONDS", 10u32).clamp(1, 600),
             hold_ms: env_or("CALL_RATE_HOLD_MS", 2_000u32).min(60_000),
             rooms: env_or("CALL_RATE_ROOMS", 20usize).clamp(1, 1_000),
-            media_threads: std::env::var("CALL_RATE_MEDIA_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok()),
-            perf: std::env::var("CALL_RATE_PERF")
-                .ok()
-                .filter(|p| !p.is_empty()),
+            media_threads: env_opt("CALL_RATE_MEDIA_THREADS"),
+            perf: env_opt("CALL_RATE_PERF"),
         }
     }
 }
@@ -142,7 +138,6 @@ fn main() {
     let cpu_before = cpu_ticks(&pid);
     let children_before = reaped_children_ticks();
     let started = Instant::now();
-    // The profile covers calls being set up and held at the full rate, not the ramp.
     // SIPp's signalling socket is gone once it exits: its drops are read while it runs.
     let sipp_port = free_udp_port();
     let sipp_drops = Arc::new(AtomicU64::new(0));
@@ -158,6 +153,7 @@ fn main() {
             }
         })
     };
+    // The profile covers calls being set up and held at the full rate, not the ramp.
     let profiler = knobs.perf.clone().map(|path| {
         let pid = pid.clone();
         let wait = Duration::from_secs(u64::from(knobs.seconds.saturating_sub(5) / 2 + 1));

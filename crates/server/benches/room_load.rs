@@ -130,12 +130,8 @@ impl Knobs {
             everyone_talks: env_or("ROOM_LOAD_EVERYONE_TALKS", 0u8) == 1,
             latency: env_or("ROOM_LOAD_LATENCY", 0u8) == 1,
             jitter_ms: env_or("ROOM_LOAD_JITTER_MS", 0u64).min(200),
-            media_threads: std::env::var("ROOM_LOAD_MEDIA_THREADS")
-                .ok()
-                .and_then(|v| v.parse().ok()),
-            perf: std::env::var("ROOM_LOAD_PERF")
-                .ok()
-                .filter(|p| !p.is_empty()),
+            media_threads: env_opt("ROOM_LOAD_MEDIA_THREADS"),
+            perf: env_opt("ROOM_LOAD_PERF"),
         }
     }
 }
@@ -214,6 +210,22 @@ fn thread_breakdown(
         .collect();
     out.sort_by(|a, b| b.2.total_cmp(&a.2));
     out
+}
+
+/// Busy ticks of the whole machine (all CPUs) from /proc/stat: everything but idle and iowait.
+fn machine_busy_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return 0;
+    };
+    let v: Vec<u64> = cpu
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is already in user).
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    v.iter().take(8).sum::<u64>().saturating_sub(idle)
 }
 
 /// CPU ticks of every other process (utime + stime + reaped children's), by pid.

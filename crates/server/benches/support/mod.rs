@@ -13,10 +13,15 @@ use std::time::{Duration, Instant};
 pub(crate) const ADMIN_PASSWORD: &str = "bench";
 
 pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    env_opt(name).unwrap_or(default)
+}
+
+/// A knob that may be unset (or empty): `None` then, as when it does not parse.
+pub(crate) fn env_opt<T: std::str::FromStr>(name: &str) -> Option<T> {
     std::env::var(name)
         .ok()
+        .filter(|v| !v.is_empty())
         .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
 }
 
 /// The running binary; killed on drop.
@@ -316,22 +321,6 @@ pub(crate) fn cpu_ticks(pid: &str) -> u64 {
 pub(crate) fn reaped_children_ticks() -> u64 {
     let f = stat_fields("/proc/self/stat");
     f.get(12).copied().unwrap_or(0) + f.get(13).copied().unwrap_or(0)
-}
-
-/// Busy ticks of the whole machine (all CPUs) from /proc/stat: everything but idle and iowait.
-pub(crate) fn machine_busy_ticks() -> u64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(cpu) = stat.lines().find(|l| l.starts_with("cpu ")) else {
-        return 0;
-    };
-    let v: Vec<u64> = cpu
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
-    // user nice system idle iowait irq softirq steal (guest time is already in user).
-    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-    v.iter().take(8).sum::<u64>().saturating_sub(idle)
 }
 
 /// The machine-wide UDP `RcvbufErrors` counter (datagrams dropped because a socket's
