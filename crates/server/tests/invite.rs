@@ -302,12 +302,17 @@ fn a_locked_room_turns_a_caller_away_while_an_invitation_still_gets_in() {
     };
     let inside = room_caller(&pbx, dir.path(), "lock-inside", visit(Dtmf::Info("2468#")));
     let in_room = |list: &Vec<Value>| list.iter().filter(|p| p["state"] == "in_room").count();
-    let list = poll(
-        Duration::from_secs(15),
-        || participants(&pbx, room),
-        |l| in_room(l) == 1,
-    );
-    assert_eq!(in_room(&list), 1, "{list:?}");
+    // Waits until `n` are in the mix; the list then.
+    let wait_in_room = |n: usize, within: u64| {
+        let list = poll(
+            Duration::from_secs(within),
+            || participants(&pbx, room),
+            |l| in_room(l) == n,
+        );
+        assert_eq!(in_room(&list), n, "{list:?}");
+        list
+    };
+    wait_in_room(1, 15);
 
     let (status, body) = lock("lock", &room.to_string());
     assert_eq!(status, 200, "{body}");
@@ -333,12 +338,7 @@ fn a_locked_room_turns_a_caller_away_while_an_invitation_still_gets_in() {
     assert_eq!(status, 202, "{inv}");
     let inv = settled(&pbx, inv["id"].as_u64().unwrap(), Duration::from_secs(10));
     assert_eq!(inv["state"], "answered", "{inv}");
-    let list = poll(
-        Duration::from_secs(8),
-        || participants(&pbx, room),
-        |l| in_room(l) == 2,
-    );
-    assert_eq!(in_room(&list), 2, "{list:?}");
+    wait_in_room(2, 8);
 
     // Unlocked: a caller keys the code and is let in.
     let (status, body) = lock("unlock", &room.to_string());
@@ -348,12 +348,7 @@ fn a_locked_room_turns_a_caller_away_while_an_invitation_still_gets_in() {
         "{body}"
     );
     let again = room_caller(&pbx, dir.path(), "lock-again", visit(Dtmf::Info("2468#")));
-    let list = poll(
-        Duration::from_secs(15),
-        || participants(&pbx, room),
-        |l| in_room(l) == 3,
-    );
-    assert_eq!(in_room(&list), 3, "{list:?}");
+    let list = wait_in_room(3, 15);
     // Its scenario pauses after the last digit before it waits for the BYE.
     std::thread::sleep(Duration::from_millis(500));
     for p in list {
