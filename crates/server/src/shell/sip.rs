@@ -31,8 +31,8 @@ const MAX_DATAGRAM: usize = 65_535;
 const LIVE_PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
 /// Datagrams taken from the UDP socket per wake-up, between flushes.
 const UDP_BATCH: usize = 64;
-/// How long input may keep arriving faster than it is taken before new requests are
-/// refused: a flood lasts far longer, a burst far less.
+/// How long batches must stay full before new requests are refused (with the wait below):
+/// a single slow moment is no flood.
 const BACKLOG_GRACE: Duration = Duration::from_millis(20);
 /// How long a request may have waited in the socket before new requests are refused, a
 /// tenth of the clients' first retransmission timer (500 ms): a task kept off the CPU for

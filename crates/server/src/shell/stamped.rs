@@ -49,8 +49,7 @@ impl ArrivalClock {
     }
 
     /// How long a datagram received at `at` had waited when this clock was read, if the
-    /// kernel said and the answer is believable.
-    /// One received after the clock was read is no age at all.
+    /// kernel said and the answer is believable; one received after the reading waited 0.
     pub(crate) fn age(&self, at: Option<Duration>) -> Option<Duration> {
         Some(self.wall.saturating_sub(at?)).filter(|age| *age <= MAX_RECEIVE_AGE)
     }
